@@ -1,0 +1,3 @@
+"""nextwatch ranking package."""
+
+import towers as _towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

@@ -1,0 +1,69 @@
+import numpy as np
+
+from towers.examples import PAD, build_examples, latest_histories, pad_histories
+
+
+def test_exact_examples_from_three_user_log(three_user_log):
+    ex = build_examples(three_user_log, max_history=2, max_examples_per_user=None)
+    got = sorted(
+        (u, tuple(h), lab, int(t))
+        for u, h, lab, t in zip(ex.user_id, ex.history, ex.label, ex.timestamp, strict=True)
+    )
+    assert got == [
+        ("u1", (PAD, PAD), "a", 10),
+        ("u1", (PAD, "a"), "b", 20),
+        ("u1", ("a", "b"), "c", 30),
+        ("u2", (PAD, PAD), "b", 5),
+        ("u2", (PAD, "b"), "a", 15),
+        ("u3", (PAD, PAD), "c", 7),
+    ]
+
+
+def test_history_window_keeps_only_the_most_recent(three_user_log):
+    ex = build_examples(three_user_log, max_history=1, max_examples_per_user=None)
+    by_label = {
+        (u, lab): tuple(h) for u, h, lab in zip(ex.user_id, ex.history, ex.label, strict=True)
+    }
+    assert by_label[("u1", "c")] == ("b",)
+
+
+def test_no_history_contains_its_label_or_anything_later(three_user_log):
+    ex = build_examples(three_user_log, max_history=5, max_examples_per_user=None)
+    when = {(r.user_id, r.item_id): r.timestamp for r in three_user_log.itertuples()}
+    for user, history, label, t in zip(ex.user_id, ex.history, ex.label, ex.timestamp, strict=True):
+        assert label not in history
+        assert all(when[(user, h)] < t for h in history if h != PAD)
+
+
+def test_horizon_labels_stay_ahead_of_the_history(three_user_log):
+    ex = build_examples(three_user_log, max_history=5, max_examples_per_user=None, label_horizon=3)
+    when = {(r.user_id, r.item_id): r.timestamp for r in three_user_log.itertuples()}
+    for user, history, t in zip(ex.user_id, ex.history, ex.timestamp, strict=True):
+        assert all(when[(user, h)] < t for h in history if h != PAD)
+
+
+def test_example_age_is_zero_at_the_end_and_one_at_the_start(three_user_log):
+    ex = build_examples(three_user_log, max_history=2, max_examples_per_user=None)
+    ages = dict(zip(ex.timestamp.tolist(), ex.example_age.tolist(), strict=True))
+    assert ages[30] == 0.0 and ages[5] == 1.0
+    assert np.isclose(ages[20], (30 - 20) / 25)
+
+
+def test_cap_per_user_is_respected_and_seeded(three_user_log):
+    a = build_examples(three_user_log, max_history=2, max_examples_per_user=1, seed=3)
+    b = build_examples(three_user_log, max_history=2, max_examples_per_user=1, seed=3)
+    assert sorted(a.user_id.tolist()) == ["u1", "u2", "u3"]
+    assert a.label.tolist() == b.label.tolist()
+
+
+def test_first_watch_can_be_left_out(three_user_log):
+    ex = build_examples(
+        three_user_log, max_history=2, max_examples_per_user=None, include_empty_history=False
+    )
+    assert len(ex) == 3 and all(h[-1] != PAD for h in ex.history)
+
+
+def test_serving_histories_are_the_latest_items(three_user_log):
+    assert latest_histories(three_user_log, 2) == {"u1": ["b", "c"], "u2": ["b", "a"], "u3": ["c"]}
+    padded = pad_histories([["x", "y", "z"], []], 2)
+    assert padded.tolist() == [["y", "z"], [PAD, PAD]]

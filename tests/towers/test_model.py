@@ -1,0 +1,100 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from towers.data import Dataset, empty_item_metadata
+from towers.features import query_inputs
+from towers.model import TowerConfig
+from towers.train import TrainOptions, load_artefact, save_artefact, train_tower
+
+SMALL = TowerConfig(
+    embedding_dim=8, token_dim=4, output_dim=8, depth=1, max_history=3, max_examples_per_user=None
+)
+
+
+def planted_log() -> Dataset:
+    """40 users watch A then B; 40 watch C then D; each then watches one of E..H."""
+    rows = []
+    for u in range(80):
+        first, second = ("A", "B") if u < 40 else ("C", "D")
+        rows += [
+            (f"u{u}", first, 1.0, 1),
+            (f"u{u}", second, 1.0, 2),
+            (f"u{u}", "EFGH"[u % 4], 1.0, 3),
+        ]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items = empty_item_metadata(list("ABCDEFGH"))
+    items["genres"] = [["x"], ["x"], ["y"], ["y"], [], [], [], []]
+    return Dataset("planted", frame, items, None, "0" * 64)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_tower(
+        planted_log(), SMALL, TrainOptions(epochs=60, batch_size=32, learning_rate=0.03, verbose=0)
+    )
+
+
+def _scores(model, histories):
+    logits = model.logits(model(query_inputs(histories, max_history=3))).numpy()
+    return {i: logits[:, n] for n, i in enumerate(model.item_ids)}, logits
+
+
+def test_planted_next_watch_is_recovered(trained):
+    model = trained.model
+    _, logits = _scores(model, [["A"], ["C"]])
+    items = np.array(model.item_ids)
+    assert items[np.argmax(logits[0])] == "B"
+    assert items[np.argmax(logits[1])] == "D"
+
+
+def test_empty_and_unknown_histories_score_like_the_first_watch(trained):
+    model = trained.model
+    _, logits = _scores(model, [[], ["not-an-item"]])
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-6)
+    top2 = set(np.array(model.item_ids)[np.argsort(-logits[0])[:2]])
+    assert top2 == {"A", "C"}
+
+
+def test_batch_equals_single(trained):
+    model = trained.model
+    _, both = _scores(model, [["A"], ["C", "D"]])
+    _, one = _scores(model, [["C", "D"]])
+    np.testing.assert_allclose(both[1], one[0], rtol=1e-5, atol=1e-6)
+
+
+def test_save_then_load_gives_equal_outputs(trained, tmp_path):
+    save_artefact(trained, tmp_path / "art")
+    loaded = load_artefact(tmp_path / "art")
+    _, before = _scores(trained.model, [["A", "B"], []])
+    _, after = _scores(loaded, [["A", "B"], []])
+    np.testing.assert_allclose(before, after, rtol=1e-6)
+    vectors = np.load(tmp_path / "art" / "item_vectors.npy")
+    assert vectors.shape == (8, 9)
+    # the bias is folded in: [u, 1] . [w, b] is the full logit
+    user = trained.model(query_inputs([["A"]], max_history=3)).numpy()
+    np.testing.assert_allclose(
+        np.append(user[0], 1.0) @ vectors.T,
+        _scores(trained.model, [["A"]])[1][0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_sampled_softmax_trains_too():
+    config = TowerConfig(**{**SMALL.to_dict(), "softmax": "sampled", "num_negatives": 4})
+    result = train_tower(
+        planted_log(), config, TrainOptions(epochs=60, batch_size=32, learning_rate=0.03, verbose=0)
+    )
+    assert result.metrics["softmax"] == "sampled"
+    _, logits = _scores(result.model, [["A"]])
+    assert np.array(result.model.item_ids)[np.argmax(logits[0])] == "B"
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="softmax must be"):
+        TowerConfig(softmax="partial").use_full_softmax(10)
+    with pytest.raises(ValueError, match="epochs and batch_size"):
+        train_tower(planted_log(), SMALL, TrainOptions(epochs=0))
+    with pytest.raises(FileNotFoundError, match="not a nextwatch artefact"):
+        load_artefact("/nonexistent")

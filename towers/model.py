@@ -1,0 +1,285 @@
+"""The candidate-generation tower of Covington et al. (2016), Sec. 3 and Fig. 3.
+
+Query features (the bag of watched item IDs, the bag of their tokens, demographics, example age) are
+embedded, averaged and concatenated, then pass through a ReLU tower whose output is the user vector
+``u``. The item vectors are the rows of the softmax output weights ``W`` (with bias ``b``), separate
+from the input embeddings, so ``P(next = i | u) = softmax(W u + b)_i``. There is no user-ID
+embedding: a user is their features, so new users need no retraining and the model's size does not
+grow with the user count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from towers._tf import keras, tf
+from towers.features import DEMOGRAPHIC_COLUMNS
+from towers.losses import full_softmax_loss, sampled_softmax_loss
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Hyperparameters of the tower (run options such as epochs and seed live in TrainOptions).
+
+    Attributes
+    ----------
+    embedding_dim : int
+        Width of the input item-ID embeddings.
+    token_dim : int
+        Width of the token embeddings.
+    output_dim : int
+        Width of the user vector and of each item vector (softmax row).
+    depth : int
+        Number of ReLU layers. Widths halve towards ``output_dim`` as in the paper's Fig. 6:
+        depth 2 is ``(2 * output_dim, output_dim)``. Depth 0 is one linear layer.
+    max_history : int
+        Watched items in the bag (the most recent ones).
+    recent_history : int
+        If > 0, the most recent ``recent_history`` watches are also averaged as a second bag
+        (sharing the item embeddings), so the tower can weigh recency; 0 is the paper's single
+        unordered bag.
+    max_tokens_per_item : int
+        Tokens (genres, decade, tags, title words) per watched item.
+    use_tokens, use_demographics, use_example_age : bool
+        Feature switches (the feature ablation).
+    softmax : {"auto", "full", "sampled"}
+        ``auto`` uses the full softmax up to ``full_softmax_max_items`` items, sampled above.
+    num_negatives : int
+        Sampled-softmax negatives per batch (drawn from the item frequency ** 0.75).
+    max_examples_per_user : int or None
+        Training examples kept per user.
+    label_horizon : int
+        1 predicts the next watch (the paper); ``h`` predicts a watch drawn from the next ``h``
+        (see :func:`towers.examples.build_examples`).
+    dropout : float
+        Dropout on the concatenated features during training.
+    history_dropout : float
+        Probability that each watched item is dropped from the bag during training (a denoising
+        regulariser, as the input dropout of Mult-VAE; Liang et al. 2018).
+    """
+
+    embedding_dim: int = 64
+    token_dim: int = 32
+    output_dim: int = 64
+    depth: int = 2
+    max_history: int = 50
+    recent_history: int = 0
+    max_tokens_per_item: int = 12
+    use_tokens: bool = True
+    use_demographics: bool = True
+    use_example_age: bool = True
+    softmax: str = "auto"
+    num_negatives: int = 1000
+    full_softmax_max_items: int = 50_000
+    max_examples_per_user: int | None = 200
+    label_horizon: int = 1
+    dropout: float = 0.0
+    history_dropout: float = 0.0
+    hidden_units: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Paper Fig. 6: depth 1 is 256 ReLU, depth 2 is 512 -> 256, ... (halving to the output).
+        units = tuple(self.output_dim * 2 ** (self.depth - 1 - i) for i in range(self.depth))
+        object.__setattr__(self, "hidden_units", units)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("hidden_units")
+        return out
+
+    def use_full_softmax(self, num_items: int) -> bool:
+        if self.softmax not in ("auto", "full", "sampled"):
+            raise ValueError(f"softmax must be 'auto', 'full' or 'sampled', got {self.softmax!r}")
+        return self.softmax == "full" or (
+            self.softmax == "auto" and num_items <= self.full_softmax_max_items
+        )
+
+
+def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Mean of ``values`` [..., n, d] over axis -2 with 0/1 ``weights`` [..., n]; 0 for none."""
+    weights = tf.cast(weights, values.dtype)[..., None]
+    total = tf.reduce_sum(values * weights, axis=-2)
+    return total / tf.maximum(tf.reduce_sum(weights, axis=-2), 1.0)
+
+
+class CandidateTower(keras.Model):
+    """Query tower plus softmax item vectors, on raw string IDs.
+
+    Parameters
+    ----------
+    config : TowerConfig
+    item_ids : sequence of str
+        The item vocabulary; softmax row ``i`` is ``item_ids[i]``.
+    token_vocabulary : sequence of str
+        Tokens with embeddings (index ``j`` in ``item_token_table`` is ``token_vocabulary[j-1]``).
+    item_token_table : numpy.ndarray of int32, shape (len(item_ids), max_tokens_per_item)
+    demographic_vocabularies : mapping of str to list of str, optional
+        ``gender``, ``occupation``, ``zip_prefix`` vocabularies; None when the data has none.
+    item_counts : numpy.ndarray, shape (len(item_ids),), optional
+        Training frequency of each item, for the sampled-softmax proposal.
+    time_window : tuple of int
+        ``(t_start, t_end)`` of the training log, to turn a query time into an example age.
+    """
+
+    def __init__(
+        self,
+        config: TowerConfig,
+        item_ids: Sequence[str],
+        token_vocabulary: Sequence[str] = (),
+        item_token_table: np.ndarray | None = None,
+        demographic_vocabularies: Mapping[str, list[str]] | None = None,
+        item_counts: np.ndarray | None = None,
+        time_window: tuple[int, int] = (0, 0),
+    ) -> None:
+        super().__init__()
+        self.time_window = (int(time_window[0]), int(time_window[1]))
+        self.config = config
+        self.item_ids = [str(i) for i in item_ids]
+        self.num_items = len(self.item_ids)
+        if self.num_items == 0:
+            raise ValueError("item_ids is empty: there is nothing to recommend")
+        # Index 0 is the padding mask, 1 the OOV bucket; items start at 2.
+        self.item_lookup = keras.layers.StringLookup(
+            vocabulary=self.item_ids, mask_token="", num_oov_indices=1, name="item_lookup"
+        )
+        self.history_embedding = keras.layers.Embedding(
+            self.num_items + 2, config.embedding_dim, name="history_embedding"
+        )
+        self.use_tokens = config.use_tokens and len(token_vocabulary) > 0
+        if self.use_tokens:
+            table = np.zeros((self.num_items + 2, config.max_tokens_per_item), np.int32)
+            table[2:] = item_token_table
+            self.token_table = tf.constant(table)
+            self.token_embedding = keras.layers.Embedding(
+                len(token_vocabulary) + 1, config.token_dim, name="token_embedding"
+            )
+        self.token_vocabulary = list(token_vocabulary)
+        self.item_token_array = item_token_table
+        self.demographic_vocabularies = (
+            dict(demographic_vocabularies)
+            if config.use_demographics and demographic_vocabularies
+            else {}
+        )
+        self.demographic_lookups = {}
+        self.demographic_embeddings = {}
+        for col, vocab in self.demographic_vocabularies.items():
+            self.demographic_lookups[col] = keras.layers.StringLookup(
+                vocabulary=vocab, num_oov_indices=1, name=f"{col}_lookup"
+            )
+            dim = max(2, int(np.ceil(np.log2(len(vocab) + 2))) * 2)
+            self.demographic_embeddings[col] = keras.layers.Embedding(
+                len(vocab) + 1, dim, name=f"{col}_embedding"
+            )
+        self.feature_dropout = keras.layers.Dropout(config.dropout)
+        self.tower = [
+            keras.layers.Dense(units, activation="relu", name=f"relu_{i}")
+            for i, units in enumerate(config.hidden_units)
+        ] or [keras.layers.Dense(config.output_dim, name="linear")]
+        self.item_vectors = self.add_weight(
+            name="item_vectors",
+            shape=(self.num_items, config.output_dim),
+            initializer=keras.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(config.output_dim)),
+        )
+        self.item_bias = self.add_weight(
+            name="item_bias", shape=(self.num_items,), initializer="zeros"
+        )
+        counts = np.ones(self.num_items) if item_counts is None else np.asarray(item_counts, float)
+        self.item_counts = counts
+        self.full_softmax = config.use_full_softmax(self.num_items)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    # ----------------------------------------------------------------------------------------------
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """User vectors, shape ``(batch, output_dim)``, from the raw input dict of
+        :func:`towers.features.query_inputs`."""
+        history = self.item_lookup(tf.convert_to_tensor(inputs["history"], tf.string))
+        known = history >= 2  # pads and unknown items do not count
+        if training and self.config.history_dropout > 0:
+            keep = tf.random.uniform(tf.shape(history)) >= self.config.history_dropout
+            known = tf.logical_and(known, keep)
+        embedded = self.history_embedding(history)
+        # How much history there is (log-scaled, in [0, 1]) lets the tower tell a new user's
+        # empty bag, whose mean is the zero vector, from an established one.
+        count = tf.reduce_sum(tf.cast(known, tf.float32), axis=1, keepdims=True)
+        parts = [
+            _masked_mean(embedded, known),
+            tf.math.log1p(count) / float(np.log1p(self.config.max_history)),
+        ]
+        if self.config.recent_history > 0:
+            recent = self.config.recent_history
+            parts.append(_masked_mean(embedded[:, -recent:], known[:, -recent:]))
+        if self.use_tokens:
+            # Each item's token bag is averaged once per call ([V, T, d] -> [V, d]), then the
+            # history averages its items' bags: cheaper than gathering [B, L, T, d].
+            item_bags = _masked_mean(self.token_embedding(self.token_table), self.token_table > 0)
+            parts.append(_masked_mean(tf.gather(item_bags, history), known))
+        if self.demographic_vocabularies:
+            for col in DEMOGRAPHIC_COLUMNS:
+                ids = self.demographic_lookups[col](tf.convert_to_tensor(inputs[col], tf.string))
+                parts.append(self.demographic_embeddings[col](ids))
+            age = tf.reshape(tf.cast(inputs["age"], tf.float32), [-1])
+            missing = tf.math.is_nan(age)
+            age = tf.where(missing, 0.0, age / 100.0)
+            parts.append(tf.stack([age, age * age, tf.cast(missing, tf.float32)], axis=1))
+        if self.config.use_example_age:
+            # Paper Sec. 3.3: trained on the example's age, served at 0 (the end of the window).
+            ea = tf.reshape(tf.cast(inputs["example_age"], tf.float32), [-1])
+            parts.append(tf.stack([ea, ea * ea], axis=1))
+        x = self.feature_dropout(tf.concat(parts, axis=1), training=training)
+        for layer in self.tower:
+            x = layer(x)
+        return x
+
+    def logits(self, user_vectors: tf.Tensor) -> tf.Tensor:
+        """Full softmax logits ``u W^T + b``, shape ``(batch, num_items)``."""
+        return tf.matmul(user_vectors, self.item_vectors, transpose_b=True) + self.item_bias
+
+    def label_indices(self, labels: tf.Tensor) -> tf.Tensor:
+        """Softmax row of each raw label ID (labels must be in the vocabulary)."""
+        return self.item_lookup(tf.convert_to_tensor(labels, tf.string)) - 2
+
+    def compute_loss_value(self, user_vectors: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        label_idx = tf.cast(self.label_indices(labels), tf.int64)
+        if self.full_softmax:
+            return full_softmax_loss(user_vectors, label_idx, self.item_vectors, self.item_bias)
+        return sampled_softmax_loss(
+            user_vectors, label_idx, self.item_vectors, self.item_bias,
+            num_sampled=min(self.config.num_negatives, self.num_items),
+            unigrams=self.item_counts,
+        )  # fmt: skip
+
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker]
+
+    def train_step(self, data):
+        inputs, labels = data
+        with tf.GradientTape() as tape:
+            user_vectors = self(inputs, training=True)
+            loss = self.compute_loss_value(user_vectors, labels)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        # Validation always uses the full softmax, so sampled and full runs compare.
+        inputs, labels = data
+        user_vectors = self(inputs, training=False)
+        label_idx = tf.cast(self.label_indices(labels), tf.int64)
+        loss = full_softmax_loss(user_vectors, label_idx, self.item_vectors, self.item_bias)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def item_matrix(self) -> np.ndarray:
+        """Item vectors with the bias folded in as a last column, shape ``(num_items, d + 1)``.
+
+        A user vector extended with a constant 1 then scores items by one dot product, the full
+        logit (this is what the retrieval index stores).
+        """
+        return np.concatenate(
+            [self.item_vectors.numpy(), self.item_bias.numpy()[:, None]], axis=1
+        ).astype(np.float32)

@@ -1,0 +1,133 @@
+"""End-to-end jobs over the towers: load a dataset, split it, train, evaluate, save an artefact.
+
+The CLI (``nextwatch train-candidates``, ``nextwatch evaluate``) and the benchmarks call these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from towers.data import Dataset, load_interactions
+from towers.evaluate import TowerScorer, evaluate_retrieval, evaluate_top_k_accuracy
+from towers.model import CandidateTower
+from towers.movielens import ARCHIVES, load_movielens
+from towers.splits import Split, make_split
+from towers.train import TowerConfig, TrainOptions, load_artefact, save_artefact, train_tower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the interactions come from: a MovieLens name, or a user's own files.
+
+    Attributes
+    ----------
+    dataset : str or None
+        ``ml-latest-small`` or ``ml-100k``; read from ``data_dir`` (or ``$NEXTWATCH_DATA``),
+        downloaded if absent.
+    data_dir : str or None
+    interactions, items, users : str or None
+        A user's own CSV/Parquet files (used when ``dataset`` is None).
+    user_col, item_col, rating_col, timestamp_col : str
+        Column names in ``interactions``.
+    """
+
+    dataset: str | None = "ml-latest-small"
+    data_dir: str | None = None
+    interactions: str | None = None
+    items: str | None = None
+    users: str | None = None
+    user_col: str = "user"
+    item_col: str = "item"
+    rating_col: str | None = "rating"
+    timestamp_col: str = "timestamp"
+
+    def load(self) -> Dataset:
+        if self.interactions:
+            return load_interactions(
+                self.interactions, user_col=self.user_col, item_col=self.item_col,
+                rating_col=self.rating_col, timestamp_col=self.timestamp_col,
+                items_path=self.items, users_path=self.users,
+            )  # fmt: skip
+        if self.dataset not in ARCHIVES:
+            raise ValueError(
+                f"dataset must be one of {sorted(ARCHIVES)} (or give an interactions file), "
+                f"got {self.dataset!r}"
+            )
+        return load_movielens(self.dataset, self.data_dir)
+
+
+def split_dataset(data: Dataset, protocol: str | None) -> tuple[Dataset, Split | None]:
+    """The training dataset for ``protocol`` (all data when None) and the split itself."""
+    if protocol is None or protocol == "none":
+        return data, None
+    split = make_split(data.interactions, protocol)
+    return data.with_interactions(split.train), split
+
+
+def evaluate_tower(model: CandidateTower, train: Dataset, split: Split) -> dict:
+    """The ``PROTOCOLS.md`` retrieval metrics of ``model`` on ``split`` (tfrs-80-20: top-100
+    accuracy without filtering seen items)."""
+    scorer = TowerScorer(model, train)
+    if split.protocol == "tfrs-80-20":
+        return {"top100_accuracy": evaluate_top_k_accuracy(scorer, scorer.item_ids, split, 100)}
+    metrics = evaluate_retrieval(scorer, scorer.item_ids, split)
+    metrics["cold_test_dropped"] = split.cold_test_dropped
+    return metrics
+
+
+def train_candidates(
+    source: DataSource,
+    output: str | Path,
+    config: TowerConfig | None = None,
+    options: TrainOptions | None = None,
+    protocol: str | None = None,
+) -> dict:
+    """Train the tower on ``source`` (on the train part of ``protocol`` if given), evaluate it on
+    the test part, and save the artefact at ``output``.
+
+    Returns
+    -------
+    dict
+        The metrics written to ``output/metrics.json``.
+    """
+    data = source.load()
+    train, split = split_dataset(data, protocol)
+    result = train_tower(train, config, options)
+    extra: dict = {"protocol": protocol or "none"}
+    if split is not None:
+        extra["evaluation"] = evaluate_tower(result.model, train, split)
+        log.info("%s on %s: %s", protocol, data.name, json.dumps(extra["evaluation"]))
+    save_artefact(result, output, extra)
+    return {**result.metrics, **extra}
+
+
+def evaluate_artefact(
+    source: DataSource, artefact: str | Path, protocol: str, force: bool = False
+) -> dict:
+    """Evaluate a saved tower on ``protocol``.
+
+    Raises
+    ------
+    ValueError
+        If the artefact was trained on other data or another protocol (its numbers would be
+        leaked or meaningless), unless ``force``.
+    """
+    meta = json.loads((Path(artefact) / "metrics.json").read_text())
+    trained_on = meta.get("protocol", "none")
+    data = source.load()
+    config = json.loads((Path(artefact) / "config.json").read_text())
+    if not force and (trained_on != protocol or config["data_checksum"] != data.checksum):
+        raise ValueError(
+            f"artefact {artefact} was trained on {config['dataset']} with protocol {trained_on!r}; "
+            f"evaluating it on {data.name} with {protocol!r} would test on training data "
+            "(pass force=True / --force to do it anyway)"
+        )
+    train, split = split_dataset(data, protocol)
+    if split is None:
+        raise ValueError("protocol must name a split, got 'none'")
+    return evaluate_tower(load_artefact(artefact), train, split)

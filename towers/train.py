@@ -1,0 +1,267 @@
+"""Training the candidate tower, and its self-describing artefact directory.
+
+An artefact directory holds everything needed to rebuild the model without the training data:
+
+``config.json``      tower config, training options, dataset name and data checksum, version
+``vocab/``           items.txt, tokens.txt, item_tokens.npy, item_counts.npy, demographics.json
+``weights/``         the TensorFlow checkpoint
+``item_vectors.npy`` softmax rows with the bias as a last column, shape (num_items, d + 1)
+``metrics.json``     training curve, speed, peak memory and any evaluation numbers
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from towers._tf import keras, tf
+from towers.data import Dataset
+from towers.examples import Examples, build_examples
+from towers.features import UserFeatures, item_token_table, query_inputs
+from towers.model import CandidateTower, TowerConfig
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to run training (not part of the model).
+
+    Attributes
+    ----------
+    epochs, batch_size, learning_rate : training schedule (Adam).
+    seed : int
+        Seeds example subsampling, shuffling and initialisation.
+    verbose : int
+        Keras progress bar: 0 silent, 1 bar, 2 one line per epoch.
+    log_dir : str or None
+        TensorBoard log directory (loss per epoch), or None.
+    """
+
+    epochs: int = 10
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    seed: int = 0
+    verbose: int = 1
+    log_dir: str | None = None
+
+
+@dataclass
+class TrainResult:
+    """A trained tower with its training record."""
+
+    model: CandidateTower
+    config: TowerConfig
+    options: TrainOptions
+    dataset_name: str
+    data_checksum: str
+    metrics: dict = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_tower(
+    data: Dataset, config: TowerConfig, time_window: tuple[int, int] = (0, 0)
+) -> CandidateTower:
+    """A fresh (untrained) tower whose vocabularies come from ``data``'s interactions."""
+    counts = data.interactions["item_id"].value_counts()
+    # Most frequent first (ties by ID), so the sampler's and the index's head is the popular head.
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    item_ids = [str(i) for i, _ in order]
+    item_counts = np.array([c for _, c in order], dtype=np.float64)
+    token_vocab, token_table = item_token_table(data.items, item_ids, config.max_tokens_per_item)
+    users = UserFeatures.from_frame(data.users)
+    return CandidateTower(
+        config,
+        item_ids,
+        token_vocab,
+        token_table,
+        users.vocabularies() if users else None,
+        item_counts,
+        time_window,
+    )
+
+
+def example_inputs(examples: Examples, data: Dataset, config: TowerConfig) -> dict[str, np.ndarray]:
+    """Raw model inputs for ``examples`` (joins demographics by user ID)."""
+    return query_inputs(
+        examples.history,
+        max_history=config.max_history,
+        user_features=UserFeatures.from_frame(data.users),
+        user_ids=examples.user_id,
+        example_age=examples.example_age,
+    )
+
+
+def _dataset(inputs: dict, labels: np.ndarray, batch: int, seed: int | None) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((inputs, labels.astype(str)))
+    if seed is not None:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def train_tower(
+    data: Dataset,
+    config: TowerConfig | None = None,
+    options: TrainOptions | None = None,
+    validation: Dataset | None = None,
+) -> TrainResult:
+    """Train the next-watch tower on ``data``'s interactions.
+
+    Parameters
+    ----------
+    data : Dataset
+        Training interactions and metadata.
+    config : TowerConfig, optional
+    options : TrainOptions, optional
+    validation : Dataset, optional
+        Interactions whose next-watch examples report a full-softmax validation loss per epoch.
+
+    Returns
+    -------
+    TrainResult
+        With metrics ``train_seconds``, ``examples``, ``examples_per_second``, ``peak_rss_mb``,
+        ``loss`` (per epoch) and ``val_loss`` when validation was given.
+    """
+    config = config or TowerConfig()
+    options = options or TrainOptions()
+    if options.epochs < 1 or options.batch_size < 1:
+        raise ValueError(
+            f"epochs and batch_size must be >= 1, got {options.epochs}, {options.batch_size}"
+        )
+    keras.utils.set_random_seed(options.seed)
+    start = time.perf_counter()
+    examples = build_examples(
+        data.interactions,
+        max_history=config.max_history,
+        max_examples_per_user=config.max_examples_per_user,
+        label_horizon=config.label_horizon,
+        seed=options.seed,
+    )
+    if len(examples) == 0:
+        raise ValueError("data has no interactions to learn from")
+    model = build_tower(data, config, examples.time_window)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate))
+    train_ds = _dataset(
+        example_inputs(examples, data, config), examples.label, options.batch_size, options.seed
+    )
+    val_ds = None
+    if validation is not None:
+        val_ex = build_examples(
+            validation.interactions, max_history=config.max_history, max_examples_per_user=None
+        )
+        known = np.isin(val_ex.label, model.item_ids)
+        val_ex = val_ex.subset(known)
+        val_ds = _dataset(example_inputs(val_ex, validation, config), val_ex.label, 2048, None)
+    callbacks = []
+    if options.log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.log_dir, profile_batch=0))
+    prep_seconds = time.perf_counter() - start
+    fit_start = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        epochs=options.epochs,
+        verbose=options.verbose,
+        validation_data=val_ds,
+        callbacks=callbacks,
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    metrics = {
+        "examples": len(examples),
+        "items": model.num_items,
+        "softmax": "full" if model.full_softmax else "sampled",
+        "prepare_seconds": round(prep_seconds, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(prep_seconds + fit_seconds, 3),
+        "examples_per_second": round(len(examples) * options.epochs / fit_seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **{k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+    }
+    log.info("trained on %d examples in %.1f s", len(examples), metrics["train_seconds"])
+    return TrainResult(model, config, options, data.name, data.checksum, metrics)
+
+
+# --------------------------------------------------------------------------------------------------
+# Artefact directory
+# --------------------------------------------------------------------------------------------------
+def save_artefact(
+    result: TrainResult, directory: str | Path, extra_metrics: dict | None = None
+) -> Path:
+    """Write ``result`` as a self-describing artefact directory (see the module docstring)."""
+    directory = Path(directory)
+    vocab = directory / "vocab"
+    vocab.mkdir(parents=True, exist_ok=True)
+    model = result.model
+    (vocab / "items.txt").write_text("\n".join(model.item_ids) + "\n", encoding="utf-8")
+    (vocab / "tokens.txt").write_text("\n".join(model.token_vocabulary) + "\n", encoding="utf-8")
+    np.save(vocab / "item_tokens.npy", model.item_token_array)
+    np.save(vocab / "item_counts.npy", model.item_counts)
+    (vocab / "demographics.json").write_text(
+        json.dumps({k: list(v) for k, v in model.demographic_vocabularies.items()})
+    )
+    model.save_weights(str(directory / "weights" / "tower"))
+    np.save(directory / "item_vectors.npy", model.item_matrix())
+    config = {
+        "format_version": FORMAT_VERSION,
+        "kind": "candidate-tower",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dataset": result.dataset_name,
+        "time_window": list(model.time_window),
+        "data_checksum": result.data_checksum,
+        "tower": result.config.to_dict(),
+        "train_options": asdict(result.options),
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    metrics = {**result.metrics, **(extra_metrics or {})}
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return directory
+
+
+def _read_lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return [line for line in text.split("\n")[:-1]] if text.strip() else []
+
+
+def load_artefact(directory: str | Path) -> CandidateTower:
+    """Rebuild the tower saved by :func:`save_artefact`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not an artefact directory.
+    ValueError
+        If its format version is unknown.
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
+    meta = json.loads(config_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: unsupported artefact format {meta.get('format_version')}")
+    config = TowerConfig(**meta["tower"])
+    vocab = directory / "vocab"
+    demographics = json.loads((vocab / "demographics.json").read_text()) or None
+    model = CandidateTower(
+        config,
+        _read_lines(vocab / "items.txt"),
+        _read_lines(vocab / "tokens.txt"),
+        np.load(vocab / "item_tokens.npy"),
+        demographics,
+        np.load(vocab / "item_counts.npy"),
+        tuple(meta["time_window"]),
+    )
+    model(query_inputs([[]], max_history=config.max_history))  # build variables
+    model.load_weights(str(directory / "weights" / "tower")).expect_partial()
+    return model
