@@ -1,0 +1,55 @@
+import json
+
+import pandas as pd
+
+from serving.cli import main
+
+
+def _tiny_log(path):
+    rows = []
+    for u in range(30):
+        seq = ["A", "B", "C", "D"] if u % 2 else ["C", "D", "A", "B"]
+        rows += [(f"u{u}", item, 4.0, 100 * u + t) for t, item in enumerate(seq)]
+    pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).to_csv(path, index=False)
+
+
+def test_train_then_evaluate_from_a_users_own_file(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    _tiny_log(log)
+    out = tmp_path / "art"
+    args = ["--interactions", str(log), "--protocol", "leave-last-one", "--output", str(out),
+            "--epochs", "2", "--batch-size", "16", "--output-dim", "8", "--embedding-dim", "8",
+            "--token-dim", "4", "--verbose", "0"]
+    assert main(["train-candidates", *args]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["protocol"] == "leave-last-one" and printed["examples"] == 90
+    for name in ("config.json", "metrics.json", "item_vectors.npy", "vocab/items.txt"):
+        assert (out / name).exists()
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["data_checksum"]) == 64 and config["tower"]["output_dim"] == 8
+    assert any((out / "logs").rglob("events.out.tfevents*"))  # TensorBoard curve
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation"]["users"] == 30.0
+
+    assert main(["evaluate", "--interactions", str(log), "--artefact", str(out),
+                 "--protocol", "leave-last-one"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["recall@10"] == metrics["evaluation"]["recall@10"]
+
+
+def test_evaluating_on_another_protocol_is_refused(tmp_path, caplog):
+    log = tmp_path / "log.csv"
+    _tiny_log(log)
+    out = tmp_path / "art"
+    assert main(["train-candidates", "--interactions", str(log), "--output", str(out),
+                 "--epochs", "1", "--verbose", "0"]) == 0
+    assert main(["evaluate", "--interactions", str(log), "--artefact", str(out),
+                 "--protocol", "leave-last-one"]) == 2
+    assert "would test on training data" in caplog.text
+
+
+def test_bad_input_file_is_a_clean_error(tmp_path, caplog):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,rating\n1,2,3\n")
+    assert main(["train-candidates", "--interactions", str(bad), "--output", str(tmp_path)]) == 2
+    assert "missing timestamp" in caplog.text
