@@ -1,6 +1,6 @@
 """Render benchmarks/results/retrieval.json as the Markdown tables shown in README.md.
 
-    python benchmarks/report.py > /tmp/tables.md
+python benchmarks/report.py > /tmp/tables.md
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ def _row(name: str, m: dict, best: dict) -> str:
 def main(path: Path = RESULTS) -> None:
     data = json.loads(path.read_text())
     mach = data["machine"]
-    print(f"Measured {data['date'][:10]} at commit `{data['commit'][:12]}` on {mach['cpu']}, "
-          f"{mach['cores']} cores, {mach['memory_gb']} GB (TensorFlow {mach['tensorflow']}).\n")
+    print(
+        f"Measured {data['date'][:10]} at commit `{data['commit'][:12]}` on {mach['cpu']}, "
+        f"{mach['cores']} cores, {mach['memory_gb']} GB (TensorFlow {mach['tensorflow']}).\n"
+    )
     for block in data.get("comparison", []):
         models = block["models"]
         best = {k: max(m[k] for m in models.values()) for k in METRICS}
-        print(f"**{block['dataset']}, {block['protocol']}** "
-              f"({int(models['nextwatch']['users'])} test users)\n")
+        print(
+            f"**{block['dataset']}, {block['protocol']}** "
+            f"({int(models['nextwatch']['users'])} test users)\n"
+        )
         print("| model | " + " | ".join(METRICS) + " | train s |")
         print("|---" * (len(METRICS) + 2) + "|")
         for name, m in models.items():

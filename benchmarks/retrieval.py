@@ -17,9 +17,10 @@ import logging
 import time
 from dataclasses import replace
 
-import baselines as bl  # noqa: I001
-import common  # noqa: F401  (puts the checkout on sys.path)
+import baselines as bl
+import common
 
+from towers.evaluate import evaluate_retrieval, evaluate_top_k_accuracy
 from towers.movielens import load_movielens
 from towers.pipeline import evaluate_tower
 from towers.presets import benchmark_config, benchmark_options
@@ -62,34 +63,22 @@ def run_baselines(split: Split, top_k_only: bool = False) -> dict:
 
     def measure(score) -> dict:
         if top_k_only:
-            from towers.evaluate import evaluate_top_k_accuracy
-
             return {"top100_accuracy": evaluate_top_k_accuracy(score, items, split, 100)}
-        from towers.evaluate import evaluate_retrieval
-
         return evaluate_retrieval(score, items, split)
 
     out = {}
     score, secs = _timed(bl.most_popular, split.train, items)
     out["most-popular"] = {**measure(score), "train_seconds": secs}
-    (params, trials), tune_secs = _timed(bl.tune, split, bl.ease, EASE_GRID)
-    score, secs = _timed(bl.ease, split.train, items, **params)
-    out["ease"] = {
-        **measure(score),
-        "params": params,
-        "validation": trials,
-        "train_seconds": secs,
-        "tune_seconds": tune_secs,
-    }
-    (params, trials), tune_secs = _timed(bl.tune, split, bl.als, ALS_GRID)
-    score, secs = _timed(bl.als, split.train, items, **params)
-    out["als"] = {
-        **measure(score),
-        "params": params,
-        "validation": trials,
-        "train_seconds": secs,
-        "tune_seconds": tune_secs,
-    }
+    for name, make, grid in (("ease", bl.ease, EASE_GRID), ("als", bl.als, ALS_GRID)):
+        (params, trials), tune_secs = _timed(bl.tune, split, make, grid)
+        score, secs = _timed(make, split.train, items, **params)
+        out[name] = {
+            **measure(score),
+            "params": params,
+            "validation": trials,
+            "train_seconds": secs,
+            "tune_seconds": tune_secs,
+        }
     score, secs = _timed(bl.tfrs_two_tower, split.train, items)
     out["tfrs-two-tower"] = {**measure(score), "train_seconds": secs}
     return out
