@@ -17,9 +17,26 @@ def test_train_then_evaluate_from_a_users_own_file(tmp_path, capsys):
     log = tmp_path / "log.csv"
     _tiny_log(log)
     out = tmp_path / "art"
-    args = ["--interactions", str(log), "--protocol", "leave-last-one", "--output", str(out),
-            "--epochs", "2", "--batch-size", "16", "--output-dim", "8", "--embedding-dim", "8",
-            "--token-dim", "4", "--verbose", "0"]
+    args = [
+        "--interactions",
+        str(log),
+        "--protocol",
+        "leave-last-one",
+        "--output",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--output-dim",
+        "8",
+        "--embedding-dim",
+        "8",
+        "--token-dim",
+        "4",
+        "--verbose",
+        "0",
+    ]
     assert main(["train-candidates", *args]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["protocol"] == "leave-last-one" and printed["examples"] == 90
@@ -31,8 +48,20 @@ def test_train_then_evaluate_from_a_users_own_file(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["users"] == 30.0
 
-    assert main(["evaluate", "--interactions", str(log), "--artefact", str(out),
-                 "--protocol", "leave-last-one"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--interactions",
+                str(log),
+                "--artefact",
+                str(out),
+                "--protocol",
+                "leave-last-one",
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["recall@10"] == metrics["evaluation"]["recall@10"]
 
@@ -41,10 +70,36 @@ def test_evaluating_on_another_protocol_is_refused(tmp_path, caplog):
     log = tmp_path / "log.csv"
     _tiny_log(log)
     out = tmp_path / "art"
-    assert main(["train-candidates", "--interactions", str(log), "--output", str(out),
-                 "--epochs", "1", "--verbose", "0"]) == 0
-    assert main(["evaluate", "--interactions", str(log), "--artefact", str(out),
-                 "--protocol", "leave-last-one"]) == 2
+    assert (
+        main(
+            [
+                "train-candidates",
+                "--interactions",
+                str(log),
+                "--output",
+                str(out),
+                "--epochs",
+                "1",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--interactions",
+                str(log),
+                "--artefact",
+                str(out),
+                "--protocol",
+                "leave-last-one",
+            ]
+        )
+        == 2
+    )
     assert "would test on training data" in caplog.text
 
 
