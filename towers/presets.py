@@ -7,8 +7,8 @@ baselines' hyperparameters are. An earlier exploratory sweep, which picked the r
 batch size and the use of dropout at all, looked at ml-latest-small temporal-user-20 test numbers.
 
 Depth 0 (one linear layer from the features to the user vector) beat depth 1 on validation NDCG@10
-on both datasets; the depth ablation in the README shows depths 1-3 lower on test too. The ReLU tower is kept for
-larger data, where the paper found depth to pay (Fig. 6).
+on both datasets; the depth ablation in the README shows depths 1-3 lower on test too. The ReLU
+tower is kept for larger data, where the paper found depth to pay (Fig. 6).
 """
 
 from __future__ import annotations
