@@ -18,6 +18,7 @@ from towers.data import DataError
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
 from towers.pipeline import DataSource, evaluate_artefact, train_candidates
+from towers.presets import benchmark_config, benchmark_options
 from towers.splits import SPLITS
 from towers.train import TrainOptions
 
@@ -56,14 +57,15 @@ def _source(args: argparse.Namespace) -> DataSource:
 
 
 def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser, defaults: object, title: str, skip: Sequence[str] = ()
 ) -> None:
+    """One flag per init field of the dataclass instance ``defaults``, defaulting to its values."""
     group = parser.add_argument_group(title)
-    for f in fields(cls):
+    for f in fields(defaults):
         if not f.init or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
+        default = getattr(defaults, f.name)
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif f.name == "max_examples_per_user":
@@ -105,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on this protocol's train split and evaluate on its test split; "
         "'none' trains on all data (default)",
     )
-    _add_dataclass_flags(train, TowerConfig, "model")
-    _add_dataclass_flags(train, TrainOptions, "training", skip=("log_dir",))
+    # The defaults are the benchmark preset, so the README's numbers are what a plain run gets.
+    _add_dataclass_flags(train, benchmark_config(), "model (defaults: the benchmark preset)")
+    _add_dataclass_flags(train, benchmark_options(), "training", skip=("log_dir",))
     train.add_argument("--log-dir", help="TensorBoard logs (default: OUTPUT/logs)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained tower on a protocol")

@@ -108,3 +108,18 @@ def test_bad_input_file_is_a_clean_error(tmp_path, caplog):
     bad.write_text("user,item,rating\n1,2,3\n")
     assert main(["train-candidates", "--interactions", str(bad), "--output", str(tmp_path)]) == 2
     assert "missing timestamp" in caplog.text
+
+
+def test_cli_defaults_are_the_benchmark_preset():
+    from serving.cli import build_parser
+    from towers.presets import benchmark_config, benchmark_options
+
+    args = build_parser().parse_args(["train-candidates"])
+    config, options = benchmark_config(), benchmark_options()
+    assert (args.depth, args.output_dim, args.dropout, args.recent_history) == (
+        config.depth,
+        config.output_dim,
+        config.dropout,
+        config.recent_history,
+    )
+    assert (args.epochs, args.batch_size) == (options.epochs, options.batch_size)
