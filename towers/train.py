@@ -230,7 +230,7 @@ def save_artefact(
 
 def _read_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
-    return [line for line in text.split("\n")[:-1]] if text.strip() else []
+    return text.splitlines() if text.strip() else []
 
 
 def load_artefact(directory: str | Path) -> CandidateTower:

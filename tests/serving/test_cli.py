@@ -2,7 +2,10 @@ import json
 
 import pandas as pd
 
-from serving.cli import main
+from serving.cli import build_parser, main
+from towers.presets import benchmark_config, benchmark_options
+
+TINY = "--epochs 2 --batch-size 16 --output-dim 8 --embedding-dim 8 --token-dim 4 --verbose 0"
 
 
 def _tiny_log(path):
@@ -11,33 +14,18 @@ def _tiny_log(path):
         seq = ["A", "B", "C", "D"] if u % 2 else ["C", "D", "A", "B"]
         rows += [(f"u{u}", item, 4.0, 100 * u + t) for t, item in enumerate(seq)]
     pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).to_csv(path, index=False)
+    return path
+
+
+def _run(command: str, log, out, extra: str = "") -> int:
+    args = [command, "--interactions", str(log), *extra.split()]
+    args += ["--output", str(out)] if command == "train-candidates" else ["--artefact", str(out)]
+    return main(args)
 
 
 def test_train_then_evaluate_from_a_users_own_file(tmp_path, capsys):
-    log = tmp_path / "log.csv"
-    _tiny_log(log)
-    out = tmp_path / "art"
-    args = [
-        "--interactions",
-        str(log),
-        "--protocol",
-        "leave-last-one",
-        "--output",
-        str(out),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--output-dim",
-        "8",
-        "--embedding-dim",
-        "8",
-        "--token-dim",
-        "4",
-        "--verbose",
-        "0",
-    ]
-    assert main(["train-candidates", *args]) == 0
+    log, out = _tiny_log(tmp_path / "log.csv"), tmp_path / "art"
+    assert _run("train-candidates", log, out, f"--protocol leave-last-one {TINY}") == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["protocol"] == "leave-last-one" and printed["examples"] == 90
     for name in ("config.json", "metrics.json", "item_vectors.npy", "vocab/items.txt"):
@@ -48,72 +36,26 @@ def test_train_then_evaluate_from_a_users_own_file(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["users"] == 30.0
 
-    assert (
-        main(
-            [
-                "evaluate",
-                "--interactions",
-                str(log),
-                "--artefact",
-                str(out),
-                "--protocol",
-                "leave-last-one",
-            ]
-        )
-        == 0
-    )
+    assert _run("evaluate", log, out, "--protocol leave-last-one") == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["recall@10"] == metrics["evaluation"]["recall@10"]
 
 
 def test_evaluating_on_another_protocol_is_refused(tmp_path, caplog):
-    log = tmp_path / "log.csv"
-    _tiny_log(log)
-    out = tmp_path / "art"
-    assert (
-        main(
-            [
-                "train-candidates",
-                "--interactions",
-                str(log),
-                "--output",
-                str(out),
-                "--epochs",
-                "1",
-                "--verbose",
-                "0",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "evaluate",
-                "--interactions",
-                str(log),
-                "--artefact",
-                str(out),
-                "--protocol",
-                "leave-last-one",
-            ]
-        )
-        == 2
-    )
+    log, out = _tiny_log(tmp_path / "log.csv"), tmp_path / "art"
+    assert _run("train-candidates", log, out, TINY) == 0
+    assert _run("evaluate", log, out, "--protocol leave-last-one") == 2
     assert "would test on training data" in caplog.text
 
 
 def test_bad_input_file_is_a_clean_error(tmp_path, caplog):
     bad = tmp_path / "bad.csv"
     bad.write_text("user,item,rating\n1,2,3\n")
-    assert main(["train-candidates", "--interactions", str(bad), "--output", str(tmp_path)]) == 2
+    assert _run("train-candidates", bad, tmp_path / "art") == 2
     assert "missing timestamp" in caplog.text
 
 
 def test_cli_defaults_are_the_benchmark_preset():
-    from serving.cli import build_parser
-    from towers.presets import benchmark_config, benchmark_options
-
     args = build_parser().parse_args(["train-candidates"])
     config, options = benchmark_config(), benchmark_options()
     assert (args.depth, args.output_dim, args.dropout, args.recent_history) == (
