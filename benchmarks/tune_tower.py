@@ -16,7 +16,7 @@ import ast
 import json
 import logging
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 
 import baselines as bl
 import common
@@ -61,6 +61,8 @@ def main() -> None:
             "dataset": args.dataset,
             "protocol": args.protocol,
             "overrides": overrides,
+            "config": config.to_dict(),
+            "options": asdict(options),
             "train_seconds": seconds,
             "recall@100": round(metrics["recall@100"], 4),
             "ndcg@10": round(metrics["ndcg@10"], 4),
