@@ -1,0 +1,64 @@
+"""Why nextwatch trails on tfrs-80-20: the share of seen items in each unfiltered top-100, and
+what top-100 accuracy would be with seen items filtered (a diagnostic, not the protocol's number).
+
+    python benchmarks/tfrs_diagnostic.py --data-dir ../shared/data
+
+Writes ``benchmarks/results/tfrs_diagnostic.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import baselines as bl
+import common
+import numpy as np
+
+from towers.evaluate import TowerScorer
+from towers.metrics import top_k
+from towers.movielens import load_movielens
+from towers.presets import benchmark_config, benchmark_options
+from towers.splits import make_split
+from towers.train import train_tower
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    data = load_movielens("ml-100k", args.data_dir)
+    split = make_split(data.interactions, "tfrs-80-20")
+    train = data.with_interactions(split.train)
+    scorer = TowerScorer(train_tower(train, benchmark_config(), benchmark_options(0)).model, train)
+    items = scorer.item_ids
+    index = {i: n for n, i in enumerate(items)}
+    users = sorted(split.test["user_id"].unique())
+    seen = {u: set(g.map(index)) for u, g in split.train.groupby("user_id")["item_id"]}
+    test = split.test[split.test["item_id"].isin(index)]
+    out = {}
+    ease_lam = 300.0  # the λ that validation picks in benchmarks/retrieval.py
+    for name, score in (("nextwatch", scorer), ("ease", bl.ease(split.train, items, ease_lam))):
+        scores = np.array(score(users), dtype=np.float64)
+        ranked = top_k(scores.copy(), 100)
+        share = np.mean(
+            [
+                len(set(r.tolist()) & seen.get(u, set())) / 100
+                for u, r in zip(users, ranked, strict=True)
+            ]
+        )
+        exclude = [np.array(sorted(seen.get(u, set())), dtype=np.int64) for u in users]
+        filtered = dict(zip(users, top_k(scores.copy(), 100, exclude), strict=True))
+        hits = sum(
+            index[i] in set(filtered[u].tolist())
+            for u, i in zip(test["user_id"], test["item_id"], strict=True)
+        )
+        out[name] = {
+            "seen_share_of_unfiltered_top100": round(float(share), 4),
+            "top100_accuracy_seen_filtered": round(hits / len(split.test), 4),
+        }
+    common.write_results("tfrs_diagnostic", {"protocol": "tfrs-80-20", "models": out})
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
