@@ -23,6 +23,12 @@ from towers.evaluate import evaluate_retrieval
 from towers.splits import Split, per_user_tail
 
 log = logging.getLogger(__name__)
+# Validation grids of the tuned baselines (benchmarks/retrieval.py, benchmarks/tfrs_diagnostic.py).
+EASE_GRID = [{"lam": v} for v in (100.0, 300.0, 1000.0, 3000.0)]
+ALS_GRID = [
+    {"factors": f, "regularization": r, "alpha": a}
+    for f in (32, 64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)
+]  # fmt: skip
 
 
 def interaction_matrix(

@@ -28,11 +28,6 @@ from towers.splits import Split, make_split
 from towers.train import peak_rss_mb, train_tower
 
 log = logging.getLogger("benchmarks.retrieval")
-EASE_GRID = [{"lam": v} for v in (100.0, 300.0, 1000.0, 3000.0)]
-ALS_GRID = [
-    {"factors": f, "regularization": r, "alpha": a}
-    for f in (32, 64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)
-]  # fmt: skip
 
 
 def _timed(fn, *args, **kwargs):
@@ -69,7 +64,7 @@ def run_baselines(split: Split, top_k_only: bool = False) -> dict:
     out = {}
     score, secs = _timed(bl.most_popular, split.train, items)
     out["most-popular"] = {**measure(score), "train_seconds": secs}
-    for name, make, grid in (("ease", bl.ease, EASE_GRID), ("als", bl.als, ALS_GRID)):
+    for name, make, grid in (("ease", bl.ease, bl.EASE_GRID), ("als", bl.als, bl.ALS_GRID)):
         (params, trials), tune_secs = _timed(bl.tune, split, make, grid)
         score, secs = _timed(make, split.train, items, **params)
         out[name] = {

@@ -36,8 +36,13 @@ def main() -> None:
     seen = {u: set(g.map(index)) for u, g in split.train.groupby("user_id")["item_id"]}
     test = split.test[split.test["item_id"].isin(index)]
     out = {}
-    ease_lam = 300.0  # the λ that validation picks in benchmarks/retrieval.py
-    for name, score in (("nextwatch", scorer), ("ease", bl.ease(split.train, items, ease_lam))):
+    # EASE's λ is tuned on validation exactly as in benchmarks/retrieval.py.
+    ease_params, _ = bl.tune(split, bl.ease, bl.EASE_GRID)
+    out["ease_params"] = ease_params
+    for name, score in (
+        ("nextwatch", scorer),
+        ("ease", bl.ease(split.train, items, **ease_params)),
+    ):
         scores = np.array(score(users), dtype=np.float64)
         ranked = top_k(scores.copy(), 100)
         share = np.mean(
