@@ -1,7 +1,10 @@
 """The ``nextwatch`` command line.
 
-``nextwatch train-candidates``  train the next-watch tower and save an artefact directory
-``nextwatch evaluate``          evaluate an artefact on the protocol it was trained for
+``nextwatch train-candidates``   train the next-watch tower and save an artefact directory
+``nextwatch evaluate``           evaluate an artefact on the protocol it was trained for
+``nextwatch recommend``          top-k for a user or a history, from an artefact (JSON)
+``nextwatch export-candidates``  batch top-k for all users (or a list), sharded and resumable
+``nextwatch export-savedmodels`` SavedModels for TF Serving (query tower, brute force, ScaNN)
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
+import pandas as pd
+
+from export.candidates import FORMATS, export_candidates
+from export.savedmodel import MODEL_NAMES, export_savedmodels
+from serving.api import Recommender, UnknownItemError
 from towers.data import DataError
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
@@ -124,7 +132,86 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate even if the artefact was trained for other data",
     )
+
+    rec = sub.add_parser("recommend", help="top-k for a known user or a history (JSON)")
+    rec.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
+    who = rec.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user ID of the training data")
+    who.add_argument("--history", help="comma-separated watched item IDs, oldest first")
+    who.add_argument("--similar-to", help="an item ID: its most similar items")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--genres", default="", help="comma-separated genre filter")
+    rec.add_argument("--exclude", default="", help="comma-separated item IDs to leave out")
+
+    cands = sub.add_parser("export-candidates", help="batch top-k candidates for every user")
+    cands.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
+    cands.add_argument("--output", required=True, help="output directory (resumed if unfinished)")
+    cands.add_argument("--k", type=int, default=100, help="candidates per user (default: 100)")
+    cands.add_argument(
+        "--users", help="only these users: a text file with one ID per line, or CSV/Parquet "
+        "with a user_id column"
+    )  # fmt: skip
+    cands.add_argument(
+        "--user-table",
+        help="Parquet user table (user_id, history, demographics) instead of the artefact's",
+    )
+    cands.add_argument("--shard-size", type=int, default=10_000, help="users per output file")
+    cands.add_argument("--workers", type=int, default=1, help="parallel processes")
+    cands.add_argument("--format", choices=FORMATS, default="parquet")
+    cands.add_argument("--batch-size", type=int, default=1024)
+    cands.add_argument(
+        "--include-seen", action="store_true", help="do not exclude items the user has watched"
+    )
+
+    models = sub.add_parser("export-savedmodels", help="SavedModels for TF Serving")
+    models.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
+    models.add_argument("--output", required=True, help="TF Serving model base directory")
+    models.add_argument("--k", type=int, default=100, help="items per retrieval response")
+    models.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    models.add_argument("--serving-version", type=int, default=1, help="numeric version dir")
     return parser
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def read_user_list(path: str) -> list[str]:
+    """User IDs from a text file (one per line) or a CSV/Parquet file with a ``user_id`` column.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the file is missing, or a table lacks ``user_id``.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"users file {file} does not exist")
+    if file.suffix.lower() in (".csv", ".parquet"):
+        frame = pd.read_parquet(file) if file.suffix.lower() == ".parquet" else pd.read_csv(
+            file, dtype=str
+        )  # fmt: skip
+        if "user_id" not in frame.columns:
+            raise ValueError(f"{file} has no user_id column (columns: {list(frame.columns)})")
+        return frame["user_id"].astype(str).tolist()
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
+def _recommend(args: argparse.Namespace) -> dict:
+    recommender = Recommender.load(args.artefact)
+    if args.similar_to:
+        items = recommender.similar_items(args.similar_to, args.k)
+        return {"item_id": args.similar_to, "items": [asdict(i) for i in items]}
+    result = recommender.recommend(
+        args.user,
+        history=_split(args.history) if args.history is not None else None,
+        k=args.k,
+        genres=_split(args.genres),
+        exclude=_split(args.exclude),
+    )
+    out = asdict(result)
+    out["model_version"] = recommender.version
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +241,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.output:
                 Path(args.output).write_text(json.dumps(metrics, indent=2))
             print(json.dumps(metrics, indent=2))
-    except (DataError, ValueError, FileNotFoundError) as exc:
+        elif args.command == "recommend":
+            print(json.dumps(_recommend(args), indent=2))
+        elif args.command == "export-candidates":
+            summary = export_candidates(
+                args.artefact, args.output, k=args.k,
+                users=read_user_list(args.users) if args.users else None,
+                user_table=args.user_table, shard_size=args.shard_size, workers=args.workers,
+                fmt=args.format, batch_size=args.batch_size, exclude_seen=not args.include_seen,
+            )  # fmt: skip
+            print(json.dumps(asdict(summary), indent=2))
+        elif args.command == "export-savedmodels":
+            paths = export_savedmodels(
+                args.artefact, args.output, k=args.k, models=tuple(args.models),
+                serving_version=args.serving_version,
+            )  # fmt: skip
+            print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
+    except (DataError, ValueError, FileNotFoundError, UnknownItemError) as exc:
         log.error("%s", exc)
         return 2
     return 0

@@ -33,3 +33,53 @@ def three_user_log() -> pd.DataFrame:
         ("u3", "c", 1.0, 7), ("u1", "c", 2.0, 30), ("u2", "b", 4.0, 5),
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def planted_dataset():
+    """80 users with demographics: 40 watch A then B, 40 watch C then D, then one of E..H.
+
+    Items have titles and genres (A, B: Comedy; C, D: Drama; E..H: Horror), so filters and
+    titles can be checked by hand.
+    """
+    from towers.data import Dataset, empty_item_metadata
+
+    rows = []
+    for u in range(80):
+        first, second = ("A", "B") if u < 40 else ("C", "D")
+        rows += [
+            (f"u{u}", first, 4.0, 10 * u + 1),
+            (f"u{u}", second, 4.0, 10 * u + 2),
+            (f"u{u}", "EFGH"[u % 4], 3.0, 10 * u + 3),
+        ]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items = empty_item_metadata(list("ABCDEFGH"))
+    items["title"] = [f"Movie {i} (1990)" for i in "ABCDEFGH"]
+    items["genres"] = [["Comedy"]] * 2 + [["Drama"]] * 2 + [["Horror"]] * 4
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(80)],
+            "age": [20.0 + u % 30 for u in range(80)],
+            "gender": ["F" if u % 2 else "M" for u in range(80)],
+            "occupation": ["student" if u % 3 else "artist" for u in range(80)],
+            "zip_prefix": [str(u % 5) for u in range(80)],
+        }
+    )
+    return Dataset("planted", frame, items, users, "0" * 64)
+
+
+@pytest.fixture(scope="session")
+def planted_artefact(tmp_path_factory) -> Path:
+    """A trained artefact of :func:`planted_dataset` with every feature on (history bag, recent
+    bag, tokens, demographics, example age), its index and its catalogue files."""
+    from towers.model import TowerConfig
+    from towers.train import TrainOptions, save_artefact, train_tower
+
+    config = TowerConfig(
+        embedding_dim=8, token_dim=4, output_dim=8, depth=1, max_history=3, recent_history=2,
+        max_examples_per_user=None,
+    )  # fmt: skip
+    data = planted_dataset()
+    result = train_tower(
+        data, config, TrainOptions(epochs=60, batch_size=32, learning_rate=0.03, verbose=0)
+    )
+    return save_artefact(result, tmp_path_factory.mktemp("planted") / "artefact", data=data)

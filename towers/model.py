@@ -251,6 +251,11 @@ class CandidateTower(keras.Model):
             unigrams=self.item_counts,
         )  # fmt: skip
 
+    def get_config(self) -> dict:
+        # Rebuilt from the artefact (towers.train.load_artefact), not from this config; it only
+        # describes the model in SavedModel metadata.
+        return {"tower": self.config.to_dict(), "num_items": self.num_items}
+
     @property
     def metrics(self) -> list:
         return [self.loss_tracker]

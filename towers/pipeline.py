@@ -102,7 +102,7 @@ def train_candidates(
     if split is not None:
         extra["evaluation"] = evaluate_tower(result.model, train, split)
         log.info("%s on %s: %s", protocol, data.name, json.dumps(extra["evaluation"]))
-    save_artefact(result, output, extra)
+    save_artefact(result, output, extra, data=train)
     return {**result.metrics, **extra}
 
 

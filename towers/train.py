@@ -6,11 +6,18 @@ An artefact directory holds everything needed to rebuild the model without the t
 ``vocab/``           items.txt, tokens.txt, item_tokens.npy, item_counts.npy, demographics.json
 ``weights/``         the TensorFlow checkpoint
 ``item_vectors.npy`` softmax rows with the bias as a last column, shape (num_items, d + 1)
+``index/``           the ScaNN index over those rows (see :mod:`towers.index`)
+``items.parquet``    item metadata; ``users.parquet`` the training users' histories
+                     (see :mod:`towers.catalogue`; written when the training data is given)
 ``metrics.json``     training curve, speed, peak memory and any evaluation numbers
+
+The version (``config.json``'s ``version``) is the creation time plus a hash of the item vectors,
+e.g. ``20261128T073500Z-1a2b3c4d``; exported SavedModels and candidate files carry it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import resource
@@ -22,13 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from towers._tf import keras, tf
+from towers.catalogue import save_catalogue
 from towers.data import Dataset
 from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
+from towers.index import IndexParams, ItemIndex
 from towers.model import CandidateTower, TowerConfig
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index/, version, catalogue files
 
 
 @dataclass(frozen=True)
@@ -196,9 +205,25 @@ def train_tower(
 # Artefact directory
 # --------------------------------------------------------------------------------------------------
 def save_artefact(
-    result: TrainResult, directory: str | Path, extra_metrics: dict | None = None
+    result: TrainResult,
+    directory: str | Path,
+    extra_metrics: dict | None = None,
+    data: Dataset | None = None,
+    index_params: IndexParams | None = None,
 ) -> Path:
-    """Write ``result`` as a self-describing artefact directory (see the module docstring)."""
+    """Write ``result`` as a self-describing artefact directory (see the module docstring).
+
+    Parameters
+    ----------
+    result : TrainResult
+    directory : str or Path
+    extra_metrics : dict, optional
+        Merged into ``metrics.json``.
+    data : Dataset, optional
+        The training data, whose item metadata and user histories serving needs.
+    index_params : IndexParams, optional
+        Retrieval index settings; derived from the catalogue size when omitted.
+    """
     directory = Path(directory)
     vocab = directory / "vocab"
     vocab.mkdir(parents=True, exist_ok=True)
@@ -211,11 +236,17 @@ def save_artefact(
         json.dumps({k: list(v) for k, v in model.demographic_vocabularies.items()})
     )
     model.save_weights(str(directory / "weights" / "tower"))
-    np.save(directory / "item_vectors.npy", model.item_matrix())
+    matrix = model.item_matrix()
+    np.save(directory / "item_vectors.npy", matrix)
+    ItemIndex.build(model.item_ids, matrix, index_params).save(directory / "index")
+    if data is not None:
+        save_catalogue(directory, data)
+    now = datetime.now(UTC)
     config = {
         "format_version": FORMAT_VERSION,
         "kind": "candidate-tower",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "version": f"{now:%Y%m%dT%H%M%SZ}-{hashlib.sha256(matrix.tobytes()).hexdigest()[:8]}",
+        "created_at": now.isoformat(timespec="seconds"),
         "dataset": result.dataset_name,
         "time_window": list(model.time_window),
         "data_checksum": result.data_checksum,
@@ -265,3 +296,17 @@ def load_artefact(directory: str | Path) -> CandidateTower:
     model(query_inputs([[]], max_history=config.max_history))  # build variables
     model.load_weights(str(directory / "weights" / "tower")).expect_partial()
     return model
+
+
+def artefact_version(directory: str | Path) -> str:
+    """The version string of the artefact at ``directory``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not an artefact directory.
+    """
+    config_path = Path(directory) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
+    return str(json.loads(config_path.read_text())["version"])

@@ -65,3 +65,38 @@ def test_cli_defaults_are_the_benchmark_preset():
         config.recent_history,
     )
     assert (args.epochs, args.batch_size) == (options.epochs, options.batch_size)
+
+
+def test_recommend_and_both_exports_from_the_command_line(planted_artefact, tmp_path, capsys):
+    art = str(planted_artefact)
+    assert main(["recommend", "--artefact", art, "--user", "u0", "--k", "2"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["known_user"] and len(shown["items"]) == 2 and shown["model_version"]
+    assert main(["recommend", "--artefact", art, "--history", "A", "--genres", "Horror"]) == 0
+    assert {i["item_id"] for i in json.loads(capsys.readouterr().out)["items"]} == set("EFGH")
+    assert main(["recommend", "--artefact", art, "--similar-to", "A", "--k", "1"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 1
+
+    users = tmp_path / "users.txt"
+    users.write_text("u1\nu2\n")
+    out = tmp_path / "cands"
+    args = ["export-candidates", "--artefact", art, "--output", str(out), "--users", str(users)]
+    assert main([*args, "--k", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == 2
+    assert len(pd.read_parquet(out / "part-00000.parquet")) == 6
+
+    models = tmp_path / "models"
+    assert main(["export-savedmodels", "--artefact", art, "--output", str(models),
+                 "--models", "query_tower"]) == 0  # fmt: skip
+    assert (models / "query_tower" / "1" / "saved_model.pb").exists()
+
+
+def test_command_line_errors_exit_2_with_the_reason(planted_artefact, tmp_path, caplog):
+    art = str(planted_artefact)
+    assert main(["recommend", "--artefact", art, "--history", "A", "--k", "0"]) == 2
+    assert main(["recommend", "--artefact", art, "--similar-to", "nope"]) == 2
+    assert main(["export-candidates", "--artefact", art, "--output", str(tmp_path),
+                 "--users", str(tmp_path / "missing.txt")]) == 2  # fmt: skip
+    assert "k must be a positive integer" in caplog.text
+    assert "item_id 'nope' is not in the catalogue" in caplog.text
+    assert "users file" in caplog.text

@@ -1,0 +1,283 @@
+"""Batch candidate export: the top ``k`` items of every user (or of a user list), to files.
+
+Output directory::
+
+    _manifest.json         model version, k, user count, shard size, format, a hash of the user list
+    part-00000.parquet     user_id, rank (1 = best), item_id, score, model_version
+    part-00001.parquet     ...
+    _SUCCESS               written last, with the run's users/s
+
+Users are cut into shards of ``shard_size`` in a fixed order; each shard is written to a temporary
+file and renamed into place, so a shard file exists only when it is complete. A rerun with the
+same settings skips finished shards (resume); a rerun with other settings (another model, ``k``,
+user list or format) is refused rather than mixing two exports in one directory. Shards run in
+``workers`` processes, each loading the artefact once.
+
+Retrieval is :class:`towers.retrieval.Retriever`, the same core as the Python API
+(``serving.api.Recommender``), with the user's stored history as the query and seen items
+excluded, so a user's rows equal ``Recommender.recommend(user_id, k=k)``. Users not in the user
+table get the answer for an empty history (as the API does for unknown users).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from towers.catalogue import USERS_FILE, UserTable
+from towers.features import query_inputs
+from towers.retrieval import Retriever
+from towers.train import artefact_version
+
+log = logging.getLogger(__name__)
+FORMATS = ("parquet", "csv")
+SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("rank", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float32()),
+        ("model_version", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export run did."""
+
+    output: str
+    model_version: str
+    users: int
+    shards: int
+    shards_written: int
+    shards_skipped: int
+    unknown_users: int
+    seconds: float
+    users_per_second: float
+
+
+class _ShardWriter:
+    """Loads the artefact once per process and turns a shard of user rows into a file."""
+
+    def __init__(self, artefact: str, user_table: str, batch_size: int) -> None:
+        self.retriever = Retriever.from_artefact(artefact)
+        self.users = UserTable.read(user_table)
+        self.version = artefact_version(artefact)
+        self.batch_size = batch_size
+
+    def top_k(self, user_ids: list[str], k: int, exclude_seen: bool) -> pa.Table:
+        columns: dict[str, list] = {name: [] for name in SCHEMA.names[:-1]}
+        for start in range(0, len(user_ids), self.batch_size):
+            batch = user_ids[start : start + self.batch_size]
+            rows = self.users.rows(batch)
+            histories = self.users.histories(rows)
+            inputs = query_inputs(
+                histories,
+                max_history=self.retriever.encoder.max_history,
+                demographics=self.users.demographics(rows),
+            )
+            exclude = [set(h) for h in histories] if exclude_seen else None
+            for user, got in zip(batch, self.retriever.retrieve(inputs, k, exclude), strict=True):
+                n = len(got.item_ids)
+                columns["user_id"].append(np.full(n, user, dtype=object))
+                columns["rank"].append(np.arange(1, n + 1, dtype=np.int32))
+                columns["item_id"].append(np.asarray(got.item_ids, dtype=object))
+                columns["score"].append(np.asarray(got.scores, dtype=np.float32))
+        arrays = [
+            pa.array(np.concatenate(columns[f.name]) if columns[f.name] else [], type=f.type)
+            for f in SCHEMA
+            if f.name != "model_version"
+        ]
+        n_rows = len(arrays[0])
+        version = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n_rows, np.int32)), pa.array([self.version])
+        ).cast(pa.string())
+        return pa.Table.from_arrays([*arrays, version], schema=SCHEMA)
+
+
+_WRITER: _ShardWriter | None = None
+
+
+def _init_worker(artefact: str, user_table: str, batch_size: int, threads: int) -> None:
+    global _WRITER
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _WRITER = _ShardWriter(artefact, user_table, batch_size)
+
+
+def _write_shard(
+    path: str, user_ids: list[str], k: int, exclude_seen: bool, fmt: str, writer=None
+) -> tuple[str, int, float]:
+    writer = writer or _WRITER
+    start = time.perf_counter()
+    table = writer.top_k(user_ids, k, exclude_seen)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if fmt == "parquet":
+        pq.write_table(table, tmp)
+    else:
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)  # atomic: a shard file exists only when complete
+    return path, len(user_ids), time.perf_counter() - start
+
+
+def _users_hash(user_ids: list[str]) -> str:
+    digest = hashlib.sha256()
+    for user in user_ids:
+        digest.update(user.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def export_candidates(
+    artefact: str | Path,
+    output: str | Path,
+    *,
+    k: int = 100,
+    users: list[str] | None = None,
+    user_table: str | Path | None = None,
+    shard_size: int = 10_000,
+    workers: int = 1,
+    fmt: str = "parquet",
+    batch_size: int = 1024,
+    exclude_seen: bool = True,
+) -> ExportSummary:
+    """Write the top ``k`` candidates of each user as sharded files.
+
+    Parameters
+    ----------
+    artefact : str or Path
+        Artefact directory (from ``nextwatch train-candidates``).
+    output : str or Path
+        Output directory (created; resumed if it holds a matching unfinished export).
+    k : int
+        Candidates per user.
+    users : list of str, optional
+        Export only these users (in this order); default every user of the user table.
+    user_table : str or Path, optional
+        Parquet user table (``user_id``, ``history``, optional demographics; see
+        :mod:`towers.catalogue`); default the artefact's ``users.parquet``.
+    shard_size : int
+        Users per output file.
+    workers : int
+        Processes; each loads the artefact and handles whole shards.
+    fmt : {"parquet", "csv"}
+    batch_size : int
+        Users per encoder pass and index search.
+    exclude_seen : bool
+        Leave out items in each user's history (default True).
+
+    Raises
+    ------
+    ValueError
+        On a bad argument, or if ``output`` holds an export made with other settings.
+    FileNotFoundError
+        If the artefact or user table is missing.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    for name, value in (("k", k), ("shard_size", shard_size), ("workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    artefact = Path(artefact)
+    table_path = Path(user_table) if user_table else artefact / USERS_FILE
+    if not table_path.exists():
+        raise FileNotFoundError(
+            f"user table {table_path} does not exist (train with the current version, or pass "
+            "user_table)"
+        )
+    version = artefact_version(artefact)
+    table = UserTable.read(table_path)
+    user_ids = list(dict.fromkeys(str(u) for u in users)) if users is not None else table.user_ids
+    unknown = int((table.rows(user_ids) < 0).sum()) if users is not None else 0
+    if unknown:
+        log.warning("%d of %d users are not in the user table: exported as new users", unknown,
+                    len(user_ids))  # fmt: skip
+    del table
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    shards = [user_ids[i : i + shard_size] for i in range(0, len(user_ids), shard_size)]
+    manifest = {
+        "model_version": version,
+        "k": k,
+        "users": len(user_ids),
+        "users_sha256": _users_hash(user_ids),
+        "shard_size": shard_size,
+        "shards": len(shards),
+        "format": fmt,
+        "exclude_seen": exclude_seen,
+        "user_table": str(table_path.resolve()),
+    }
+    manifest_path = output / "_manifest.json"
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        changed = {key for key in manifest if previous.get(key) != manifest[key]}
+        if changed:
+            raise ValueError(
+                f"{output} holds an export with other settings ({sorted(changed)} differ); "
+                "use a new output directory"
+            )
+    else:
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+    (output / "_SUCCESS").unlink(missing_ok=True)
+    paths = [str(output / f"part-{i:05d}.{fmt}") for i in range(len(shards))]
+    todo = [i for i, p in enumerate(paths) if not Path(p).exists()]
+    skipped = len(shards) - len(todo)
+    if skipped:
+        log.info("resuming: %d of %d shards already written", skipped, len(shards))
+    start = time.perf_counter()
+    done_users = 0
+
+    def progress(n_users: int, finished: int) -> None:
+        elapsed = time.perf_counter() - start
+        rate = n_users / max(elapsed, 1e-9)
+        remaining = sum(len(shards[i]) for i in todo) - n_users
+        log.info("shard %d/%d done: %d users, %.0f users/s, ETA %.0f s", finished + skipped,
+                 len(shards), n_users, rate, remaining / max(rate, 1e-9))  # fmt: skip
+
+    if workers == 1 or len(todo) <= 1:
+        writer = _ShardWriter(str(artefact), str(table_path), batch_size) if todo else None
+        for n, i in enumerate(todo, 1):
+            _, count, _ = _write_shard(paths[i], shards[i], k, exclude_seen, fmt, writer)
+            done_users += count
+            progress(done_users, n)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(artefact), str(table_path), batch_size, threads),
+        ) as pool:
+            futures = [
+                pool.submit(_write_shard, paths[i], shards[i], k, exclude_seen, fmt) for i in todo
+            ]
+            for n, future in enumerate(as_completed(futures), 1):
+                _, count, _ = future.result()
+                done_users += count
+                progress(done_users, n)
+    seconds = time.perf_counter() - start
+    summary = ExportSummary(
+        output=str(output),
+        model_version=version,
+        users=len(user_ids),
+        shards=len(shards),
+        shards_written=len(todo),
+        shards_skipped=skipped,
+        unknown_users=unknown,
+        seconds=round(seconds, 3),
+        users_per_second=round(done_users / seconds, 1) if seconds > 0 else 0.0,
+    )
+    (output / "_SUCCESS").write_text(json.dumps(asdict(summary), indent=2))
+    return summary

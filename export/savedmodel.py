@@ -1,0 +1,241 @@
+"""SavedModels for TF Serving: the query tower, brute-force retrieval, and ScaNN retrieval.
+
+Each model has one ``serving_default`` signature on raw inputs:
+
+``history``   string ``[batch, n]``: watched item IDs, oldest first; ``""`` pads anywhere, and
+              unknown IDs are ignored. Any ``n``: the newest ``max_history`` items form the bag.
+``age``, ``gender``, ``occupation``, ``zip_prefix``
+              only when the model was trained with demographics (ml-100k): float ``[batch]``
+              (NaN if unknown) and strings ``[batch]`` (``""`` if unknown).
+
+Outputs:
+
+* ``query_tower``: ``user_vector`` float ``[batch, d]``.
+* ``retrieval_brute_force`` and ``retrieval_scann``: ``item_ids`` string ``[batch, k]`` and
+  ``scores`` float ``[batch, k]`` (the softmax logits), best first, with the request's history
+  excluded. When fewer than ``k`` items are eligible the tail is ``""`` with score
+  ``-3.4028235e38`` (JSON has no infinity).
+* every model also returns ``model_version`` string ``[batch]``, the artefact version.
+
+The brute-force model uses only stock TensorFlow ops (lookups, matmul, top-k), so stock TF
+Serving loads it. The ScaNN model needs ScaNN's custom ops: TF Serving built with them (Google's
+``tf-serving-scann`` image), or :func:`load_scann_model` in Python, which imports ScaNN first.
+
+Directory layout (TF Serving's ``<model_base_path>/<numeric version>``)::
+
+    OUTPUT/query_tower/1/  OUTPUT/retrieval_brute_force/1/  OUTPUT/retrieval_scann/1/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from towers._tf import tf
+from towers.features import DEMOGRAPHIC_COLUMNS
+from towers.index import IndexParams
+from towers.model import CandidateTower
+from towers.train import artefact_version, load_artefact
+
+MODEL_NAMES = ("query_tower", "retrieval_brute_force", "retrieval_scann")
+NO_ITEM_SCORE = float(np.finfo(np.float32).min)
+
+
+def _signature(model: CandidateTower) -> dict[str, tf.TensorSpec]:
+    spec = {"history": tf.TensorSpec([None, None], tf.string, name="history")}
+    if model.demographic_vocabularies:
+        spec["age"] = tf.TensorSpec([None], tf.float32, name="age")
+        for col in DEMOGRAPHIC_COLUMNS:
+            spec[col] = tf.TensorSpec([None], tf.string, name=col)
+    return spec
+
+
+class _QueryModule(tf.Module):
+    """The tower behind a signature: raw request -> the model's input dict -> user vectors."""
+
+    def __init__(self, model: CandidateTower, version: str) -> None:
+        super().__init__()
+        self.model = model
+        self.max_history = model.config.max_history
+        self.version = version
+
+    def _model_inputs(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        history = request["history"]
+        # Move pads to the front keeping the items' order (a stable sort on "is an item"), then
+        # keep the newest max_history: the same left-padded bag as towers.features.query_inputs.
+        order = tf.argsort(tf.cast(history != "", tf.int32), axis=1, stable=True)
+        history = tf.gather(history, order, batch_dims=1)
+        history = history[:, tf.maximum(tf.shape(history)[1] - self.max_history, 0) :]
+        pad = self.max_history - tf.shape(history)[1]
+        history = tf.pad(history, [[0, 0], [pad, 0]], constant_values="")
+        batch = tf.shape(history)[0]
+        inputs = {"history": history, "example_age": tf.zeros([batch], tf.float32)}
+        for name in ("age", *DEMOGRAPHIC_COLUMNS):
+            if name in request:
+                inputs[name] = request[name]
+        return inputs
+
+    def user_vectors(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
+        return self.model(self._model_inputs(request), training=False)
+
+    def versions(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
+        return tf.fill([tf.shape(request["history"])[0]], self.version)
+
+    def seen_rows(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Softmax row of each history item; -1 for pads and unknown IDs."""
+        rows = tf.cast(self.model.item_lookup(request["history"]), tf.int32) - 2
+        return tf.maximum(rows, -1)
+
+
+class _BruteForceModule(_QueryModule):
+    def __init__(self, model: CandidateTower, version: str, k: int) -> None:
+        super().__init__(model, version)
+        self.k = min(k, model.num_items)
+        self.item_ids = tf.constant(model.item_ids)
+
+    def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        logits = self.model.logits(self.user_vectors(request))
+        seen = self.seen_rows(request)
+        where = tf.where(seen >= 0)
+        rows = tf.gather_nd(seen, where)
+        index = tf.stack([tf.cast(where[:, 0], tf.int32), rows], axis=1)
+        logits = tf.tensor_scatter_nd_update(
+            logits, index, tf.fill([tf.shape(index)[0]], float("-inf"))
+        )
+        top = tf.math.top_k(logits, k=self.k)
+        valid = top.values > float("-inf")
+        return {
+            "item_ids": tf.where(valid, tf.gather(self.item_ids, top.indices), ""),
+            "scores": tf.where(valid, top.values, NO_ITEM_SCORE),
+            "model_version": self.versions(request),
+        }
+
+
+class _ScannModule(_QueryModule):
+    def __init__(self, model: CandidateTower, version: str, k: int, params: IndexParams) -> None:
+        super().__init__(model, version)
+        from scann.scann_ops.py import scann_ops
+
+        self._scann_ops = scann_ops
+        self.k = min(k, model.num_items)
+        self.num_items = model.num_items
+        self.item_ids = tf.constant(model.item_ids)
+        matrix = model.item_matrix()
+        builder = scann_ops.builder(matrix, self.k, "dot_product")
+        if params.mode == "tree_ah":
+            builder = (
+                builder.tree(
+                    params.num_leaves,
+                    params.leaves_to_search,
+                    training_sample_size=params.training_sample_size,
+                )
+                .score_ah(
+                    params.dims_per_block,
+                    anisotropic_quantization_threshold=params.anisotropic_threshold,
+                    training_sample_size=params.training_sample_size,
+                )
+                .reorder(params.reorder)
+            )
+        else:
+            builder = builder.score_brute_force()
+        self.searcher_state = builder.build().serialize_to_module()
+
+    def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        user = self.user_vectors(request)
+        queries = tf.concat([user, tf.ones([tf.shape(user)[0], 1])], axis=1)
+        seen = self.seen_rows(request)
+        # Fetch room for every history item, so exclusion still leaves k.
+        fetch = tf.minimum(self.k + tf.shape(seen)[1], self.num_items)
+        searcher = self._scann_ops.searcher_from_module(self.searcher_state)
+        rows, scores = searcher.search_batched(queries, final_num_neighbors=fetch)
+        rows = tf.cast(rows, tf.int32)
+        hit = tf.reduce_any(tf.equal(rows[:, :, None], seen[:, None, :]), axis=2)
+        scores = tf.where(hit, float("-inf"), scores)
+        top = tf.math.top_k(scores, k=tf.minimum(self.k, tf.shape(scores)[1]))
+        best = tf.gather(rows, top.indices, batch_dims=1)
+        valid = top.values > float("-inf")
+        return {
+            "item_ids": tf.where(valid, tf.gather(self.item_ids, best), ""),
+            "scores": tf.where(valid, top.values, NO_ITEM_SCORE),
+            "model_version": self.versions(request),
+        }
+
+
+def _save(module: _QueryModule, fn, path: Path, **options) -> Path:
+    spec = _signature(module.model)
+    signature = tf.function(fn, input_signature=[spec]).get_concrete_function()
+    path.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={"serving_default": signature},
+        options=tf.saved_model.SaveOptions(**options),
+    )
+    return path
+
+
+def export_savedmodels(
+    artefact: str | Path,
+    output: str | Path,
+    k: int = 100,
+    models: tuple[str, ...] = MODEL_NAMES,
+    serving_version: int = 1,
+) -> dict[str, Path]:
+    """Export the artefact's models under ``output/<name>/<serving_version>``.
+
+    Parameters
+    ----------
+    artefact : str or Path
+        An artefact directory from ``nextwatch train-candidates``.
+    output : str or Path
+        TF Serving model base directory.
+    k : int
+        Items returned by the retrieval models (capped at the catalogue size).
+    models : tuple of str
+        Which of :data:`MODEL_NAMES` to export.
+    serving_version : int
+        TF Serving's numeric version directory.
+
+    Returns
+    -------
+    dict of str to Path
+        Each exported model's directory.
+    """
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"models has unknown names {unknown}; known: {list(MODEL_NAMES)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    model = load_artefact(artefact)
+    version = artefact_version(artefact)
+    output = Path(output)
+    out: dict[str, Path] = {}
+    for name in models:
+        path = output / name / str(serving_version)
+        if name == "query_tower":
+            module = _QueryModule(model, version)
+
+            def fn(request, module=module):
+                return {
+                    "user_vector": module.user_vectors(request),
+                    "model_version": module.versions(request),
+                }
+
+            out[name] = _save(module, fn, path)
+        elif name == "retrieval_brute_force":
+            module = _BruteForceModule(model, version, k)
+            out[name] = _save(module, module.top_k, path)
+        else:
+            params = IndexParams.for_size(model.num_items)
+            module = _ScannModule(model, version, k, params)
+            out[name] = _save(module, module.top_k, path, namespace_whitelist=["Scann"])
+    return out
+
+
+def load_scann_model(path: str | Path):
+    """Load a ScaNN retrieval SavedModel: registers ScaNN's ops first, which a plain
+    ``tf.saved_model.load`` would not find."""
+    from scann.scann_ops.py import scann_ops  # noqa: F401  (registers the Scann>* ops)
+
+    return tf.saved_model.load(str(path))

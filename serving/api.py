@@ -1,0 +1,319 @@
+"""The Python retrieval API: raw IDs in, recommended items (ID, score, title) out.
+
+>>> rec = Recommender.load("artefacts/candidates")
+>>> rec.recommend("42", k=10)                                  # a known user
+>>> rec.recommend(history=["1", "260"], genres=["Sci-Fi"])     # anonymous, filtered
+>>> rec.similar_items("1", k=5)
+
+Defined answers for the awkward cases (none of them raises):
+
+* **unknown user ID**: treated as a new user with an empty history (and no demographics unless
+  ``features`` gives them); ``Recommendations.known_user`` is False.
+* **unknown items in a history**: they cannot move the user vector (the model's OOV bucket is
+  masked out) and are listed in ``Recommendations.ignored_history``.
+* **empty history**: the tower's vector for "no history yet" (plus any demographics), which ranks
+  broadly popular items.
+* **k larger than the catalogue**: every eligible item, best first (so fewer than ``k``).
+
+Bad arguments (``k`` < 1, an unknown genre, an unknown feature name, an unknown item for
+``similar_items``) raise exceptions that name the argument.
+
+Every method is thread-safe: the encoder and catalogue are read-only, and the index takes a
+read lock per search (``upsert``/``delete`` take the write lock).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable
+from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
+from towers.retrieval import Retriever
+from towers.train import artefact_version
+
+FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
+
+
+class UnknownItemError(KeyError):
+    """An item ID that the model does not know, where an answer needs a known item."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item."""
+
+    item_id: str
+    score: float  # the softmax logit u . w_i + b_i
+    title: str
+    genres: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A ranked list for one query, with how the query was understood."""
+
+    items: list[Recommendation]
+    user_id: str | None = None
+    known_user: bool = False
+    ignored_history: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Recommendation]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [r.item_id for r in self.items]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request of :meth:`Recommender.recommend_batch`; fields as in ``recommend``."""
+
+    user_id: str | None = None
+    history: Sequence[str] | None = None
+    features: Mapping[str, object] | None = None
+    k: int = 10
+    exclude: Sequence[str] = ()
+    genres: Sequence[str] = ()
+    exclude_seen: bool = True
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+class Recommender:
+    """Recommendations and similar items from one artefact.
+
+    Parameters
+    ----------
+    retriever : Retriever
+    items : pandas.DataFrame
+        ``item_id``, ``title``, ``genres`` (sequence of str) for the catalogue.
+    users : UserTable, optional
+        Known users' histories and demographics.
+    version : str
+        The artefact version, reported by consumers.
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        items: pd.DataFrame,
+        users: UserTable | None = None,
+        version: str = "unversioned",
+    ) -> None:
+        self.retriever = retriever
+        self.users = users
+        self.version = version
+        self.max_history = retriever.encoder.max_history
+        self._titles = dict(
+            zip(items["item_id"].astype(str), items["title"].astype(str), strict=True)
+        )
+        self._genres = {
+            str(i): tuple(str(g) for g in gs)
+            for i, gs in zip(items["item_id"], items["genres"], strict=True)
+        }
+        by_genre: dict[str, set[str]] = {}
+        for item, genres in self._genres.items():
+            for genre in genres:
+                by_genre.setdefault(genre.lower(), set()).add(item)
+        self._by_genre = {g: frozenset(s) for g, s in by_genre.items()}
+        self._genre_names = sorted({g for gs in self._genres.values() for g in gs})
+
+    @classmethod
+    def load(cls, artefact: str | Path) -> Recommender:
+        """Load the artefact directory written by ``nextwatch train-candidates``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``artefact`` is not an artefact directory.
+        """
+        artefact = Path(artefact)
+        retriever = Retriever.from_artefact(artefact)
+        if (artefact / ITEMS_FILE).exists():
+            items = pd.read_parquet(artefact / ITEMS_FILE)
+        else:
+            ids = retriever.index.item_ids
+            items = pd.DataFrame({"item_id": ids, "title": "", "genres": [()] * len(ids)})
+        users = UserTable.read(artefact / USERS_FILE) if (artefact / USERS_FILE).exists() else None
+        return cls(retriever, items, users, artefact_version(artefact))
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def genres(self) -> list[str]:
+        """The genre names a filter may use."""
+        return list(self._genre_names)
+
+    def title(self, item_id: str) -> str:
+        return self._titles.get(str(item_id), "")
+
+    def _allowed(self, genres: Sequence[str]) -> frozenset[str] | None:
+        if isinstance(genres, str):
+            genres = [genres]
+        if not genres:
+            return None
+        unknown = [g for g in genres if str(g).lower() not in self._by_genre]
+        if unknown:
+            raise ValueError(f"genres has unknown names {unknown}; known: {self._genre_names}")
+        return frozenset().union(*(self._by_genre[str(g).lower()] for g in genres))
+
+    def _features(self, features: Mapping[str, object] | None) -> dict[str, object]:
+        features = dict(features or {})
+        unknown = sorted(set(features) - set(FEATURES))
+        if unknown:
+            raise ValueError(f"features has unknown names {unknown}; known: {list(FEATURES)}")
+        age = features.get("age")
+        if age is not None:
+            if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age <= 130:
+                raise ValueError(f"features['age'] must be a number in [0, 130], got {age!r}")
+        return features
+
+    def _resolve(self, query: Query) -> tuple[list[str], dict[str, object], bool]:
+        """History, features and whether the user is known, for one query."""
+        features = self._features(query.features)
+        known = False
+        history: list[str] = []
+        stored: dict[str, object] = {}
+        if query.user_id is not None:
+            row = self.users.rows([str(query.user_id)])[0] if self.users is not None else -1
+            known = bool(row >= 0)
+            if known:
+                history = self.users.histories(np.array([row]))[0]
+                demo = self.users.demographics(np.array([row]))
+                if demo is not None:
+                    stored = {c: demo[c][0] for c in FEATURES}
+        if query.history is not None:
+            if isinstance(query.history, str):
+                raise ValueError("history must be a sequence of item IDs, not one string")
+            history = [str(i) for i in query.history]
+        return history, {**stored, **features}, known
+
+    def recommend(
+        self,
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        features: Mapping[str, object] | None = None,
+        k: int = 10,
+        exclude: Sequence[str] = (),
+        genres: Sequence[str] = (),
+        exclude_seen: bool = True,
+    ) -> Recommendations:
+        """Top ``k`` items for a known user, or for an anonymous history plus features.
+
+        Parameters
+        ----------
+        user_id : str, optional
+            A user of the training data: their stored history and demographics are used.
+        history : sequence of str, optional
+            Watched item IDs, oldest first; replaces a known user's stored history.
+        features : mapping, optional
+            ``age`` (number), ``gender``, ``occupation``, ``zip_prefix``; override stored ones.
+        k : int
+            How many items (>= 1).
+        exclude : sequence of str
+            Item IDs never to return.
+        genres : sequence of str
+            Only return items with at least one of these genres (case-insensitive).
+        exclude_seen : bool
+            Leave out items in the history (default True).
+
+        Returns
+        -------
+        Recommendations
+        """
+        query = Query(user_id, history, features, k, tuple(exclude), tuple(genres), exclude_seen)
+        return self.recommend_batch([query])[0]
+
+    def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendations]:
+        """:meth:`recommend` for many queries with one encoder pass and batched searches."""
+        if not queries:
+            return []
+        resolved = [self._resolve(q) for q in queries]
+        ks = [_check_k(q.k) for q in queries]
+        allowed = [self._allowed(q.genres) for q in queries]
+        histories = [h for h, _, _ in resolved]
+        demographics = {
+            "age": np.array(
+                [math.nan if f.get("age") is None else float(f["age"]) for _, f, _ in resolved],
+                np.float32,
+            ),
+            **{
+                c: np.array([str(f.get(c) or "") for _, f, _ in resolved], dtype=object)
+                for c in DEMOGRAPHIC_COLUMNS
+            },
+        }
+        inputs = query_inputs(histories, max_history=self.max_history, demographics=demographics)
+        queries_matrix = self.retriever.encoder.queries(inputs)
+        exclude = [
+            set(map(str, q.exclude)) | (set(h) if q.exclude_seen else set())
+            for q, h in zip(queries, histories, strict=True)
+        ]
+        out: list[Recommendations | None] = [None] * len(queries)
+        groups: dict[tuple[int, frozenset[str] | None], list[int]] = {}
+        for i, key in enumerate(zip(ks, allowed, strict=True)):
+            groups.setdefault(key, []).append(i)
+        for (k, allow), rows in groups.items():
+            found = self.retriever.search(
+                queries_matrix[rows], k, [exclude[r] for r in rows], allow
+            )
+            for r, got in zip(rows, found, strict=True):
+                knows = self.retriever.encoder.knows
+                ignored = [i for i in histories[r] if not knows(i)]
+                out[r] = Recommendations(
+                    self._items(got.item_ids, got.scores),
+                    None if queries[r].user_id is None else str(queries[r].user_id),
+                    resolved[r][2],
+                    ignored,
+                )
+        return [o for o in out if o is not None]
+
+    def similar_items(self, item_id: str, k: int = 10) -> list[Recommendation]:
+        """Items whose vectors have the largest dot product with ``item_id``'s (bias left out,
+        so this is "watched by the same users", not "popular").
+
+        Raises
+        ------
+        UnknownItemError
+            If ``item_id`` is not in the catalogue.
+        """
+        k = _check_k(k)
+        item_id = str(item_id)
+        try:
+            vector = self.retriever.index.vector(item_id)
+        except KeyError:
+            raise UnknownItemError(f"item_id {item_id!r} is not in the catalogue") from None
+        vector[-1] = 0.0  # drop the bias term from the score
+        got = self.retriever.search(vector[None, :], k, [{item_id}])[0]
+        return self._items(got.item_ids, got.scores)
+
+    def _items(self, ids: list[str], scores: list[float]) -> list[Recommendation]:
+        return [
+            Recommendation(i, float(s), self._titles.get(i, ""), self._genres.get(i, ()))
+            for i, s in zip(ids, scores, strict=True)
+        ]
+
+    def describe(self) -> dict:
+        """Version and sizes, for logs and the service's model endpoint."""
+        return {
+            "version": self.version,
+            "items": len(self.retriever.index),
+            "users": 0 if self.users is None else len(self.users),
+            "index": self.retriever.index.params.mode,
+        }

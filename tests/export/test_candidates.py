@@ -1,0 +1,84 @@
+import json
+
+import pandas as pd
+import pyarrow.csv as pacsv
+import pytest
+
+from export.candidates import export_candidates
+from serving.api import Recommender
+
+
+@pytest.fixture(scope="module")
+def rec(planted_artefact):
+    return Recommender.load(planted_artefact)
+
+
+def _read(directory):
+    frame = pd.read_parquet(sorted(directory.glob("part-*.parquet")))
+    return frame.sort_values(["user_id", "rank"]).reset_index(drop=True)
+
+
+def test_every_user_equals_the_python_api(planted_artefact, rec, tmp_path):
+    summary = export_candidates(planted_artefact, tmp_path / "out", k=4, shard_size=30)
+    assert (summary.users, summary.shards, summary.shards_written) == (80, 3, 3)
+    frame = _read(tmp_path / "out")
+    assert list(frame.columns) == ["user_id", "rank", "item_id", "score", "model_version"]
+    assert len(frame) == 80 * 4 and set(frame["model_version"]) == {rec.version}
+    for user, rows in frame.groupby("user_id"):
+        api = rec.recommend(user, k=4)
+        assert rows["item_id"].tolist() == api.item_ids
+        assert rows["rank"].tolist() == [1, 2, 3, 4]
+        assert rows["score"].tolist() == pytest.approx([r.score for r in api], abs=1e-5)
+    done = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert done["users"] == 80
+
+
+def test_an_interrupted_export_resumes_without_redoing_finished_shards(planted_artefact, tmp_path):
+    out = tmp_path / "out"
+    export_candidates(planted_artefact, out, k=3, shard_size=20)
+    complete = _read(out)
+    # Simulate a crash: shard 2 never renamed into place, a temporary file left behind.
+    (out / "part-00002.parquet").rename(out / "part-00002.parquet.tmp-999")
+    (out / "_SUCCESS").unlink()
+    summary = export_candidates(planted_artefact, out, k=3, shard_size=20)
+    assert (summary.shards_skipped, summary.shards_written) == (3, 1)
+    pd.testing.assert_frame_equal(_read(out), complete)
+
+
+def test_other_settings_are_refused_in_the_same_directory(planted_artefact, tmp_path):
+    export_candidates(planted_artefact, tmp_path, k=3, shard_size=50)
+    with pytest.raises(ValueError, match="other settings \\(\\['k'\\] differ\\)"):
+        export_candidates(planted_artefact, tmp_path, k=5, shard_size=50)
+
+
+def test_a_user_list_with_unknown_users_and_csv(planted_artefact, rec, tmp_path):
+    summary = export_candidates(
+        planted_artefact, tmp_path, k=2, users=["u3", "ghost", "u3"], fmt="csv"
+    )
+    assert (summary.users, summary.unknown_users) == (2, 1)
+    frame = pacsv.read_csv(
+        tmp_path / "part-00000.csv",
+        convert_options=pacsv.ConvertOptions(
+            column_types={"user_id": "string", "item_id": "string"}
+        ),
+    ).to_pandas()
+    assert frame["user_id"].tolist() == ["u3", "u3", "ghost", "ghost"]
+    assert frame["item_id"].tolist()[2:] == rec.recommend("ghost", k=2).item_ids
+
+
+def test_parallel_workers_write_the_same_rows(planted_artefact, tmp_path):
+    export_candidates(planted_artefact, tmp_path / "one", k=3, shard_size=20)
+    summary = export_candidates(planted_artefact, tmp_path / "two", k=3, shard_size=20, workers=2)
+    assert summary.shards_written == 4
+    pd.testing.assert_frame_equal(_read(tmp_path / "two"), _read(tmp_path / "one"))
+
+
+def test_bad_arguments_are_named(planted_artefact, tmp_path):
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        export_candidates(planted_artefact, tmp_path, fmt="xlsx")
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        export_candidates(planted_artefact, tmp_path, k=0)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        export_candidates(planted_artefact, tmp_path, workers=0)
+    with pytest.raises(FileNotFoundError, match="user table"):
+        export_candidates(planted_artefact, tmp_path, user_table=tmp_path / "none.parquet")

@@ -1,0 +1,114 @@
+import threading
+
+import pytest
+
+from serving.api import Query, Recommender, UnknownItemError
+
+U0_FEATURES = {"age": 20.0, "gender": "M", "occupation": "artist", "zip_prefix": "0"}
+
+
+@pytest.fixture(scope="module")
+def rec(planted_artefact):
+    return Recommender.load(planted_artefact)
+
+
+def _pairs(result):
+    return [(r.item_id, round(r.score, 5)) for r in result]
+
+
+def test_a_known_user_is_their_stored_history_and_features_with_seen_items_left_out(rec):
+    result = rec.recommend("u0", k=8)  # u0 watched A, B, E
+    assert result.known_user and result.user_id == "u0"
+    assert set(result.item_ids) == {"C", "D", "F", "G", "H"}
+    assert _pairs(result) == _pairs(rec.recommend(history=["A", "B", "E"], features=U0_FEATURES))
+    assert result.item_ids[0] in {"F", "G", "H"}  # the planted third watch
+    assert rec.recommend("u0", k=8, exclude_seen=False).item_ids[:1] != ["A"]
+
+
+def test_results_carry_id_score_title_and_genres(rec):
+    (top,) = rec.recommend(history=["A"], k=1)
+    assert (top.item_id, top.title, top.genres) == ("B", "Movie B (1990)", ("Comedy",))
+    assert isinstance(top.score, float)
+
+
+def test_unknown_user_is_a_new_user_with_an_empty_history(rec):
+    unknown = rec.recommend("nobody", k=8)
+    assert not unknown.known_user and len(unknown) == 8
+    assert _pairs(unknown) == _pairs(rec.recommend(history=[], k=8))
+
+
+def test_unknown_history_items_are_ignored_and_reported(rec):
+    result = rec.recommend(history=["A", "zzz"], k=3)
+    assert result.ignored_history == ["zzz"]
+    assert _pairs(result) == _pairs(rec.recommend(history=["A"], k=3))
+
+
+def test_k_larger_than_the_catalogue_returns_every_eligible_item(rec):
+    assert len(rec.recommend(history=[], k=1000)) == 8
+    assert len(rec.recommend(history=["A", "B"], k=1000)) == 6
+
+
+def test_exclude_and_genre_filter(rec):
+    horror = rec.recommend(history=["A"], k=10, genres=["horror"])  # case-insensitive
+    assert set(horror.item_ids) == set("EFGH")
+    fewer = rec.recommend(history=["A"], k=10, genres=["Horror", "Drama"], exclude=["E", "C"])
+    assert set(fewer.item_ids) == {"D", "F", "G", "H"}
+    assert rec.genres == ["Comedy", "Drama", "Horror"]
+
+
+def test_similar_items(rec):
+    similar = rec.similar_items("A", k=3)
+    assert len(similar) == 3 and "A" not in [s.item_id for s in similar]
+    assert len(rec.similar_items("A", k=100)) == 7
+
+
+def test_bad_arguments_are_named(rec):
+    for k in (0, -1, "3", 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            rec.recommend(history=[], k=k)
+    with pytest.raises(ValueError, match="genres has unknown names \\['Western'\\]"):
+        rec.recommend(history=[], genres=["Western"])
+    with pytest.raises(ValueError, match="features has unknown names \\['height'\\]"):
+        rec.recommend(history=[], features={"height": 180})
+    with pytest.raises(ValueError, match="features\\['age'\\] must be a number"):
+        rec.recommend(history=[], features={"age": -3})
+    with pytest.raises(ValueError, match="history must be a sequence"):
+        rec.recommend(history="AB")
+    with pytest.raises(UnknownItemError, match="item_id 'zzz' is not in the catalogue"):
+        rec.similar_items("zzz")
+
+
+def test_batch_equals_single(rec):
+    queries = [
+        Query(user_id="u41", k=3),
+        Query(history=["C"], k=2, genres=("Drama", "Comedy")),
+        Query(user_id="nobody", history=["A"], k=5, exclude=("B",)),
+        Query(history=[], features={"age": 30, "gender": "F"}, k=4),
+    ]
+    batch = rec.recommend_batch(queries)
+    for query, got in zip(queries, batch, strict=True):
+        single = rec.recommend(
+            query.user_id, history=query.history, features=query.features, k=query.k,
+            exclude=query.exclude, genres=query.genres,
+        )  # fmt: skip
+        assert _pairs(got) == _pairs(single)
+        assert got.known_user == single.known_user
+
+
+def test_concurrent_calls_equal_serial_ones(rec):
+    users = [f"u{u}" for u in range(0, 80, 7)]
+    expected = {u: _pairs(rec.recommend(u, k=4)) for u in users}
+    errors: list[str] = []
+
+    def worker() -> None:
+        for _ in range(20):
+            for u in users:
+                if _pairs(rec.recommend(u, k=4)) != expected[u]:
+                    errors.append(u)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -1,0 +1,47 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from towers.index import ItemIndex
+from towers.retrieval import Retriever
+
+# 6 items on a line: for the query [1, 1] ([u, 1] with u = 1) item i scores i (w = i, b = 0).
+IDS = ["i0", "i1", "i2", "i3", "i4", "i5"]
+VECTORS = np.array([[i, 0] for i in range(6)], np.float32)
+QUERY = np.array([[1.0, 1.0]], np.float32)
+
+
+@pytest.fixture()
+def retriever():
+    encoder = SimpleNamespace(output_dim=1)  # search() needs no encoder, only its width
+    return Retriever(encoder, ItemIndex.build(IDS, VECTORS))
+
+
+def test_top_k_excludes_and_filters(retriever):
+    (got,) = retriever.search(QUERY, 2)
+    assert got.item_ids == ["i5", "i4"] and got.scores == [5.0, 4.0]
+    (got,) = retriever.search(QUERY, 2, [{"i5", "i3"}])
+    assert got.item_ids == ["i4", "i2"]
+    (got,) = retriever.search(QUERY, 2, None, frozenset({"i0", "i1", "i3"}))
+    assert got.item_ids == ["i3", "i1"]
+
+
+def test_short_rows_are_searched_again_until_k_or_the_whole_catalogue(retriever):
+    # k = 1 fetches 1 + 3 = 4 at first: excluding the top 5 needs a second, wider search.
+    (got,) = retriever.search(QUERY, 1, [{"i5", "i4", "i3", "i2", "i1"}])
+    assert got.item_ids == ["i0"]
+    # Only 2 items are eligible: fewer than k come back, best first.
+    (got,) = retriever.search(QUERY, 10, [{"i5", "i4", "i3", "i2"}])
+    assert got.item_ids == ["i1", "i0"]
+    rows = retriever.search(np.repeat(QUERY, 2, axis=0), 1, [set(), {"i5", "i4", "i3"}])
+    assert [r.item_ids for r in rows] == [["i5"], ["i2"]]
+
+
+def test_bad_arguments_are_named(retriever):
+    with pytest.raises(ValueError, match="k must be"):
+        retriever.search(QUERY, 0)
+    with pytest.raises(ValueError, match="exclude has 2 entries for 1 queries"):
+        retriever.search(QUERY, 1, [set(), set()])
+    with pytest.raises(ValueError, match="dimensions"):
+        Retriever(SimpleNamespace(output_dim=5), retriever.index)

@@ -1,0 +1,133 @@
+"""What an artefact knows about its items and users, for serving and batch export.
+
+``items.parquet`` holds the item metadata (ID, title, year, genres) that results carry and filters
+use. ``users.parquet`` is a *user table*: one row per user with the full watch history (oldest
+first, every item, so that seen items can be excluded) and demographics where the data has them.
+The batch exporter also reads user tables that a caller writes (e.g. a synthetic population).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from towers.data import Dataset
+from towers.features import DEMOGRAPHIC_COLUMNS
+from towers.splits import chronological
+
+ITEMS_FILE = "items.parquet"
+USERS_FILE = "users.parquet"
+
+
+def user_table(interactions: pd.DataFrame, users: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per user: ``user_id``, ``history`` (list of item IDs, oldest first) and, when
+    ``users`` is given, ``age`` and the categorical demographics (missing ones as NaN / "")."""
+    ordered = chronological(interactions)
+    grouped = ordered.groupby("user_id", sort=True)["item_id"].agg(list)
+    table = pd.DataFrame({"user_id": grouped.index.astype(str), "history": grouped.to_numpy()})
+    if users is not None and not users.empty:
+        demo = users.set_index("user_id").reindex(table["user_id"])
+        table["age"] = demo["age"].to_numpy(dtype=np.float32)
+        for col in DEMOGRAPHIC_COLUMNS:
+            table[col] = demo[col].fillna("").astype(str).to_numpy()
+    return table
+
+
+def save_catalogue(directory: str | Path, data: Dataset) -> None:
+    """Write ``items.parquet`` and ``users.parquet`` for ``data`` into an artefact directory."""
+    directory = Path(directory)
+    items = data.items[["item_id", "title", "year", "genres"]].copy()
+    items["genres"] = items["genres"].map(list)
+    items.to_parquet(directory / ITEMS_FILE, index=False)
+    user_table(data.interactions, data.users).to_parquet(directory / USERS_FILE, index=False)
+
+
+class UserTable:
+    """Histories and demographics by raw user ID, kept in Arrow (compact for millions of users).
+
+    Parameters
+    ----------
+    table : pyarrow.Table or pandas.DataFrame
+        ``user_id``, ``history`` (list of str, oldest first), optional demographics columns.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or a user ID repeats.
+    """
+
+    def __init__(self, table: pa.Table | pd.DataFrame) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        missing = {"user_id", "history"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"user table lacks columns {sorted(missing)}")
+        ids = pd.Index(table.column("user_id").cast(pa.string()).to_pandas())
+        if ids.has_duplicates:
+            raise ValueError(f"user table repeats user ids, e.g. {ids[ids.duplicated()][0]!r}")
+        self.table = table
+        self._row = ids
+        self._row_of = {u: i for i, u in enumerate(ids.tolist())}
+        self._history = table.column("history")
+        self.has_demographics = all(c in table.column_names for c in ("age", *DEMOGRAPHIC_COLUMNS))
+        if self.has_demographics:
+            self._age = table.column("age").to_numpy().astype(np.float32)
+            self._demo = {
+                c: table.column(c).to_numpy(zero_copy_only=False).astype(object)
+                for c in DEMOGRAPHIC_COLUMNS
+            }
+
+    @classmethod
+    def read(cls, path: str | Path) -> UserTable:
+        """Read a user table from Parquet.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"user table {path} does not exist")
+        return cls(pq.read_table(path))
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, user_id: object) -> bool:
+        return str(user_id) in self._row_of
+
+    @property
+    def user_ids(self) -> list[str]:
+        return self._row.tolist()
+
+    def rows(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Row of each user, -1 for unknown users."""
+        get = self._row_of.get
+        return np.fromiter((get(str(u), -1) for u in user_ids), np.int64, len(user_ids))
+
+    def histories(self, rows: np.ndarray) -> list[list[str]]:
+        """Full histories of table ``rows`` (an unknown user's row -1 gives ``[]``)."""
+        rows = np.asarray(rows)
+        valid = rows >= 0
+        taken = self._history.take(pa.array(np.where(valid, rows, 0))).to_pylist()
+        return [[str(i) for i in h] if ok and h else [] for h, ok in zip(taken, valid, strict=True)]
+
+    def demographics(self, rows: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Demographic columns of table ``rows`` (unknown users: NaN age, ``""``), or None."""
+        if not self.has_demographics:
+            return None
+        rows = np.asarray(rows)
+        valid = rows >= 0
+        take = np.where(valid, rows, 0)
+        out: dict[str, np.ndarray] = {
+            "age": np.where(valid, self._age[take], np.nan).astype(np.float32)
+        }
+        for col in DEMOGRAPHIC_COLUMNS:
+            out[col] = np.where(valid, self._demo[col][take], "").astype(object)
+        return out

@@ -1,0 +1,122 @@
+"""Serving-time user vectors: the tower's inference pass in numpy.
+
+A user vector is computed at request time from the user's history and features (there is no
+per-user parameter). Calling the Keras tower for one user costs ~5 ms on 2 CPU cores (most of
+it the per-call token-bag average over the whole vocabulary and Keras dispatch), which alone
+would break the 1 ms retrieval budget. :class:`QueryEncoder` takes the trained weights once,
+precomputes each item's token bag, and runs the same arithmetic as
+:meth:`towers.model.CandidateTower.call` (``training=False``) in numpy, in ~50 µs.
+``tests/towers/test_query.py`` checks it against the Keras model to float precision; the
+SavedModels in ``export`` run the Keras graph itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from towers.features import DEMOGRAPHIC_COLUMNS
+from towers.model import CandidateTower
+
+
+def _masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` [n, L, d] over L with 0/1 ``weights`` [n, L]; 0 where none."""
+    w = weights.astype(np.float32)
+    total = np.einsum("nl,nld->nd", w, values)
+    return total / np.maximum(w.sum(axis=1, keepdims=True), 1.0)
+
+
+class QueryEncoder:
+    """User vectors from the raw query dict of :func:`towers.features.query_inputs`.
+
+    Parameters
+    ----------
+    model : CandidateTower
+        A trained (built) tower; its weights are copied, so later training does not leak in.
+    """
+
+    def __init__(self, model: CandidateTower) -> None:
+        self.config = model.config
+        self.max_history = model.config.max_history
+        self.output_dim = model.config.output_dim
+        # Lookup positions: 0 pad, 1 OOV, item i at i + 2 (as the model's StringLookup).
+        self._item_position = {item: i + 2 for i, item in enumerate(model.item_ids)}
+        self._item_position[""] = 0
+        self._history_embedding = model.history_embedding.embeddings.numpy()
+        self._token_bags = None
+        if model.use_tokens:
+            tokens = model.token_embedding.embeddings.numpy()
+            table = model.token_table.numpy()
+            self._token_bags = _masked_mean(tokens[table], table > 0).astype(np.float32)
+        self._demographics = {
+            # StringLookup without a mask: OOV is row 0, vocab[i] is row i + 1.
+            col: (
+                {v: i + 1 for i, v in enumerate(vocab)},
+                model.demographic_embeddings[col].embeddings.numpy(),
+            )
+            for col, vocab in model.demographic_vocabularies.items()
+        }
+        self._layers = [
+            (layer.kernel.numpy(), layer.bias.numpy(), layer.activation.__name__ == "relu")
+            for layer in model.tower
+        ]
+
+    def item_positions(self, history: np.ndarray) -> np.ndarray:
+        """Lookup positions (0 pad, 1 unknown, >= 2 items) of a string array of item IDs."""
+        get = self._item_position.get
+        flat = np.asarray(history, dtype=object).ravel()
+        positions = np.fromiter((get(i, 1) for i in flat), np.int64, len(flat))
+        return positions.reshape(np.shape(history))
+
+    def knows(self, item_id: str) -> bool:
+        """Whether ``item_id`` is in the model's vocabulary (can move a user vector)."""
+        return item_id in self._item_position
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """User vectors, float32 of shape ``(n, output_dim)``.
+
+        Parameters
+        ----------
+        inputs : mapping
+            ``history`` (object, (n, max_history), left-padded with ``""``), ``example_age``,
+            ``age``, and the categorical demographics, as built by ``query_inputs``.
+        """
+        history = self.item_positions(inputs["history"])
+        known = history >= 2
+        embedded = self._history_embedding[history]
+        count = known.sum(axis=1, keepdims=True).astype(np.float32)
+        parts = [
+            _masked_mean(embedded, known),
+            np.log1p(count) / np.float32(np.log1p(self.max_history)),
+        ]
+        recent = self.config.recent_history
+        if recent > 0:
+            parts.append(_masked_mean(embedded[:, -recent:], known[:, -recent:]))
+        if self._token_bags is not None:
+            parts.append(_masked_mean(self._token_bags[history], known))
+        if self._demographics:
+            for col in DEMOGRAPHIC_COLUMNS:
+                vocab, table = self._demographics[col]
+                values = np.asarray(inputs[col], dtype=object).ravel()
+                rows = np.fromiter((vocab.get(str(v), 0) for v in values), np.int64, len(values))
+                parts.append(table[rows])
+            age = np.asarray(inputs["age"], dtype=np.float32).reshape(-1)
+            missing = np.isnan(age)
+            age = np.where(missing, 0.0, age / 100.0).astype(np.float32)
+            parts.append(np.stack([age, age * age, missing.astype(np.float32)], axis=1))
+        if self.config.use_example_age:
+            ea = np.asarray(inputs["example_age"], dtype=np.float32).reshape(-1)
+            parts.append(np.stack([ea, ea * ea], axis=1))
+        x = np.concatenate(parts, axis=1).astype(np.float32)
+        for kernel, bias, relu in self._layers:
+            x = x @ kernel + bias
+            if relu:
+                x = np.maximum(x, 0.0)
+        return x.astype(np.float32)
+
+    def queries(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """User vectors with a constant 1 appended, shape ``(n, output_dim + 1)``: the index's
+        query form, whose dot product with ``[w_i, b_i]`` is the full softmax logit."""
+        u = self(inputs)
+        return np.concatenate([u, np.ones((u.shape[0], 1), np.float32)], axis=1)

@@ -1,0 +1,142 @@
+"""The retrieval core shared by the Python API and the batch exporter.
+
+Query features -> user vector (:class:`towers.query.QueryEncoder`) -> one ScaNN search over all
+item vectors (:class:`towers.index.ItemIndex`) -> drop excluded items (seen, or asked) and items
+outside an allowed set (a genre filter) -> the top ``k``.
+
+Exclusions and filters are applied to the ranked neighbours, so a search fetches ``k`` plus
+room for the items that will be dropped, and rows that come up short are searched again with a
+wider fetch, up to the whole catalogue. On an exact (brute-force) index the result is therefore
+exactly the top ``k`` of the allowed, unexcluded items; with a tree + hashing index it is the top
+``k`` among what the searched partitions hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from towers.index import ItemIndex
+from towers.query import QueryEncoder
+from towers.train import load_artefact
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """Top items for one query, best first."""
+
+    item_ids: list[str]
+    scores: list[float]
+
+
+def _keep(
+    ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[str], allowed: frozenset[str] | None
+) -> Retrieved:
+    out_ids: list[str] = []
+    out_scores: list[float] = []
+    for item, score in zip(ids.tolist(), scores.tolist(), strict=True):
+        if item in exclude or (allowed is not None and item not in allowed):
+            continue
+        out_ids.append(item)
+        out_scores.append(score)
+        if len(out_ids) == k:
+            break
+    return Retrieved(out_ids, out_scores)
+
+
+class Retriever:
+    """Top-k items for raw query features.
+
+    Parameters
+    ----------
+    encoder : QueryEncoder
+    index : ItemIndex
+        Its vectors are ``[w_i, b_i]``; queries are ``[u, 1]``.
+    """
+
+    def __init__(self, encoder: QueryEncoder, index: ItemIndex) -> None:
+        if index.dim != encoder.output_dim + 1:
+            raise ValueError(
+                f"index vectors have {index.dim} dimensions; the encoder's queries have "
+                f"{encoder.output_dim + 1}"
+            )
+        self.encoder = encoder
+        self.index = index
+
+    @classmethod
+    def from_artefact(cls, directory: str | Path) -> Retriever:
+        """The tower and index of an artefact directory (the index is rebuilt from
+        ``item_vectors.npy`` if the artefact has none saved)."""
+        directory = Path(directory)
+        model = load_artefact(directory)
+        if (directory / "index" / "index.json").exists():
+            index = ItemIndex.load(directory / "index")
+        else:
+            index = ItemIndex.build(model.item_ids, np.load(directory / "item_vectors.npy"))
+        return cls(QueryEncoder(model), index)
+
+    def retrieve(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        k: int,
+        exclude: Sequence[set[str]] | None = None,
+        allowed: frozenset[str] | None = None,
+    ) -> list[Retrieved]:
+        """Top ``k`` items for each query row.
+
+        Parameters
+        ----------
+        inputs : mapping
+            Raw query features for ``n`` users (see :func:`towers.features.query_inputs`).
+        k : int
+            Items per user (>= 1). Fewer come back only when fewer items are eligible.
+        exclude : sequence of set of str, optional
+            Item IDs never to return, per user (seen items, explicit exclusions).
+        allowed : frozenset of str, optional
+            If given, only these items may be returned (e.g. the items of some genres).
+
+        Returns
+        -------
+        list of Retrieved, one per row of ``inputs``
+        """
+        return self.search(self.encoder.queries(inputs), k, exclude, allowed)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[set[str]] | None = None,
+        allowed: frozenset[str] | None = None,
+    ) -> list[Retrieved]:
+        """As :meth:`retrieve`, from ready index queries (shape ``(n, index.dim)``)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        n = queries.shape[0]
+        exclude = list(exclude) if exclude is not None else [set() for _ in range(n)]
+        if len(exclude) != n:
+            raise ValueError(f"exclude has {len(exclude)} entries for {n} queries")
+        size = len(self.index)
+        # Room for dropped items: most of a long history is not in the top k, so start with a
+        # bounded margin and widen only the rows that come up short.
+        longest = max((len(e) for e in exclude), default=0)
+        fetch = min(size, k + min(longest, 3 * k))
+        if allowed is not None:
+            fetch = min(size, 4 * fetch)
+        results: list[Retrieved | None] = [None] * n
+        pending = np.arange(n)
+        while len(pending):
+            ids, scores = self.index.search(queries[pending], fetch)
+            short = []
+            for row, (r_ids, r_scores) in zip(pending, zip(ids, scores, strict=True), strict=True):
+                got = _keep(r_ids, r_scores, k, exclude[row], allowed)
+                results[row] = got
+                if len(got.item_ids) < k and fetch < size:
+                    short.append(row)
+            pending = np.asarray(short, dtype=int)
+            if len(pending):
+                widest = max(len(exclude[r]) for r in pending)
+                fetch = min(size, max(4 * fetch, k + widest))
+        return [r for r in results if r is not None]
