@@ -70,3 +70,35 @@ def write_results(name: str, payload: dict, path: str | Path | None = None) -> P
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def latency_ms(samples_s: list[float]) -> dict:
+    """p50 / p99 / mean of per-call wall times (seconds in, milliseconds out)."""
+    import numpy as np
+
+    ms = np.asarray(samples_s) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "calls": len(ms),
+    }
+
+
+def serving_artefact(path: str | Path | None = None, data_dir: str | None = None) -> Path:
+    """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
+    serve), trained once and cached at ``artefacts/bench-ml-latest-small``."""
+    from towers.pipeline import DataSource, train_candidates
+    from towers.presets import benchmark_config, benchmark_options
+    from towers.train import FORMAT_VERSION
+
+    path = Path(path) if path else ROOT / "artefacts" / "bench-ml-latest-small"
+    config = path / "config.json"
+    if (
+        not config.exists()
+        or json.loads(config.read_text()).get("format_version") != FORMAT_VERSION
+    ):
+        options = benchmark_options()
+        options = type(options)(**{**options.__dict__, "verbose": 0})
+        train_candidates(DataSource("ml-latest-small", data_dir), path, benchmark_config(), options)
+    return path

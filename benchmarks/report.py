@@ -1,6 +1,7 @@
-"""Render benchmarks/results/retrieval.json as the Markdown tables shown in README.md.
+"""Render benchmark JSON as the Markdown tables shown in README.md.
 
-python benchmarks/report.py > /tmp/tables.md
+python benchmarks/report.py > /tmp/tables.md            # retrieval quality (retrieval.json)
+python benchmarks/report.py serving > /tmp/serving.md   # ann, api_latency, export_throughput
 """
 
 from __future__ import annotations
@@ -61,5 +62,50 @@ def main(path: Path = RESULTS) -> None:
             print()
 
 
+def _machine_line(data: dict) -> str:
+    mach = data["machine"]
+    return (
+        f"{data['date'][:10]}, commit `{data['commit'][:12]}`, {mach['cpu']}, {mach['cores']} cores"
+    )
+
+
+def serving() -> None:
+    """Tables for ann.json, api_latency.json and export_throughput.json."""
+    folder = RESULTS.parent
+    ann = json.loads((folder / "ann.json").read_text())
+    print(f"**ann-recall** (k = 100, {ann['queries']} real user queries; {_machine_line(ann)})\n")
+    print(
+        "| catalogue | index | recall@100 | p50 ms | p99 ms | build s |\n|---|---|---|---|---|---|"
+    )
+    for r in ann["results"]:
+        idx = r["index"]
+        name = idx["mode"]
+        if name == "tree_ah":
+            name += f" ({idx['num_leaves']} leaves, search {idx['leaves_to_search']}, " + (
+                f"reorder {idx['reorder']})"
+            )
+        print(
+            f"| {r['catalogue']} ({r['items']:,} x {r['dim']}) | {name} | {r['recall_at_100']:.4f}"
+            f" | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['build_seconds']} |"
+        )
+    api = json.loads((folder / "api_latency.json").read_text())
+    print(f"\n**api-latency** (retrieval only, k = 10; {_machine_line(api)})\n")
+    print("| call | p50 ms | p99 ms | calls |\n|---|---|---|---|")
+    for name, r in api["cases"].items():
+        print(f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['calls']} |")
+    export = json.loads((folder / "export_throughput.json").read_text())
+    print(f"\n**batch export** (k = {export['k']}; {_machine_line(export)})\n")
+    print("| population | workers | users | rows | seconds | users/s |\n|---|---|---|---|---|---|")
+    for r in export["runs"]:
+        rows = r.get("rows", r["users"] * export["k"])
+        print(
+            f"| {r['population']} | {r['workers']} | {r['users']:,} | {rows:,} | {r['seconds']}"
+            f" | {r['users_per_second']:,.0f} |"
+        )
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS)
+    if sys.argv[1:] == ["serving"]:
+        serving()
+    else:
+        main(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS)

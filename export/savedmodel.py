@@ -6,7 +6,7 @@ Each model has one ``serving_default`` signature on raw inputs:
               unknown IDs are ignored. Any ``n``: the newest ``max_history`` items form the bag.
 ``age``, ``gender``, ``occupation``, ``zip_prefix``
               only when the model was trained with demographics (ml-100k): float ``[batch]``
-              (NaN if unknown) and strings ``[batch]`` (``""`` if unknown).
+              (-1 or NaN if unknown) and strings ``[batch]`` (``""`` if unknown).
 
 Outputs:
 
@@ -71,9 +71,13 @@ class _QueryModule(tf.Module):
         history = tf.pad(history, [[0, 0], [pad, 0]], constant_values="")
         batch = tf.shape(history)[0]
         inputs = {"history": history, "example_age": tf.zeros([batch], tf.float32)}
-        for name in ("age", *DEMOGRAPHIC_COLUMNS):
+        for name in DEMOGRAPHIC_COLUMNS:
             if name in request:
                 inputs[name] = request[name]
+        if "age" in request:
+            # JSON has no NaN: a negative age also means "unknown".
+            age = request["age"]
+            inputs["age"] = tf.where(age < 0, tf.fill(tf.shape(age), float("nan")), age)
         return inputs
 
     def user_vectors(self, request: dict[str, tf.Tensor]) -> tf.Tensor:

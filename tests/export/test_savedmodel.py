@@ -17,7 +17,7 @@ from towers.features import query_inputs
 K = 6
 HISTORIES = [["A", "", ""], ["", "", ""], ["zzz", "", "C"], ["A", "B", "C"]]  # pads anywhere
 FEATURES = {
-    "age": [20.0, float("nan"), 55.0, 31.0],
+    "age": [20.0, float("nan"), 55.0, -1.0],  # NaN or negative: unknown
     "gender": ["M", "", "F", "other"],
     "occupation": ["artist", "", "student", "student"],
     "zip_prefix": ["0", "", "3", "9"],
@@ -80,7 +80,7 @@ def _api(planted_artefact):
     results = []
     for row, history in enumerate(HISTORIES):
         features = {name: values[row] for name, values in FEATURES.items()}
-        if features["age"] != features["age"]:
+        if not features["age"] >= 0:
             features["age"] = None
         features = {k: v for k, v in features.items() if v not in ("", None)}
         results.append(rec.recommend(history=[h for h in history if h], features=features, k=K))
@@ -117,7 +117,8 @@ def test_query_tower_savedmodel_equals_the_encoder(planted_artefact, outputs):
         [[h for h in history if h] for history in HISTORIES],
         max_history=rec.max_history,
         demographics={
-            k: np.array(v, np.float32 if k == "age" else object) for k, v in FEATURES.items()
+            **{k: np.array(v, dtype=object) for k, v in FEATURES.items() if k != "age"},
+            "age": np.array([a if a >= 0 else np.nan for a in FEATURES["age"]], np.float32),
         },
     )
     np.testing.assert_allclose(
