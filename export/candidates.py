@@ -84,8 +84,9 @@ class _ShardWriter:
             batch = user_ids[start : start + self.batch_size]
             rows = self.users.rows(batch)
             histories = self.users.histories(rows)
+            known_only = self.retriever.encoder.known_only
             inputs = query_inputs(
-                histories,
+                [known_only(h) for h in histories],
                 max_history=self.retriever.encoder.max_history,
                 demographics=self.users.demographics(rows),
             )
@@ -111,9 +112,8 @@ class _ShardWriter:
 _WRITER: _ShardWriter | None = None
 
 
-def _init_worker(artefact: str, user_table: str, batch_size: int, threads: int) -> None:
+def _init_worker(artefact: str, user_table: str, batch_size: int) -> None:
     global _WRITER
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     _WRITER = _ShardWriter(artefact, user_table, batch_size)
 
 
@@ -123,7 +123,8 @@ def _write_shard(
     writer = writer or _WRITER
     start = time.perf_counter()
     table = writer.top_k(user_ids, k, exclude_seen)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    # "_"-prefixed, so readers of the directory (pyarrow, Spark) skip an unfinished shard.
+    tmp = str(Path(path).with_name(f"_tmp-{os.getpid()}-{Path(path).name}"))
     if fmt == "parquet":
         pq.write_table(table, tmp)
     else:
@@ -187,9 +188,11 @@ def export_candidates(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    for name, value in (("k", k), ("shard_size", shard_size), ("workers", workers)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+    for name, value in (
+        ("k", k), ("shard_size", shard_size), ("workers", workers), ("batch_size", batch_size)
+    ):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     artefact = Path(artefact)
     table_path = Path(user_table) if user_table else artefact / USERS_FILE
     if not table_path.exists():
@@ -200,6 +203,8 @@ def export_candidates(
     version = artefact_version(artefact)
     table = UserTable.read(table_path)
     user_ids = list(dict.fromkeys(str(u) for u in users)) if users is not None else table.user_ids
+    if not user_ids:
+        raise ValueError("users is empty: there is nobody to export candidates for")
     unknown = int((table.rows(user_ids) < 0).sum()) if users is not None else 0
     if unknown:
         log.warning("%d of %d users are not in the user table: exported as new users", unknown,
@@ -218,6 +223,9 @@ def export_candidates(
         "format": fmt,
         "exclude_seen": exclude_seen,
         "user_table": str(table_path.resolve()),
+        # Changed histories must not be mixed with shards made from the old ones.
+        "user_table_bytes": table_path.stat().st_size,
+        "user_table_mtime_ns": table_path.stat().st_mtime_ns,
     }
     manifest_path = output / "_manifest.json"
     if manifest_path.exists():
@@ -231,6 +239,8 @@ def export_candidates(
     else:
         manifest_path.write_text(json.dumps(manifest, indent=2))
     (output / "_SUCCESS").unlink(missing_ok=True)
+    for leftover in output.glob("_tmp-*"):  # shards a crashed run did not finish
+        leftover.unlink()
     paths = [str(output / f"part-{i:05d}.{fmt}") for i in range(len(shards))]
     todo = [i for i, p in enumerate(paths) if not Path(p).exists()]
     skipped = len(shards) - len(todo)
@@ -253,12 +263,11 @@ def export_candidates(
             done_users += count
             progress(done_users, n)
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),
             initializer=_init_worker,
-            initargs=(str(artefact), str(table_path), batch_size, threads),
+            initargs=(str(artefact), str(table_path), batch_size),
         ) as pool:
             futures = [
                 pool.submit(_write_shard, paths[i], shards[i], k, exclude_seen, fmt) for i in todo

@@ -34,7 +34,7 @@ import numpy as np
 
 from towers._tf import tf
 from towers.features import DEMOGRAPHIC_COLUMNS
-from towers.index import IndexParams
+from towers.index import ItemIndex, configure
 from towers.model import CandidateTower
 from towers.train import artefact_version, load_artefact
 
@@ -62,9 +62,11 @@ class _QueryModule(tf.Module):
 
     def _model_inputs(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         history = request["history"]
-        # Move pads to the front keeping the items' order (a stable sort on "is an item"), then
-        # keep the newest max_history: the same left-padded bag as towers.features.query_inputs.
-        order = tf.argsort(tf.cast(history != "", tf.int32), axis=1, stable=True)
+        # Move pads and unknown IDs to the front keeping the known items' order (a stable sort
+        # on "is a known item"), then keep the newest max_history: the same left-padded bag of
+        # known items as serving.api (unknown IDs never push known ones out of the bag).
+        known = self.model.item_lookup(history) >= 2
+        order = tf.argsort(tf.cast(known, tf.int32), axis=1, stable=True)
         history = tf.gather(history, order, batch_dims=1)
         history = history[:, tf.maximum(tf.shape(history)[1] - self.max_history, 0) :]
         pad = self.max_history - tf.shape(history)[1]
@@ -86,84 +88,81 @@ class _QueryModule(tf.Module):
     def versions(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
         return tf.fill([tf.shape(request["history"])[0]], self.version)
 
-    def seen_rows(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
-        """Softmax row of each history item; -1 for pads and unknown IDs."""
-        rows = tf.cast(self.model.item_lookup(request["history"]), tf.int32) - 2
-        return tf.maximum(rows, -1)
 
+class _IndexModule(_QueryModule):
+    """A query module plus the artefact's indexed item vectors ``[w_i, b_i]`` and their IDs (the
+    saved index, so upserted and deleted items match the Python API)."""
 
-class _BruteForceModule(_QueryModule):
-    def __init__(self, model: CandidateTower, version: str, k: int) -> None:
+    def __init__(self, model: CandidateTower, version: str, k: int, index: ItemIndex) -> None:
         super().__init__(model, version)
-        self.k = min(k, model.num_items)
-        self.item_ids = tf.constant(model.item_ids)
-
-    def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        logits = self.model.logits(self.user_vectors(request))
-        seen = self.seen_rows(request)
-        where = tf.where(seen >= 0)
-        rows = tf.gather_nd(seen, where)
-        index = tf.stack([tf.cast(where[:, 0], tf.int32), rows], axis=1)
-        logits = tf.tensor_scatter_nd_update(
-            logits, index, tf.fill([tf.shape(index)[0]], float("-inf"))
+        ids = index.item_ids
+        self.k = min(k, len(ids))
+        self.num_items = len(ids)
+        self.item_ids = tf.constant(ids)
+        self.vectors = np.stack([index.vector(i) for i in ids]).astype(np.float32)
+        self.item_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(ids), tf.range(len(ids), dtype=tf.int32)
+            ),
+            default_value=-1,
         )
-        top = tf.math.top_k(logits, k=self.k)
-        valid = top.values > float("-inf")
-        return {
-            "item_ids": tf.where(valid, tf.gather(self.item_ids, top.indices), ""),
-            "scores": tf.where(valid, top.values, NO_ITEM_SCORE),
-            "model_version": self.versions(request),
-        }
 
-
-class _ScannModule(_QueryModule):
-    def __init__(self, model: CandidateTower, version: str, k: int, params: IndexParams) -> None:
-        super().__init__(model, version)
-        from scann.scann_ops.py import scann_ops
-
-        self._scann_ops = scann_ops
-        self.k = min(k, model.num_items)
-        self.num_items = model.num_items
-        self.item_ids = tf.constant(model.item_ids)
-        matrix = model.item_matrix()
-        builder = scann_ops.builder(matrix, self.k, "dot_product")
-        if params.mode == "tree_ah":
-            builder = (
-                builder.tree(
-                    params.num_leaves,
-                    params.leaves_to_search,
-                    training_sample_size=params.training_sample_size,
-                )
-                .score_ah(
-                    params.dims_per_block,
-                    anisotropic_quantization_threshold=params.anisotropic_threshold,
-                    training_sample_size=params.training_sample_size,
-                )
-                .reorder(params.reorder)
-            )
-        else:
-            builder = builder.score_brute_force()
-        self.searcher_state = builder.build().serialize_to_module()
-
-    def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def queries(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
         user = self.user_vectors(request)
-        queries = tf.concat([user, tf.ones([tf.shape(user)[0], 1])], axis=1)
+        return tf.concat([user, tf.ones([tf.shape(user)[0], 1])], axis=1)
+
+    def seen_rows(self, request: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Index row of each history item; -1 for pads and unknown IDs."""
+        return self.item_rows.lookup(request["history"])
+
+    def outputs(self, request, rows: tf.Tensor, scores: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The top ``k`` of candidate ``rows``/``scores`` after dropping seen items."""
         seen = self.seen_rows(request)
-        # Fetch room for every history item, so exclusion still leaves k.
-        fetch = tf.minimum(self.k + tf.shape(seen)[1], self.num_items)
-        searcher = self._scann_ops.searcher_from_module(self.searcher_state)
-        rows, scores = searcher.search_batched(queries, final_num_neighbors=fetch)
-        rows = tf.cast(rows, tf.int32)
         hit = tf.reduce_any(tf.equal(rows[:, :, None], seen[:, None, :]), axis=2)
-        scores = tf.where(hit, float("-inf"), scores)
+        scores = tf.where(hit | tf.math.is_nan(scores), float("-inf"), scores)
         top = tf.math.top_k(scores, k=tf.minimum(self.k, tf.shape(scores)[1]))
         best = tf.gather(rows, top.indices, batch_dims=1)
         valid = top.values > float("-inf")
         return {
-            "item_ids": tf.where(valid, tf.gather(self.item_ids, best), ""),
+            "item_ids": tf.where(valid, tf.gather(self.item_ids, tf.maximum(best, 0)), ""),
             "scores": tf.where(valid, top.values, NO_ITEM_SCORE),
             "model_version": self.versions(request),
         }
+
+
+class _BruteForceModule(_IndexModule):
+    def __init__(self, model: CandidateTower, version: str, k: int, index: ItemIndex) -> None:
+        super().__init__(model, version, k, index)
+        self.item_matrix = tf.constant(self.vectors)
+
+    def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        logits = tf.matmul(self.queries(request), self.item_matrix, transpose_b=True)
+        # Seen items sink to -inf, then one top-k over the whole catalogue.
+        seen = self.seen_rows(request)
+        where = tf.where(seen >= 0)
+        index = tf.stack([tf.cast(where[:, 0], tf.int32), tf.gather_nd(seen, where)], axis=1)
+        logits = tf.tensor_scatter_nd_update(
+            logits, index, tf.fill([tf.shape(index)[0]], float("-inf"))
+        )
+        top = tf.math.top_k(logits, k=self.k)
+        return self.outputs(request, top.indices, top.values)
+
+
+class _ScannModule(_IndexModule):
+    def __init__(self, model: CandidateTower, version: str, k: int, index: ItemIndex) -> None:
+        super().__init__(model, version, k, index)
+        from scann.scann_ops.py import scann_ops
+
+        self._scann_ops = scann_ops
+        builder = configure(scann_ops.builder(self.vectors, self.k, "dot_product"), index.params)
+        self.searcher_state = builder.build().serialize_to_module()
+
+    def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # Fetch room for every history item, so exclusion still leaves k.
+        fetch = tf.minimum(self.k + tf.shape(request["history"])[1], self.num_items)
+        searcher = self._scann_ops.searcher_from_module(self.searcher_state)
+        rows, scores = searcher.search_batched(self.queries(request), final_num_neighbors=fetch)
+        return self.outputs(request, tf.cast(rows, tf.int32), scores)
 
 
 def _save(module: _QueryModule, fn, path: Path, **options) -> Path:
@@ -209,10 +208,22 @@ def export_savedmodels(
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
         raise ValueError(f"models has unknown names {unknown}; known: {list(MODEL_NAMES)}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if (
+        isinstance(serving_version, bool)
+        or not isinstance(serving_version, int)
+        or (serving_version < 1)
+    ):
+        raise ValueError(f"serving_version must be a positive integer, got {serving_version!r}")
     model = load_artefact(artefact)
     version = artefact_version(artefact)
+    index_dir = Path(artefact) / "index"
+    index = (
+        ItemIndex.load(index_dir)
+        if (index_dir / "index.json").exists()
+        else ItemIndex.build(model.item_ids, model.item_matrix())
+    )
     output = Path(output)
     out: dict[str, Path] = {}
     for name in models:
@@ -228,11 +239,10 @@ def export_savedmodels(
 
             out[name] = _save(module, fn, path)
         elif name == "retrieval_brute_force":
-            module = _BruteForceModule(model, version, k)
+            module = _BruteForceModule(model, version, k, index)
             out[name] = _save(module, module.top_k, path)
         else:
-            params = IndexParams.for_size(model.num_items)
-            module = _ScannModule(model, version, k, params)
+            module = _ScannModule(model, version, k, index)
             out[name] = _save(module, module.top_k, path, namespace_whitelist=["Scann"])
     return out
 

@@ -25,6 +25,7 @@ read lock per search (``upsert``/``delete`` take the write lock).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ class Recommender:
             raise ValueError(f"features has unknown names {unknown}; known: {list(FEATURES)}")
         age = features.get("age")
         if age is not None:
-            if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age <= 130:
+            if isinstance(age, bool) or not isinstance(age, numbers.Real) or not 0 <= age <= 130:
                 raise ValueError(f"features['age'] must be a number in [0, 130], got {age!r}")
         return features
 
@@ -238,7 +239,10 @@ class Recommender:
         -------
         Recommendations
         """
-        query = Query(user_id, history, features, k, tuple(exclude), tuple(genres), exclude_seen)
+        # A bare string is one ID or genre, not a sequence of characters.
+        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        genres = (genres,) if isinstance(genres, str) else tuple(genres)
+        query = Query(user_id, history, features, k, exclude, genres, exclude_seen)
         return self.recommend_batch([query])[0]
 
     def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendations]:
@@ -259,10 +263,16 @@ class Recommender:
                 for c in DEMOGRAPHIC_COLUMNS
             },
         }
-        inputs = query_inputs(histories, max_history=self.max_history, demographics=demographics)
+        known_only = self.retriever.encoder.known_only
+        inputs = query_inputs(
+            [known_only(h) for h in histories],
+            max_history=self.max_history,
+            demographics=demographics,
+        )
         queries_matrix = self.retriever.encoder.queries(inputs)
         exclude = [
-            set(map(str, q.exclude)) | (set(h) if q.exclude_seen else set())
+            ({q.exclude} if isinstance(q.exclude, str) else set(map(str, q.exclude)))
+            | (set(h) if q.exclude_seen else set())
             for q, h in zip(queries, histories, strict=True)
         ]
         out: list[Recommendations | None] = [None] * len(queries)

@@ -86,17 +86,19 @@ class IndexParams:
 
 
 class _ReadWriteLock:
-    """Many concurrent searches, or one mutation (upsert/delete) at a time."""
+    """Many concurrent searches, or one mutation (upsert/delete) at a time. A waiting writer
+    holds back new readers, so steady search traffic cannot starve an update."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writing:
+            while self._writing or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -109,8 +111,10 @@ class _ReadWriteLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
+            self._writers_waiting += 1
             while self._writing or self._readers:
                 self._cond.wait()
+            self._writers_waiting -= 1
             self._writing = True
         try:
             yield
@@ -118,6 +122,32 @@ class _ReadWriteLock:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+def configure(builder, params: IndexParams):
+    """Apply ``params`` to a ScaNN builder (``scann_ops_pybind`` or the TF ``scann_ops`` one)."""
+    if params.mode == "tree_ah":
+        return (
+            builder.tree(
+                num_leaves=params.num_leaves,
+                num_leaves_to_search=params.leaves_to_search,
+                training_sample_size=params.training_sample_size,
+            )
+            .score_ah(
+                params.dims_per_block,
+                anisotropic_quantization_threshold=params.anisotropic_threshold,
+                training_sample_size=params.training_sample_size,
+            )
+            .reorder(params.reorder)
+        )
+    return builder.score_brute_force()
+
+
+def _check_unique(ids: list[str]) -> None:
+    seen: set[str] = set()
+    repeated = [i for i in ids if i in seen or seen.add(i)]
+    if repeated:
+        raise ValueError(f"item_ids has duplicates: {sorted(set(repeated))[:5]}")
 
 
 def _scann():
@@ -152,7 +182,9 @@ class ItemIndex:
         self._ids_array = np.asarray(self._ids, dtype=object)
         self._position = {item: i for i, item in enumerate(self._ids)}
         if len(self._position) != len(self._ids):
-            raise ValueError("item_ids has duplicates")
+            _check_unique(self._ids)
+        if len(self._vectors) != len(self._ids):
+            raise ValueError(f"{len(self._ids)} item ids but {len(self._vectors)} vectors")
         self.params = params
         self.dim = int(self._vectors.shape[1])
         self._lock = _ReadWriteLock()
@@ -177,26 +209,9 @@ class ItemIndex:
             )
         if not ids:
             raise ValueError("item_ids is empty: an index needs at least one item")
-        if len(set(ids)) != len(ids):
-            raise ValueError("item_ids has duplicates")
+        _check_unique(ids)
         params = params or IndexParams.for_size(len(ids))
-        builder = _scann().builder(vectors, 10, "dot_product")
-        if params.mode == "tree_ah":
-            builder = (
-                builder.tree(
-                    num_leaves=params.num_leaves,
-                    num_leaves_to_search=params.leaves_to_search,
-                    training_sample_size=params.training_sample_size,
-                )
-                .score_ah(
-                    params.dims_per_block,
-                    anisotropic_quantization_threshold=params.anisotropic_threshold,
-                    training_sample_size=params.training_sample_size,
-                )
-                .reorder(params.reorder)
-            )
-        else:
-            builder = builder.score_brute_force()
+        builder = configure(_scann().builder(vectors, 10, "dot_product"), params)
         return cls(builder.build().searcher, ids, vectors, params)
 
     def save(self, directory: str | Path) -> Path:
@@ -205,7 +220,7 @@ class ItemIndex:
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
             self._searcher.serialize(str(directory), True)
-            (directory / "ids.txt").write_text("\n".join(self._ids) + "\n", encoding="utf-8")
+            (directory / "ids.json").write_text(json.dumps(self._ids), encoding="utf-8")
             np.save(directory / "vectors.npy", self._vectors)
             meta = {"format": INDEX_FORMAT, "dim": self.dim, "params": asdict(self.params)}
             (directory / "index.json").write_text(json.dumps(meta, indent=2))
@@ -228,7 +243,7 @@ class ItemIndex:
             raise ValueError(f"{directory}: unsupported index format {meta.get('format')}")
         assets = (directory / "scann_assets.pbtxt").read_text()
         searcher = _scann().scann_pybind.ScannNumpy(str(directory), assets)
-        ids = (directory / "ids.txt").read_text(encoding="utf-8").splitlines()
+        ids = json.loads((directory / "ids.json").read_text(encoding="utf-8"))
         vectors = np.load(directory / "vectors.npy")
         return cls(searcher, ids, vectors, IndexParams(**meta["params"]))
 
@@ -271,6 +286,10 @@ class ItemIndex:
         -------
         ids : numpy.ndarray of object (str), shape (n, min(k, len(self)))
         scores : numpy.ndarray of float32, same shape, descending along each row
+
+        A tree index returns what its searched partitions hold; when a row has fewer than ``k``
+        neighbours, its tail is padded with id ``""`` and score ``-inf``. Asking for more than
+        the index re-scores (``k > reorder``) searches every partition.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -279,12 +298,22 @@ class ItemIndex:
             raise ValueError(f"k must be at least 1, got {k}")
         with self._lock.read():
             k = min(k, len(self._ids))
+            pre, leaves = -1, -1
+            if self.params.mode == "tree_ah" and k > self.params.reorder:
+                pre, leaves = k, self.params.num_leaves
+            out_ids = np.full((queries.shape[0], k), "", dtype=object)
+            out_scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
             if queries.shape[0] == 1:
-                rows, scores = self._searcher.search(queries[0], k, -1, -1)
-                rows, scores = rows[None, :], scores[None, :]
+                rows, scores = self._searcher.search(queries[0], k, pre, leaves)
+                rows, scores = np.asarray(rows)[None, :], np.asarray(scores)[None, :]
             else:
-                rows, scores = self._searcher.search_batched(queries, k, -1, -1, False, 0)
-            return self._ids_array[rows], np.asarray(scores, dtype=np.float32)
+                rows, scores = self._searcher.search_batched(queries, k, pre, leaves, False, 0)
+            # ScaNN pads short batched rows with row 0 and NaN scores: keep only real hits.
+            valid = ~np.isnan(scores)
+            width = rows.shape[1]
+            out_ids[:, :width] = np.where(valid, self._ids_array[rows], "")
+            out_scores[:, :width] = np.where(valid, scores, -np.inf)
+            return out_ids, out_scores
 
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add new items, or replace the vectors of indexed ones.
@@ -302,17 +331,16 @@ class ItemIndex:
             raise ValueError(
                 f"vectors must have shape ({len(ids)}, {self.dim}), got {vectors.shape}"
             )
-        if len(set(ids)) != len(ids):
-            raise ValueError("item_ids has duplicates")
+        _check_unique(ids)
         if not np.all(np.isfinite(vectors)):
             raise ValueError("vectors has NaN or infinite values")
         with self._lock.write():
             rows = [self._position.get(i) for i in ids]
+            self._searcher.upsert(rows, vectors, 1)  # new rows are appended in order
             for item in ids:
                 if item not in self._position:
                     self._position[item] = len(self._ids)
                     self._ids.append(item)
-            self._searcher.upsert(rows, vectors, 1)
             grown = len(self._ids) - len(self._vectors)
             if grown:
                 self._vectors = np.concatenate(

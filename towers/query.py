@@ -69,6 +69,11 @@ class QueryEncoder:
         positions = np.fromiter((get(i, 1) for i in flat), np.int64, len(flat))
         return positions.reshape(np.shape(history))
 
+    def known_only(self, history: list[str]) -> list[str]:
+        """``history`` without IDs the model does not know, so that the newest ``max_history``
+        *known* items form the bag (unknown IDs must not push known ones out of it)."""
+        return [i for i in history if i in self._item_position and i != ""]
+
     def knows(self, item_id: str) -> bool:
         """Whether ``item_id`` is in the model's vocabulary (can move a user vector)."""
         return item_id in self._item_position

@@ -38,7 +38,7 @@ def _keep(
     out_ids: list[str] = []
     out_scores: list[float] = []
     for item, score in zip(ids.tolist(), scores.tolist(), strict=True):
-        if item in exclude or (allowed is not None and item not in allowed):
+        if not item or item in exclude or (allowed is not None and item not in allowed):
             continue
         out_ids.append(item)
         out_scores.append(score)

@@ -305,8 +305,13 @@ def artefact_version(directory: str | Path) -> str:
     ------
     FileNotFoundError
         If ``directory`` is not an artefact directory.
+    ValueError
+        If it has no version.
     """
     config_path = Path(directory) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
-    return str(json.loads(config_path.read_text())["version"])
+    version = json.loads(config_path.read_text()).get("version")
+    if not version:
+        raise ValueError(f"{directory} has no version (an older artefact format): retrain it")
+    return str(version)

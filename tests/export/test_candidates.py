@@ -38,11 +38,13 @@ def test_an_interrupted_export_resumes_without_redoing_finished_shards(planted_a
     export_candidates(planted_artefact, out, k=3, shard_size=20)
     complete = _read(out)
     # Simulate a crash: shard 2 never renamed into place, a temporary file left behind.
-    (out / "part-00002.parquet").rename(out / "part-00002.parquet.tmp-999")
+    (out / "part-00002.parquet").rename(out / "_tmp-999-part-00002.parquet")
     (out / "_SUCCESS").unlink()
+    assert len(pd.read_parquet(out)) == 3 * 20 * 3  # readers skip the unfinished shard
     summary = export_candidates(planted_artefact, out, k=3, shard_size=20)
     assert (summary.shards_skipped, summary.shards_written) == (3, 1)
     pd.testing.assert_frame_equal(_read(out), complete)
+    assert not list(out.glob("_tmp-*"))
 
 
 def test_other_settings_are_refused_in_the_same_directory(planted_artefact, tmp_path):
@@ -76,9 +78,13 @@ def test_parallel_workers_write_the_same_rows(planted_artefact, tmp_path):
 def test_bad_arguments_are_named(planted_artefact, tmp_path):
     with pytest.raises(ValueError, match="fmt must be one of"):
         export_candidates(planted_artefact, tmp_path, fmt="xlsx")
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
         export_candidates(planted_artefact, tmp_path, k=0)
-    with pytest.raises(ValueError, match="workers must be at least 1"):
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
         export_candidates(planted_artefact, tmp_path, workers=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        export_candidates(planted_artefact, tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="users is empty"):
+        export_candidates(planted_artefact, tmp_path, users=[])
     with pytest.raises(FileNotFoundError, match="user table"):
         export_candidates(planted_artefact, tmp_path, user_table=tmp_path / "none.parquet")

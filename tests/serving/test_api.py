@@ -112,3 +112,20 @@ def test_concurrent_calls_equal_serial_ones(rec):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_unknown_ids_never_push_known_items_out_of_the_bag(rec):
+    # max_history is 3: the unknown ID must not take one of the three slots.
+    with_unknown = rec.recommend(history=["A", "B", "C", "zzz"], k=5)
+    assert _pairs(with_unknown) == _pairs(rec.recommend(history=["A", "B", "C"], k=5))
+
+
+def test_a_bare_string_is_one_genre_or_one_id(rec):
+    assert set(rec.recommend(history=["A"], k=10, genres="Horror").item_ids) == set("EFGH")
+    assert "E" not in rec.recommend(history=["A"], k=10, exclude="E").item_ids
+
+
+def test_numpy_numbers_are_valid_features(rec):
+    import numpy as np
+
+    assert len(rec.recommend(history=[], features={"age": np.float32(30)}, k=2)) == 2

@@ -45,3 +45,22 @@ def test_bad_arguments_are_named(retriever):
         retriever.search(QUERY, 1, [set(), set()])
     with pytest.raises(ValueError, match="dimensions"):
         Retriever(SimpleNamespace(output_dim=5), retriever.index)
+
+
+def test_a_tree_index_never_pads_results_with_missing_or_repeated_items():
+    from towers.index import IndexParams
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(4000, 9)).astype(np.float32)
+    ids = [f"i{n}" for n in range(4000)]
+    index = ItemIndex.build(ids, vectors, IndexParams.for_size(4000, mode="tree_ah"))
+    retriever = Retriever(SimpleNamespace(output_dim=8), index)
+    query = rng.normal(size=(2, 9)).astype(np.float32)
+    seen = set(ids[:500])
+    batch = retriever.search(query, 1200, [seen, set()])
+    for got in batch:
+        assert len(got.item_ids) == len(set(got.item_ids)) == 1200
+        assert all(np.isfinite(got.scores)) and "" not in got.item_ids
+    assert not seen & set(batch[0].item_ids)
+    # One query takes ScaNN's single-query path: the same answer as in the batch.
+    assert retriever.search(query[:1], 1200, [seen])[0].item_ids == batch[0].item_ids
