@@ -1,0 +1,191 @@
+"""Ranking benchmarks: two-stage quality on temporal-user-20, and rating error.
+
+Two-stage (ml-latest-small and ml-100k, temporal-user-20): the tower (benchmark preset) is
+trained on the train split; the ranker on impressions simulated from it on the same split. For
+each test user the tower retrieves 100 unseen candidates from their train history (asked at the
+time of their first test event); the ranker rescores them. Reported for the candidate order and
+the ranked order: NDCG@10 with gain = the held-out rating (0 if the user did not rate the item;
+the ideal DCG uses all the user's test ratings), and the paper's weighted per-user pairwise loss
+(the rating-weighted fraction of (rated, unrated) candidate pairs ordered wrongly).
+
+Rating error: random-80-20 on ml-latest-small (MSE) and the five ml100k-folds (mean RMSE), for
+the ranker's rating head (trained on rating rows only, each row seeing the user's other train
+ratings) next to a fastai-style EmbeddingDotBias (``benchmarks/rating_baselines.py``).
+
+    python benchmarks/ranking.py --data-dir ../shared/data     # ~15 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import write_results
+from rating_baselines import embedding_dot_bias
+
+from ranking.impressions import rating_examples
+from ranking.model import RankerConfig
+from ranking.pipeline import candidate_examples, predict, tower_retrieve, train_ranker_job
+from ranking.train import RankerOptions, load_ranker, train_ranker
+from towers.movielens import default_data_dir, load_movielens
+from towers.presets import benchmark_config, benchmark_options
+from towers.splits import chronological, make_split, ml100k_fold
+from towers.train import save_artefact, train_tower
+
+log = logging.getLogger("ranking")
+
+
+def ndcg_at(order: list[str], gains: dict[str, float], k: int = 10) -> float:
+    """NDCG@k of ``order`` with graded gains (DCG = sum gain / log2(rank + 1))."""
+    dcg = sum(gains.get(item, 0.0) / np.log2(r + 2) for r, item in enumerate(order[:k]))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    idcg = sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
+    return float(dcg / idcg) if idcg > 0 else 0.0
+
+
+def weighted_pairwise_loss(items: list[str], scores: np.ndarray, gains: dict[str, float]):
+    """Covington et al. (2016), Sec. 4.2: over (positive, negative) pairs of one impression, the
+    positive-weighted fraction where the negative scores at least as high. None without pairs."""
+    pos = [(s, gains[i]) for i, s in zip(items, scores, strict=True) if i in gains]
+    neg = np.array([s for i, s in zip(items, scores, strict=True) if i not in gains])
+    if not pos or not len(neg):
+        return None
+    wrong = sum(w * float((neg >= s).mean()) for s, w in pos)
+    return wrong / sum(w for _, w in pos)
+
+
+def two_stage(name: str, data_dir: str | None, work: Path) -> dict:
+    data = load_movielens(name, data_dir)
+    split = make_split(data.interactions, "temporal-user-20")
+    train = data.with_interactions(split.train)
+    start = time.perf_counter()
+    result = train_tower(train, benchmark_config(), benchmark_options())
+    tower_dir = save_artefact(result, work / f"{name}-tower", data=train)
+    tower_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ranker_metrics = train_ranker_job(tower_dir, train, work / f"{name}-ranker")
+    ranker_seconds = time.perf_counter() - start
+    ranker = load_ranker(work / f"{name}-ranker")
+
+    test = split.test
+    first_test = test.groupby("user_id")["timestamp"].min()
+    ordered = chronological(split.train)
+    histories = ordered.groupby("user_id")["item_id"].agg(list)
+    users = [u for u in first_test.index if u in histories.index]
+    _, retrieve = tower_retrieve(tower_dir, train.users, 100)
+    hist_arrays = np.array(
+        [[""] * max(0, 50 - len(histories[u])) + histories[u][-50:] for u in users], dtype=object
+    )
+    # Query at the user's first test event: what they had seen, and when they came back.
+    times = first_test.reindex(users).to_numpy()
+    candidates = retrieve(hist_arrays, [set(histories[u]) for u in users], times,
+                          np.asarray(users, dtype=object))  # fmt: skip
+    examples = candidate_examples(
+        users, [histories[u] for u in users], candidates, split.train, times, 50
+    )
+    logits = predict(ranker, examples, train.users)["logit"]
+    gains_by_user = test.groupby("user_id").apply(
+        lambda f: dict(zip(f["item_id"].astype(str), f["rating"].astype(float), strict=True))
+    )
+    ndcg_c, ndcg_r, pair_c, pair_r = [], [], [], []
+    for g, user in enumerate(users):
+        rows = np.flatnonzero(examples.group == g)
+        items = [str(i) for i in examples.item_id[rows]]
+        gains = gains_by_user[user]
+        ranked = [items[j] for j in np.argsort(-logits[rows], kind="stable")]
+        ndcg_c.append(ndcg_at(items, gains))
+        ndcg_r.append(ndcg_at(ranked, gains))
+        tower_scores = examples.numeric["tower_score"][rows]
+        pc = weighted_pairwise_loss(items, tower_scores, gains)
+        pr = weighted_pairwise_loss(items, logits[rows], gains)
+        if pc is not None:
+            pair_c.append(pc)
+            pair_r.append(pr)
+    out = {
+        "dataset": name,
+        "protocol": "temporal-user-20",
+        "users": len(users),
+        "candidates": 100,
+        "candidate_order": {"ndcg@10": round(float(np.mean(ndcg_c)), 4),
+                            "weighted_pairwise_loss": round(float(np.mean(pair_c)), 4)},
+        "ranked_order": {"ndcg@10": round(float(np.mean(ndcg_r)), 4),
+                         "weighted_pairwise_loss": round(float(np.mean(pair_r)), 4)},
+        "users_with_pairs": len(pair_c),
+        "tower_train_seconds": round(tower_seconds, 1),
+        "ranker_train_seconds": round(ranker_seconds, 1),
+        "ranker": ranker_metrics,
+    }  # fmt: skip
+    c, r = out["candidate_order"]["ndcg@10"], out["ranked_order"]["ndcg@10"]
+    out["ndcg_relative_gain"] = round((r - c) / c, 4) if c else None
+    log.info("%s two-stage: %s", name, out)
+    return out
+
+
+def rating_run(train, test, items, users, config, options) -> dict:
+    start = time.perf_counter()
+    rows = rating_examples(train, max_history=config.max_history, context="all")
+    ranker, _ = train_ranker(rows, sorted(train["item_id"].astype(str).unique()), items, config,
+                             options, users)  # fmt: skip
+    targets = rating_examples(train, test, max_history=config.max_history, context="all")
+    pred = predict(ranker, targets, users)["rating"]
+    ranker_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    edb = embedding_dot_bias(train, test)
+    edb_seconds = time.perf_counter() - start
+    y = test["rating"].to_numpy(np.float64)
+    return {
+        "ranker_mse": float(np.mean((pred - y) ** 2)),
+        "edb_mse": float(np.mean((edb - y) ** 2)),
+        "ranker_seconds": round(ranker_seconds, 1),
+        "edb_seconds": round(edb_seconds, 1),
+    }
+
+
+def ratings(data_dir: str | None, config: RankerConfig, options: RankerOptions) -> dict:
+    small = load_movielens("ml-latest-small", data_dir)
+    split = make_split(small.interactions, "random-80-20")
+    run = rating_run(split.train, split.test, small.items, None, config, options)
+    out = {"ml-latest-small random-80-20": {
+        "ranker_mse": round(run["ranker_mse"], 4), "edb_mse": round(run["edb_mse"], 4),
+        "ranker_seconds": run["ranker_seconds"], "edb_seconds": run["edb_seconds"],
+    }}  # fmt: skip
+    log.info("%s", out)
+    folds = []
+    ml100k = load_movielens("ml-100k", data_dir)
+    for fold in range(1, 6):
+        split = ml100k_fold(Path(data_dir or default_data_dir()) / "ml-100k", fold)
+        run = rating_run(split.train, split.test, ml100k.items, ml100k.users, config, options)
+        folds.append(run)
+        log.info("fold %d: %s", fold, run)
+    out["ml-100k folds"] = {
+        "ranker_rmse": round(float(np.mean([np.sqrt(f["ranker_mse"]) for f in folds])), 4),
+        "edb_rmse": round(float(np.mean([np.sqrt(f["edb_mse"]) for f in folds])), 4),
+        "per_fold": folds,
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="MovieLens folder (default: $NEXTWATCH_DATA)")
+    parser.add_argument("--only", choices=["two-stage", "ratings"], help="run one part")
+    parser.add_argument("--output", help="JSON path (default: benchmarks/results/ranking.json)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    payload: dict = {}
+    with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
+        if args.only in (None, "two-stage"):
+            payload["two_stage"] = [
+                two_stage(name, args.data_dir, Path(tmp)) for name in ("ml-latest-small", "ml-100k")
+            ]
+        if args.only in (None, "ratings"):
+            payload["ratings"] = ratings(args.data_dir, RankerConfig(), RankerOptions())
+    write_results("ranking", payload, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Ranking examples: simulated impressions from the candidate generator, and rating examples.
+
+MovieLens has no impression log, so one is simulated (Covington et al. 2016, Sec. 4): at a
+training event ``(u, i, r, t)`` the candidate generator, given only what ``u`` watched before
+``t``, shows its top ``N`` unseen items. If ``i`` is among them it is the positive, weighted by
+its rating ``r`` (the paper weights by watch time); the other shown items are negatives with unit
+weight. Impressions whose watch was not shown are dropped (at serving the ranker only ever sees
+the generator's top ``N``).
+
+Every feature is computed as of ``t``: the history, the user's rating count and mean, the time
+since their previous event, each candidate's popularity (its ratings before ``t``) and how often
+it was shown to the user in earlier simulated impressions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from towers.examples import PAD, history_windows
+from towers.splits import chronological
+
+NUMERIC = (
+    "tower_score", "tower_rank", "time_since_last", "prev_impressions",
+    "user_count", "user_mean", "item_popularity",
+)  # fmt: skip
+# A retrieval function: (histories, seen sets, event times, user ids) -> per row (ids, scores).
+RetrieveFn = Callable[[np.ndarray, list, np.ndarray, np.ndarray], list]
+
+
+@dataclass
+class RankingExamples:
+    """Rows for the ranker. ``label``/``weight`` drive the ranking head; ``rating`` (NaN where
+    unknown) the rating head; ``group`` ties the rows of one impression together."""
+
+    user_id: np.ndarray
+    item_id: np.ndarray
+    history: np.ndarray  # object (n, max_history), left-padded with ""
+    numeric: dict[str, np.ndarray]
+    label: np.ndarray
+    weight: np.ndarray
+    rating: np.ndarray
+    group: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item_id)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Per event of a chronologically ordered log: what was known just before it."""
+
+    ordered: pd.DataFrame
+    start: np.ndarray  # index of the user's first event
+    position: np.ndarray  # the event's position in its user's sequence
+    user_count: np.ndarray
+    user_mean: np.ndarray
+    time_since_last: np.ndarray
+
+
+def event_context(interactions: pd.DataFrame) -> EventContext:
+    """Counts, mean ratings and gaps as of each event (before it, never including it)."""
+    ordered = chronological(interactions)
+    users = ordered["user_id"].to_numpy()
+    new_user = np.r_[True, users[1:] != users[:-1]]
+    start = np.maximum.accumulate(np.where(new_user, np.arange(len(users)), 0))
+    position = np.arange(len(users)) - start
+    ratings = ordered["rating"].to_numpy(dtype=np.float64)
+    times = ordered["timestamp"].to_numpy(dtype=np.int64)
+    cumsum = np.cumsum(ratings)
+    before_sum = cumsum - ratings - np.where(start > 0, cumsum[np.maximum(start - 1, 0)], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(position > 0, before_sum / np.maximum(position, 1), np.nan)
+    gap = np.where(position > 0, times - np.r_[times[0], times[:-1]], np.nan)
+    return EventContext(ordered, start, position, position.astype(np.float64), mean, gap)
+
+
+def popularity_before(
+    interactions: pd.DataFrame, item_ids: np.ndarray, times: np.ndarray
+) -> np.ndarray:
+    """How many events of ``item_ids[j]`` happened strictly before ``times[j]``."""
+    codes, uniques = pd.factorize(interactions["item_id"].astype(str))
+    t0 = int(interactions["timestamp"].min()) if len(interactions) else 0
+    span = int(interactions["timestamp"].max()) - t0 + 2 if len(interactions) else 2
+    keys = np.sort(codes.astype(np.int64) * span + (interactions["timestamp"].to_numpy() - t0))
+    query_codes = pd.Index(uniques).get_indexer(np.asarray(item_ids, dtype=str))
+    clipped = np.clip(np.asarray(times, np.int64) - t0, 0, span - 1)
+    before = np.searchsorted(keys, query_codes * span + clipped, side="left")
+    first = np.searchsorted(keys, query_codes * span, side="left")
+    return np.where(query_codes >= 0, before - first, 0).astype(np.float64)
+
+
+def simulate_impressions(
+    interactions: pd.DataFrame,
+    retrieve: RetrieveFn,
+    *,
+    num_candidates: int = 100,
+    max_history: int = 50,
+    events_per_user: int | None = 20,
+    seed: int = 0,
+) -> RankingExamples:
+    """Impressions at (up to ``events_per_user``) events of each user that have a history.
+
+    Parameters
+    ----------
+    interactions : pandas.DataFrame
+        The training log (``user_id``, ``item_id``, ``rating``, ``timestamp``).
+    retrieve : callable
+        ``retrieve(histories, seen, times, user_ids)`` -> list of ``(item_ids, scores)``, the
+        generator's top ``num_candidates`` unseen items for each query (see
+        :func:`ranking.pipeline.tower_retrieve`).
+    num_candidates : int
+        Items shown per impression (``N``).
+    max_history : int
+        Watched items in the history bag.
+    events_per_user : int or None
+        Impressions sampled per user (None: every event after the first).
+    seed : int
+    """
+    ctx = event_context(interactions)
+    ordered = ctx.ordered
+    rng = np.random.default_rng(seed)
+    eligible = np.flatnonzero(ctx.position >= 1)
+    if events_per_user is not None:
+        keys = rng.random(len(eligible))
+        frame = pd.DataFrame({"row": eligible, "user": ordered["user_id"].to_numpy()[eligible],
+                              "key": keys})  # fmt: skip
+        frame = frame.sort_values("key").groupby("user", sort=False).head(events_per_user)
+        eligible = np.sort(frame["row"].to_numpy())
+    items = ordered["item_id"].astype(str).to_numpy()
+    codes, vocab = pd.factorize(items)
+    vocab = np.append(np.asarray(vocab, dtype=object), PAD)
+    windows = vocab[
+        history_windows(codes, ctx.start[eligible], eligible, max_history, len(vocab) - 1)
+    ]
+    times = ordered["timestamp"].to_numpy()[eligible]
+    users = ordered["user_id"].astype(str).to_numpy()[eligible]
+    seen = [set(items[ctx.start[r] : r]) for r in eligible]
+    shown = retrieve(windows, seen, times, users)
+
+    rows: dict[str, list] = {k: [] for k in ("event", "item", "score", "rank", "label", "prev")}
+    shown_before: dict[str, Counter] = {}
+    for n, (row, (cand_ids, cand_scores)) in enumerate(zip(eligible, shown, strict=True)):
+        target = items[row]
+        if target not in cand_ids:
+            continue
+        counter = shown_before.setdefault(users[n], Counter())
+        for rank, (item, score) in enumerate(zip(cand_ids, cand_scores, strict=True), 1):
+            rows["event"].append(n)
+            rows["item"].append(item)
+            rows["score"].append(score)
+            rows["rank"].append(rank)
+            rows["label"].append(item == target)
+            rows["prev"].append(counter[item])
+        counter.update(cand_ids)
+    event = np.asarray(rows["event"], dtype=np.int64)
+    picked = eligible[event]
+    label = np.asarray(rows["label"], dtype=np.float32)
+    rating = ordered["rating"].to_numpy(dtype=np.float32)[picked]
+    item_ids = np.asarray(rows["item"], dtype=object)
+    return RankingExamples(
+        user_id=users[event],
+        item_id=item_ids,
+        history=windows[event],
+        numeric={
+            "tower_score": np.asarray(rows["score"], np.float64),
+            "tower_rank": np.asarray(rows["rank"], np.float64),
+            "time_since_last": ctx.time_since_last[picked],
+            "prev_impressions": np.asarray(rows["prev"], np.float64),
+            "user_count": ctx.user_count[picked],
+            "user_mean": ctx.user_mean[picked],
+            "item_popularity": popularity_before(interactions, item_ids, times[event]),
+        },
+        label=label,
+        weight=np.where(label > 0, rating, 1.0).astype(np.float32),
+        rating=np.where(label > 0, rating, np.nan).astype(np.float32),
+        group=event,
+    )
+
+
+def rating_examples(
+    train: pd.DataFrame,
+    targets: pd.DataFrame | None = None,
+    *,
+    max_history: int = 50,
+    context: str = "before",
+) -> RankingExamples:
+    """Rows for the rating head only (``label`` NaN, so the ranking loss skips them).
+
+    Parameters
+    ----------
+    train : pandas.DataFrame
+        The training log.
+    targets : pandas.DataFrame, optional
+        (user, item[, rating]) pairs to predict; default: the rows of ``train`` themselves.
+    max_history : int
+    context : {"before", "all"}
+        ``before``: features as of the row's timestamp (for time-ordered protocols);
+        ``all``: every other training rating of the user (for random splits, which have no time
+        order to respect). A training row never sees itself either way.
+    """
+    if context not in ("before", "all"):
+        raise ValueError(f"context must be 'before' or 'all', got {context!r}")
+    ctx = event_context(train)
+    ordered = ctx.ordered
+    items = ordered["item_id"].astype(str).to_numpy()
+    own = targets is None
+    targets = ordered if own else targets.reset_index(drop=True)
+    t_users = targets["user_id"].astype(str).to_numpy()
+    t_items = targets["item_id"].astype(str).to_numpy()
+    ratings = (
+        targets["rating"].to_numpy(np.float32)
+        if "rating" in targets
+        else np.full(len(targets), np.nan, np.float32)
+    )
+    codes, vocab = pd.factorize(items)
+    vocab = np.append(np.asarray(vocab, dtype=object), PAD)
+    if context == "before" and own:
+        rows = np.arange(len(ordered))
+        history = vocab[history_windows(codes, ctx.start[rows], rows, max_history, len(vocab) - 1)]
+        numeric = {"user_count": ctx.user_count, "user_mean": ctx.user_mean}
+        popularity = popularity_before(train, t_items, ordered["timestamp"].to_numpy())
+    elif context == "before":
+        raise ValueError("context 'before' needs targets=None (rows of the training log)")
+    else:
+        users = ordered["user_id"].astype(str).to_numpy()
+        by_user = pd.Series(np.arange(len(ordered))).groupby(users).agg(list).to_dict()
+        user_sum = pd.Series(ordered["rating"].to_numpy(np.float64)).groupby(users).sum()
+        history = np.full((len(targets), max_history), PAD, dtype=object)
+        counts = np.zeros(len(targets))
+        means = np.full(len(targets), np.nan)
+        for n, (user, item) in enumerate(zip(t_users, t_items, strict=True)):
+            rows = [r for r in by_user.get(user, []) if items[r] != item]
+            tail = items[rows[-max_history:]] if rows else []
+            if len(tail):
+                history[n, max_history - len(tail) :] = tail
+            counts[n] = len(rows)
+            if rows:
+                total = user_sum[user] - (ratings[n] if own else 0.0)
+                means[n] = total / len(rows)
+        numeric = {"user_count": counts, "user_mean": means}
+        item_counts = pd.Series(items).value_counts()
+        popularity = item_counts.reindex(t_items).fillna(0).to_numpy() - (1.0 if own else 0.0)
+    n_rows = len(targets)
+    nan = np.full(n_rows, np.nan)
+    return RankingExamples(
+        user_id=t_users.astype(object),
+        item_id=t_items.astype(object),
+        history=history,
+        numeric={
+            "tower_score": nan,
+            "tower_rank": nan,
+            "time_since_last": nan,
+            "prev_impressions": nan,
+            **numeric,
+            "item_popularity": popularity.astype(np.float64),
+        },  # fmt: skip
+        label=np.full(n_rows, np.nan, np.float32),
+        weight=np.ones(n_rows, np.float32),
+        rating=ratings,
+        group=np.full(n_rows, -1, np.int64),
+    )
+
+
+def concat(parts: list[RankingExamples]) -> RankingExamples:
+    """Stack example sets (e.g. impressions and rating rows) into one."""
+    return RankingExamples(
+        user_id=np.concatenate([p.user_id for p in parts]),
+        item_id=np.concatenate([p.item_id for p in parts]),
+        history=np.concatenate([p.history for p in parts]),
+        numeric={k: np.concatenate([p.numeric[k] for p in parts]) for k in NUMERIC},
+        label=np.concatenate([p.label for p in parts]),
+        weight=np.concatenate([p.weight for p in parts]),
+        rating=np.concatenate([p.rating for p in parts]),
+        group=np.concatenate([p.group for p in parts]),
+    )

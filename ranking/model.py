@@ -1,0 +1,203 @@
+"""The ranking network of Covington et al. (2016), Sec. 4 and Fig. 7, with a rating head.
+
+Features of one (user, candidate) pair:
+
+* the candidate's item-ID embedding, and the mean embedding of the user's watched-ID bag (one
+  table, shared: the paper shares embeddings among features of the same ID space), plus their
+  dot product;
+* the candidate's genres (multi-hot) and year, looked up inside the model from its ID;
+* continuous features, each quantile-normalised to ``x̃ in [0, 1)`` and fed as ``x̃, x̃², √x̃``:
+  the generator's score and rank, time since the user's last watch, previous impressions of the
+  candidate, the user's rating count and mean, the candidate's popularity and year;
+* demographics where the data has them.
+
+Embedding widths grow with the log of the vocabulary (``~4 log2 |V|``); unknown IDs map to a zero
+vector (index 0 of each table stays zero). Two heads share the embeddings:
+
+* **ranking**: a ReLU tower to one logit, trained by weighted logistic regression (positives
+  weighted by rating, negatives by 1) and served as ``exp(logit)``, the paper's expected-watch-time
+  trick (here: expected rating-weighted watch odds);
+* **rating**: a ReLU tower to ``0.5 + 5 * sigmoid(z)``, trained by squared error on known ratings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ranking.impressions import NUMERIC
+from ranking.normalize import ONE_BELOW, QuantileNormalizer
+from towers._tf import keras, tf
+
+RATING_RANGE = (0.5, 5.5)
+RATING_FEATURES = ("user_count", "user_mean", "item_popularity")
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Hyperparameters of the ranker.
+
+    Attributes
+    ----------
+    hidden_units : tuple of int
+        ReLU tower of the ranking head (the paper's best: 1024 -> 512 -> 256; smaller here).
+    rating_units : tuple of int
+        ReLU tower of the rating head.
+    embedding_scale : float
+        Embedding width ``= ceil(scale * log2(vocabulary + 1))``.
+    max_history : int
+        Watched items in the bag.
+    dropout : float
+    rating_weight : float
+        Weight of the rating loss against the ranking loss.
+    num_quantiles : int
+        Resolution of each continuous feature's CDF.
+    """
+
+    hidden_units: tuple[int, ...] = (256, 128, 64)
+    rating_units: tuple[int, ...] = (128, 64)
+    embedding_scale: float = 4.0
+    max_history: int = 50
+    dropout: float = 0.1
+    rating_weight: float = 1.0
+    num_quantiles: int = 100
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        out["rating_units"] = list(self.rating_units)
+        return out
+
+    def embedding_dim(self, vocabulary: int) -> int:
+        return max(2, int(np.ceil(self.embedding_scale * np.log2(vocabulary + 1))))
+
+
+def tf_cdf(x: tf.Tensor, normalizer: QuantileNormalizer) -> tf.Tensor:
+    """:class:`ranking.normalize.QuantileNormalizer` in TensorFlow (stock ops only)."""
+    x = tf.cast(tf.reshape(x, [-1]), tf.float32)
+    knots = tf.constant(normalizer.knots, tf.float32)
+    levels = tf.constant(normalizer.levels, tf.float32)
+    if len(normalizer.knots) == 1:
+        out = tf.where(x < knots[0], 0.0, tf.where(x > knots[0], ONE_BELOW, 0.5))
+    else:
+        idx = tf.searchsorted(knots[None, :], x[None, :], side="right")[0]
+        idx = tf.clip_by_value(idx, 1, len(normalizer.knots) - 1)
+        x0, x1 = tf.gather(knots, idx - 1), tf.gather(knots, idx)
+        l0, l1 = tf.gather(levels, idx - 1), tf.gather(levels, idx)
+        t = tf.clip_by_value((x - x0) / tf.maximum(x1 - x0, 1e-12), 0.0, 1.0)
+        out = l0 + t * (l1 - l0)
+        out = tf.where(x < knots[0], 0.0, tf.where(x > knots[-1], ONE_BELOW, out))
+    return tf.where(tf.math.is_nan(x), 0.0, tf.minimum(out, ONE_BELOW))
+
+
+def _expand(t: tf.Tensor) -> tf.Tensor:
+    return tf.stack([t, t * t, tf.sqrt(t)], axis=1)
+
+
+class Ranker(keras.Model):
+    """Scores (user, candidate) pairs from raw inputs.
+
+    Parameters
+    ----------
+    config : RankerConfig
+    item_ids : sequence of str
+        Item vocabulary (the tower's, so the two stages share it).
+    item_genres : numpy.ndarray of float32, shape (len(item_ids), num_genres)
+        Multi-hot genres per item.
+    item_years : numpy.ndarray of float, shape (len(item_ids),)
+        Release year per item (NaN if unknown).
+    normalizers : mapping of str to QuantileNormalizer
+        One per name in :data:`ranking.impressions.NUMERIC` plus ``year``.
+    demographic_vocabularies : mapping, optional
+    """
+
+    def __init__(
+        self,
+        config: RankerConfig,
+        item_ids: Sequence[str],
+        item_genres: np.ndarray,
+        item_years: np.ndarray,
+        normalizers: Mapping[str, QuantileNormalizer],
+        demographic_vocabularies: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.item_ids = [str(i) for i in item_ids]
+        self.normalizers = dict(normalizers)
+        n = len(self.item_ids)
+        self.item_lookup = keras.layers.StringLookup(
+            vocabulary=self.item_ids, mask_token="", num_oov_indices=1, name="item_lookup"
+        )
+        dim = config.embedding_dim(n)
+        # Rows 0 (pad) and 1 (unknown) are zeroed at every call: OOV maps to zero.
+        self.item_embedding = keras.layers.Embedding(n + 2, dim, name="item_embedding")
+        self.item_bias = keras.layers.Embedding(
+            n + 2, 1, embeddings_initializer="zeros", name="item_bias"
+        )
+        genres = np.zeros((n + 2, item_genres.shape[1]), np.float32)
+        genres[2:] = item_genres
+        self.genre_table = tf.constant(genres)
+        years = np.full(n + 2, np.nan, np.float32)
+        years[2:] = item_years
+        self.year_table = tf.constant(years)
+        self.item_genre_array = np.asarray(item_genres, np.float32)
+        self.item_year_array = np.asarray(item_years, np.float32)
+        self.demographic_vocabularies = dict(demographic_vocabularies or {})
+        self.demographic_lookups, self.demographic_embeddings = {}, {}
+        for col, vocab in self.demographic_vocabularies.items():
+            self.demographic_lookups[col] = keras.layers.StringLookup(
+                vocabulary=vocab, num_oov_indices=1, name=f"{col}_lookup"
+            )
+            self.demographic_embeddings[col] = keras.layers.Embedding(
+                len(vocab) + 1, config.embedding_dim(len(vocab)), name=f"{col}_embedding"
+            )
+        self.dropout = keras.layers.Dropout(config.dropout)
+        self.rank_tower = [keras.layers.Dense(u, activation="relu") for u in config.hidden_units]
+        self.rank_out = keras.layers.Dense(1, name="logit")
+        self.rating_tower = [keras.layers.Dense(u, activation="relu") for u in config.rating_units]
+        self.rating_out = keras.layers.Dense(1, name="rating")
+
+    def _embed(self, ids: tf.Tensor) -> tf.Tensor:
+        mask = tf.cast(ids >= 2, tf.float32)[..., None]
+        return self.item_embedding(ids) * mask
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict:
+        """``{"logit": [B], "rating": [B]}`` from raw inputs (see :func:`ranking.train.inputs`)."""
+        item = self.item_lookup(tf.reshape(tf.convert_to_tensor(inputs["item_id"]), [-1]))
+        history = self.item_lookup(tf.convert_to_tensor(inputs["history"]))
+        known = tf.cast(history >= 2, tf.float32)[..., None]
+        bag = tf.reduce_sum(self._embed(history) * known, 1) / tf.maximum(
+            tf.reduce_sum(known, 1), 1.0
+        )
+        item_vec = self._embed(item)
+        dot = tf.reduce_sum(item_vec * bag, axis=1, keepdims=True)
+        shared = [item_vec, bag, dot, tf.gather(self.genre_table, item)]
+        year = tf.gather(self.year_table, item)
+        shared.append(_expand(tf_cdf(year, self.normalizers["year"])))
+        for name in RATING_FEATURES:
+            shared.append(_expand(tf_cdf(inputs[name], self.normalizers[name])))
+        user_mean = tf.reshape(tf.cast(inputs["user_mean"], tf.float32), [-1, 1])
+        shared.append(tf.where(tf.math.is_nan(user_mean), 0.0, user_mean / 5.0))
+        for col in self.demographic_vocabularies:
+            shared.append(self.demographic_embeddings[col](self.demographic_lookups[col](
+                tf.reshape(tf.convert_to_tensor(inputs[col]), [-1]))))  # fmt: skip
+        shared = tf.concat(shared, axis=1)
+        ranking = [shared] + [
+            _expand(tf_cdf(inputs[name], self.normalizers[name]))
+            for name in NUMERIC
+            if name not in RATING_FEATURES
+        ]
+        x = self.dropout(tf.concat(ranking, axis=1), training=training)
+        for layer in self.rank_tower:
+            x = layer(x)
+        r = self.dropout(shared, training=training)
+        for layer in self.rating_tower:
+            r = layer(r)
+        low, high = RATING_RANGE
+        z = self.rating_out(r)[:, 0] + self.item_bias(item)[:, 0] * tf.cast(item >= 2, tf.float32)
+        return {"logit": self.rank_out(x)[:, 0], "rating": low + (high - low) * tf.sigmoid(z)}
+
+    def get_config(self) -> dict:
+        return {"ranker": self.config.to_dict(), "num_items": len(self.item_ids)}

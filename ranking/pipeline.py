@@ -1,0 +1,170 @@
+"""Jobs over the ranker: simulate impressions from a tower artefact, train, and score candidates.
+
+``nextwatch train-ranker`` and ``benchmarks/ranking.py`` call these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranking.impressions import (
+    RankingExamples,
+    RetrieveFn,
+    concat,
+    popularity_before,
+    rating_examples,
+    simulate_impressions,
+)
+from ranking.model import RankerConfig
+from ranking.train import RankerOptions, ranker_inputs, save_ranker, train_ranker
+from towers.data import Dataset
+from towers.examples import PAD, example_age
+from towers.features import UserFeatures, query_inputs
+from towers.retrieval import Retriever
+from towers.train import artefact_version
+
+log = logging.getLogger(__name__)
+
+
+def tower_retrieve(
+    artefact: str | Path, users: pd.DataFrame | None, num_candidates: int
+) -> tuple[Retriever, RetrieveFn]:
+    """The tower artefact's retriever, and a :data:`RetrieveFn` that asks it as of each event
+    time (example age from the event's timestamp, clipped to the serving value 0 after the
+    training window)."""
+    retriever = Retriever.from_artefact(artefact)
+    window = tuple(json.loads((Path(artefact) / "config.json").read_text())["time_window"])
+    features = UserFeatures.from_frame(users)
+    known_only = retriever.encoder.known_only
+
+    def retrieve(histories: np.ndarray, seen: list, times: np.ndarray, user_ids: np.ndarray):
+        out = []
+        for start in range(0, len(histories), 1024):
+            part = slice(start, start + 1024)
+            inputs = query_inputs(
+                [known_only([i for i in row if i != PAD]) for row in histories[part]],
+                max_history=retriever.encoder.max_history,
+                user_features=features,
+                user_ids=np.asarray(user_ids[part], dtype=str),
+                example_age=np.maximum(example_age(times[part], window), 0.0),
+            )
+            got = retriever.retrieve(inputs, num_candidates, list(seen[part]))
+            out += [(g.item_ids, g.scores) for g in got]
+        return out
+
+    return retriever, retrieve
+
+
+def ranking_training_set(
+    train: Dataset,
+    retrieve: RetrieveFn,
+    *,
+    num_candidates: int = 100,
+    max_history: int = 50,
+    events_per_user: int | None = 20,
+    seed: int = 0,
+) -> RankingExamples:
+    """Simulated impressions plus every training rating (as of its time) for the rating head."""
+    impressions = simulate_impressions(
+        train.interactions, retrieve, num_candidates=num_candidates, max_history=max_history,
+        events_per_user=events_per_user, seed=seed,
+    )  # fmt: skip
+    ratings = rating_examples(train.interactions, max_history=max_history, context="before")
+    log.info("%d impression rows, %d rating rows", len(impressions), len(ratings))
+    return concat([impressions, ratings])
+
+
+def train_ranker_job(
+    tower_artefact: str | Path,
+    train: Dataset,
+    output: str | Path,
+    config: RankerConfig | None = None,
+    options: RankerOptions | None = None,
+    num_candidates: int = 100,
+    events_per_user: int | None = 20,
+) -> dict:
+    """Train a ranker for ``tower_artefact`` on ``train`` and save it at ``output``."""
+    config = config or RankerConfig()
+    retriever, retrieve = tower_retrieve(tower_artefact, train.users, num_candidates)
+    examples = ranking_training_set(
+        train, retrieve, num_candidates=num_candidates, max_history=config.max_history,
+        events_per_user=events_per_user, seed=(options or RankerOptions()).seed,
+    )  # fmt: skip
+    ranker, metrics = train_ranker(
+        examples, retriever.index.item_ids, train.items, config, options, train.users
+    )
+    save_ranker(
+        ranker, output, metrics, artefact_version(tower_artefact), options or RankerOptions()
+    )
+    return metrics
+
+
+def candidate_examples(
+    user_ids: Sequence[str],
+    histories: Sequence[Sequence[str]],
+    candidates: Sequence[tuple[list[str], list[float]]],
+    train: pd.DataFrame,
+    query_times: np.ndarray,
+    max_history: int,
+) -> RankingExamples:
+    """Ranker rows for each user's candidate list, with features as of ``query_times``
+    (no previous impressions: none are logged offline)."""
+    counts = train.groupby("user_id").agg(n=("rating", "size"), mean=("rating", "mean"),
+                                          last=("timestamp", "max"))  # fmt: skip
+    counts.index = counts.index.astype(str)
+    rows_user, rows_item, rows_score, rows_rank, rows_hist, rows_time, group = (
+        [] for _ in range(7)
+    )
+    for g, (user, history, (ids, scores), t) in enumerate(
+        zip(user_ids, histories, candidates, query_times, strict=True)
+    ):
+        tail = list(history)[-max_history:]
+        padded = [PAD] * (max_history - len(tail)) + tail
+        for rank, (item, score) in enumerate(zip(ids, scores, strict=True), 1):
+            rows_user.append(user)
+            rows_item.append(item)
+            rows_score.append(score)
+            rows_rank.append(rank)
+            rows_hist.append(padded)
+            rows_time.append(t)
+            group.append(g)
+    users = np.asarray(rows_user, dtype=object)
+    stats = counts.reindex(users.astype(str))
+    times = np.asarray(rows_time, np.int64)
+    n = len(users)
+    return RankingExamples(
+        user_id=users,
+        item_id=np.asarray(rows_item, dtype=object),
+        history=np.asarray(rows_hist, dtype=object).reshape(n, max_history),
+        numeric={
+            "tower_score": np.asarray(rows_score, np.float64),
+            "tower_rank": np.asarray(rows_rank, np.float64),
+            "time_since_last": times - stats["last"].to_numpy(np.float64),
+            "prev_impressions": np.zeros(n),
+            "user_count": stats["n"].fillna(0).to_numpy(np.float64),
+            "user_mean": stats["mean"].to_numpy(np.float64),
+            "item_popularity": popularity_before(train, np.asarray(rows_item), times),
+        },
+        label=np.full(n, np.nan, np.float32),
+        weight=np.ones(n, np.float32),
+        rating=np.full(n, np.nan, np.float32),
+        group=np.asarray(group, np.int64),
+    )
+
+
+def predict(ranker, examples: RankingExamples, users: pd.DataFrame | None = None) -> dict:
+    """``{"logit", "rating"}`` arrays for ``examples``, in batches."""
+    inputs = ranker_inputs(examples, UserFeatures.from_frame(users))
+    logits, ratings = [], []
+    for start in range(0, len(examples), 8192):
+        part = {k: v[start : start + 8192] for k, v in inputs.items()}
+        out = ranker(part)
+        logits.append(out["logit"].numpy())
+        ratings.append(out["rating"].numpy())
+    return {"logit": np.concatenate(logits), "rating": np.concatenate(ratings)}

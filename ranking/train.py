@@ -1,0 +1,265 @@
+"""Training the ranker, and its artefact directory.
+
+``config.json``   ranker config, training options, the tower artefact's version, normalisers
+``vocab/``        items.txt, item_genres.npy, item_years.npy, genres.txt, demographics.json
+``weights/``      the TensorFlow checkpoint
+``metrics.json``  loss curve, example counts, timings
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranking.impressions import NUMERIC, RankingExamples
+from ranking.model import Ranker, RankerConfig
+from ranking.normalize import QuantileNormalizer
+from towers._tf import keras, tf
+from towers.features import DEMOGRAPHIC_COLUMNS, UserFeatures
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RankerOptions:
+    """How to run ranker training (not part of the model)."""
+
+    epochs: int = 4
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    verbose: int = 0
+
+
+def genre_matrix(items: pd.DataFrame, item_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """Genre names and a multi-hot ``(len(item_ids), num_genres)`` matrix aligned with
+    ``item_ids`` (items without metadata get zeros)."""
+    meta = items.assign(item_id=items["item_id"].astype(str)).set_index("item_id")
+    genres = sorted({g for gs in meta["genres"] for g in gs})
+    column = {g: j for j, g in enumerate(genres)}
+    out = np.zeros((len(item_ids), len(genres)), np.float32)
+    present = meta.reindex(item_ids)["genres"]
+    for row, gs in enumerate(present):
+        if isinstance(gs, list | tuple | np.ndarray):
+            for g in gs:
+                out[row, column[g]] = 1.0
+    return genres, out
+
+
+def ranker_inputs(
+    examples: RankingExamples, users: UserFeatures | None = None
+) -> dict[str, np.ndarray]:
+    """The raw input dict of :class:`ranking.model.Ranker` for ``examples``."""
+    inputs: dict[str, np.ndarray] = {
+        "item_id": examples.item_id.astype(str),
+        "history": examples.history.astype(str),
+        **{name: examples.numeric[name].astype(np.float32) for name in NUMERIC},
+    }
+    if users is not None:
+        demo = users.lookup(examples.user_id)
+        for col in DEMOGRAPHIC_COLUMNS:
+            inputs[col] = demo[col].astype(str)
+    return inputs
+
+
+def fit_normalizers(
+    examples: RankingExamples, item_years: np.ndarray, num_quantiles: int
+) -> dict[str, QuantileNormalizer]:
+    """One CDF per continuous feature, fitted on the training rows (NaN-only features, such as
+    the generator's score in rating-only training, get a constant CDF)."""
+    out = {}
+    for name in NUMERIC:
+        values = examples.numeric[name]
+        finite = values[np.isfinite(values)]
+        out[name] = QuantileNormalizer.fit(finite if finite.size else np.zeros(1), num_quantiles)
+    years = item_years[np.isfinite(item_years)]
+    out["year"] = QuantileNormalizer.fit(years if years.size else np.zeros(1), num_quantiles)
+    return out
+
+
+class _Trainer(keras.Model):
+    """Wraps a Ranker with the two losses: weighted logistic regression on impression rows
+    (label not NaN) plus ``rating_weight`` x squared error on rows with a rating."""
+
+    def __init__(self, ranker: Ranker) -> None:
+        super().__init__()
+        self.ranker = ranker
+        self.tracker = keras.metrics.Mean(name="loss")
+
+    def call(self, inputs, training=False):
+        return self.ranker(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self.tracker]
+
+    def _loss(self, out, targets):
+        label, weight, rating = targets["label"], targets["weight"], targets["rating"]
+        has_label = tf.cast(~tf.math.is_nan(label), tf.float32)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.where(has_label > 0, label, 0.0), logits=out["logit"]
+        )
+        w = weight * has_label
+        rank = tf.reduce_sum(bce * w) / tf.maximum(tf.reduce_sum(w), 1.0)
+        has_rating = ~tf.math.is_nan(rating)
+        err = tf.where(
+            has_rating, tf.square(out["rating"] - tf.where(has_rating, rating, 0.0)), 0.0
+        )
+        mse = tf.reduce_sum(err) / tf.maximum(tf.reduce_sum(tf.cast(has_rating, tf.float32)), 1.0)
+        return rank + self.ranker.config.rating_weight * mse
+
+    def train_step(self, data):
+        inputs, targets = data
+        with tf.GradientTape() as tape:
+            loss = self._loss(self.ranker(inputs, training=True), targets)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
+        self.tracker.update_state(loss)
+        return {"loss": self.tracker.result()}
+
+
+def build_ranker(
+    examples: RankingExamples,
+    item_ids: list[str],
+    items: pd.DataFrame,
+    config: RankerConfig,
+    users: pd.DataFrame | None = None,
+) -> Ranker:
+    """A Ranker whose vocabularies and normalisers come from the data."""
+    genres, matrix = genre_matrix(items, item_ids)
+    years = (
+        items.assign(item_id=items["item_id"].astype(str))
+        .set_index("item_id")
+        .reindex(item_ids)["year"]
+        .to_numpy(np.float32)
+    )
+    features = UserFeatures.from_frame(users)
+    ranker = Ranker(
+        config,
+        item_ids,
+        matrix,
+        years,
+        fit_normalizers(examples, years, config.num_quantiles),
+        features.vocabularies() if features is not None else None,
+    )
+    ranker.genre_names = genres
+    return ranker
+
+
+def train_ranker(
+    examples: RankingExamples,
+    item_ids: list[str],
+    items: pd.DataFrame,
+    config: RankerConfig | None = None,
+    options: RankerOptions | None = None,
+    users: pd.DataFrame | None = None,
+) -> tuple[Ranker, dict]:
+    """Fit a ranker on ``examples``. Returns the model and its training metrics."""
+    config = config or RankerConfig()
+    options = options or RankerOptions()
+    if len(examples) == 0:
+        raise ValueError("examples is empty: nothing to train the ranker on")
+    tf.keras.utils.set_random_seed(options.seed)
+    start = time.perf_counter()
+    ranker = build_ranker(examples, item_ids, items, config, users)
+    inputs = ranker_inputs(examples, UserFeatures.from_frame(users))
+    targets = {"label": examples.label, "weight": examples.weight, "rating": examples.rating}
+    ds = (
+        tf.data.Dataset.from_tensor_slices((inputs, targets))
+        .shuffle(min(len(examples), 200_000), seed=options.seed)
+        .batch(options.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    trainer = _Trainer(ranker)
+    trainer.compile(
+        optimizer=keras.optimizers.AdamW(options.learning_rate, weight_decay=options.weight_decay)
+    )
+    history = trainer.fit(ds, epochs=options.epochs, verbose=options.verbose)
+    seconds = time.perf_counter() - start
+    metrics = {
+        "examples": len(examples),
+        "impression_rows": int(np.isfinite(examples.label).sum()),
+        "rating_rows": int(np.isfinite(examples.rating).sum()),
+        "train_seconds": round(seconds, 2),
+        "loss": [round(float(v), 5) for v in history.history["loss"]],
+    }
+    log.info("ranker trained on %d rows in %.1f s", len(examples), seconds)
+    return ranker, metrics
+
+
+def save_ranker(
+    ranker: Ranker, directory: str | Path, metrics: dict, tower_version: str, options: RankerOptions
+) -> Path:
+    """Write the ranker artefact directory (see the module docstring)."""
+    directory = Path(directory)
+    vocab = directory / "vocab"
+    vocab.mkdir(parents=True, exist_ok=True)
+    (vocab / "items.txt").write_text("\n".join(ranker.item_ids) + "\n", encoding="utf-8")
+    (vocab / "genres.txt").write_text("\n".join(ranker.genre_names) + "\n", encoding="utf-8")
+    np.save(vocab / "item_genres.npy", ranker.item_genre_array)
+    np.save(vocab / "item_years.npy", ranker.item_year_array)
+    (vocab / "demographics.json").write_text(
+        json.dumps({k: list(v) for k, v in ranker.demographic_vocabularies.items()})
+    )
+    ranker.save_weights(str(directory / "weights" / "ranker"))
+    config = {
+        "format_version": FORMAT_VERSION,
+        "kind": "ranker",
+        "tower_version": tower_version,
+        "ranker": ranker.config.to_dict(),
+        "options": asdict(options),
+        "normalizers": {k: v.to_dict() for k, v in ranker.normalizers.items()},
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return directory
+
+
+def load_ranker(directory: str | Path) -> Ranker:
+    """Rebuild a ranker saved by :func:`save_ranker`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not a ranker artefact.
+    """
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not a ranker artefact (no config.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("kind") != "ranker" or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory} is not a ranker artefact of format {FORMAT_VERSION}")
+    cfg = meta["ranker"]
+    config = RankerConfig(
+        **{**cfg, "hidden_units": tuple(cfg["hidden_units"]),
+           "rating_units": tuple(cfg["rating_units"])}
+    )  # fmt: skip
+    vocab = directory / "vocab"
+    items = (vocab / "items.txt").read_text(encoding="utf-8").splitlines()
+    ranker = Ranker(
+        config,
+        items,
+        np.load(vocab / "item_genres.npy"),
+        np.load(vocab / "item_years.npy"),
+        {k: QuantileNormalizer.from_dict(v) for k, v in meta["normalizers"].items()},
+        json.loads((vocab / "demographics.json").read_text()) or None,
+    )
+    ranker.genre_names = (vocab / "genres.txt").read_text(encoding="utf-8").splitlines()
+    ranker.tower_version = meta["tower_version"]
+    dummy = {
+        "item_id": np.array([""]), "history": np.array([[""]]),
+        **{name: np.zeros(1, np.float32) for name in NUMERIC},
+        **{col: np.array([""]) for col in ranker.demographic_vocabularies},
+    }  # fmt: skip
+    ranker(dummy)
+    ranker.load_weights(str(directory / "weights" / "ranker")).expect_partial()
+    return ranker

@@ -1,0 +1,86 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from ranking.impressions import rating_examples, simulate_impressions
+
+# u1: a(t10, r5) b(t20, r4) c(t30, r2); u2: b(t5, r4) a(t15, r3)
+LOG = pd.DataFrame(
+    [("u1", "a", 5.0, 10), ("u1", "b", 4.0, 20), ("u1", "c", 2.0, 30),
+     ("u2", "b", 4.0, 5), ("u2", "a", 3.0, 15)],
+    columns=["user_id", "item_id", "rating", "timestamp"],
+)  # fmt: skip
+
+
+def fake_tower(histories, seen, times, user_ids):
+    """Always ranks a > b > c > d (scores 4..1), minus what the user has seen."""
+    out = []
+    for s in seen:
+        ids = [i for i in "abcd" if i not in s]
+        out.append((ids, [float(4 - "abcd".index(i)) for i in ids]))
+    return out
+
+
+def _rows(ex):
+    prev, popularity = ex.numeric["prev_impressions"], ex.numeric["item_popularity"]
+    return [
+        (ex.user_id[j], ex.item_id[j], ex.label[j], ex.weight[j], int(prev[j]), int(popularity[j]))
+        for j in range(len(ex))
+    ]
+
+
+def test_impressions_on_a_tiny_log_are_exact():
+    ex = simulate_impressions(
+        LOG, fake_tower, num_candidates=4, max_history=3, events_per_user=None
+    )
+    assert _rows(ex) == [
+        # u1 at t20 (history a): shown b, c, d; b watched with rating 4; b was rated once before
+        ("u1", "b", 1.0, 4.0, 0, 1), ("u1", "c", 0.0, 1.0, 0, 0), ("u1", "d", 0.0, 1.0, 0, 0),
+        # u1 at t30 (history a, b): c and d were shown once before
+        ("u1", "c", 1.0, 2.0, 1, 0), ("u1", "d", 0.0, 1.0, 1, 0),
+        # u2 at t15 (history b): a was rated once before (u1 at t10)
+        ("u2", "a", 1.0, 3.0, 0, 1), ("u2", "c", 0.0, 1.0, 0, 0), ("u2", "d", 0.0, 1.0, 0, 0),
+    ]  # fmt: skip
+    assert ex.history[0].tolist() == ["", "", "a"] and ex.history[3].tolist() == ["", "a", "b"]
+    assert ex.numeric["user_mean"][3] == pytest.approx(4.5)  # (5 + 4) / 2, not c's own 2
+    assert ex.numeric["user_count"][3] == 2 and ex.numeric["time_since_last"][3] == 10
+    np.testing.assert_array_equal(ex.numeric["tower_rank"][:3], [1, 2, 3])
+    np.testing.assert_array_equal(ex.group, [0, 0, 0, 1, 1, 2, 2, 2])
+    assert np.isnan(ex.rating[1]) and ex.rating[0] == 4.0
+
+
+def test_no_feature_sees_the_label_or_the_future():
+    ex = simulate_impressions(
+        LOG, fake_tower, num_candidates=4, max_history=3, events_per_user=None
+    )
+    for j in np.flatnonzero(ex.label == 1):
+        assert ex.item_id[j] not in ex.history[j]
+    # popularity counts strictly earlier events only: c at t30 is not counted for itself
+    assert ex.numeric["item_popularity"][3] == 0
+
+
+def test_a_watch_the_generator_did_not_show_makes_no_impression():
+    def never_c(histories, seen, times, user_ids):
+        return [([i for i in "abd" if i not in s], [3.0, 2.0, 1.0][: 3 - len(s & set("abd"))])
+                for s in seen]  # fmt: skip
+
+    ex = simulate_impressions(LOG, never_c, num_candidates=3, max_history=3, events_per_user=None)
+    assert "c" not in set(ex.item_id[ex.label == 1])
+    assert len(set(ex.group)) == 2
+
+
+def test_rating_rows_leave_the_target_out():
+    rows = rating_examples(LOG, max_history=3, context="all")
+    j = 2  # u1's rating of c (2.0): the other ratings are a (5) and b (4)
+    assert (rows.user_id[j], rows.item_id[j], rows.rating[j]) == ("u1", "c", 2.0)
+    assert rows.history[j].tolist() == ["", "a", "b"]
+    assert rows.numeric["user_mean"][j] == pytest.approx(4.5)
+    assert np.isnan(rows.label).all()
+    before = rating_examples(LOG, max_history=3, context="before")
+    assert before.history[0].tolist() == ["", "", ""] and np.isnan(before.numeric["user_mean"][0])
+    test = pd.DataFrame({"user_id": ["u2"], "item_id": ["c"], "rating": [1.0]})
+    target = rating_examples(LOG, test, max_history=3, context="all")
+    assert target.history[0].tolist() == ["", "b", "a"]
+    assert target.numeric["item_popularity"][0] == 1 and target.numeric["user_mean"][0] == 3.5
+    with pytest.raises(ValueError, match="context must be"):
+        rating_examples(LOG, context="later")
