@@ -173,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="MovieLens folder (default: $NEXTWATCH_DATA)")
     parser.add_argument("--only", choices=["two-stage", "ratings"], help="run one part")
+    parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/ranking.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -180,7 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
             payload["two_stage"] = [
-                two_stage(name, args.data_dir, Path(tmp)) for name in ("ml-latest-small", "ml-100k")
+                two_stage(name, args.data_dir, Path(tmp)) for name in args.datasets
             ]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir, RankerConfig(), RankerOptions())

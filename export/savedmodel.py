@@ -165,8 +165,8 @@ class _ScannModule(_IndexModule):
         return self.outputs(request, tf.cast(rows, tf.int32), scores)
 
 
-def _save(module: _QueryModule, fn, path: Path, **options) -> Path:
-    spec = _signature(module.model)
+def _save(module: _QueryModule, fn, path: Path, spec: dict | None = None, **options) -> Path:
+    spec = spec or _signature(module.model)
     signature = tf.function(fn, input_signature=[spec]).get_concrete_function()
     path.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(

@@ -26,6 +26,7 @@ from ranking.train import RankerOptions, ranker_inputs, save_ranker, train_ranke
 from towers.data import Dataset
 from towers.examples import PAD, example_age
 from towers.features import UserFeatures, query_inputs
+from towers.pipeline import DataSource, split_dataset
 from towers.retrieval import Retriever
 from towers.train import artefact_version
 
@@ -103,6 +104,38 @@ def train_ranker_job(
         ranker, output, metrics, artefact_version(tower_artefact), options or RankerOptions()
     )
     return metrics
+
+
+def train_ranker_for_artefact(
+    source: DataSource,
+    artefact: str | Path,
+    output: str | Path | None = None,
+    config: RankerConfig | None = None,
+    options: RankerOptions | None = None,
+    num_candidates: int = 100,
+    events_per_user: int | None = 20,
+) -> dict:
+    """Train the ranker on the data and split the tower artefact was trained on.
+
+    Raises
+    ------
+    ValueError
+        If ``source`` is not the data the tower was trained on (its checksum differs).
+    """
+    artefact = Path(artefact)
+    meta = json.loads((artefact / "config.json").read_text())
+    data = source.load()
+    if meta["data_checksum"] != data.checksum:
+        raise ValueError(
+            f"{artefact} was trained on {meta['dataset']} (checksum {meta['data_checksum'][:12]}), "
+            f"not on {data.name} (checksum {data.checksum[:12]}): give the same data"
+        )
+    protocol = json.loads((artefact / "metrics.json").read_text()).get("protocol", "none")
+    train, _ = split_dataset(data, protocol)
+    return train_ranker_job(
+        artefact, train, output or artefact / "ranker", config, options, num_candidates,
+        events_per_user,
+    )  # fmt: skip
 
 
 def candidate_examples(

@@ -33,12 +33,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranking.scorer import RankScorer
+from ranking.train import load_ranker
+from serving.rerank import Reranker
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.retrieval import Retriever
 from towers.train import artefact_version
 
 FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
+RANKER_DIR = "ranker"  # inside the tower artefact: written by `nextwatch train-ranker`
 
 
 class UnknownItemError(KeyError):
@@ -66,6 +70,7 @@ class Recommendations:
     user_id: str | None = None
     known_user: bool = False
     ignored_history: list[str] = field(default_factory=list)
+    ranked: bool = False  # True: ordered by the ranker (score = exp(logit)), else by the tower
 
     def __iter__(self) -> Iterator[Recommendation]:
         return iter(self.items)
@@ -89,6 +94,7 @@ class Query:
     exclude: Sequence[str] = ()
     genres: Sequence[str] = ()
     exclude_seen: bool = True
+    rank: bool = True
 
 
 def _check_k(k: object) -> int:
@@ -109,6 +115,10 @@ class Recommender:
         Known users' histories and demographics.
     version : str
         The artefact version, reported by consumers.
+    reranker : Reranker, optional
+        The ranking stage; without it the generator's order is returned.
+    num_candidates : int
+        Candidates retrieved for the ranker to rescore.
     """
 
     def __init__(
@@ -117,8 +127,12 @@ class Recommender:
         items: pd.DataFrame,
         users: UserTable | None = None,
         version: str = "unversioned",
+        reranker: Reranker | None = None,
+        num_candidates: int = 100,
     ) -> None:
         self.retriever = retriever
+        self.reranker = reranker
+        self.num_candidates = num_candidates
         self.users = users
         self.version = version
         self.max_history = retriever.encoder.max_history
@@ -153,7 +167,19 @@ class Recommender:
             ids = retriever.index.item_ids
             items = pd.DataFrame({"item_id": ids, "title": "", "genres": [()] * len(ids)})
         users = UserTable.read(artefact / USERS_FILE) if (artefact / USERS_FILE).exists() else None
-        return cls(retriever, items, users, artefact_version(artefact))
+        version = artefact_version(artefact)
+        reranker = None
+        if (artefact / RANKER_DIR / "config.json").exists():
+            ranker = load_ranker(artefact / RANKER_DIR)
+            if ranker.tower_version != version:
+                raise ValueError(
+                    f"{artefact / RANKER_DIR} was trained for tower {ranker.tower_version}, not "
+                    f"{version}: retrain it with `nextwatch train-ranker --artefact {artefact}`"
+                )
+            counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
+            popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
+            reranker = Reranker(RankScorer(ranker), popularity)
+        return cls(retriever, items, users, version, reranker)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -185,25 +211,29 @@ class Recommender:
                 raise ValueError(f"features['age'] must be a number in [0, 130], got {age!r}")
         return features
 
-    def _resolve(self, query: Query) -> tuple[list[str], dict[str, object], bool]:
-        """History, features and whether the user is known, for one query."""
+    def _resolve(self, query: Query) -> tuple[list[str], dict[str, object], bool, dict]:
+        """History, features, whether the user is known, and their rating stats."""
         features = self._features(query.features)
         known = False
         history: list[str] = []
         stored: dict[str, object] = {}
+        stats: dict[str, float] = {}
         if query.user_id is not None:
             row = self.users.rows([str(query.user_id)])[0] if self.users is not None else -1
             known = bool(row >= 0)
             if known:
-                history = self.users.histories(np.array([row]))[0]
-                demo = self.users.demographics(np.array([row]))
+                rows = np.array([row])
+                history = self.users.histories(rows)[0]
+                demo = self.users.demographics(rows)
                 if demo is not None:
                     stored = {c: demo[c][0] for c in FEATURES}
+                stats = {c: float(v[0]) for c, v in self.users.stats(rows).items()}
         if query.history is not None:
             if isinstance(query.history, str):
                 raise ValueError("history must be a sequence of item IDs, not one string")
             history = [str(i) for i in query.history]
-        return history, {**stored, **features}, known
+            stats["rating_count"] = float(len(history))
+        return history, {**stored, **features}, known, stats
 
     def recommend(
         self,
@@ -215,6 +245,7 @@ class Recommender:
         exclude: Sequence[str] = (),
         genres: Sequence[str] = (),
         exclude_seen: bool = True,
+        rank: bool = True,
     ) -> Recommendations:
         """Top ``k`` items for a known user, or for an anonymous history plus features.
 
@@ -234,6 +265,9 @@ class Recommender:
             Only return items with at least one of these genres (case-insensitive).
         exclude_seen : bool
             Leave out items in the history (default True).
+        rank : bool
+            With a ranker loaded (default True): retrieve ``num_candidates`` and return the
+            ranker's top ``k``; False returns the generator's own top ``k``.
 
         Returns
         -------
@@ -242,7 +276,7 @@ class Recommender:
         # A bare string is one ID or genre, not a sequence of characters.
         exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         genres = (genres,) if isinstance(genres, str) else tuple(genres)
-        query = Query(user_id, history, features, k, exclude, genres, exclude_seen)
+        query = Query(user_id, history, features, k, exclude, genres, exclude_seen, rank)
         return self.recommend_batch([query])[0]
 
     def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendations]:
@@ -252,14 +286,14 @@ class Recommender:
         resolved = [self._resolve(q) for q in queries]
         ks = [_check_k(q.k) for q in queries]
         allowed = [self._allowed(q.genres) for q in queries]
-        histories = [h for h, _, _ in resolved]
+        histories = [r[0] for r in resolved]
         demographics = {
             "age": np.array(
-                [math.nan if f.get("age") is None else float(f["age"]) for _, f, _ in resolved],
+                [math.nan if r[1].get("age") is None else float(r[1]["age"]) for r in resolved],
                 np.float32,
             ),
             **{
-                c: np.array([str(f.get(c) or "") for _, f, _ in resolved], dtype=object)
+                c: np.array([str(r[1].get(c) or "") for r in resolved], dtype=object)
                 for c in DEMOGRAPHIC_COLUMNS
             },
         }
@@ -280,17 +314,27 @@ class Recommender:
         for i, key in enumerate(zip(ks, allowed, strict=True)):
             groups.setdefault(key, []).append(i)
         for (k, allow), rows in groups.items():
+            ranked = [self.reranker is not None and queries[r].rank for r in rows]
+            fetch = max(k, self.num_candidates) if any(ranked) else k
             found = self.retriever.search(
-                queries_matrix[rows], k, [exclude[r] for r in rows], allow
+                queries_matrix[rows], fetch, [exclude[r] for r in rows], allow
             )
-            for r, got in zip(rows, found, strict=True):
+            for r, got, rank in zip(rows, found, ranked, strict=True):
                 knows = self.retriever.encoder.knows
                 ignored = [i for i in histories[r] if not knows(i)]
+                if rank:
+                    ids, scores = self.reranker.rerank(
+                        got.item_ids, got.scores, known_only(histories[r]), resolved[r][3],
+                        resolved[r][1], k,
+                    )  # fmt: skip
+                else:
+                    ids, scores = got.item_ids[:k], got.scores[:k]
                 out[r] = Recommendations(
-                    self._items(got.item_ids, got.scores),
+                    self._items(ids, scores),
                     None if queries[r].user_id is None else str(queries[r].user_id),
                     resolved[r][2],
                     ignored,
+                    bool(rank),
                 )
         return [o for o in out if o is not None]
 
@@ -326,4 +370,5 @@ class Recommender:
             "items": len(self.retriever.index),
             "users": 0 if self.users is None else len(self.users),
             "index": self.retriever.index.params.mode,
+            "ranker": self.reranker is not None,
         }

@@ -2,6 +2,7 @@
 
 ``nextwatch train-candidates``   train the next-watch tower and save an artefact directory
 ``nextwatch evaluate``           evaluate an artefact on the protocol it was trained for
+``nextwatch train-ranker``       train the ranking network for a tower artefact
 ``nextwatch recommend``          top-k for a user or a history, from an artefact (JSON)
 ``nextwatch export-candidates``  batch top-k for all users (or a list), sharded and resumable
 ``nextwatch export-savedmodels`` SavedModels for TF Serving (query tower, brute force, ScaNN)
@@ -21,6 +22,9 @@ import pandas as pd
 
 from export.candidates import FORMATS, export_candidates
 from export.savedmodel import MODEL_NAMES, export_savedmodels
+from ranking.model import RankerConfig
+from ranking.pipeline import train_ranker_for_artefact
+from ranking.train import RankerOptions
 from serving.api import Recommender, UnknownItemError
 from towers.data import DataError
 from towers.model import TowerConfig
@@ -133,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate even if the artefact was trained for other data",
     )
 
+    rank = sub.add_parser("train-ranker", help="train the ranking network for a tower artefact")
+    _add_source(rank)
+    rank.add_argument("--artefact", default="artefacts/candidates", help="tower artefact")
+    rank.add_argument("--output", help="ranker directory (default: ARTEFACT/ranker, which the "
+                      "Python API and the service load)")  # fmt: skip
+    rank.add_argument("--num-candidates", type=int, default=100, help="items per impression")
+    rank.add_argument("--events-per-user", type=int, default=20, help="impressions per user")
+    _add_dataclass_flags(
+        rank, RankerConfig(), "ranker model", skip=("hidden_units", "rating_units")
+    )
+    _add_dataclass_flags(rank, RankerOptions(), "ranker training")
+
     rec = sub.add_parser("recommend", help="top-k for a known user or a history (JSON)")
     rec.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
     who = rec.add_mutually_exclusive_group(required=True)
@@ -142,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--genres", default="", help="comma-separated genre filter")
     rec.add_argument("--exclude", default="", help="comma-separated item IDs to leave out")
+    rec.add_argument("--no-rank", action="store_true", help="the generator's order, unranked")
 
     cands = sub.add_parser("export-candidates", help="batch top-k candidates for every user")
     cands.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
@@ -208,6 +225,7 @@ def _recommend(args: argparse.Namespace) -> dict:
         k=args.k,
         genres=_split(args.genres),
         exclude=_split(args.exclude),
+        rank=not args.no_rank,
     )
     out = asdict(result)
     out["model_version"] = recommender.version
@@ -241,6 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.output:
                 Path(args.output).write_text(json.dumps(metrics, indent=2))
             print(json.dumps(metrics, indent=2))
+        elif args.command == "train-ranker":
+            metrics = train_ranker_for_artefact(
+                _source(args), args.artefact, args.output, _build(RankerConfig, args),
+                _build(RankerOptions, args), args.num_candidates, args.events_per_user,
+            )  # fmt: skip
+            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
         elif args.command == "recommend":
             print(json.dumps(_recommend(args), indent=2))
         elif args.command == "export-candidates":

@@ -83,3 +83,22 @@ def planted_artefact(tmp_path_factory) -> Path:
         data, config, TrainOptions(epochs=60, batch_size=32, learning_rate=0.03, verbose=0)
     )
     return save_artefact(result, tmp_path_factory.mktemp("planted") / "artefact", data=data)
+
+
+@pytest.fixture(scope="session")
+def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
+    """A copy of ``planted_artefact`` with a ranker trained for it in ``ranker/``."""
+    import shutil
+
+    from ranking.model import RankerConfig
+    from ranking.pipeline import train_ranker_job
+    from ranking.train import RankerOptions
+
+    copy = tmp_path_factory.mktemp("ranked") / "artefact"
+    shutil.copytree(planted_artefact, copy)
+    train_ranker_job(
+        copy, planted_dataset(), copy / "ranker",
+        RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10),
+        RankerOptions(epochs=5, batch_size=64), num_candidates=5, events_per_user=None,
+    )  # fmt: skip
+    return copy

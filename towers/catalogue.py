@@ -22,14 +22,24 @@ from towers.splits import chronological
 
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"
+STATS = ("rating_count", "rating_mean", "last_timestamp")
 
 
 def user_table(interactions: pd.DataFrame, users: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per user: ``user_id``, ``history`` (list of item IDs, oldest first) and, when
-    ``users`` is given, ``age`` and the categorical demographics (missing ones as NaN / "")."""
+    """One row per user: ``user_id``, ``history`` (list of item IDs, oldest first),
+    ``rating_count``, ``rating_mean``, ``last_timestamp`` and, when ``users`` is given, ``age``
+    and the categorical demographics (missing ones as NaN / "")."""
     ordered = chronological(interactions)
-    grouped = ordered.groupby("user_id", sort=True)["item_id"].agg(list)
-    table = pd.DataFrame({"user_id": grouped.index.astype(str), "history": grouped.to_numpy()})
+    grouped = ordered.groupby("user_id", sort=True)
+    table = pd.DataFrame(
+        {
+            "user_id": grouped.size().index.astype(str),
+            "history": grouped["item_id"].agg(list).to_numpy(),
+            "rating_count": grouped.size().to_numpy(np.float64),
+            "rating_mean": grouped["rating"].mean().to_numpy(np.float64),
+            "last_timestamp": grouped["timestamp"].max().to_numpy(np.float64),
+        }
+    )
     if users is not None and not users.empty:
         demo = users.set_index("user_id").reindex(table["user_id"])
         table["age"] = demo["age"].to_numpy(dtype=np.float32)
@@ -43,6 +53,8 @@ def save_catalogue(directory: str | Path, data: Dataset) -> None:
     directory = Path(directory)
     items = data.items[["item_id", "title", "year", "genres"]].copy()
     items["genres"] = items["genres"].map(list)
+    counts = data.interactions["item_id"].astype(str).value_counts()
+    items["popularity"] = counts.reindex(items["item_id"].astype(str)).fillna(0).to_numpy()
     items.to_parquet(directory / ITEMS_FILE, index=False)
     user_table(data.interactions, data.users).to_parquet(directory / USERS_FILE, index=False)
 
@@ -75,6 +87,11 @@ class UserTable:
         self._row_of = {u: i for i, u in enumerate(ids.tolist())}
         self._history = table.column("history")
         self.has_demographics = all(c in table.column_names for c in ("age", *DEMOGRAPHIC_COLUMNS))
+        self.has_stats = all(c in table.column_names for c in STATS)
+        self._stats = {
+            c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+            for c in (STATS if self.has_stats else ())
+        }
         if self.has_demographics:
             self._age = table.column("age").to_numpy().astype(np.float32)
             self._demo = {
@@ -117,6 +134,16 @@ class UserTable:
         valid = rows >= 0
         taken = self._history.take(pa.array(np.where(valid, rows, 0))).to_pylist()
         return [[str(i) for i in h] if ok and h else [] for h, ok in zip(taken, valid, strict=True)]
+
+    def stats(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """``rating_count``, ``rating_mean`` and ``last_timestamp`` of table ``rows`` (NaN for
+        unknown users, or when the table does not have them)."""
+        rows = np.asarray(rows)
+        if not self.has_stats:
+            return {c: np.full(len(rows), np.nan) for c in STATS}
+        return {
+            c: np.where(rows >= 0, v[np.maximum(rows, 0)], np.nan) for c, v in self._stats.items()
+        }
 
     def demographics(self, rows: np.ndarray) -> dict[str, np.ndarray] | None:
         """Demographic columns of table ``rows`` (unknown users: NaN age, ``""``), or None."""

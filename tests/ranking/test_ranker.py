@@ -73,3 +73,18 @@ def test_unknown_items_embed_to_zero_and_ratings_stay_in_range(trained):
     out = predict(ranker, ex)
     np.testing.assert_allclose(out["logit"][0], out["logit"][2], rtol=1e-6)
     assert ((out["rating"] > 0.5) & (out["rating"] < 5.5)).all()
+
+
+def test_numpy_scorer_equals_the_keras_ranker(trained):
+    from ranking.scorer import RankScorer
+    from ranking.train import ranker_inputs
+
+    ranker, _ = trained
+    ex = planted(6)
+    ex.item_id[3] = "never-seen"
+    ex.numeric["user_mean"][:] = np.linspace(1, 5, len(ex))
+    ex.numeric["user_mean"][0] = np.nan
+    want = predict(ranker, ex)
+    got = RankScorer(ranker)(ranker_inputs(ex))
+    np.testing.assert_allclose(got["logit"], want["logit"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["rating"], want["rating"], rtol=1e-4, atol=1e-5)

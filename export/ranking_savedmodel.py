@@ -1,0 +1,173 @@
+"""SavedModels of the ranking stage, on raw inputs and stock TensorFlow ops only.
+
+``ranker``     scores given (user, candidate) rows. Inputs, all ``[batch]`` except ``history``:
+               ``item_id`` (string), ``history`` (string ``[batch, n]``), the continuous
+               features ``tower_score``, ``tower_rank``, ``time_since_last`` (seconds),
+               ``prev_impressions``, ``user_count``, ``user_mean``, ``item_popularity`` (float),
+               and ``gender``, ``occupation``, ``zip_prefix`` for models with demographics.
+               Outputs ``score`` (``exp(logit)``, the serving score), ``logit``, ``rating`` and
+               ``model_version``.
+``two_stage``  one call does both stages: the query tower, brute-force retrieval of
+               ``num_candidates`` unseen items, the ranker over them, and the top ``k``.
+               Inputs: the retrieval models' (``history`` and, with demographics, ``age``,
+               ``gender``, ``occupation``, ``zip_prefix``) plus ``user_count``, ``user_mean`` and
+               ``time_since_last`` (float ``[batch]``). Outputs ``item_ids``, ``scores``
+               (``exp(logit)``) and ``model_version``, as ``nextwatch.serving.api`` with ranking.
+
+JSON has no NaN, so a negative ``user_mean``, ``time_since_last`` or ``age`` means "unknown".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from export.savedmodel import NO_ITEM_SCORE, _BruteForceModule, _save, _signature
+from ranking.impressions import NUMERIC
+from ranking.model import Ranker
+from ranking.train import load_ranker
+from towers._tf import tf
+from towers.catalogue import ITEMS_FILE
+from towers.index import ItemIndex
+from towers.train import artefact_version, load_artefact
+
+RANKING_MODELS = ("ranker", "two_stage")
+UNKNOWN_IF_NEGATIVE = ("time_since_last", "user_mean")
+
+
+def _unknown_if_negative(x: tf.Tensor) -> tf.Tensor:
+    return tf.where(x < 0, tf.fill(tf.shape(x), float("nan")), x)
+
+
+def _compact(history: tf.Tensor, known: tf.Tensor, width: int) -> tf.Tensor:
+    """Known items moved right in order, the newest ``width`` kept, left-padded with ""."""
+    order = tf.argsort(tf.cast(known, tf.int32), axis=1, stable=True)
+    history = tf.gather(tf.where(known, history, ""), order, batch_dims=1)
+    history = history[:, tf.maximum(tf.shape(history)[1] - width, 0) :]
+    return tf.pad(history, [[0, 0], [width - tf.shape(history)[1], 0]], constant_values="")
+
+
+class _RankerModule(tf.Module):
+    def __init__(self, ranker: Ranker, version: str) -> None:
+        super().__init__()
+        self.ranker = ranker
+        self.version = version
+
+    def score(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        inputs = dict(request)
+        for name in UNKNOWN_IF_NEGATIVE:
+            inputs[name] = _unknown_if_negative(request[name])
+        out = self.ranker(inputs)
+        return {
+            "score": tf.exp(out["logit"]),
+            "logit": out["logit"],
+            "rating": out["rating"],
+            "model_version": tf.fill([tf.shape(out["logit"])[0]], self.version),
+        }
+
+
+def _ranker_signature(ranker: Ranker) -> dict[str, tf.TensorSpec]:
+    spec = {
+        "item_id": tf.TensorSpec([None], tf.string, name="item_id"),
+        "history": tf.TensorSpec([None, None], tf.string, name="history"),
+        **{name: tf.TensorSpec([None], tf.float32, name=name) for name in NUMERIC},
+    }
+    for col in ranker.demographic_vocabularies:
+        spec[col] = tf.TensorSpec([None], tf.string, name=col)
+    return spec
+
+
+class _TwoStageModule(_BruteForceModule):
+    def __init__(self, model, version, index: ItemIndex, ranker: Ranker, popularity, n, k):
+        super().__init__(model, version, n, index)
+        self.ranker = ranker
+        self.final_k = min(k, self.k)
+        self.popularity = tf.constant(
+            np.array([popularity.get(i, 0.0) for i in index.item_ids], np.float32)
+        )
+
+    def two_stage(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        retrieved = self.top_k(request)  # [B, N] unseen candidates by tower logit
+        ids, tower_scores = retrieved["item_ids"], retrieved["scores"]
+        batch, n = tf.shape(ids)[0], tf.shape(ids)[1]
+        history = _compact(
+            request["history"],
+            self.model.item_lookup(request["history"]) >= 2,
+            self.ranker.config.max_history,
+        )
+
+        def per_row(x: tf.Tensor) -> tf.Tensor:  # [B] -> [B * N]
+            return tf.reshape(tf.repeat(x[:, None], n, axis=1), [-1])
+
+        rows = tf.maximum(self.item_rows.lookup(tf.reshape(ids, [-1])), 0)
+        inputs = {
+            "item_id": tf.reshape(ids, [-1]),
+            "history": tf.repeat(history, n, axis=0),
+            "tower_score": tf.reshape(tower_scores, [-1]),
+            "tower_rank": tf.reshape(
+                tf.tile(tf.range(1.0, tf.cast(n, tf.float32) + 1.0)[None], [batch, 1]), [-1]
+            ),  # fmt: skip
+            "time_since_last": per_row(_unknown_if_negative(request["time_since_last"])),
+            "prev_impressions": tf.zeros([batch * n]),
+            "user_count": per_row(request["user_count"]),
+            "user_mean": per_row(_unknown_if_negative(request["user_mean"])),
+            "item_popularity": tf.gather(self.popularity, rows),
+        }
+        for col in self.ranker.demographic_vocabularies:
+            inputs[col] = per_row(request[col])
+        logits = tf.reshape(self.ranker(inputs)["logit"], [batch, n])
+        logits = tf.where(ids == "", float("-inf"), logits)
+        top = tf.math.top_k(logits, k=tf.minimum(self.final_k, n))
+        valid = top.values > float("-inf")
+        return {
+            "item_ids": tf.where(valid, tf.gather(ids, top.indices, batch_dims=1), ""),
+            "scores": tf.where(valid, tf.exp(top.values), NO_ITEM_SCORE),
+            "model_version": retrieved["model_version"],
+        }
+
+
+def export_ranking_savedmodels(
+    artefact: str | Path,
+    output: str | Path,
+    k: int = 10,
+    num_candidates: int = 100,
+    serving_version: int = 1,
+) -> dict[str, Path]:
+    """Export ``output/ranker/<v>`` and ``output/two_stage/<v>`` for an artefact with a ranker.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the artefact has no ``ranker/`` (train one with ``nextwatch train-ranker``).
+    """
+    for name, value in (("k", k), ("num_candidates", num_candidates),
+                        ("serving_version", serving_version)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    artefact = Path(artefact)
+    if not (artefact / "ranker" / "config.json").exists():
+        raise FileNotFoundError(f"{artefact} has no ranker/: run `nextwatch train-ranker` first")
+    ranker = load_ranker(artefact / "ranker")
+    model = load_artefact(artefact)
+    version = artefact_version(artefact)
+    index = ItemIndex.load(artefact / "index")
+    items = pd.read_parquet(artefact / ITEMS_FILE)
+    popularity = dict(zip(items["item_id"].astype(str), items["popularity"], strict=True))
+    output = Path(output)
+    ranker_module = _RankerModule(ranker, version)
+    signature = _ranker_signature(ranker)
+    path = output / "ranker" / str(serving_version)
+    path.mkdir(parents=True, exist_ok=True)
+    fn = tf.function(ranker_module.score, input_signature=[signature])
+    tf.saved_model.save(
+        ranker_module, str(path), signatures={"serving_default": fn.get_concrete_function()}
+    )
+    two = _TwoStageModule(model, version, index, ranker, popularity, num_candidates, k)
+    spec = _signature(model)
+    for name in ("user_count", "user_mean", "time_since_last"):
+        spec[name] = tf.TensorSpec([None], tf.float32, name=name)
+    two_path = output / "two_stage" / str(serving_version)
+    _save(two, two.two_stage, two_path, spec=spec)
+    return {"ranker": path, "two_stage": two_path}

@@ -1,0 +1,82 @@
+"""The second stage: rescore the generator's candidates with the ranking network.
+
+``Recommender`` retrieves ``num_candidates`` (default 100) items and hands them here with what
+it knows about the query (history, rating count and mean, time of the last event, demographics).
+The ranker's features are built exactly as in training (``ranking.impressions``), except that no
+impressions are logged offline, so previous impressions are 0. Items are returned by
+``exp(logit)``, the paper's serving score (Covington et al. 2016, Sec. 4.2).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ranking.scorer import RankScorer
+from towers.examples import PAD
+from towers.features import DEMOGRAPHIC_COLUMNS
+
+
+class Reranker:
+    """Ranks one query's candidates.
+
+    Parameters
+    ----------
+    scorer : RankScorer
+    popularity : mapping of str to float
+        Training ratings per item (the ranker's popularity feature at serving time).
+    clock : callable
+        Seconds since the epoch, for "time since the last watch" (``time.time`` by default).
+    """
+
+    def __init__(
+        self,
+        scorer: RankScorer,
+        popularity: Mapping[str, float],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scorer = scorer
+        self.popularity = dict(popularity)
+        self.clock = clock
+        self.max_history = scorer.ranker.config.max_history
+        self.has_demographics = bool(scorer.ranker.demographic_vocabularies)
+
+    def rerank(
+        self,
+        item_ids: Sequence[str],
+        scores: Sequence[float],
+        history: Sequence[str],
+        stats: Mapping[str, float],
+        features: Mapping[str, object],
+        k: int,
+    ) -> tuple[list[str], list[float]]:
+        """The top ``k`` of ``item_ids`` (in the generator's order, with its ``scores``) by
+        ranker score ``exp(logit)``."""
+        n = len(item_ids)
+        if n == 0:
+            return [], []
+        tail = [str(i) for i in history][-self.max_history :]
+        row = np.array([[PAD] * (self.max_history - len(tail)) + tail], dtype=object)
+        last = stats.get("last_timestamp", math.nan)
+        inputs: dict[str, np.ndarray] = {
+            "item_id": np.asarray(item_ids, dtype=object),
+            "history": row,
+            "tower_score": np.asarray(scores, np.float32),
+            "tower_rank": np.arange(1, n + 1, dtype=np.float32),
+            "time_since_last": np.full(n, self.clock() - last, np.float32),
+            "prev_impressions": np.zeros(n, np.float32),
+            "user_count": np.full(n, stats.get("rating_count", len(tail)), np.float32),
+            "user_mean": np.full(n, stats.get("rating_mean", math.nan), np.float32),
+            "item_popularity": np.array(
+                [self.popularity.get(i, 0.0) for i in item_ids], np.float32
+            ),
+        }
+        if self.has_demographics:
+            for col in DEMOGRAPHIC_COLUMNS:
+                inputs[col] = np.full(n, str(features.get(col) or ""), dtype=object)
+        logits = self.scorer(inputs)["logit"]
+        order = np.argsort(-logits, kind="stable")[:k]
+        return [str(item_ids[j]) for j in order], [float(np.exp(logits[j])) for j in order]
