@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,9 +86,12 @@ def latency_ms(samples_s: list[float]) -> dict:
     }
 
 
-def serving_artefact(path: str | Path | None = None, data_dir: str | None = None) -> Path:
+def serving_artefact(
+    path: str | Path | None = None, data_dir: str | None = None, ranker: bool = False
+) -> Path:
     """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
-    serve), trained once and cached at ``artefacts/bench-ml-latest-small``."""
+    serve), trained once and cached at ``artefacts/bench-ml-latest-small``; with ``ranker``,
+    also its ranker (``nextwatch train-ranker`` defaults)."""
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
     from towers.train import FORMAT_VERSION
@@ -98,7 +102,10 @@ def serving_artefact(path: str | Path | None = None, data_dir: str | None = None
         not config.exists()
         or json.loads(config.read_text()).get("format_version") != FORMAT_VERSION
     ):
-        options = benchmark_options()
-        options = type(options)(**{**options.__dict__, "verbose": 0})
+        options = replace(benchmark_options(), verbose=0)
         train_candidates(DataSource("ml-latest-small", data_dir), path, benchmark_config(), options)
+    if ranker and not (path / "ranker" / "config.json").exists():
+        from ranking.pipeline import train_ranker_for_artefact
+
+        train_ranker_for_artefact(DataSource("ml-latest-small", data_dir), path)
     return path

@@ -58,7 +58,9 @@ def weighted_pairwise_loss(items: list[str], scores: np.ndarray, gains: dict[str
     return wrong / sum(w for _, w in pos)
 
 
-def two_stage(name: str, data_dir: str | None, work: Path) -> dict:
+def two_stage(
+    name: str, data_dir: str | None, work: Path, options: RankerOptions, negatives: int | None
+) -> dict:
     data = load_movielens(name, data_dir)
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
@@ -67,7 +69,10 @@ def two_stage(name: str, data_dir: str | None, work: Path) -> dict:
     tower_dir = save_artefact(result, work / f"{name}-tower", data=train)
     tower_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ranker_metrics = train_ranker_job(tower_dir, train, work / f"{name}-ranker")
+    ranker_metrics = train_ranker_job(
+        tower_dir, train, work / f"{name}-ranker", options=options,
+        negatives_per_impression=negatives,
+    )  # fmt: skip
     ranker_seconds = time.perf_counter() - start
     ranker = load_ranker(work / f"{name}-ranker")
 
@@ -174,14 +179,18 @@ def main() -> None:
     parser.add_argument("--data-dir", help="MovieLens folder (default: $NEXTWATCH_DATA)")
     parser.add_argument("--only", choices=["two-stage", "ratings"], help="run one part")
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
+    parser.add_argument("--epochs", type=int, default=RankerOptions().epochs)
+    parser.add_argument("--negatives", type=int, help="negatives kept per impression")
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/ranking.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    payload: dict = {}
+    options = RankerOptions(epochs=args.epochs)
+    payload: dict = {"ranker_options": options.__dict__, "negatives_per_impression": args.negatives}
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
             payload["two_stage"] = [
-                two_stage(name, args.data_dir, Path(tmp)) for name in args.datasets
+                two_stage(name, args.data_dir, Path(tmp), options, args.negatives)
+                for name in args.datasets
             ]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir, RankerConfig(), RankerOptions())

@@ -102,6 +102,8 @@ def simulate_impressions(
     max_history: int = 50,
     events_per_user: int | None = 20,
     seed: int = 0,
+    label_mask: np.ndarray | None = None,
+    negatives_per_impression: int | None = None,
 ) -> RankingExamples:
     """Impressions at (up to ``events_per_user``) events of each user that have a history.
 
@@ -120,11 +122,20 @@ def simulate_impressions(
     events_per_user : int or None
         Impressions sampled per user (None: every event after the first).
     seed : int
+    label_mask : numpy.ndarray of bool, optional
+        Aligned with the rows of ``interactions``: only these events may be impression labels
+        (e.g. the events the generator was not trained on).
+    negatives_per_impression : int, optional
+        Keep this many of each impression's negatives, drawn at random, each weighted by
+        ``negatives / kept`` so the weighted loss keeps its expectation (None keeps all).
     """
+    if label_mask is not None:
+        interactions = interactions.assign(_label_ok=np.asarray(label_mask, bool))
     ctx = event_context(interactions)
     ordered = ctx.ordered
     rng = np.random.default_rng(seed)
-    eligible = np.flatnonzero(ctx.position >= 1)
+    ok = ordered["_label_ok"].to_numpy(bool) if label_mask is not None else True
+    eligible = np.flatnonzero((ctx.position >= 1) & ok)
     if events_per_user is not None:
         keys = rng.random(len(eligible))
         frame = pd.DataFrame({"row": eligible, "user": ordered["user_id"].to_numpy()[eligible],
@@ -142,14 +153,25 @@ def simulate_impressions(
     seen = [set(items[ctx.start[r] : r]) for r in eligible]
     shown = retrieve(windows, seen, times, users)
 
-    rows: dict[str, list] = {k: [] for k in ("event", "item", "score", "rank", "label", "prev")}
+    rows: dict[str, list] = {
+        k: [] for k in ("event", "item", "score", "rank", "label", "prev", "neg_weight")
+    }
     shown_before: dict[str, Counter] = {}
     for n, (row, (cand_ids, cand_scores)) in enumerate(zip(eligible, shown, strict=True)):
         target = items[row]
         if target not in cand_ids:
             continue
         counter = shown_before.setdefault(users[n], Counter())
+        keep = np.ones(len(cand_ids), bool)
+        negatives = len(cand_ids) - 1
+        if negatives_per_impression is not None and negatives > negatives_per_impression:
+            drop = rng.choice(negatives, negatives - negatives_per_impression, replace=False)
+            negative_slots = np.flatnonzero(np.asarray(cand_ids, dtype=object) != target)
+            keep[negative_slots[drop]] = False
         for rank, (item, score) in enumerate(zip(cand_ids, cand_scores, strict=True), 1):
+            if not keep[rank - 1]:
+                continue
+            rows["neg_weight"].append(negatives / max(int(keep.sum()) - 1, 1))
             rows["event"].append(n)
             rows["item"].append(item)
             rows["score"].append(score)
@@ -176,7 +198,7 @@ def simulate_impressions(
             "item_popularity": popularity_before(interactions, item_ids, times[event]),
         },
         label=label,
-        weight=np.where(label > 0, rating, 1.0).astype(np.float32),
+        weight=np.where(label > 0, rating, rows["neg_weight"]).astype(np.float32),
         rating=np.where(label > 0, rating, np.nan).astype(np.float32),
         group=event,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,9 +27,11 @@ from ranking.train import RankerOptions, ranker_inputs, save_ranker, train_ranke
 from towers.data import Dataset
 from towers.examples import PAD, example_age
 from towers.features import UserFeatures, query_inputs
+from towers.model import TowerConfig
 from towers.pipeline import DataSource, split_dataset
 from towers.retrieval import Retriever
-from towers.train import artefact_version
+from towers.splits import per_user_tail
+from towers.train import TrainOptions, artefact_version, save_artefact, train_tower
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +73,14 @@ def ranking_training_set(
     max_history: int = 50,
     events_per_user: int | None = 20,
     seed: int = 0,
+    label_mask: np.ndarray | None = None,
+    negatives_per_impression: int | None = None,
 ) -> RankingExamples:
     """Simulated impressions plus every training rating (as of its time) for the rating head."""
     impressions = simulate_impressions(
         train.interactions, retrieve, num_candidates=num_candidates, max_history=max_history,
-        events_per_user=events_per_user, seed=seed,
+        events_per_user=events_per_user, seed=seed, label_mask=label_mask,
+        negatives_per_impression=negatives_per_impression,
     )  # fmt: skip
     ratings = rating_examples(train.interactions, max_history=max_history, context="before")
     log.info("%d impression rows, %d rating rows", len(impressions), len(ratings))
@@ -89,14 +95,31 @@ def train_ranker_job(
     options: RankerOptions | None = None,
     num_candidates: int = 100,
     events_per_user: int | None = 20,
+    holdout: bool = False,
+    negatives_per_impression: int | None = None,
 ) -> dict:
-    """Train a ranker for ``tower_artefact`` on ``train`` and save it at ``output``."""
+    """Train a ranker for ``tower_artefact`` on ``train`` and save it at ``output``.
+
+    Impressions come from the tower itself (in-sample). With ``holdout``, they are simulated on
+    the last 20 % of each user's training events by a copy of the tower trained on the first
+    80 % (see :func:`holdout_tower`), which measured worse on ml-100k (NDCG@10 0.194 against
+    0.206 in-sample), so it is off by default."""
     config = config or RankerConfig()
-    retriever, retrieve = tower_retrieve(tower_artefact, train.users, num_candidates)
-    examples = ranking_training_set(
-        train, retrieve, num_candidates=num_candidates, max_history=config.max_history,
-        events_per_user=events_per_user, seed=(options or RankerOptions()).seed,
-    )  # fmt: skip
+    retriever = Retriever.from_artefact(tower_artefact)
+    with tempfile.TemporaryDirectory(prefix="nextwatch-holdout-") as tmp:
+        if holdout:
+            # Stacking: impressions come from a tower that never trained on their labels, as
+            # at serving, so the ranker does not learn to over-trust in-sample tower scores.
+            holdout_dir, label_mask = holdout_tower(tower_artefact, train, Path(tmp) / "tower")
+            _, retrieve = tower_retrieve(holdout_dir, train.users, num_candidates)
+        else:
+            label_mask = None
+            _, retrieve = tower_retrieve(tower_artefact, train.users, num_candidates)
+        examples = ranking_training_set(
+            train, retrieve, num_candidates=num_candidates, max_history=config.max_history,
+            events_per_user=events_per_user, seed=(options or RankerOptions()).seed,
+            label_mask=label_mask, negatives_per_impression=negatives_per_impression,
+        )  # fmt: skip
     ranker, metrics = train_ranker(
         examples, retriever.index.item_ids, train.items, config, options, train.users
     )
@@ -104,6 +127,22 @@ def train_ranker_job(
         ranker, output, metrics, artefact_version(tower_artefact), options or RankerOptions()
     )
     return metrics
+
+
+def holdout_tower(artefact: str | Path, train: Dataset, output: Path) -> tuple[Path, np.ndarray]:
+    """Train the artefact's tower configuration on the first 80 % of each user's events of
+    ``train``; returns its artefact and a mask (aligned with ``train.interactions``) of the
+    held-out last 20 %, the events it never saw."""
+    meta = json.loads((Path(artefact) / "config.json").read_text())
+    options = {**meta["train_options"], "verbose": 0, "log_dir": None}
+    split = per_user_tail(train.interactions, "temporal-user-20")
+    head = train.with_interactions(split.train)
+    result = train_tower(head, TowerConfig(**meta["tower"]), TrainOptions(**options))
+    keys = ["user_id", "item_id", "timestamp"]
+    held = train.interactions[keys].merge(
+        split.test[keys].drop_duplicates().assign(_held=True), on=keys, how="left"
+    )["_held"]
+    return save_artefact(result, output, data=head), held.fillna(False).to_numpy(bool)
 
 
 def train_ranker_for_artefact(

@@ -100,5 +100,6 @@ def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
         copy, planted_dataset(), copy / "ranker",
         RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10),
         RankerOptions(epochs=5, batch_size=64), num_candidates=5, events_per_user=None,
+        holdout=False,
     )  # fmt: skip
     return copy

@@ -84,3 +84,17 @@ def test_rating_rows_leave_the_target_out():
     assert target.numeric["item_popularity"][0] == 1 and target.numeric["user_mean"][0] == 3.5
     with pytest.raises(ValueError, match="context must be"):
         rating_examples(LOG, context="later")
+
+
+def test_subsampled_negatives_are_reweighted_to_keep_the_expected_loss():
+    ex = simulate_impressions(
+        LOG, fake_tower, num_candidates=4, max_history=3, events_per_user=None,
+        negatives_per_impression=1,
+    )  # fmt: skip
+    for g in np.unique(ex.group):
+        rows = np.flatnonzero(ex.group == g)
+        negatives = rows[ex.label[rows] == 0]
+        assert (ex.label[rows] == 1).sum() == 1 and len(negatives) == 1
+    # u1 at t20 and u2 at t15 had 2 negatives each (weight 2); u1 at t30 had 1 (weight 1)
+    assert ex.weight[ex.label == 0].tolist() == [2.0, 1.0, 2.0]
+    assert ex.weight[ex.label == 1].tolist() == [4.0, 2.0, 3.0]

@@ -100,3 +100,21 @@ def test_command_line_errors_exit_2_with_the_reason(planted_artefact, tmp_path, 
     assert "k must be a positive integer" in caplog.text
     assert "item_id 'nope' is not in the catalogue" in caplog.text
     assert "users file" in caplog.text
+
+
+def test_train_ranker_then_recommend_ranks(tmp_path, capsys):
+    log, out = _tiny_log(tmp_path / "log.csv"), tmp_path / "art"
+    assert _run("train-candidates", log, out, TINY) == 0
+    capsys.readouterr()
+    args = ["train-ranker", "--interactions", str(log), "--artefact", str(out), "--epochs", "1",
+            "--num-candidates", "3", "--events-per-user", "2", "--num-quantiles", "5"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["impression_rows"] > 0
+    assert (out / "ranker" / "config.json").exists()
+    assert main(["recommend", "--artefact", str(out), "--history", "A", "--k", "2"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ranked"] and len(shown["items"]) == 2
+    other = tmp_path / "other.csv"
+    other.write_text("user,item,rating,timestamp\nx,A,4,1\nx,B,4,2\n")
+    bad = ["train-ranker", "--interactions", str(other), "--artefact", str(out)]
+    assert main(bad) == 2  # not the data the tower was trained on
