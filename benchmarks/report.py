@@ -2,6 +2,7 @@
 
 python benchmarks/report.py > /tmp/tables.md            # retrieval quality (retrieval.json)
 python benchmarks/report.py serving > /tmp/serving.md   # ann, api_latency, export_throughput
+python benchmarks/report.py ranking                      # ranking.json
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def serving() -> None:
             f" | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['build_seconds']} |"
         )
     api = json.loads((folder / "api_latency.json").read_text())
-    print(f"\n**api-latency** (retrieval only, k = 10; {_machine_line(api)})\n")
+    print(
+        "\n**api-latency** (k = 10; `known-user-ranked` ranks 100 candidates, the other calls "
+        f"are retrieval only; {_machine_line(api)})\n"
+    )
     print("| call | p50 ms | p99 ms | calls |\n|---|---|---|---|")
     for name, r in api["cases"].items():
         print(f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['calls']} |")
@@ -104,8 +108,34 @@ def serving() -> None:
         )
 
 
+def ranking() -> None:
+    """Tables for ranking.json."""
+    data = json.loads((RESULTS.parent / "ranking.json").read_text())
+    print(f"**two-stage, temporal-user-20** (100 candidates; {_machine_line(data)})\n")
+    print(
+        "| dataset | order | NDCG@10 (gain = rating) | weighted pairwise loss |\n|---|---|---|---|"
+    )
+    for r in data["two_stage"]:
+        for order in ("candidate_order", "ranked_order"):
+            m = r[order]
+            print(f"| {r['dataset']} | {order.split('_')[0]} | {m['ndcg@10']:.4f} | "
+                  f"{m['weighted_pairwise_loss']:.4f} |")  # fmt: skip
+    small = data["ratings"]["ml-latest-small random-80-20"]
+    folds = data["ratings"]["ml-100k folds"]
+    print("\n**rating error**\n")
+    print("| protocol | metric | ranker (rating head) | EmbeddingDotBias |\n|---|---|---|---|")
+    rows = [
+        ("ml-latest-small random-80-20", "MSE", small["ranker_mse"], small["edb_mse"]),
+        ("ml-100k folds u1-u5", "mean RMSE", folds["ranker_rmse"], folds["edb_rmse"]),
+    ]
+    for protocol, metric, ranker, edb in rows:
+        print(f"| {protocol} | {metric} | {ranker:.4f} | {edb:.4f} |")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["serving"]:
         serving()
+    elif sys.argv[1:] == ["ranking"]:
+        ranking()
     else:
         main(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS)

@@ -15,8 +15,9 @@ user list or format) is refused rather than mixing two exports in one directory.
 
 Retrieval is :class:`towers.retrieval.Retriever`, the same core as the Python API
 (``serving.api.Recommender``), with the user's stored history as the query and seen items
-excluded, so a user's rows equal ``Recommender.recommend(user_id, k=k)``. Users not in the user
-table get the answer for an empty history (as the API does for unknown users).
+excluded, so a user's rows equal ``Recommender.recommend(user_id, k=k, rank=False)``: the
+export is the candidate stage (the ranker rescores at request time). Users not in the user table
+get the answer for an empty history (as the API does for unknown users).
 """
 
 from __future__ import annotations
