@@ -28,6 +28,7 @@ from common import write_results
 from rating_baselines import embedding_dot_bias
 
 from ranking.impressions import rating_examples
+from ranking.metrics import graded_ndcg, weighted_pairwise_loss
 from ranking.model import RankerConfig
 from ranking.pipeline import candidate_examples, predict, tower_retrieve, train_ranker_job
 from ranking.train import RankerOptions, load_ranker, train_ranker
@@ -39,27 +40,13 @@ from towers.train import save_artefact, train_tower
 log = logging.getLogger("ranking")
 
 
-def ndcg_at(order: list[str], gains: dict[str, float], k: int = 10) -> float:
-    """NDCG@k of ``order`` with graded gains (DCG = sum gain / log2(rank + 1))."""
-    dcg = sum(gains.get(item, 0.0) / np.log2(r + 2) for r, item in enumerate(order[:k]))
-    ideal = sorted(gains.values(), reverse=True)[:k]
-    idcg = sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
-    return float(dcg / idcg) if idcg > 0 else 0.0
-
-
-def weighted_pairwise_loss(items: list[str], scores: np.ndarray, gains: dict[str, float]):
-    """Covington et al. (2016), Sec. 4.2: over (positive, negative) pairs of one impression, the
-    positive-weighted fraction where the negative scores at least as high. None without pairs."""
-    pos = [(s, gains[i]) for i, s in zip(items, scores, strict=True) if i in gains]
-    neg = np.array([s for i, s in zip(items, scores, strict=True) if i not in gains])
-    if not pos or not len(neg):
-        return None
-    wrong = sum(w * float((neg >= s).mean()) for s, w in pos)
-    return wrong / sum(w for _, w in pos)
-
-
 def two_stage(
-    name: str, data_dir: str | None, work: Path, options: RankerOptions, negatives: int | None
+    name: str,
+    data_dir: str | None,
+    work: Path,
+    options: RankerOptions,
+    negatives: int | None,
+    holdout: bool = False,
 ) -> dict:
     data = load_movielens(name, data_dir)
     split = make_split(data.interactions, "temporal-user-20")
@@ -71,7 +58,7 @@ def two_stage(
     start = time.perf_counter()
     ranker_metrics = train_ranker_job(
         tower_dir, train, work / f"{name}-ranker", options=options,
-        negatives_per_impression=negatives,
+        negatives_per_impression=negatives, holdout=holdout,
     )  # fmt: skip
     ranker_seconds = time.perf_counter() - start
     ranker = load_ranker(work / f"{name}-ranker")
@@ -102,8 +89,8 @@ def two_stage(
         items = [str(i) for i in examples.item_id[rows]]
         gains = gains_by_user[user]
         ranked = [items[j] for j in np.argsort(-logits[rows], kind="stable")]
-        ndcg_c.append(ndcg_at(items, gains))
-        ndcg_r.append(ndcg_at(ranked, gains))
+        ndcg_c.append(graded_ndcg(items, gains))
+        ndcg_r.append(graded_ndcg(ranked, gains))
         tower_scores = examples.numeric["tower_score"][rows]
         pc = weighted_pairwise_loss(items, tower_scores, gains)
         pr = weighted_pairwise_loss(items, logits[rows], gains)
@@ -181,15 +168,22 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     parser.add_argument("--epochs", type=int, default=RankerOptions().epochs)
     parser.add_argument("--negatives", type=int, help="negatives kept per impression")
+    parser.add_argument(
+        "--holdout", action="store_true", help="impressions from a holdout tower (stacking)"
+    )
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/ranking.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = RankerOptions(epochs=args.epochs)
-    payload: dict = {"ranker_options": options.__dict__, "negatives_per_impression": args.negatives}
+    payload: dict = {
+        "ranker_options": options.__dict__,
+        "negatives_per_impression": args.negatives,
+        "holdout": args.holdout,
+    }
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
             payload["two_stage"] = [
-                two_stage(name, args.data_dir, Path(tmp), options, args.negatives)
+                two_stage(name, args.data_dir, Path(tmp), options, args.negatives, args.holdout)
                 for name in args.datasets
             ]
         if args.only in (None, "ratings"):

@@ -1,0 +1,30 @@
+"""Ranking-stage metrics: graded NDCG and the paper's weighted per-user pairwise loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def graded_ndcg(order: Sequence[str], gains: Mapping[str, float], k: int = 10) -> float:
+    """NDCG@k of ``order`` with graded gains: DCG = sum of ``gains[item] / log2(rank + 1)``
+    (rank from 1, gain 0 for items not in ``gains``); the ideal DCG sorts all of ``gains``."""
+    dcg = sum(gains.get(item, 0.0) / np.log2(r + 2) for r, item in enumerate(order[:k]))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    idcg = sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
+    return float(dcg / idcg) if idcg > 0 else 0.0
+
+
+def weighted_pairwise_loss(
+    items: Sequence[str], scores: np.ndarray, gains: Mapping[str, float]
+) -> float | None:
+    """Covington et al. (2016), Sec. 4.2: over the (positive, negative) pairs of one impression,
+    the fraction ordered wrongly (the negative scores at least as high), each positive weighted
+    by its gain. None when the impression has no positive or no negative."""
+    pos = [(s, gains[i]) for i, s in zip(items, scores, strict=True) if i in gains]
+    neg = np.array([s for i, s in zip(items, scores, strict=True) if i not in gains])
+    if not pos or not len(neg):
+        return None
+    wrong = sum(w * float((neg >= s).mean()) for s, w in pos)
+    return wrong / sum(w for _, w in pos)
