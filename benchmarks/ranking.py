@@ -18,13 +18,14 @@ ratings) next to a fastai-style EmbeddingDotBias (``benchmarks/rating_baselines.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import write_results
+from common import RESULTS, write_results
 from rating_baselines import embedding_dot_bias
 
 from ranking.impressions import rating_examples
@@ -188,6 +189,12 @@ def main() -> None:
             ]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir, RankerConfig(), RankerOptions())
+    if args.only and (args.output is None or Path(args.output).exists()):
+        # A partial run updates its part of the previous results and keeps the rest.
+        previous = RESULTS / "ranking.json" if args.output is None else Path(args.output)
+        if previous.exists():
+            old = json.loads(previous.read_text())
+            payload = {k: old[k] for k in ("two_stage", "ratings") if k in old} | payload
     write_results("ranking", payload, args.output)
 
 

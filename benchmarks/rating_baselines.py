@@ -3,9 +3,10 @@
 fastai's ``collab_learner(dls, n_factors=50, y_range=(0, 5.5))`` then ``fit_one_cycle(5, 5e-3,
 wd=0.1)``: user and item embeddings of 50 plus a bias each, ``sigmoid_range(u·i + b_u + b_i, 0,
 5.5)``, Adam with decoupled weight decay 0.1, batch 64, and the one-cycle schedule (learning rate
-warms from max/25 to max over the first 25 % of steps with a cosine, then anneals to max/1e5;
-momentum cycling is left out). Unknown users or items in the test set predict from the biases
-they have (an unknown ID's embedding is the zero row).
+warms from max/25 to max over the first 25 % of steps with a cosine, then anneals to max/1e5),
+Adam's beta2 = 0.99 and eps = 1e-5 as in fastai. Deviations: no momentum (beta1) cycling, and the
+last partial batch is kept (fastai drops it). Unknown users or items in the test set predict
+from the biases they have (an unknown ID's embedding is the zero row).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        start, end = self.max_lr / 25.0, self.max_lr / 25.0 / 1e4
+        start, end = self.max_lr / 25.0, self.max_lr / 1e5  # fastai: div=25, div_final=1e5
 
         def cos(a, b, frac):
             return b + (a - b) * (1 + tf.cos(math.pi * tf.clip_by_value(frac, 0.0, 1.0))) / 2
@@ -80,7 +81,10 @@ def embedding_dot_bias(
     model = keras.Model([u_in, i_in], out)
     steps = epochs * math.ceil(len(train) / batch_size)
     model.compile(
-        optimizer=keras.optimizers.AdamW(OneCycle(max_lr, steps), weight_decay=weight_decay),
+        # fastai's Adam: beta2 0.99, eps 1e-5 (Keras defaults are 0.999 and 1e-7).
+        optimizer=keras.optimizers.AdamW(
+            OneCycle(max_lr, steps), weight_decay=weight_decay, beta_2=0.99, epsilon=1e-5
+        ),
         loss="mse",
     )
     u, i = codes(train)

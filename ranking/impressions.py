@@ -199,7 +199,9 @@ def simulate_impressions(
         },
         label=label,
         weight=np.where(label > 0, rating, rows["neg_weight"]).astype(np.float32),
-        rating=np.where(label > 0, rating, np.nan).astype(np.float32),
+        # The rating head learns from the rating rows (every training rating, see
+        # rating_examples); impression rows leave it out so positives do not count twice.
+        rating=np.full(len(label), np.nan, np.float32),
         group=event,
     )
 

@@ -20,11 +20,11 @@ def weighted_pairwise_loss(
     items: Sequence[str], scores: np.ndarray, gains: Mapping[str, float]
 ) -> float | None:
     """Covington et al. (2016), Sec. 4.2: over the (positive, negative) pairs of one impression,
-    the fraction ordered wrongly (the negative scores at least as high), each positive weighted
-    by its gain. None when the impression has no positive or no negative."""
+    the fraction ordered wrongly (the negative scores higher; a tie counts one half), each
+    positive weighted by its gain. None when the impression has no positive or no negative."""
     pos = [(s, gains[i]) for i, s in zip(items, scores, strict=True) if i in gains]
     neg = np.array([s for i, s in zip(items, scores, strict=True) if i not in gains])
     if not pos or not len(neg):
         return None
-    wrong = sum(w * float((neg >= s).mean()) for s, w in pos)
+    wrong = sum(w * float(((neg > s) + 0.5 * (neg == s)).mean()) for s, w in pos)
     return wrong / sum(w for _, w in pos)

@@ -181,8 +181,10 @@ class Ranker(keras.Model):
         user_mean = tf.reshape(tf.cast(inputs["user_mean"], tf.float32), [-1, 1])
         shared.append(tf.where(tf.math.is_nan(user_mean), 0.0, user_mean / 5.0))
         for col in self.demographic_vocabularies:
-            shared.append(self.demographic_embeddings[col](self.demographic_lookups[col](
-                tf.reshape(tf.convert_to_tensor(inputs[col]), [-1]))))  # fmt: skip
+            ids = self.demographic_lookups[col](tf.reshape(tf.convert_to_tensor(inputs[col]), [-1]))
+            # Index 0 is the OOV bucket (unknown or missing value): it embeds to zero.
+            mask = tf.cast(ids > 0, tf.float32)[:, None]
+            shared.append(self.demographic_embeddings[col](ids) * mask)
         shared = tf.concat(shared, axis=1)
         ranking = [shared] + [
             _expand(tf_cdf(inputs[name], self.normalizers[name]))

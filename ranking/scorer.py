@@ -41,13 +41,11 @@ class RankScorer:
         self._genres = ranker.genre_table.numpy()
         self._years = ranker.year_table.numpy()
         self._cdf = ranker.normalizers
-        self._demographics = {
-            col: (
-                {v: i + 1 for i, v in enumerate(vocab)},
-                ranker.demographic_embeddings[col].embeddings.numpy(),
-            )
-            for col, vocab in ranker.demographic_vocabularies.items()
-        }
+        self._demographics = {}
+        for col, vocab in ranker.demographic_vocabularies.items():
+            table = ranker.demographic_embeddings[col].embeddings.numpy().copy()
+            table[0] = 0.0  # the OOV row, masked to zero by the model
+            self._demographics[col] = ({v: i + 1 for i, v in enumerate(vocab)}, table)
         self._rank_layers = [_dense(layer) for layer in ranker.rank_tower] + [
             _dense(ranker.rank_out)
         ]

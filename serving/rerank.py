@@ -30,6 +30,8 @@ class Reranker:
         Training ratings per item (the ranker's popularity feature at serving time).
     clock : callable
         Seconds since the epoch, for "time since the last watch" (``time.time`` by default).
+        For a model trained on an old log (MovieLens), the wall clock puts every user years
+        after their last rating, at the top of the feature's training range.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Reranker:
         tail = [str(i) for i in history][-self.max_history :]
         row = np.array([[PAD] * (self.max_history - len(tail)) + tail], dtype=object)
         last = stats.get("last_timestamp", math.nan)
+        count = stats.get("rating_count", math.nan)
         inputs: dict[str, np.ndarray] = {
             "item_id": np.asarray(item_ids, dtype=object),
             "history": row,
@@ -68,7 +71,7 @@ class Reranker:
             "tower_rank": np.arange(1, n + 1, dtype=np.float32),
             "time_since_last": np.full(n, self.clock() - last, np.float32),
             "prev_impressions": np.zeros(n, np.float32),
-            "user_count": np.full(n, stats.get("rating_count", len(tail)), np.float32),
+            "user_count": np.full(n, count if np.isfinite(count) else len(history), np.float32),
             "user_mean": np.full(n, stats.get("rating_mean", math.nan), np.float32),
             "item_popularity": np.array(
                 [self.popularity.get(i, 0.0) for i in item_ids], np.float32

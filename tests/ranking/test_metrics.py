@@ -22,3 +22,6 @@ def test_weighted_pairwise_loss_by_hand():
     loss = weighted_pairwise_loss(items, np.array([1.0, 3.0, 5.0, 2.0]), gains)
     assert loss == pytest.approx((4 * 1.0 + 1 * 0.0) / 5)
     assert weighted_pairwise_loss(["a"], np.array([1.0]), gains) is None
+    # a tie counts one half: a (2) against b (2) and d (0)
+    tie = weighted_pairwise_loss(["a", "b", "d"], np.array([2.0, 2.0, 0.0]), {"a": 1.0})
+    assert tie == pytest.approx(0.25)

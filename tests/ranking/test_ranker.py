@@ -67,11 +67,15 @@ def test_save_then_load_gives_equal_outputs(trained, tmp_path):
 
 def test_unknown_items_embed_to_zero_and_ratings_stay_in_range(trained):
     ranker, _ = trained
-    ex = planted(2)
-    ex.item_id[:] = "never-seen"
-    ex.history[:] = "never-seen"
+    ex = planted(1)  # two rows; make them identical except for how the IDs are missing
+    for values in (*ex.numeric.values(), ex.history):
+        values[1] = values[0]
+    ex.item_id[:] = ["never-seen", ""]  # unknown ID vs the padding ID
+    ex.history[0] = ["never-seen", "also-unknown"]
+    ex.history[1] = ["", ""]
     out = predict(ranker, ex)
-    np.testing.assert_allclose(out["logit"][0], out["logit"][2], rtol=1e-6)
+    np.testing.assert_allclose(out["logit"][0], out["logit"][1], rtol=1e-6)
+    assert not np.allclose(out["logit"][0], predict(ranker, planted(1))["logit"][0])
     assert ((out["rating"] > 0.5) & (out["rating"] < 5.5)).all()
 
 

@@ -14,22 +14,34 @@ def rec(planted_ranked_artefact):
 
 def test_the_api_ranks_by_default(rec):
     assert rec.describe()["ranker"]
-    ranked = rec.recommend("u0", k=3)
-    assert ranked.ranked and len(ranked) == 3
+    rec.num_candidates = 4
+    try:
+        ranked = rec.recommend("u0", k=3)
+        candidates = rec.recommend("u0", k=4, rank=False)
+    finally:
+        rec.num_candidates = 100
+    assert ranked.ranked and len(ranked) == 3 and not candidates.ranked
     assert all(r.score > 0 for r in ranked)  # exp(logit)
-    candidates = rec.recommend("u0", k=100, rank=False)
-    assert not candidates.ranked
+    # 5 items are unseen; the ranker only ever reorders the generator's top 4
     assert set(ranked.item_ids) <= set(candidates.item_ids)
     assert not {"A", "B", "E"} & set(ranked.item_ids)  # seen items stay excluded
 
 
 def test_ranked_order_is_the_scorer_order_over_the_candidates(rec):
-    full = rec.recommend("u5", k=100)
-    top = rec.recommend("u5", k=2)
-    assert top.item_ids == full.item_ids[:2]
-    scores = [r.score for r in full]
-    assert scores == sorted(scores, reverse=True)
-    assert all(math.isfinite(s) for s in scores)
+    from ranking.train import ranker_inputs  # noqa: F401  (the scorer's input contract)
+
+    cands = rec.recommend("u5", k=100, rank=False)
+    row = rec.users.rows(["u5"])
+    stats = {c: float(v[0]) for c, v in rec.users.stats(row).items()}
+    history = rec.users.histories(row)[0]
+    features = {c: v[0] for c, v in rec.users.demographics(row).items()}
+    ids, scores = rec.reranker.rerank(
+        cands.item_ids, [r.score for r in cands], history, stats, features, 3
+    )
+    top = rec.recommend("u5", k=3)
+    assert top.item_ids == ids
+    np.testing.assert_allclose([r.score for r in top], scores, rtol=1e-6)
+    assert all(math.isfinite(s) for s in scores) and scores == sorted(scores, reverse=True)
 
 
 def test_batch_equals_single_with_ranking(rec):
