@@ -46,7 +46,7 @@ def test_impressions_on_a_tiny_log_are_exact():
     assert ex.numeric["user_count"][3] == 2 and ex.numeric["time_since_last"][3] == 10
     np.testing.assert_array_equal(ex.numeric["tower_rank"][:3], [1, 2, 3])
     np.testing.assert_array_equal(ex.group, [0, 0, 0, 1, 1, 2, 2, 2])
-    assert np.isnan(ex.rating).all()  # the rating head learns from rating rows instead
+    assert np.isnan(ex.rating[1]) and ex.rating[0] == 4.0  # positives carry their rating
 
 
 def test_no_feature_sees_the_label_or_the_future():
