@@ -28,8 +28,6 @@ def test_the_api_ranks_by_default(rec):
 
 
 def test_ranked_order_is_the_scorer_order_over_the_candidates(rec):
-    from ranking.train import ranker_inputs  # noqa: F401  (the scorer's input contract)
-
     cands = rec.recommend("u5", k=100, rank=False)
     row = rec.users.rows(["u5"])
     stats = {c: float(v[0]) for c, v in rec.users.stats(row).items()}
