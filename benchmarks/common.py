@@ -87,22 +87,27 @@ def latency_ms(samples_s: list[float]) -> dict:
 
 
 def serving_artefact(
-    path: str | Path | None = None, data_dir: str | None = None, ranker: bool = False
+    path: str | Path | None = None,
+    data_dir: str | None = None,
+    ranker: bool = False,
+    seed: int = 0,
 ) -> Path:
     """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
     serve), trained once and cached at ``artefacts/bench-ml-latest-small``; with ``ranker``,
-    also its ranker (``nextwatch train-ranker`` defaults)."""
+    also its ranker (``nextwatch train-ranker`` defaults). Another ``seed`` gives another
+    model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
     from towers.train import FORMAT_VERSION
 
-    path = Path(path) if path else ROOT / "artefacts" / "bench-ml-latest-small"
+    default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
+    path = Path(path) if path else ROOT / "artefacts" / default
     config = path / "config.json"
     if (
         not config.exists()
         or json.loads(config.read_text()).get("format_version") != FORMAT_VERSION
     ):
-        options = replace(benchmark_options(), verbose=0)
+        options = replace(benchmark_options(), verbose=0, seed=seed)
         train_candidates(DataSource("ml-latest-small", data_dir), path, benchmark_config(), options)
     if ranker and not (path / "ranker" / "config.json").exists():
         from ranking.pipeline import train_ranker_for_artefact

@@ -59,9 +59,12 @@ class RankScorer:
         out = np.fromiter((get(i, 0 if i == "" else 1) for i in flat), np.int64, len(flat))
         return out.reshape(np.shape(ids))
 
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Mapping[str, np.ndarray], rating: bool = True
+    ) -> dict[str, np.ndarray]:
         """``{"logit", "rating"}`` for the raw input dict of :func:`ranking.train.ranker_inputs`
-        (one row per candidate; ``history`` may be a single row shared by every candidate)."""
+        (one row per candidate; ``history`` may be a single row shared by every candidate).
+        ``rating=False`` skips the rating head (ranking needs only the logit)."""
         item = self.positions(inputs["item_id"])
         n = len(item)
         history = self.positions(inputs["history"])
@@ -98,6 +101,8 @@ class RankScorer:
             x = x @ kernel + bias
             if relu:
                 x = np.maximum(x, 0.0)
+        if not rating:
+            return {"logit": x[:, 0]}
         r = shared.astype(np.float32)
         for kernel, bias, relu in self._rating_layers:
             r = r @ kernel + bias

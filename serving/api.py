@@ -95,6 +95,7 @@ class Query:
     genres: Sequence[str] = ()
     exclude_seen: bool = True
     rank: bool = True
+    stats: Mapping[str, float] | None = None  # rating_count, rating_mean, last_timestamp
 
 
 def _check_k(k: object) -> int:
@@ -135,6 +136,7 @@ class Recommender:
         self.num_candidates = num_candidates
         self.users = users
         self.version = version
+        self.items = items
         self.max_history = retriever.encoder.max_history
         self._titles = dict(
             zip(items["item_id"].astype(str), items["title"].astype(str), strict=True)
@@ -233,6 +235,8 @@ class Recommender:
                 raise ValueError("history must be a sequence of item IDs, not one string")
             history = [str(i) for i in query.history]
             stats["rating_count"] = float(len(history))
+        if query.stats is not None:
+            stats.update({str(k): float(v) for k, v in query.stats.items()})
         return history, {**stored, **features}, known, stats
 
     def recommend(
@@ -287,23 +291,8 @@ class Recommender:
         ks = [_check_k(q.k) for q in queries]
         allowed = [self._allowed(q.genres) for q in queries]
         histories = [r[0] for r in resolved]
-        demographics = {
-            "age": np.array(
-                [math.nan if r[1].get("age") is None else float(r[1]["age"]) for r in resolved],
-                np.float32,
-            ),
-            **{
-                c: np.array([str(r[1].get(c) or "") for r in resolved], dtype=object)
-                for c in DEMOGRAPHIC_COLUMNS
-            },
-        }
         known_only = self.retriever.encoder.known_only
-        inputs = query_inputs(
-            [known_only(h) for h in histories],
-            max_history=self.max_history,
-            demographics=demographics,
-        )
-        queries_matrix = self.retriever.encoder.queries(inputs)
+        queries_matrix = self.encode([known_only(h) for h in histories], [r[1] for r in resolved])
         exclude = [
             ({q.exclude} if isinstance(q.exclude, str) else set(map(str, q.exclude)))
             | (set(h) if q.exclude_seen else set())
@@ -337,6 +326,31 @@ class Recommender:
                     bool(rank),
                 )
         return [o for o in out if o is not None]
+
+    def encoder_inputs(
+        self, histories: Sequence[Sequence[str]], features: Sequence[Mapping[str, object]]
+    ) -> dict[str, np.ndarray]:
+        """The query tower's raw input dict for known-item ``histories`` (oldest first) and
+        already-checked ``features`` (one mapping per row)."""
+        demographics = {
+            "age": np.array(
+                [math.nan if f.get("age") is None else float(f["age"]) for f in features],
+                np.float32,
+            ),
+            **{
+                c: np.array([str(f.get(c) or "") for f in features], dtype=object)
+                for c in DEMOGRAPHIC_COLUMNS
+            },
+        }
+        return query_inputs(
+            [list(h) for h in histories], max_history=self.max_history, demographics=demographics
+        )
+
+    def encode(
+        self, histories: Sequence[Sequence[str]], features: Sequence[Mapping[str, object]]
+    ) -> np.ndarray:
+        """Query vectors ``[u, 1]``, float32 of shape ``(n, d + 1)`` (see ``encoder_inputs``)."""
+        return self.retriever.encoder.queries(self.encoder_inputs(histories, features))
 
     def similar_items(self, item_id: str, k: int = 10) -> list[Recommendation]:
         """Items whose vectors have the largest dot product with ``item_id``'s (bias left out,

@@ -6,6 +6,7 @@
 ``nextwatch recommend``          top-k for a user or a history, from an artefact (JSON)
 ``nextwatch export-candidates``  batch top-k for all users (or a list), sharded and resumable
 ``nextwatch export-savedmodels`` SavedModels for TF Serving (query tower, brute force, ScaNN)
+``nextwatch serve``              the live HTTP service (trains a first model if there is none)
 """
 
 from __future__ import annotations
@@ -186,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--k", type=int, default=100, help="items per retrieval response")
     models.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     models.add_argument("--serving-version", type=int, default=1, help="numeric version dir")
+
+    serve = sub.add_parser("serve", help="the live HTTP service (trains a model on first run)")
+    _add_source(serve)
+    serve.add_argument("--home", help="models, event store and API key (default: $NEXTWATCH_HOME, "
+                       "else ~/.local/share/nextwatch)")  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default: 1)"
+    )
+    serve.add_argument(
+        "--store",
+        help="event store URL: sqlite:///PATH or postgresql://... (default: HOME/events.db)",
+    )
+    serve.add_argument("--artefact", help="serve this artefact instead of the registry's current")
+    serve.add_argument(
+        "--no-seed", action="store_true", help="do not seed an empty store with the dataset"
+    )
+    serve.add_argument("--rating-min", type=float, default=0.5, help="(default: %(default)s)")
+    serve.add_argument("--rating-max", type=float, default=5.0, help="(default: %(default)s)")
     return parser
 
 
@@ -281,6 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 serving_version=args.serving_version,
             )  # fmt: skip
             print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
+        elif args.command == "serve":
+            from serving.serve import ServeOptions, default_home, serve
+            from serving.service import EventRules
+
+            options = ServeOptions(
+                home=Path(args.home) if args.home else default_home(), store=args.store,
+                artefact=Path(args.artefact) if args.artefact else None, seed=not args.no_seed,
+                rules=EventRules(rating_min=args.rating_min, rating_max=args.rating_max),
+            )  # fmt: skip
+            serve(options, _source(args), args.host, args.port, args.workers)
     except (DataError, ValueError, FileNotFoundError, UnknownItemError) as exc:
         log.error("%s", exc)
         return 2

@@ -80,6 +80,6 @@ class Reranker:
         if self.has_demographics:
             for col in DEMOGRAPHIC_COLUMNS:
                 inputs[col] = np.full(n, str(features.get(col) or ""), dtype=object)
-        logits = self.scorer(inputs)["logit"]
+        logits = self.scorer(inputs, rating=False)["logit"]
         order = np.argsort(-logits, kind="stable")[:k]
         return [str(item_ids[j]) for j in order], [float(np.exp(logits[j])) for j in order]

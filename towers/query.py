@@ -87,7 +87,11 @@ class QueryEncoder:
             ``history`` (object, (n, max_history), left-padded with ``""``), ``example_age``,
             ``age``, and the categorical demographics, as built by ``query_inputs``.
         """
-        history = self.item_positions(inputs["history"])
+        return self.from_positions(self.item_positions(inputs["history"]), inputs)
+
+    def from_positions(self, history: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """:meth:`__call__` with the history already as lookup positions (int, (n, max_history),
+        from :meth:`item_positions`); ``inputs`` gives the other features."""
         known = history >= 2
         embedded = self._history_embedding[history]
         count = known.sum(axis=1, keepdims=True).astype(np.float32)

@@ -1,0 +1,346 @@
+"""The HTTP API (FastAPI): recommendations, events, users, items, the model, health, metrics.
+
+Versioned under ``/v1``; OpenAPI at ``/openapi.json`` and ``/docs``. Writes (``POST /v1/events``,
+``POST /v1/users``) and admin calls need the API key in the ``X-API-Key`` header: 401 without
+it, 403 with a wrong one. Bad input is a 4xx whose ``detail`` names the field; bodies over
+``max_body_bytes`` get 413, and ``k`` is capped at ``MAX_K``.
+
+Endpoints that compute (recommendations, similar items, events, lookups) are ``async def`` with
+no ``await``: they run on the event loop, one after another. A request is a few milliseconds of
+numpy and store work; running them in FastAPI's thread pool instead passed the GIL between
+threads on every numpy call and measured worse (docs/service.md). Loading a model for a hot swap
+takes seconds, so ``POST /v1/admin/reload`` is a plain ``def``, run in the thread pool.
+"""
+
+import hmac
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+
+from serving.api import UnknownItemError
+from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
+from serving.schemas import (
+    MAX_K,
+    EventBatch,
+    EventIn,
+    EventsAccepted,
+    Health,
+    ItemOut,
+    ModelOut,
+    Problem,
+    RecommendationRequest,
+    RecommendationsOut,
+    ReloadIn,
+    ReloadOut,
+    SimilarOut,
+    UserIn,
+    UserOut,
+)
+from serving.service import EventRejected, LiveService, Served, user_state
+from serving.store import IdempotencyConflict, StoreUnavailable, UserRecord
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+UserId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
+ItemId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
+K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K})")]
+ListParam = Annotated[
+    list[Annotated[str, Query(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]],
+    Query(max_length=1000, description="repeat the parameter, or separate values by commas"),
+]
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Service settings.
+
+    Parameters
+    ----------
+    api_key : str
+        The key that writes and admin calls must send in ``X-API-Key``.
+    max_body_bytes : int
+        Largest request body accepted.
+    current_artefact : callable, optional
+        Where ``POST /v1/admin/reload`` without a body loads from (the registry's current
+        version); None reloads the artefact that is serving.
+    on_swap : callable, optional
+        Called with the new model after a reload (tells the other worker processes).
+    """
+
+    api_key: str
+    max_body_bytes: int = 1 << 20
+    current_artefact: Callable[[], Path | None] | None = None
+    on_swap: Callable[[Served], None] | None = None
+
+
+def field_name(loc: list[str | int]) -> str:
+    """``["body", "events", 1, "rating"]`` -> ``events[1].rating``; ``["query", "k"]`` -> ``k``."""
+    parts = loc[1:] if len(loc) > 1 and loc[0] in ("body", "query", "path", "header") else loc
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
+    """The FastAPI application over ``service``."""
+    if not settings.api_key:
+        raise ValueError("api_key must not be empty")
+    problem = {"model": Problem}
+    app = FastAPI(
+        title="nextwatch",
+        version="1",
+        description="Next-watch recommendations from live histories (YouTube-DNN design).",
+        responses={code: problem for code in (400, 401, 403, 404, 409, 413, 422, 503)},
+    )
+    metrics = ServiceMetrics()
+    metrics.serving(service.slot.current.version)
+    app.state.service = service
+    app.state.metrics = metrics
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    def require_key(key: Annotated[str | None, Depends(key_header)]) -> None:
+        if not key:
+            raise HTTPException(401, "X-API-Key header is required for this endpoint")
+        if not hmac.compare_digest(key.encode(), settings.api_key.encode()):
+            raise HTTPException(403, "X-API-Key is not valid")
+
+    Auth = Depends(require_key)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]],
+             "msg": str(e["msg"]), "type": str(e["type"])}
+            for e in exc.errors()
+        ]  # fmt: skip
+        detail = "; ".join(f"{field_name(e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("event store unavailable: %s", exc)
+        return JSONResponse({"detail": f"event store unavailable: {exc}"}, status_code=503)
+
+    # ------------------------------------------------------------------------ recommendations
+    def _recommend(**kwargs) -> JSONResponse:
+        try:
+            out = service.recommend(**kwargs)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        # The hot path: the service builds exactly the documented shape (tests check it against
+        # the schema), so skip FastAPI's second validation and serialisation pass (~1 ms).
+        return JSONResponse(out)
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut)
+    async def user_recommendations(
+        user_id: UserId,
+        k: K = 10,
+        exclude: ListParam = [],  # noqa: B006  (FastAPI copies defaults per request)
+        genres: ListParam = [],  # noqa: B006
+        rank: bool = True,
+    ) -> JSONResponse:
+        """Top k for a user, from their stored history and demographics (a user the store does
+        not know gets the new-user list)."""
+        return _recommend(
+            user_id=user_id, k=k, exclude=_split(exclude), genres=_split(genres), rank=rank
+        )
+
+    @app.post("/v1/recommendations", response_model=RecommendationsOut)
+    async def anonymous_recommendations(body: RecommendationRequest) -> JSONResponse:
+        """Top k for an anonymous history (oldest first) plus features."""
+        features = body.features.model_dump(exclude_none=True)
+        return _recommend(
+            history=body.history, features=features, k=body.k, exclude=body.exclude,
+            genres=body.genres, rank=body.rank,
+        )  # fmt: skip
+
+    # --------------------------------------------------------------------------------- events
+    @app.post(
+        "/v1/events",
+        response_model=EventsAccepted,
+        status_code=201,
+        dependencies=[Auth],
+        responses={200: {"model": EventsAccepted, "description": "a replayed request"}},
+    )
+    async def post_events(
+        body: EventIn | EventBatch,
+        response: Response,
+        idempotency_key: Annotated[
+            str | None,
+            Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=ID_PATTERN),
+        ] = None,
+    ) -> dict:
+        """Store one event or a batch (``{"events": [...]}``), durably, then acknowledge.
+
+        Send an ``Idempotency-Key`` header to make retries safe: a repeat of the same request
+        returns the first answer (200, ``replayed``) and writes nothing; the same key with a
+        different body is a 409."""
+        events = body.events if isinstance(body, EventBatch) else [body]
+        raw = [e.model_dump(exclude_none=True) for e in events]
+        try:
+            seqs, replayed = service.add_events(raw, idempotency_key)
+        except EventRejected as exc:
+            raise HTTPException(422, str(exc)) from None
+        except IdempotencyConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        if replayed:
+            response.status_code = 200
+            metrics.replays.inc()
+        else:
+            metrics.events.inc(len(seqs))
+        return {"accepted": len(seqs), "sequence_numbers": seqs, "replayed": replayed}
+
+    # ---------------------------------------------------------------------------------- users
+    def _user_out(user_id: str) -> dict | None:
+        user = service.store.get_user(user_id)
+        events = service.store.history(user_id)
+        if user is None and not events:
+            return None
+        state = user_state(events, user)
+        return {
+            "user_id": user_id,
+            **(
+                {}
+                if user is None
+                else {
+                    "age": user.age,
+                    "gender": user.gender,
+                    "occupation": user.occupation,
+                    "zip_prefix": user.zip_prefix,
+                    "created_at": user.created_at,
+                }
+            ),  # fmt: skip
+            "events": state.events,
+            "history_length": len(state.history),
+            "rating_mean": state.stats.get("rating_mean"),
+            "recent": state.history[::-1][:20],
+        }
+
+    @app.post(
+        "/v1/users",
+        response_model=UserOut,
+        status_code=201,
+        dependencies=[Auth],
+        responses={200: {"model": UserOut, "description": "an existing user, updated"}},
+    )
+    async def post_user(body: UserIn, response: Response) -> dict:
+        """Register a user (optional demographics), or update an existing user's."""
+        user_id = body.user_id or uuid.uuid4().hex
+        existed = service.store.get_user(user_id) is not None
+        service.store.upsert_user(
+            UserRecord(user_id, body.age, body.gender, body.occupation, body.zip_prefix)
+        )
+        if existed:
+            response.status_code = 200
+        return _user_out(user_id)
+
+    @app.get("/v1/users/{user_id}", response_model=UserOut)
+    async def get_user(user_id: UserId) -> dict:
+        """A user's demographics and history summary."""
+        out = _user_out(user_id)
+        if out is None:
+            raise HTTPException(404, f"user_id {user_id!r} has no record and no events")
+        return out
+
+    # ---------------------------------------------------------------------------------- items
+    @app.get("/v1/items", response_model=list[ItemOut])
+    async def search_items(
+        q: Annotated[str, Query(min_length=1, max_length=200, description="title words")],
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> list[dict]:
+        """Items whose title has every word of ``q`` (prefixes match), most popular first."""
+        try:
+            return service.slot.current.catalogue.search(q, limit)
+        except ValueError as exc:
+            raise HTTPException(422, f"q: {exc}") from None
+
+    @app.get("/v1/items/{item_id}", response_model=ItemOut)
+    async def get_item(item_id: ItemId) -> dict:
+        try:
+            return service.slot.current.catalogue.get(item_id)
+        except UnknownItemError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut)
+    async def similar(item_id: ItemId, k: K = 10) -> dict:
+        """Items watched by the same users (dot product of item vectors, bias left out)."""
+        served = service.slot.current
+        try:
+            with service.compute:
+                found = served.recommender.similar_items(item_id, k)
+        except UnknownItemError as exc:
+            raise HTTPException(404, str(exc)) from None
+        items = [
+            {"item_id": r.item_id, "title": r.title, "genres": list(r.genres),
+             "score": r.score, "because": None}
+            for r in found
+        ]  # fmt: skip
+        return {"item_id": item_id, "model_version": served.version, "items": items}
+
+    # ---------------------------------------------------------------------------------- model
+    @app.get("/v1/model", response_model=ModelOut)
+    async def model() -> dict:
+        served = service.slot.current
+        info = served.recommender.describe()
+        return {
+            "version": served.version, "artefact": str(served.artefact),
+            "trained_at": served.trained_at, "loaded_at": served.loaded_at,
+            "items": info["items"], "ranker": info["ranker"], "index": info["index"],
+            "swaps": service.slot.swaps, "metrics": served.metrics,
+        }  # fmt: skip
+
+    @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=[Auth])
+    def reload(body: ReloadIn | None = None) -> dict:
+        """Load a model version and swap it in; requests in flight finish on the old one."""
+        target = body.artefact if body is not None and body.artefact else None
+        if target is None and settings.current_artefact is not None:
+            target = settings.current_artefact()
+        try:
+            old, new = service.slot.reload(target)
+        except (OSError, ValueError, KeyError) as exc:
+            raise HTTPException(422, f"artefact: cannot load {target}: {exc}") from None
+        metrics.swaps.inc()
+        metrics.serving(new.version)
+        if settings.on_swap is not None:
+            settings.on_swap(new)
+        return {"previous": old.version, "current": new.version, "artefact": str(new.artefact)}
+
+    # ------------------------------------------------------------------------ health, metrics
+    @app.get("/health/live", response_model=Health)
+    async def live() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", response_model=Health)
+    async def ready(response: Response) -> dict:
+        checks = {"model": service.slot.current.version}
+        try:
+            service.store.ping()
+            checks["store"] = "ok"
+        except StoreUnavailable as exc:
+            checks["store"] = str(exc)
+            response.status_code = 503
+            return {"status": "unavailable", "checks": checks}
+        return {"status": "ok", "checks": checks}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

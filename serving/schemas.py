@@ -1,0 +1,207 @@
+"""Request and response bodies of the HTTP API (pydantic), so that FastAPI validates input,
+answers bad input with a 422 whose ``detail`` names the field, and publishes the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_K = 500  # largest k a request may ask for
+MAX_EVENTS = 1000  # largest event batch
+MAX_LIST = 1000  # largest history / exclude list in a body
+MAX_TIMESTAMP = 1e11  # year 5138: anything larger is a unit error (ms or µs since the epoch)
+
+# IDs are printable text: no control characters (PostgreSQL cannot store NUL, and logs must
+# not be forged with newlines).
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Label = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Every 4xx/5xx body: ``detail`` names the field and the problem."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Strict(BaseModel):
+    # No coercion: "rank": 0 or "k": "10" are type errors, as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Features(Strict):
+    """User features the model reads (all optional)."""
+
+    age: float | None = Field(None, ge=0, le=130, allow_inf_nan=False)
+    gender: Label | None = None
+    occupation: Label | None = None
+    zip_prefix: Label | None = None
+
+
+class EventIn(Strict):
+    """One rating or watch."""
+
+    user_id: Identifier
+    item_id: Identifier
+    type: Literal["rating", "watch"] = "rating"
+    rating: float | None = Field(
+        None, allow_inf_nan=False, description="required for a rating, absent for a watch"
+    )
+    timestamp: float | str | None = Field(
+        None,
+        description="seconds since the epoch, or ISO 8601 text (UTC if no offset); "
+        "default: the server's clock",
+    )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _epoch(cls, value: float | str | None) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                when = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO 8601 time") from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            value = when.timestamp()
+        if not math.isfinite(value) or not 0 <= value <= MAX_TIMESTAMP:
+            raise ValueError(f"must be seconds since the epoch in [0, {MAX_TIMESTAMP:g}]")
+        return float(value)
+
+
+class EventBatch(Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    sequence_numbers: list[int]
+    replayed: bool = Field(description="true: this idempotency key was already stored")
+
+
+class UserIn(Features):
+    user_id: Identifier | None = Field(None, description="default: a new random ID")
+
+
+class UserOut(BaseModel):
+    user_id: str
+    age: float | None = None
+    gender: str | None = None
+    occupation: str | None = None
+    zip_prefix: str | None = None
+    created_at: float | None = None
+    events: int
+    history_length: int
+    rating_mean: float | None = None
+    recent: list[str] = Field(description="the latest distinct items, newest first (up to 20)")
+
+
+class RecommendationRequest(Strict):
+    history: list[Identifier] = Field(default_factory=list, max_length=MAX_LIST)
+    features: Features = Field(default_factory=Features)
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[Identifier] = Field(default_factory=list, max_length=MAX_LIST)
+    genres: list[Label] = Field(default_factory=list, max_length=50)
+    rank: bool = True
+
+
+class Because(BaseModel):
+    item_id: str
+    title: str
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    genres: list[str]
+    score: float | None
+    because: Because | None = Field(description="the watched item that contributed most")
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str | None
+    model_version: str
+    ranked: bool
+    history_length: int
+    events: int | None
+    ignored_history: list[str]
+    items: list[RecommendedItem]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    genres: list[str]
+    year: int | None
+    popularity: float
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[RecommendedItem]
+
+
+class ModelOut(BaseModel):
+    version: str
+    artefact: str
+    trained_at: str | None
+    loaded_at: float
+    items: int
+    ranker: bool
+    index: str
+    swaps: int
+    metrics: dict[str, float | int | str | bool | None]
+
+
+class ReloadIn(Strict):
+    artefact: str | None = Field(
+        None, max_length=4096, description="artefact directory; default: the registry's current"
+    )
+
+
+class ReloadOut(BaseModel):
+    previous: str
+    current: str
+    artefact: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+__all__ = [
+    "FieldError",
+    "Problem",
+    "MAX_EVENTS",
+    "MAX_K",
+    "EventBatch",
+    "EventIn",
+    "EventsAccepted",
+    "Features",
+    "Health",
+    "ItemOut",
+    "ModelOut",
+    "RecommendationRequest",
+    "RecommendationsOut",
+    "ReloadIn",
+    "ReloadOut",
+    "SimilarOut",
+    "UserIn",
+    "UserOut",
+]

@@ -1,0 +1,317 @@
+"""``nextwatch serve``: the main job. Train on first run, open the event store, serve HTTP.
+
+On first run with no model in the registry, the benchmark configuration is trained on the
+chosen data (ml-latest-small by default, from ``--data-dir`` / ``$NEXTWATCH_DATA``, or
+downloaded and checksum-verified) and promoted. An empty event store is seeded with that
+data's ratings and demographics, so its users have histories from the first request. Then the
+service listens on 127.0.0.1.
+
+Everything lives in one home directory (``--home``, ``$NEXTWATCH_HOME``, else
+``~/.local/share/nextwatch``)::
+
+    HOME/models/        the model registry (serving.registry)
+    HOME/events.db      the SQLite event store (unless --store names PostgreSQL)
+    HOME/api_key        the API key for writes and admin calls (created on first run, 0600)
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from serving.http import HttpSettings, create_app
+from serving.registry import Registry, write_atomic
+from serving.service import EventRules, LiveService, ModelSlot, Served
+from serving.store import EventStore, open_store
+from towers.pipeline import DataSource
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "NEXTWATCH_HOME"
+API_KEY_ENV = "NEXTWATCH_API_KEY"
+WORKER_ENV = "NEXTWATCH_WORKER"
+POINTER = "serving.json"  # the artefact every worker process serves
+
+
+def default_home() -> Path:
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "nextwatch"
+
+
+def api_key(home: Path) -> tuple[str, str]:
+    """The API key and where it came from: ``$NEXTWATCH_API_KEY``, else ``HOME/api_key``
+    (created with a random key, readable by the owner only)."""
+    if os.environ.get(API_KEY_ENV):
+        return os.environ[API_KEY_ENV], f"${API_KEY_ENV}"
+    path = home / "api_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    key = path.read_text().strip()
+    if not key:
+        raise ValueError(f"api key file {path} is empty")
+    return key, str(path)
+
+
+def train_first_model(registry: Registry, source: DataSource) -> Path:
+    """Train the benchmark tower and its ranker on ``source``, publish and promote them."""
+    from ranking.pipeline import train_ranker_for_artefact
+    from towers.pipeline import train_candidates
+    from towers.presets import benchmark_config, benchmark_options
+
+    staging = registry.staging()
+    try:
+        log.info("no model yet: training the benchmark configuration into %s", staging)
+        options = replace(benchmark_options(), verbose=0)  # no progress bars in service logs
+        train_candidates(source, staging, benchmark_config(), options)
+        log.info("training the ranker")
+        train_ranker_for_artefact(source, staging)
+        path = registry.publish(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    registry.promote(path.name)
+    log.info("model %s published and promoted", path.name)
+    return path
+
+
+def seed_store(store: EventStore, source: DataSource) -> int:
+    """Import ``source``'s ratings and demographics into an empty store; returns rows written."""
+    data = source.load()
+    if data.users is not None and not data.users.empty:
+        store.import_users(data.users)
+    frame = data.interactions[["user_id", "item_id", "rating", "timestamp"]]
+    return store.import_events(frame)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where ``nextwatch serve`` keeps and finds things (see the module docstring)."""
+
+    home: Path
+    store: str | None = None  # default sqlite:///HOME/events.db
+    artefact: Path | None = None  # serve this artefact instead of the registry's current
+    seed: bool = True
+    rules: EventRules = EventRules()
+
+
+def _serving_pointer(home: Path) -> Path:
+    return home / POINTER
+
+
+def write_pointer(home: Path, artefact: Path) -> None:
+    """Record ``artefact`` as what every worker process of this home should serve."""
+    text = json.dumps({"artefact": str(Path(artefact).resolve()), "written_at": time.time()})
+    write_atomic(_serving_pointer(home), text + "\n")
+
+
+def read_pointer(home: Path) -> Path | None:
+    path = _serving_pointer(home)
+    try:
+        return Path(json.loads(path.read_text())["artefact"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class PointerWatcher:
+    """Follows ``HOME/serving.json`` in a background thread: when another worker process has
+    swapped models, this one loads the same artefact (while serving the old one).
+
+    Parameters
+    ----------
+    home : Path
+    slot : ModelSlot
+    interval_s : float
+        How often the pointer's modification time is checked (one ``stat``).
+    """
+
+    def __init__(self, home: Path, slot: ModelSlot, interval_s: float = 0.5) -> None:
+        self.home = home
+        self.slot = slot
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pointer-watcher", daemon=True)
+        self._seen = self._mtime()
+
+    def _mtime(self) -> int:
+        try:
+            return _serving_pointer(self.home).stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def check(self) -> bool:
+        """Load the pointed-to artefact if the pointer changed; True if a swap happened."""
+        mtime = self._mtime()
+        if mtime == self._seen:
+            return False
+        self._seen = mtime
+        target = read_pointer(self.home)
+        if target is None or target == self.slot.current.artefact:
+            return False
+        try:
+            self.slot.reload(target)
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("could not follow the serving pointer to %s: %s", target, exc)
+            return False
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+
+def prepare(options: ServeOptions, source: DataSource) -> tuple[Path, str, dict]:
+    """The once-per-start work: train a first model if the registry has none, seed an empty
+    store, create the API key, point the workers at the artefact. Returns ``(artefact,
+    store_url, info)``."""
+    home = options.home
+    home.mkdir(parents=True, exist_ok=True)
+    registry = Registry(home / "models")
+    if options.artefact is not None:
+        artefact = options.artefact
+    else:
+        artefact = registry.current() or train_first_model(registry, source)
+    store_url = options.store or f"sqlite:///{home / 'events.db'}"
+    with open_store(store_url) as store:
+        if options.seed and store.event_count() == 0:
+            rows = seed_store(store, source)
+            log.info("seeded the empty event store with %d ratings from %s", rows, source.dataset)
+        info = {
+            "store": store.describe(),
+            "events": store.event_count(),
+            "users": store.user_count(),
+        }
+    info["api_key"] = api_key(home)[1]
+    write_pointer(home, artefact)
+    return Path(artefact), store_url, info
+
+
+def assemble(
+    home: Path, store_url: str, rules: EventRules, registry_reload: bool
+) -> tuple[FastAPI, EventStore, LiveService]:
+    """One worker's app: load the pointed-to artefact, open the store, wire hot swaps."""
+    artefact = read_pointer(home)
+    if artefact is None:
+        raise FileNotFoundError(f"{_serving_pointer(home)} is missing: run prepare() first")
+    slot = ModelSlot(Served.load(artefact))
+    store = open_store(store_url)
+    service = LiveService(store, slot, rules)
+    registry = Registry(home / "models")
+    watcher = PointerWatcher(home, slot)
+    settings = HttpSettings(
+        api_key=api_key(home)[0],
+        current_artefact=registry.current if registry_reload else None,
+        on_swap=lambda served: write_pointer(home, served.artefact),
+    )
+    app = create_app(service, settings)
+    gc.collect()
+    gc.freeze()  # the model and catalogue live as long as the process: keep the GC off them
+    app.router.on_startup.append(watcher.start)
+    app.router.on_shutdown.append(watcher.stop)
+    app.router.on_shutdown.append(store.close)
+    return app, store, service
+
+
+def build_service(options: ServeOptions, source: DataSource) -> tuple:
+    """Everything but the HTTP server, in this process: ``(app, store, info)``."""
+    artefact, store_url, info = prepare(options, source)
+    app, store, service = assemble(
+        options.home, store_url, options.rules, registry_reload=options.artefact is None
+    )
+    served = service.slot.current
+    info = {
+        "model": served.version,
+        "artefact": str(artefact),
+        "items": len(served.catalogue),
+        "ranker": served.recommender.reranker is not None,
+        **info,
+    }
+    return app, store, info
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (``--workers`` > 1); its settings come from
+    ``$NEXTWATCH_WORKER``, set by :func:`serve`."""
+    _limit_blas()
+    config = json.loads(os.environ[WORKER_ENV])
+    app, _, _ = assemble(
+        Path(config["home"]), config["store"], EventRules(**config["rules"]),
+        config["registry_reload"],
+    )  # fmt: skip
+    return app
+
+
+def _limit_blas() -> None:
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    sys.setswitchinterval(float(os.environ.get("NW_SWITCH", "0.005")))
+
+    # One BLAS thread per request: the matrices are small (100 candidates), and OpenBLAS's
+    # extra threads spin on the other core, stealing it from concurrent requests (measured:
+    # ranked requests 15 % slower with the default pool).
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def serve(
+    options: ServeOptions, source: DataSource, host: str, port: int, workers: int = 1
+) -> None:
+    """Prepare, then run uvicorn until interrupted: in this process, or in ``workers``
+    processes that share the port (``serving.workers``; each loads the model, and hot swaps
+    reach all of them through ``HOME/serving.json``)."""
+    import uvicorn
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    _limit_blas()
+    if workers == 1:
+        app, store, info = build_service(options, source)
+    else:
+        artefact, store_url, info = prepare(options, source)
+        info = {"artefact": str(artefact), **info, "workers": workers}
+        metrics_dir = options.home / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        environment = {
+            WORKER_ENV: json.dumps(
+                {
+                    "home": str(options.home),
+                    "store": store_url,
+                    "rules": asdict(options.rules),
+                    "registry_reload": options.artefact is None,
+                }
+            ),  # fmt: skip
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
+    for name, value in info.items():
+        log.info("%-9s %s", name, value)
+    log.info("serving on http://%s:%d (OpenAPI at /docs)", host, port)
+    if workers == 1:
+        try:
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        finally:
+            store.close()
+    else:
+        from serving.workers import run_workers
+
+        run_workers(host, port, workers, environment)

@@ -1,0 +1,249 @@
+"""The PostgreSQL backend of :class:`serving.store.EventStore`, on a psycopg connection pool.
+
+Every write that adds events takes one transaction-scoped advisory lock, so appends and imports
+are serialised: sequence numbers then follow commit order (``events_since`` never skips a
+late-committing smaller number, as it could with concurrent ``BIGSERIAL`` writers), and an
+idempotency key is checked and stored atomically with its events. Reads take no lock. Commits
+are ordinary durable commits (``synchronous_commit`` is left on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pandas as pd
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from serving.store import (
+    AppendResult,
+    Event,
+    EventStore,
+    StoreUnavailable,
+    UserRecord,
+    check_batch_size,
+    check_key,
+    check_paging,
+    check_schema_version,
+    check_user,
+    event_rows,
+    frame_event_rows,
+    frame_user_rows,
+    redact,
+    replay,
+    to_event,
+    unique_users,
+)
+
+# pg_advisory_xact_lock keys (any bigint; these spell "nwevents" and "nwschema").
+_APPEND_LOCK = int.from_bytes(b"nwevents", "big") >> 1
+_SCHEMA_LOCK = int.from_bytes(b"nwschema", "big") >> 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('rating', 'watch')), rating DOUBLE PRECISION,
+        "timestamp" DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
+    'CREATE INDEX IF NOT EXISTS events_user_time ON events (user_id, "timestamp", seq)',
+    """CREATE TABLE IF NOT EXISTS users (
+        user_id TEXT PRIMARY KEY, age DOUBLE PRECISION, gender TEXT, occupation TEXT,
+        zip_prefix TEXT, created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, sequence_numbers TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+)
+# ORDER BY n makes nextval() run in batch order, so sorted(seq) lines up with the events.
+_INSERT_EVENTS = """INSERT INTO events (user_id, item_id, kind, rating, "timestamp", received_at)
+    SELECT u, i, k, r, t, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[],
+    %s::float8[]) WITH ORDINALITY AS x(u, i, k, r, t, n) ORDER BY n RETURNING seq"""
+_COPY_EVENTS = 'COPY events (user_id, item_id, kind, rating, "timestamp", received_at) FROM STDIN'
+_INSERT_USERS = """INSERT INTO users (user_id, created_at) SELECT u, %s FROM unnest(%s::text[])
+    AS u ON CONFLICT (user_id) DO NOTHING"""
+_UPSERT_USERS = """INSERT INTO users (user_id, age, gender, occupation, zip_prefix, created_at)
+    SELECT u, a, g, o, z, %s FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[],
+    %s::text[]) AS x(u, a, g, o, z) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
+    gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
+_USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
+_EVENT_COLUMNS = 'user_id, item_id, kind, rating, "timestamp"'
+
+
+class PostgresStore(EventStore):
+    """An :class:`~serving.store.EventStore` in a PostgreSQL database.
+
+    Parameters
+    ----------
+    url : str
+        A libpq URI, ``postgresql://user:password@host:port/dbname?...``.
+    max_connections : int
+        The pool's maximum size (its minimum is 1).
+    timeout : float
+        Seconds to wait for the server at open, and for a free pooled connection per call.
+
+    Raises
+    ------
+    StoreUnavailable
+        The server cannot be reached or refuses the connection.
+    """
+
+    def __init__(self, url: str, *, max_connections: int = 8, timeout: float = 10.0) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        if not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self._url, self._timeout = url, float(timeout)
+        # libpq's connect_timeout is whole seconds and treats values below 2 as 2.
+        connect = {"autocommit": True, "connect_timeout": max(2, math.ceil(timeout))}
+        # A direct connection first: it reports the server's own error (refused, bad password)
+        # at once, where the pool would retry in the background until the timeout.
+        try:
+            with psycopg.connect(url, **connect) as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                check_schema_version(conn)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}".strip()) from exc
+        self._pool = ConnectionPool(
+            url,
+            kwargs=connect,
+            min_size=1,
+            max_size=max_connections,
+            open=True,
+            check=ConnectionPool.check_connection,  # drop connections a server restart broke
+            name="nextwatch-store",
+            timeout=self._timeout,
+        )
+        try:
+            self._pool.wait(timeout=self._timeout)
+        except psycopg.OperationalError as exc:
+            self._pool.close()
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from exc
+
+    @property
+    def url(self) -> str:
+        return redact(self._url)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # also PoolTimeout and PoolClosed
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from exc
+
+    @contextmanager
+    def _write(self, lock: bool = True) -> Iterator[psycopg.Connection]:
+        with self._connection() as conn, conn.transaction():
+            if lock:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+            yield conn
+
+    def append(
+        self, events: Sequence[Event], idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> AppendResult:
+        rows = event_rows(events)
+        check_key(idempotency_key, fingerprint)
+        now = time.time()
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        with self._write() as conn:
+            if idempotency_key is not None:
+                # Under the lock, so a concurrent request with this key has committed or not begun.
+                stored = conn.execute(
+                    "SELECT fingerprint, sequence_numbers FROM idempotency WHERE key = %s",
+                    (idempotency_key,),
+                ).fetchone()
+                if stored is not None:
+                    return replay(idempotency_key, fingerprint, stored)
+            seqs = sorted(int(r[0]) for r in conn.execute(_INSERT_EVENTS, (now, *columns)))
+            conn.execute(_INSERT_USERS, (now, unique_users(rows)))
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency (key, fingerprint, sequence_numbers, created_at) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (idempotency_key, fingerprint, json.dumps(seqs), now),
+                )
+        return AppendResult(seqs, replayed=False)
+
+    def histories(self, user_ids: Sequence[str]) -> dict[str, list[Event]]:
+        out: dict[str, list[Event]] = {user: [] for user in user_ids}
+        if not out:
+            return out
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = ANY(%s) "
+                'ORDER BY user_id, "timestamp", seq',
+                (list(out),),
+            ).fetchall()
+        for row in rows:
+            out[row[0]].append(to_event(row))
+        return out
+
+    def upsert_user(self, user: UserRecord) -> UserRecord:
+        row = check_user(user)
+        with self._write(lock=False) as conn:
+            conn.execute(_UPSERT_USERS, (time.time(), *([value] for value in row)))
+            stored = conn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s", (user.user_id,)
+            ).fetchone()
+        return UserRecord(*stored)
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s", (user_id,)
+            ).fetchone()
+        return None if row is None else UserRecord(*row)
+
+    def event_count(self) -> int:
+        with self._connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def user_count(self) -> int:
+        with self._connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    def events_since(self, sequence: int = 0, limit: int | None = None) -> list[tuple[int, Event]]:
+        check_paging(sequence, limit)
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                (sequence, limit),  # LIMIT NULL: no limit
+            ).fetchall()
+        return [(int(row[0]), to_event(row[1:])) for row in rows]
+
+    def import_events(self, frame: pd.DataFrame, batch_size: int = 50_000) -> int:
+        check_batch_size(batch_size)
+        rows = frame_event_rows(frame)
+        now = time.time()
+        # One transaction per batch, so live appends can interleave with a long import.
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            with self._write() as conn:
+                with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+                    for row in batch:
+                        copy.write_row((*row, now))
+                conn.execute(_INSERT_USERS, (now, unique_users(batch)))
+        return len(rows)
+
+    def import_users(self, frame: pd.DataFrame) -> int:
+        rows = frame_user_rows(frame)
+        if not rows:
+            return 0
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        with self._write(lock=False) as conn:
+            conn.execute(_UPSERT_USERS, (time.time(), *columns))
+        return len(rows)
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,223 @@
+"""The HTTP API on the planted artefact (A -> B, C -> D) over a real SQLite store."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.explain import leave_one_out_drops
+from serving.http import HttpSettings, create_app
+from serving.schemas import MAX_K
+from serving.service import LiveService, ModelSlot, Served, user_state
+from serving.store import Event, UserRecord, open_store
+from tests.conftest import planted_dataset
+
+KEY = {"X-API-Key": "secret"}
+
+
+@pytest.fixture()
+def store(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    data = planted_dataset()
+    store.import_users(data.users)
+    store.import_events(data.interactions)
+    yield store
+    store.close()
+
+
+@pytest.fixture()
+def service(store, planted_ranked_artefact):
+    return LiveService(store, ModelSlot(Served.load(planted_ranked_artefact)))
+
+
+@pytest.fixture()
+def client(service):
+    app = create_app(service, HttpSettings(api_key="secret", max_body_bytes=4096))
+    with TestClient(app) as c:
+        yield c
+
+
+def _ids(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [i["item_id"] for i in response.json()["items"]]
+
+
+def test_leave_one_out_drops_by_hand():
+    # full query [1, 1]; without item 0: [0, 1]; without item 1: [1, 0]
+    queries = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    items = np.array([[2.0, 0.0], [0.0, 3.0]])
+    drops = leave_one_out_drops(queries, items)
+    np.testing.assert_allclose(drops, [[2.0, 0.0], [0.0, 3.0]])
+
+
+def test_user_state_folds_repeats_and_watches():
+    events = [
+        Event("u", "a", "rating", 2.0, 1.0),
+        Event("u", "b", "watch", None, 2.0),
+        Event("u", "a", "rating", 4.0, 3.0),
+    ]
+    state = user_state(events, UserRecord("u", gender="F"))
+    assert state.history == ["b", "a"]  # a moved to its latest event
+    assert state.stats == {"rating_count": 2.0, "rating_mean": 4.0, "last_timestamp": 3.0}
+    assert state.features == {"gender": "F"} and state.events == 3
+
+
+def test_a_rating_changes_the_next_recommendation_at_once(client):
+    before = _ids(client.get("/v1/users/newbie/recommendations", params={"k": 3}))
+    r = client.post(
+        "/v1/events", json={"user_id": "newbie", "item_id": "A", "rating": 5}, headers=KEY
+    )
+    assert r.status_code == 201 and r.json()["accepted"] == 1
+    after = client.get("/v1/users/newbie/recommendations", params={"k": 3})
+    body = after.json()
+    assert body["events"] == 1 and body["history_length"] == 1
+    assert body["items"][0]["item_id"] == "B"  # planted: A is followed by B
+    assert body["items"][0]["because"] == {"item_id": "A", "title": "Movie A (1990)"}
+    assert "A" not in _ids(after) and _ids(after) != before
+
+
+def test_known_user_history_comes_from_the_store(client):
+    body = client.get("/v1/users/u0/recommendations", params={"k": 2, "rank": "false"}).json()
+    assert body["events"] == 3 and body["history_length"] == 3
+    assert not {"A", "B"} & {i["item_id"] for i in body["items"]}  # seen items left out
+
+
+def test_anonymous_recommendations_and_filters(client):
+    r = client.post("/v1/recommendations", json={"history": ["C"], "k": 1})
+    assert _ids(r) == ["D"]
+    r = client.post("/v1/recommendations", json={"history": ["C"], "k": 2, "genres": ["Horror"]})
+    assert set(_ids(r)) <= set("EFGH")
+    r = client.get("/v1/users/u0/recommendations", params={"k": 8, "exclude": "E,F"})
+    assert not {"E", "F"} & set(_ids(r))
+    r = client.post("/v1/recommendations", json={"history": ["C", "nope"], "k": 1})
+    assert r.json()["ignored_history"] == ["nope"]
+
+
+def test_events_are_idempotent_by_key(client, store):
+    body = {"events": [{"user_id": "x", "item_id": "C", "rating": 4, "timestamp": 100}]}
+    headers = {**KEY, "Idempotency-Key": "k1"}
+    first = client.post("/v1/events", json=body, headers=headers)
+    again = client.post("/v1/events", json=body, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == {**first.json(), "replayed": True}
+    assert len(store.history("x")) == 1
+    body["events"][0]["rating"] = 1
+    conflict = client.post("/v1/events", json=body, headers=headers)
+    assert conflict.status_code == 409 and "k1" in conflict.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"user_id": "x", "item_id": "A", "rating": 9}, "rating"),
+        ({"user_id": "x", "item_id": "A"}, "rating"),
+        ({"user_id": "x", "item_id": "A", "type": "watch", "rating": 3}, "rating"),
+        ({"user_id": "x", "item_id": "ZZ", "rating": 3}, "item_id"),
+        ({"user_id": "x", "item_id": "A", "rating": 3, "timestamp": 4e10}, "timestamp"),
+        ({"user_id": "x", "item_id": "A", "rating": 3, "timestamp": -1}, "timestamp"),
+        ({"user_id": "", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "x\u0000y", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "x", "item_id": "A", "rating": 3, "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_events_get_422_naming_the_field(client, store, event, field):
+    r = client.post("/v1/events", json=event, headers=KEY)
+    assert r.status_code == 422, r.text
+    assert field in str(r.json()["detail"])
+    assert store.history("x") == []
+
+
+def test_a_bad_event_in_a_batch_stores_nothing(client, store):
+    events = [
+        {"user_id": "x", "item_id": "A", "rating": 3},
+        {"user_id": "x", "item_id": "A", "rating": 30},
+    ]
+    r = client.post("/v1/events", json={"events": events}, headers=KEY)
+    assert r.status_code == 422 and "events[1].rating" in r.json()["detail"]
+    assert store.history("x") == []
+
+
+def test_writes_and_admin_need_the_key(client):
+    event = {"user_id": "x", "item_id": "A", "rating": 3}
+    assert client.post("/v1/events", json=event).status_code == 401
+    assert client.post("/v1/events", json=event, headers={"X-API-Key": "no"}).status_code == 403
+    assert client.post("/v1/users", json={}).status_code == 401
+    assert client.post("/v1/admin/reload").status_code == 401
+
+
+def test_limits_on_k_and_body_size(client):
+    assert client.get("/v1/users/u0/recommendations", params={"k": 0}).status_code == 422
+    r = client.get("/v1/users/u0/recommendations", params={"k": MAX_K + 1})
+    assert r.status_code == 422 and "k" in str(r.json()["detail"])
+    r = client.get("/v1/users/u0/recommendations", params={"genres": "Western"})
+    assert r.status_code == 422 and "genres" in r.json()["detail"]
+    big = {"history": ["AAAAAAAA"] * 600}  # about 6.6 kB, over the 4 kB limit
+    assert client.post("/v1/recommendations", json=big).status_code == 413
+
+
+def test_users_register_update_and_read(client):
+    r = client.post("/v1/users", json={"user_id": "n", "age": 30, "gender": "F"}, headers=KEY)
+    assert r.status_code == 201 and r.json()["gender"] == "F"
+    created = r.json()["created_at"]
+    r = client.post("/v1/users", json={"user_id": "n", "age": 31}, headers=KEY)
+    assert r.status_code == 200 and r.json()["age"] == 31 and r.json()["created_at"] == created
+    assert client.get("/v1/users/n").json()["events"] == 0
+    assert client.get("/v1/users/u0").json()["recent"] == ["E", "B", "A"]
+    assert client.get("/v1/users/ghost").status_code == 404
+    anonymous = client.post("/v1/users", json={}, headers=KEY).json()
+    assert len(anonymous["user_id"]) == 32
+
+
+def test_items_lookup_search_and_similar(client):
+    assert client.get("/v1/items/A").json()["title"] == "Movie A (1990)"
+    assert client.get("/v1/items/nope").status_code == 404
+    found = client.get("/v1/items", params={"q": "movie c"}).json()
+    assert [i["item_id"] for i in found] == ["C"]
+    assert client.get("/v1/items", params={"q": "!!"}).status_code == 422
+    similar = client.get("/v1/items/A/similar", params={"k": 3}).json()
+    assert len(similar["items"]) == 3 and "A" not in [i["item_id"] for i in similar["items"]]
+    assert client.get("/v1/items/nope/similar").status_code == 404
+
+
+def test_model_health_metrics_and_reload(client, planted_artefact):
+    model = client.get("/v1/model").json()
+    assert model["ranker"] and model["swaps"] == 0
+    assert client.get("/health/live").json()["status"] == "ok"
+    assert client.get("/health/ready").json()["checks"]["store"] == "ok"
+    r = client.post("/v1/admin/reload", json={"artefact": str(planted_artefact)}, headers=KEY)
+    assert r.status_code == 200, r.text
+    model = client.get("/v1/model").json()
+    assert not model["ranker"] and model["swaps"] == 1
+    r = client.post("/v1/admin/reload", json={"artefact": "/no/such/dir"}, headers=KEY)
+    assert r.status_code == 422 and "artefact" in r.json()["detail"]
+    assert client.get("/v1/model").json()["artefact"] == model["artefact"]
+    text = client.get("/metrics").text
+    assert 'route="/v1/users/{user_id}/recommendations"' in text or "route" in text
+    assert "nextwatch_model_swaps_total 1.0" in text
+    assert 'nextwatch_http_requests_total{method="GET",route="/v1/model",status="200"}' in text
+
+
+def test_no_request_fails_during_hot_swaps(service, planted_artefact, planted_ranked_artefact):
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                out = service.recommend("u0", k=2)
+                assert len(out["items"]) == 2
+            except BaseException as exc:  # noqa: BLE001  (collect every failure)
+                errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for n in range(6):
+        service.slot.reload(planted_artefact if n % 2 == 0 else planted_ranked_artefact)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == [] and service.slot.swaps == 6

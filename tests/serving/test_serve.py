@@ -1,0 +1,78 @@
+"""The serve bootstrap: registry, API key, store seeding, and the assembled app."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.registry import Registry
+from serving.serve import ServeOptions, api_key, build_service
+from tests.conftest import planted_dataset
+from towers.pipeline import DataSource
+
+
+def _fake_artefact(directory, version: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({"version": version}))
+
+
+def test_registry_publishes_promotes_and_remembers(tmp_path):
+    registry = Registry(tmp_path / "models")
+    assert registry.current() is None
+    for version in ("20260101T000000Z-aa", "20260102T000000Z-bb"):
+        staging = registry.staging()
+        _fake_artefact(staging, version)
+        path = registry.publish(staging)
+        assert path == registry.root / version and not staging.exists()
+        registry.promote(version)
+    assert registry.current().name == "20260102T000000Z-bb"
+    assert registry.versions() == ["20260101T000000Z-aa", "20260102T000000Z-bb"]
+    assert registry.history() == ["20260101T000000Z-aa", "20260102T000000Z-bb"]
+    with pytest.raises(KeyError, match="nope"):
+        registry.promote("nope")
+    staging = registry.staging()
+    _fake_artefact(staging, "20260101T000000Z-aa")
+    with pytest.raises(FileExistsError, match="already published"):
+        registry.publish(staging)
+    with pytest.raises(FileNotFoundError, match="no artefact"):
+        registry.publish(registry.staging())
+
+
+def test_api_key_from_env_or_a_private_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("NEXTWATCH_API_KEY", raising=False)
+    key, source = api_key(tmp_path)
+    assert len(key) >= 32 and source == str(tmp_path / "api_key")
+    assert stat.S_IMODE((tmp_path / "api_key").stat().st_mode) == 0o600
+    assert api_key(tmp_path)[0] == key  # reused, not regenerated
+    monkeypatch.setenv("NEXTWATCH_API_KEY", "from-env")
+    assert api_key(tmp_path) == ("from-env", "$NEXTWATCH_API_KEY")
+
+
+def test_build_service_seeds_an_empty_store_and_serves(tmp_path, planted_artefact, monkeypatch):
+    monkeypatch.setenv("NEXTWATCH_API_KEY", "k")
+    log = tmp_path / "log.csv"
+    planted_dataset().interactions.rename(columns={"user_id": "user", "item_id": "item"}).to_csv(
+        log, index=False
+    )
+    source = DataSource(dataset=None, interactions=str(log))
+    options = ServeOptions(home=tmp_path / "home", artefact=planted_artefact)
+    app, store, info = build_service(options, source)
+    try:
+        assert (
+            info["events"] == 240
+            and info["users"] == 80
+            and info["api_key"] == "$NEXTWATCH_API_KEY"
+        )
+        assert info["store"].endswith("events.db)")
+        with TestClient(app) as client:
+            body = client.get("/v1/users/u0/recommendations", params={"k": 2}).json()
+            assert body["events"] == 3 and len(body["items"]) == 2
+    finally:
+        store.close()
+    # A second start finds the store non-empty and does not seed again.
+    app, store, info = build_service(options, source)
+    store.close()
+    assert info["events"] == 240
