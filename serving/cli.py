@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rules=EventRules(rating_min=args.rating_min, rating_max=args.rating_max),
             )  # fmt: skip
             serve(options, _source(args), args.host, args.port, args.workers)
-    except (DataError, ValueError, FileNotFoundError, UnknownItemError) as exc:
+    except (DataError, ValueError, OSError, UnknownItemError) as exc:
         log.error("%s", exc)
         return 2
     return 0

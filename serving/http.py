@@ -14,6 +14,7 @@ takes seconds, so ``POST /v1/admin/reload`` is a plain ``def``, run in the threa
 
 import hmac
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,7 +288,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
             raise HTTPException(404, str(exc)) from None
         items = [
             {"item_id": r.item_id, "title": r.title, "genres": list(r.genres),
-             "score": r.score, "because": None}
+             "score": r.score if math.isfinite(r.score) else None, "because": None}
             for r in found
         ]  # fmt: skip
         return {"item_id": item_id, "model_version": served.version, "items": items}
@@ -308,17 +309,23 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     def reload(body: ReloadIn | None = None) -> dict:
         """Load a model version and swap it in; requests in flight finish on the old one."""
         target = body.artefact if body is not None and body.artefact else None
-        if target is None and settings.current_artefact is not None:
-            target = settings.current_artefact()
         try:
+            if target is None and settings.current_artefact is not None:
+                target = settings.current_artefact()
             old, new = service.slot.reload(target)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001  (any load failure: keep serving the old one)
+            log.warning("reload of %s refused: %s", target, exc)
             raise HTTPException(422, f"artefact: cannot load {target}: {exc}") from None
+        previous = old.version
+        del old  # in-flight requests may still hold it; the slot re-freezes after they finish
         metrics.swaps.inc()
         metrics.serving(new.version)
         if settings.on_swap is not None:
-            settings.on_swap(new)
-        return {"previous": old.version, "current": new.version, "artefact": str(new.artefact)}
+            try:
+                settings.on_swap(new)
+            except OSError as exc:  # this worker swapped; the others are told next time
+                log.error("could not tell the other workers about %s: %s", new.version, exc)
+        return {"previous": previous, "current": new.version, "artefact": str(new.artefact)}
 
     # ------------------------------------------------------------------------ health, metrics
     @app.get("/health/live", response_model=Health)

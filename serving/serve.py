@@ -16,7 +16,6 @@ Everything lives in one home directory (``--home``, ``$NEXTWATCH_HOME``, else
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from fastapi import FastAPI
 
 from serving.http import HttpSettings, create_app
 from serving.registry import Registry, write_atomic
-from serving.service import EventRules, LiveService, ModelSlot, Served
+from serving.service import EventRules, LiveService, ModelSlot, Served, refreeze
 from serving.store import EventStore, open_store
 from towers.pipeline import DataSource
 
@@ -136,12 +136,21 @@ class PointerWatcher:
     slot : ModelSlot
     interval_s : float
         How often the pointer's modification time is checked (one ``stat``).
+    on_swap : callable, optional
+        Called with the new model after a swap (the metrics' model version).
     """
 
-    def __init__(self, home: Path, slot: ModelSlot, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        home: Path,
+        slot: ModelSlot,
+        interval_s: float = 0.5,
+        on_swap: Callable[[Served], None] | None = None,
+    ) -> None:
         self.home = home
         self.slot = slot
         self.interval_s = interval_s
+        self.on_swap = on_swap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pointer-watcher", daemon=True)
         self._seen = self._mtime()
@@ -162,10 +171,12 @@ class PointerWatcher:
         if target is None or target == self.slot.current.artefact:
             return False
         try:
-            self.slot.reload(target)
-        except (OSError, ValueError, KeyError) as exc:
-            log.error("could not follow the serving pointer to %s: %s", target, exc)
+            _, new = self.slot.reload(target)
+        except Exception:  # noqa: BLE001  (a bad artefact must not end the watcher)
+            log.exception("could not follow the serving pointer to %s", target)
             return False
+        if self.on_swap is not None:
+            self.on_swap(new)
         return True
 
     def start(self) -> None:
@@ -223,8 +234,8 @@ def assemble(
         on_swap=lambda served: write_pointer(home, served.artefact),
     )
     app = create_app(service, settings)
-    gc.collect()
-    gc.freeze()  # the model and catalogue live as long as the process: keep the GC off them
+    watcher.on_swap = lambda served: app.state.metrics.serving(served.version)
+    refreeze()  # the model and catalogue live as long as the process: keep the GC off them
     app.router.on_startup.append(watcher.start)
     app.router.on_shutdown.append(watcher.stop)
     app.router.on_shutdown.append(store.close)

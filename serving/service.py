@@ -15,11 +15,14 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from serving.api import Query, Recommender, UnknownItemError
 from serving.explain import because
@@ -55,13 +58,32 @@ class Served:
             ItemCatalogue(recommender.items),
             artefact,
             time.time(),
-            {k: v for k, v in metrics.items() if not isinstance(v, list | dict)},
+            {
+                k: v
+                for k, v in metrics.items()
+                # JSON has no NaN/inf; lists and dicts (loss curves) stay in the file.
+                if not isinstance(v, list | dict)
+                and not (isinstance(v, float) and not math.isfinite(v))
+            },
             config.get("created_at"),
         )
 
     @property
     def version(self) -> str:
         return self.recommender.version
+
+    def warm(self, queries: int = 50) -> None:
+        """Serve a few requests before going live, so that the first users after a swap do not
+        pay for first-call costs (allocations, caches, the ranker's first batches)."""
+        ids = self.recommender.retriever.index.item_ids
+        if not ids:
+            return
+        rng = np.random.default_rng(0)
+        for n in range(queries):
+            history = [str(i) for i in rng.choice(ids, size=min(len(ids), 1 + n % 50))]
+            result = self.recommender.recommend(history=history, k=10)
+            because(self.recommender, history, {}, result.item_ids)
+        self.recommender.similar_items(ids[0], k=10)
 
 
 class ModelSlot:
@@ -75,9 +97,15 @@ class ModelSlot:
         Loads an artefact path into a :class:`Served` (``Served.load`` by default).
     """
 
-    def __init__(self, served: Served, loader: Callable[[Path], Served] = Served.load) -> None:
+    def __init__(
+        self,
+        served: Served,
+        loader: Callable[[Path], Served] = Served.load,
+        refreeze_after_s: float = 5.0,
+    ) -> None:
         self._served = served
         self._loader = loader
+        self.refreeze_after_s = refreeze_after_s
         self._swap_lock = threading.Lock()
         self.swaps = 0
 
@@ -99,15 +127,34 @@ class ModelSlot:
         with self._swap_lock:
             old = self._served
             target = Path(artefact) if artefact is not None else old.artefact
-            new = self._loader(target)
+            # While this thread loads, hand the GIL back to the serving thread every 0.1 ms
+            # instead of every 5 ms: a request needs the GIL after each numpy call, and with
+            # the default interval each of those waits behind the loader (~10x slower requests).
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(1e-4)
+            try:
+                new = self._loader(target)
+                new.warm()
+            finally:
+                sys.setswitchinterval(interval)
             self._served = new
             self.swaps += 1
-            # Move the (long-lived) model objects out of the collector's reach: a full
-            # collection over TensorFlow's and the catalogue's objects pauses requests ~100 ms.
-            gc.collect()
-            gc.freeze()
+            # Re-freeze once requests in flight have let go of the old model: frozen objects are
+            # never collected, so freezing now would keep the old model's cycles forever.
+            timer = threading.Timer(self.refreeze_after_s, refreeze)
+            timer.daemon = True
+            timer.start()
             log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.artefact)
             return old, new
+
+
+def refreeze() -> None:
+    """Collect garbage (an old model, after a swap), then move every live object out of the
+    collector's reach (``gc.freeze``). The model and catalogue live as long as the process, and
+    a full collection over TensorFlow's and the catalogue's objects paused requests ~200 ms."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True)

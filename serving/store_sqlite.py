@@ -157,11 +157,13 @@ class SqliteStore(EventStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
+                # Also when COMMIT itself fails (disk full, I/O error): an open transaction
+                # would keep the write lock and break this thread's connection for good.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def append(
         self, events: Sequence[Event], idempotency_key: str | None = None, fingerprint: str = ""

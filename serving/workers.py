@@ -58,15 +58,28 @@ def run_workers(host: str, port: int, workers: int, environment: dict[str, str])
         nonlocal stopping
         stopping = True
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    # Bind once here first, so that a port in use fails now, with a clear error.
+    # SO_REUSEPORT would let this bind beside another server on the port and silently split
+    # its traffic: refuse if anything answers there, then bind once to fail early if taken.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((host, port)) == 0:
+            raise OSError(f"port {port} on {host} is already in use by another server")
     reuseport_socket(host, port).close()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     processes = [start() for _ in range(workers)]
+    restarts: list[float] = []
     try:
         while not stopping:
             time.sleep(0.5)
             for n, process in enumerate(processes):
                 if not process.is_alive() and not stopping:
+                    # Back off when workers keep dying (e.g. the store is down): at most one
+                    # restart per 10 s after 3 within a minute.
+                    now = time.monotonic()
+                    restarts = [t for t in restarts if now - t < 60]
+                    if len(restarts) >= 3 and now - restarts[-1] < 10:
+                        continue
+                    restarts.append(now)
                     log.warning("worker %d exited with %s; restarting", process.pid,
                                 process.exitcode)  # fmt: skip
                     processes[n] = start()

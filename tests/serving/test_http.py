@@ -221,3 +221,16 @@ def test_no_request_fails_during_hot_swaps(service, planted_artefact, planted_ra
     for t in threads:
         t.join()
     assert errors == [] and service.slot.swaps == 6
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(client):
+    def chunks():
+        yield b'{"history": ['
+        for _ in range(1000):
+            yield b'"AAAAAAAA",'
+        yield b'"A"]}'
+
+    r = client.post(
+        "/v1/recommendations", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
