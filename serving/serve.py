@@ -153,7 +153,9 @@ class PointerWatcher:
         self.on_swap = on_swap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pointer-watcher", daemon=True)
-        self._seen = self._mtime()
+        # 0, not the pointer's current time: a swap may have landed while this worker was
+        # loading the model it read from the pointer, and the first check must catch it.
+        self._seen = 0
 
     def _mtime(self) -> int:
         try:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +94,9 @@ class ModelSlot:
         The model to serve first.
     loader : callable
         Loads an artefact path into a :class:`Served` (``Served.load`` by default).
+    refreeze_after_s : float
+        Seconds after a swap before the old model is collected (:func:`refreeze`), so that
+        requests still using it have finished.
     """
 
     def __init__(
@@ -121,22 +123,15 @@ class ModelSlot:
 
         Raises
         ------
-        FileNotFoundError, ValueError
-            If the artefact cannot be loaded; the current model keeps serving.
+        Exception
+            Whatever loading raises (missing files, a bad checkpoint); the current model keeps
+            serving.
         """
         with self._swap_lock:
             old = self._served
             target = Path(artefact) if artefact is not None else old.artefact
-            # While this thread loads, hand the GIL back to the serving thread every 0.1 ms
-            # instead of every 5 ms: a request needs the GIL after each numpy call, and with
-            # the default interval each of those waits behind the loader (~10x slower requests).
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(1e-4)
-            try:
-                new = self._loader(target)
-                new.warm()
-            finally:
-                sys.setswitchinterval(interval)
+            new = self._loader(target)
+            new.warm()
             self._served = new
             self.swaps += 1
             # Re-freeze once requests in flight have let go of the old model: frozen objects are
@@ -240,7 +235,7 @@ class LiveService:
         # One request computes at a time. The HTTP app computes on its event loop (one at a
         # time anyway); this lock keeps threaded callers (tests, reloads, other embedders)
         # from running numpy in many threads at once, which passes the GIL back and forth on
-        # every call and collapsed throughput (93 requests/s with 40 threads vs 197/s).
+        # every call and collapsed throughput under load.
         self.compute = threading.Lock()
 
     # ---------------------------------------------------------------------------------- reads

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.registry import Registry
-from serving.serve import ServeOptions, api_key, build_service
+from serving.serve import PointerWatcher, ServeOptions, api_key, build_service, write_pointer
+from serving.service import ModelSlot, Served
 from tests.conftest import planted_dataset
 from towers.pipeline import DataSource
 
@@ -76,3 +78,14 @@ def test_build_service_seeds_an_empty_store_and_serves(tmp_path, planted_artefac
     app, store, info = build_service(options, source)
     store.close()
     assert info["events"] == 240
+
+
+def test_a_worker_that_loaded_before_a_swap_follows_it(tmp_path, planted_artefact):
+    write_pointer(tmp_path, planted_artefact)
+    slot = ModelSlot(Served.load(planted_artefact))
+    other = tmp_path / "other"
+    shutil.copytree(planted_artefact, other)
+    write_pointer(tmp_path, other)  # the swap lands before the watcher exists
+    watcher = PointerWatcher(tmp_path, slot)
+    assert watcher.check() and slot.current.artefact == other.resolve()
+    assert not watcher.check()  # nothing new
