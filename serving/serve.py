@@ -31,7 +31,7 @@ from fastapi import FastAPI
 
 from serving.http import HttpSettings, create_app
 from serving.registry import Registry, write_atomic
-from serving.service import EventRules, LiveService, ModelSlot, Served, refreeze
+from serving.service import EventRules, LiveService, ModelSlot, Served, freeze_imports
 from serving.store import EventStore, open_store
 from towers.pipeline import DataSource
 
@@ -225,6 +225,7 @@ def assemble(
     artefact = read_pointer(home)
     if artefact is None:
         raise FileNotFoundError(f"{_serving_pointer(home)} is missing: run prepare() first")
+    freeze_imports()
     slot = ModelSlot(Served.load(artefact))
     store = open_store(store_url)
     service = LiveService(store, slot, rules)
@@ -237,7 +238,6 @@ def assemble(
     )
     app = create_app(service, settings)
     watcher.on_swap = lambda served: app.state.metrics.serving(served.version)
-    refreeze()  # the model and catalogue live as long as the process: keep the GC off them
     app.router.on_startup.append(watcher.start)
     app.router.on_shutdown.append(watcher.stop)
     app.router.on_shutdown.append(store.close)

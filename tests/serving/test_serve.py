@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import stat
+import time
+import weakref
 
 import pytest
 from fastapi.testclient import TestClient
@@ -89,3 +92,12 @@ def test_a_worker_that_loaded_before_a_swap_follows_it(tmp_path, planted_artefac
     watcher = PointerWatcher(tmp_path, slot)
     assert watcher.check() and slot.current.artefact == other.resolve()
     assert not watcher.check()  # nothing new
+
+
+def test_the_old_model_is_freed_after_a_swap(planted_artefact):
+    slot = ModelSlot(Served.load(planted_artefact), refreeze_after_s=0.0)
+    old = weakref.ref(slot.current)
+    slot.reload(planted_artefact)
+    time.sleep(0.5)  # the collection runs on a timer
+    gc.collect()
+    assert old() is None, "the swapped-out model is still alive (frozen or referenced)"
