@@ -317,7 +317,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
             log.warning("reload of %s refused: %s", target, exc)
             raise HTTPException(422, f"artefact: cannot load {target}: {exc}") from None
         previous = old.version
-        del old  # in-flight requests may still hold it; the slot re-freezes after they finish
+        del old  # in-flight requests may still hold it; the slot collects it after they finish
         metrics.swaps.inc()
         metrics.serving(new.version)
         if settings.on_swap is not None:

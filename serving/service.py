@@ -94,7 +94,7 @@ class ModelSlot:
         The model to serve first.
     loader : callable
         Loads an artefact path into a :class:`Served` (``Served.load`` by default).
-    refreeze_after_s : float
+    collect_after_s : float
         Seconds after a swap before the old model is collected, so that requests still using
         it have finished.
     """
@@ -103,11 +103,11 @@ class ModelSlot:
         self,
         served: Served,
         loader: Callable[[Path], Served] = Served.load,
-        refreeze_after_s: float = 5.0,
+        collect_after_s: float = 5.0,
     ) -> None:
         self._served = served
         self._loader = loader
-        self.refreeze_after_s = refreeze_after_s
+        self.collect_after_s = collect_after_s
         self._swap_lock = threading.Lock()
         self.swaps = 0
 
@@ -136,7 +136,7 @@ class ModelSlot:
             self.swaps += 1
             # Collect the old model's reference cycles once requests in flight have let go of
             # it (cheap: the imported libraries are frozen, see freeze_imports).
-            timer = threading.Timer(self.refreeze_after_s, gc.collect)
+            timer = threading.Timer(self.collect_after_s, gc.collect)
             timer.daemon = True
             timer.start()
             log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.artefact)

@@ -95,7 +95,7 @@ def test_a_worker_that_loaded_before_a_swap_follows_it(tmp_path, planted_artefac
 
 
 def test_the_old_model_is_freed_after_a_swap(planted_artefact):
-    slot = ModelSlot(Served.load(planted_artefact), refreeze_after_s=0.0)
+    slot = ModelSlot(Served.load(planted_artefact), collect_after_s=0.0)
     old = weakref.ref(slot.current)
     slot.reload(planted_artefact)
     time.sleep(0.5)  # the collection runs on a timer
