@@ -30,6 +30,7 @@ from fastapi.security import APIKeyHeader
 from serving.api import UnknownItemError
 from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.schemas import (
+    ID_PATTERN,
     MAX_K,
     EventBatch,
     EventIn,
@@ -51,7 +52,6 @@ from serving.store import IdempotencyConflict, StoreUnavailable, UserRecord
 
 log = logging.getLogger(__name__)
 
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
 ItemId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K})")]

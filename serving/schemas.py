@@ -17,9 +17,8 @@ MAX_TIMESTAMP = 1e11  # year 5138: anything larger is a unit error (ms or µs si
 
 # IDs are printable text: no control characters (PostgreSQL cannot store NUL, and logs must
 # not be forged with newlines).
-Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Label = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
@@ -186,6 +185,7 @@ class Health(BaseModel):
 
 
 __all__ = [
+    "ID_PATTERN",
     "FieldError",
     "Problem",
     "MAX_EVENTS",

@@ -267,17 +267,13 @@ class LiveService:
         if user_id is not None:
             state = self.state(user_id)
             merged = {**state.features, **dict(features or {})}
-            query = Query(
-                history=state.history, features=merged, k=k, exclude=tuple(exclude),
-                genres=tuple(genres), rank=rank, stats=state.stats,
-            )  # fmt: skip
+            known, stats = state.history, state.stats
         else:
-            state = None
-            merged = dict(features or {})
-            query = Query(
-                history=list(history or []), features=merged, k=k, exclude=tuple(exclude),
-                genres=tuple(genres), rank=rank,
-            )  # fmt: skip
+            state, merged, known, stats = None, dict(features or {}), list(history or []), None
+        query = Query(
+            history=known, features=merged, k=k, exclude=tuple(exclude), genres=tuple(genres),
+            rank=rank, stats=stats,
+        )  # fmt: skip
         with self.compute:
             result = rec.recommend_batch([query])[0]
             reasons = (
