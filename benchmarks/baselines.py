@@ -68,14 +68,20 @@ def most_popular(train: pd.DataFrame, item_ids: Sequence[str]) -> Callable:
     return lambda user_ids: np.tile(counts, (len(user_ids), 1))
 
 
-def ease(train: pd.DataFrame, item_ids: Sequence[str], lam: float) -> Callable:
-    """EASE^R scorer with L2 strength ``lam``."""
-    x, user_index = interaction_matrix(train, item_ids)
+def ease_weights(x, lam: float) -> np.ndarray:
+    """EASE^R's item-item matrix ``B`` (zero diagonal) for a user-item matrix ``x``."""
     gram = (x.T @ x).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)
     b[np.diag_indices_from(b)] = 0.0
+    return b
+
+
+def ease(train: pd.DataFrame, item_ids: Sequence[str], lam: float) -> Callable:
+    """EASE^R scorer with L2 strength ``lam``."""
+    x, user_index = interaction_matrix(train, item_ids)
+    b = ease_weights(x, lam)
     return _row_scorer(x, user_index, lambda block: np.asarray(block @ b))
 
 

@@ -138,19 +138,33 @@ class Recommender:
         self.version = version
         self.items = items
         self.max_history = retriever.encoder.max_history
-        self._titles = dict(
+        self._titles: dict[str, str] = {}
+        self._genres: dict[str, tuple[str, ...]] = {}
+        self._index_metadata(items)
+
+    def _index_metadata(self, items: pd.DataFrame) -> None:
+        self._titles.update(
             zip(items["item_id"].astype(str), items["title"].astype(str), strict=True)
         )
-        self._genres = {
-            str(i): tuple(str(g) for g in gs)
+        self._genres.update(
+            (str(i), tuple(str(g) for g in gs))
             for i, gs in zip(items["item_id"], items["genres"], strict=True)
-        }
+        )
         by_genre: dict[str, set[str]] = {}
         for item, genres in self._genres.items():
             for genre in genres:
                 by_genre.setdefault(genre.lower(), set()).add(item)
         self._by_genre = {g: frozenset(s) for g, s in by_genre.items()}
         self._genre_names = sorted({g for gs in self._genres.values() for g in gs})
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Titles and genres of items placed in the index at run time (from metadata), so that
+        results carry them and genre filters find them. The caller upserts their vectors."""
+        self.items = pd.concat(
+            [self.items[~self.items["item_id"].astype(str).isin(items["item_id"])], items],
+            ignore_index=True,
+        )
+        self._index_metadata(items)
 
     @classmethod
     def load(cls, artefact: str | Path) -> Recommender:

@@ -1,9 +1,10 @@
 """The HTTP API (FastAPI): recommendations, events, users, items, the model, health, metrics.
 
-Versioned under ``/v1``; OpenAPI at ``/openapi.json`` and ``/docs``. Writes (``POST /v1/events``,
-``POST /v1/users``) and admin calls need the API key in the ``X-API-Key`` header: 401 without
-it, 403 with a wrong one. Bad input is a 4xx whose ``detail`` names the field; bodies over
-``max_body_bytes`` get 413, and ``k`` is capped at ``MAX_K``.
+Versioned under ``/v1``; OpenAPI at ``/openapi.json`` and ``/docs``; the onboarding page at ``/``.
+Writes (``POST /v1/events``, ``POST /v1/users``, ``POST /v1/items``) and admin calls need the API
+key in the ``X-API-Key`` header: 401 without it, 403 with a wrong one. Bad input is a 4xx whose
+``detail`` names the field; bodies over ``max_body_bytes`` get 413, and ``k`` is capped at
+``MAX_K``.
 
 Endpoints that compute (recommendations, similar items, events, lookups) are ``async def`` with
 no ``await``: they run on the event loop, one after another. A request is a few milliseconds of
@@ -23,9 +24,12 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from serving.api import UnknownItemError
 from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
@@ -36,8 +40,11 @@ from serving.schemas import (
     EventIn,
     EventsAccepted,
     Health,
+    ItemAdded,
+    ItemIn,
     ItemOut,
     ModelOut,
+    OnboardingOut,
     Problem,
     RecommendationRequest,
     RecommendationsOut,
@@ -47,10 +54,19 @@ from serving.schemas import (
     UserIn,
     UserOut,
 )
-from serving.service import EventRejected, LiveService, Served, user_state
-from serving.store import IdempotencyConflict, StoreUnavailable, UserRecord
+from serving.service import (
+    ONBOARDING_MAX,
+    EventRejected,
+    LiveService,
+    NewItemsUnsupported,
+    Served,
+    user_state,
+)
+from serving.store import IdempotencyConflict, ItemRecord, StoreUnavailable, UserRecord
+from towers.content import metadata_tokens
 
 log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("static") / "index.html"
 
 UserId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
 ItemId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
@@ -131,6 +147,20 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         ]  # fmt: skip
         detail = "; ".join(f"{field_name(e['loc'])}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's 405 lists the methods of the first route that matched the path only; a
+        # path with two routes (GET and POST /v1/items) must list both.
+        if exc.status_code == 405:
+            allowed = set()
+            for route in app.router.routes:
+                match, _ = route.matches({**request.scope, "method": "GET"})
+                if match != Match.NONE and getattr(route, "methods", None):
+                    allowed |= set(route.methods)
+            headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
@@ -266,21 +296,64 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     ) -> list[dict]:
         """Items whose title has every word of ``q`` (prefixes match), most popular first."""
         try:
-            return service.slot.current.catalogue.search(q, limit)
+            return service.sync_items().catalogue.search(q, limit)
         except ValueError as exc:
             raise HTTPException(422, f"q: {exc}") from None
+
+    @app.post(
+        "/v1/items",
+        response_model=ItemAdded,
+        status_code=201,
+        dependencies=[Auth],
+        responses={200: {"model": ItemAdded, "description": "an added item, updated"}},
+    )
+    async def post_item(body: ItemIn, response: Response) -> dict:
+        """Add an item nobody has watched yet, from its metadata: the content projection places
+        it in the item-vector space, it is stored durably, and it is retrievable from the next
+        request on (on every worker within ``item_sync_interval_s``). Posting an added item
+        again replaces its metadata and vector; a trained item is a 409."""
+        record = ItemRecord(
+            body.item_id, body.title.strip(), tuple(body.genres), body.year, tuple(body.tags)
+        )
+        try:
+            stored, created, served = service.add_item(record)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        except NewItemsUnsupported as exc:
+            raise HTTPException(409, str(exc)) from None
+        if not created:
+            response.status_code = 200
+        tokens = metadata_tokens(record.title, record.genres, record.year, record.tags)
+        return {
+            **served.catalogue.get(stored.item_id),
+            "created": created,
+            "model_version": served.version,
+            "sequence": stored.sequence,
+            "known_tokens": served.projection.known_tokens(tokens) if served.projection else [],
+        }
+
+    @app.get("/v1/onboarding", response_model=OnboardingOut)
+    async def onboarding(
+        n: Annotated[int, Query(ge=1, le=ONBOARDING_MAX, description="how many items")] = 12,
+    ) -> dict:
+        """Items to ask a new user to rate first: well known, and spread across the item space,
+        so that a few ratings tell the model much about the user."""
+        served = service.slot.current
+        with service.compute:
+            ids = served.onboarding(n)
+        return {"model_version": served.version, "items": [served.catalogue.get(i) for i in ids]}
 
     @app.get("/v1/items/{item_id}", response_model=ItemOut)
     async def get_item(item_id: ItemId) -> dict:
         try:
-            return service.slot.current.catalogue.get(item_id)
+            return service.sync_items().catalogue.get(item_id)
         except UnknownItemError as exc:
             raise HTTPException(404, str(exc)) from None
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut)
     async def similar(item_id: ItemId, k: K = 10) -> dict:
         """Items watched by the same users (dot product of item vectors, bias left out)."""
-        served = service.slot.current
+        served = service.sync_items()
         try:
             with service.compute:
                 found = served.recommender.similar_items(item_id, k)
@@ -326,6 +399,12 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
             except OSError as exc:  # this worker swapped; the others are told next time
                 log.error("could not tell the other workers about %s: %s", new.version, exc)
         return {"previous": previous, "current": new.version, "artefact": str(new.artefact)}
+
+    # ----------------------------------------------------------------------------------- page
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        """The onboarding page: search, rate, and watch the recommendations change."""
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     # ------------------------------------------------------------------------ health, metrics
     @app.get("/health/live", response_model=Health)

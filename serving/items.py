@@ -26,7 +26,16 @@ class ItemCatalogue:
     """
 
     def __init__(self, items: pd.DataFrame) -> None:
-        frame = items.reset_index(drop=True)
+        self._frame = items.reset_index(drop=True)
+        self._build(self._frame)
+
+    def add(self, items: pd.DataFrame) -> None:
+        """Add items, or replace listed ones (same columns as the constructor's)."""
+        keep = ~self._frame["item_id"].astype(str).isin(items["item_id"].astype(str))
+        self._frame = pd.concat([self._frame[keep], items], ignore_index=True)
+        self._build(self._frame)
+
+    def _build(self, frame: pd.DataFrame) -> None:
         self._ids = frame["item_id"].astype(str).tolist()
         self._titles = frame["title"].fillna("").astype(str).tolist()
         self._genres = [tuple(str(g) for g in gs) for gs in frame["genres"]]

@@ -149,6 +149,32 @@ class ItemOut(BaseModel):
     popularity: float
 
 
+class ItemIn(Strict):
+    item_id: Identifier
+    title: str = Field(
+        min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+    )
+    genres: list[Annotated[Label, StringConstraints(min_length=1)]] = Field(
+        default_factory=list, max_length=20
+    )
+    year: int | None = Field(None, ge=1800, le=2200)
+    tags: list[Annotated[Label, StringConstraints(min_length=1)]] = Field(
+        default_factory=list, max_length=100
+    )
+
+
+class ItemAdded(ItemOut):
+    created: bool = Field(description="false: an added item's metadata was replaced")
+    model_version: str
+    sequence: int = Field(description="the store's item sequence number of this upsert")
+    known_tokens: list[str] = Field(description="the metadata tokens the projection used")
+
+
+class OnboardingOut(BaseModel):
+    model_version: str
+    items: list[ItemOut]
+
+
 class SimilarOut(BaseModel):
     item_id: str
     model_version: str
@@ -195,8 +221,11 @@ __all__ = [
     "EventsAccepted",
     "Features",
     "Health",
+    "ItemAdded",
+    "ItemIn",
     "ItemOut",
     "ModelOut",
+    "OnboardingOut",
     "RecommendationRequest",
     "RecommendationsOut",
     "ReloadIn",

@@ -319,6 +319,10 @@ def serve(
     for name, value in info.items():
         log.info("%-9s %s", name, value)
     log.info("serving on http://%s:%d (OpenAPI at /docs)", host, port)
+    if host in ("127.0.0.1", "localhost", "::1"):
+        # As Jupyter does for its token: the page reads the key from the URL fragment, which
+        # the browser never sends to the server. Only on loopback, where the log is the user's.
+        log.info("the page: http://%s:%d/#key=%s", host, port, api_key(options.home)[0])
     if workers == 1:
         try:
             uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

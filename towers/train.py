@@ -27,9 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from towers._tf import keras, tf
 from towers.catalogue import save_catalogue
+from towers.content import ContentProjection, NoMetadataError, frame_tokens
 from towers.data import Dataset
 from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
@@ -156,6 +158,7 @@ def train_tower(
         max_history=config.max_history,
         max_examples_per_user=config.max_examples_per_user,
         label_horizon=config.label_horizon,
+        cold_examples_per_user=config.cold_examples_per_user,
         seed=options.seed,
     )
     if len(examples) == 0:
@@ -241,6 +244,10 @@ def save_artefact(
     ItemIndex.build(model.item_ids, matrix, index_params).save(directory / "index")
     if data is not None:
         save_catalogue(directory, data)
+        try:
+            fit_content_projection(directory, data.items)
+        except NoMetadataError as exc:
+            log.warning("no content projection (new items cannot be added from metadata): %s", exc)
     now = datetime.now(UTC)
     config = {
         "format_version": FORMAT_VERSION,
@@ -257,6 +264,28 @@ def save_artefact(
     metrics = {**result.metrics, **(extra_metrics or {})}
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory
+
+
+def fit_content_projection(directory: str | Path, items: pd.DataFrame) -> ContentProjection:
+    """Fit the content projection (item metadata -> item vector, :mod:`towers.content`) of the
+    artefact at ``directory`` on its learned item vectors, and save it there (``content.npz``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not an artefact (no item vectors).
+    """
+    directory = Path(directory)
+    if not (directory / "item_vectors.npy").exists():
+        raise FileNotFoundError(f"{directory} is not an artefact: it has no item_vectors.npy")
+    item_ids = _read_lines(directory / "vocab" / "items.txt")
+    projection = ContentProjection.fit(
+        frame_tokens(items, item_ids),
+        np.load(directory / "item_vectors.npy"),
+        np.load(directory / "vocab" / "item_counts.npy"),
+    )
+    projection.save(directory)
+    return projection
 
 
 def _read_lines(path: Path) -> list[str]:

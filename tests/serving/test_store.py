@@ -13,6 +13,7 @@ from serving.store import (
     AppendResult,
     Event,
     IdempotencyConflict,
+    ItemRecord,
     StoreUnavailable,
     UserRecord,
     open_store,
@@ -306,3 +307,39 @@ def test_urls_are_logged_without_passwords():
     )
     assert "s3cret" not in redact("postgresql://me@db/nw?password=s3cret&host=/tmp")
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
+
+
+# ------------------------------------------------------------------------------------------ items
+def test_items_upsert_and_follow_by_sequence(store):
+    first, created = store.upsert_item(ItemRecord("n1", "New One", ("Comedy",), 2024, ("fun",)))
+    assert created and first.sequence == 1 and first.created_at > 0
+    assert first.genres == ("Comedy",) and first.tags == ("fun",) and first.year == 2024
+    second, created = store.upsert_item(ItemRecord("n2", "New Two"))
+    assert created and second.sequence == 2 and second.year is None and second.genres == ()
+    assert [r.item_id for r in store.items_since(0)] == ["n1", "n2"]
+    assert [r.item_id for r in store.items_since(1)] == ["n2"]
+    # An update takes a new sequence number (so servers re-apply it) and keeps created_at.
+    edited, created = store.upsert_item(ItemRecord("n1", "New One (2024)", ("Drama",)))
+    assert not created and edited.sequence == 3 and edited.created_at == first.created_at
+    assert store.items_since(2) == [edited]
+    assert edited.title == "New One (2024)" and edited.genres == ("Drama",)
+    assert store.items_since(3) == []
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (ItemRecord("", "t"), "item_id"),
+        (ItemRecord("n", "  "), "title"),
+        (ItemRecord("n", "t", "Comedy"), "genres"),
+        (ItemRecord("n", "t", ("",)), "genres"),
+        (ItemRecord("n", "t", (), 1999.5), "year"),
+        (ItemRecord("n", "t", (), None, (3,)), "tags"),
+    ],
+)
+def test_a_malformed_item_is_refused_naming_the_field(store, bad, field):
+    with pytest.raises(ValueError, match=f"item.{field}"):
+        store.upsert_item(bad)
+    assert store.items_since(0) == []
+    with pytest.raises(ValueError, match="sequence"):
+        store.items_since(-1)

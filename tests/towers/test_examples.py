@@ -67,3 +67,22 @@ def test_serving_histories_are_the_latest_items(three_user_log):
     assert latest_histories(three_user_log, 2) == {"u1": ["b", "c"], "u2": ["b", "a"], "u3": ["c"]}
     padded = pad_histories([["x", "y", "z"], []], 2)
     assert padded.tolist() == [["y", "z"], [PAD, PAD]]
+
+
+def test_new_user_examples_are_a_first_items_prefix_and_a_later_label(three_user_log):
+    plain = build_examples(three_user_log, max_history=3)
+    ex = build_examples(three_user_log, max_history=3, cold_examples_per_user=40, seed=3)
+    # u3 has one event (no later label): only u1 and u2 get new-user examples.
+    assert len(ex) == len(plain) + 2 * 40
+    sequences = {"u1": ["a", "b", "c"], "u2": ["b", "a"]}
+    seen_lengths = set()
+    for history, label, user in zip(
+        ex.history[len(plain) :], ex.label[len(plain) :], ex.user_id[len(plain) :], strict=True
+    ):
+        items = [i for i in history if i != PAD]
+        sequence = sequences[user]
+        assert items == sequence[: len(items)]  # the user's first items, in order
+        assert label in sequence[len(items) :]  # a later watch, never one in the history
+        seen_lengths.add(len(items))
+    assert seen_lengths == {0, 1, 2}  # every prefix a user with 3 events can give
+    assert ex.example_age.shape == (len(ex),) and ex.timestamp.shape == (len(ex),)

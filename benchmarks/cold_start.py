@@ -1,0 +1,364 @@
+"""Cold-start benchmark: new users (cold-user-k, onboarding) and new items (cold-item), one run.
+
+Protocols (``../shared/PROTOCOLS.md``) on ml-latest-small and ml-100k, with the benchmark tower:
+
+* cold-user-k, k = 0, 1, 3, 5, 10: Recall@10/50 and NDCG@10 of held-out users given their first k
+  items at request time (no retraining), next to most-popular and to warm users (the same model's
+  temporal-user-20 test users).
+* onboarding: cold users who rate the items of ``GET /v1/onboarding`` that they have seen (up to
+  5 of the first n shown), against the same users' first five items, on the same relevant items.
+* cold-item: the held-out items added from metadata by the content projection, ranked among
+  themselves for each user who watched one: AUC and Recall@10, next to random order and to
+  most-popular-within-genre; the ridge projection next to one trained on the softmax objective.
+
+    python benchmarks/cold_start.py --data-dir ../shared/data          # ~15 min on 2 cores
+    python benchmarks/cold_start.py --only sweep --output benchmarks/results/cold_start_sweep.json
+
+Writes ``benchmarks/results/cold_start.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+
+import baselines as bl
+import common
+import numpy as np
+import pandas as pd
+
+from towers._tf import keras, tf
+from towers.coldstart import cold_item_metrics, cold_item_split, cold_user_split, onboarding_order
+from towers.content import ContentProjection, frame_tokens
+from towers.evaluate import evaluate_retrieval
+from towers.examples import build_examples, example_age
+from towers.features import UserFeatures, query_inputs
+from towers.metrics import retrieval_metrics, top_k
+from towers.movielens import load_movielens
+from towers.pipeline import evaluate_tower
+from towers.presets import benchmark_config, benchmark_options, new_user_config
+from towers.splits import make_split
+from towers.train import example_inputs, peak_rss_mb, train_tower
+
+log = logging.getLogger("benchmarks.cold_start")
+KS = (0, 1, 3, 5, 10)
+
+
+def _user_vectors(model, histories, times, users: UserFeatures | None, user_ids) -> np.ndarray:
+    """``[u, 1]`` rows for histories asked at ``times`` (epoch seconds)."""
+    inputs = query_inputs(
+        [list(h) for h in histories], max_history=model.config.max_history,
+        user_features=users, user_ids=np.asarray(user_ids, dtype=str),
+        example_age=example_age(np.asarray(times, np.float64), model.time_window),
+    )  # fmt: skip
+    vectors = model(inputs).numpy()
+    return np.concatenate([vectors, np.ones((len(vectors), 1), np.float32)], axis=1)
+
+
+def _rank(scores: np.ndarray, index: dict, histories, relevant) -> dict:
+    exclude = [np.array([index[i] for i in h if i in index], np.int64) for h in histories]
+    ranked = top_k(scores.astype(np.float64), 50, exclude)
+    rel = [{index[i] for i in r if i in index} for r in relevant]
+    out = retrieval_metrics(ranked, rel, ks=(10, 50))
+    return {k: round(v, 4) for k, v in out.items() if k != "hr@10"}
+
+
+def _counts(frame: pd.DataFrame, item_ids: list[str]) -> np.ndarray:
+    counts = frame["item_id"].astype(str).value_counts()
+    return counts.reindex(item_ids).fillna(0).to_numpy(np.float64)
+
+
+# ---------------------------------------------------------------------------------------- users
+def cold_users(data, presets: dict | None = None, onboarding: bool = True) -> dict:
+    """cold-user-k for the benchmark preset and the new-user preset (both trained on the warm
+    users' temporal-user-20 train part), next to most-popular and EASE; warm users; onboarding."""
+    split = cold_user_split(data.interactions)
+    warm = make_split(split.train, "temporal-user-20")
+    train = data.with_interactions(warm.train)
+    users = UserFeatures.from_frame(data.users)
+    times = split.cold.groupby("user_id")["timestamp"].apply(list).to_dict()
+    presets = presets or {
+        "nextwatch": benchmark_config(data.name),
+        "nextwatch-new-user": new_user_config(data.name),
+    }
+    models, scorers, trained = {}, {}, {}
+    for name, config in presets.items():
+        result = train_tower(train, config, benchmark_options(verbose=0))
+        models[name] = result.model
+        scorers[name] = _cold_scorer(result.model, times, users)
+        trained[name] = {"train_seconds": result.metrics["train_seconds"],
+                         "examples": result.metrics["examples"]}  # fmt: skip
+    items = next(iter(models.values())).item_ids  # every preset orders items the same way
+    index = {i: n for n, i in enumerate(items)}
+    counts = _counts(warm.train, items)
+    # EASE, the strongest baseline of the retrieval benchmark, with its L2 strength tuned on
+    # validation users carved from the warm users' training data (as there).
+    ease_params, _ = bl.tune(warm, bl.ease, bl.EASE_GRID)
+    x, _ = bl.interaction_matrix(warm.train, items)
+    ease_b = bl.ease_weights(x, **ease_params)
+
+    table = []
+    for k in KS:
+        histories, relevant = split.first_k(k)
+        ids = sorted(histories)
+        hist = [histories[u] for u in ids]
+        rel = [relevant[u] for u in ids]
+        bags = np.zeros((len(ids), len(items)))
+        for r, h in enumerate(hist):
+            bags[r, [index[i] for i in h if i in index]] = 1.0
+        row = {"k": k, "users": len(ids)}
+        for name, scorer in scorers.items():
+            row[name] = _rank(scorer(histories, k)[1], index, hist, rel)
+        row["most-popular"] = _rank(np.tile(counts, (len(ids), 1)), index, hist, rel)
+        # With no history EASE scores every item 0: it has no answer for k = 0.
+        row["ease"] = _rank(bags @ ease_b, index, hist, rel) if k else None
+        for name in scorers:
+            row[f"{name}_recall@50_vs_most_popular"] = round(
+                row[name]["recall@50"] / max(row["most-popular"]["recall@50"], 1e-12), 3
+            )
+        log.info("%s cold-user-%d: %s", data.name, k, row)
+        table.append(row)
+    keep = ("recall@10", "recall@50", "ndcg@10", "users")
+    popular = evaluate_retrieval(lambda u: np.tile(counts, (len(u), 1)), items, warm, ks=(10, 50))
+    warm_rows = {"most-popular": {k: round(popular[k], 4) for k in keep}}
+    for name, model in models.items():
+        metrics = evaluate_tower(model, train, warm)
+        warm_rows[name] = {k: round(metrics[k], 4) for k in keep}
+    return {
+        "presets": {name: config.to_dict() for name, config in presets.items()},
+        "ease_params": ease_params,
+        "cold_users": int(split.cold["user_id"].nunique()),
+        "warm_users": int(warm.train["user_id"].nunique()),
+        "training": trained,
+        "by_k": table,
+        "warm": warm_rows,
+        "onboarding": {
+            name: onboarding_comparison(split, models[name], index, counts, scorers[name])
+            for name in models
+            if onboarding
+        },
+    }
+
+
+def _cold_scorer(model, times: dict, users: UserFeatures | None):
+    """``scores_for(histories, k) -> (user ids, scores)``: each held-out user's query is asked
+    just after their ``k``-th event (at their first event for ``k = 0``)."""
+    matrix = model.item_matrix()
+
+    def scores_for(histories: dict, at: int) -> tuple[list[str], np.ndarray]:
+        ids = sorted(histories)
+        when = [times[u][min(at, len(times[u])) - 1 if at else 0] for u in ids]
+        vectors = _user_vectors(model, [histories[u] for u in ids], when, users, ids)
+        return ids, vectors @ matrix.T
+
+    return scores_for
+
+
+def onboarding_comparison(split, model, index, counts, scores_for, rate: int = 5) -> dict:
+    """Cold users rate what they have seen of the onboarding list (up to ``rate`` items, in list
+    order) vs their own first ``rate`` items; both ranked on the same relevant items, with both
+    sets excluded."""
+    items = model.item_ids
+    vectors = model.item_vectors.numpy()
+    watched = {u: g.astype(str).tolist() for u, g in split.cold.groupby("user_id")["item_id"]}
+    first = {u: w[:rate] for u, w in watched.items()}
+    out = {}
+    for shown in (20, 50):
+        lists = {
+            f"onboarding-diversity-{d}": [
+                items[i] for i in onboarding_order(vectors, counts, shown, diversity=d)
+            ]
+            for d in (0.0, 0.3, 0.5, 0.7, 0.9)
+        }
+        for name, offered in lists.items():
+            picked = {u: [i for i in offered if i in set(w)][:rate] for u, w in watched.items()}
+            union = {u: set(first[u]) | set(picked[u]) for u in watched}
+            relevant = {u: [i for i in w if i not in union[u]] for u, w in watched.items()}
+            users = sorted(u for u in watched if relevant[u])
+            result = {}
+            for label, hist in (("first-five", first), ("onboarding", picked)):
+                ids, scores = scores_for({u: hist[u] for u in users}, rate)
+                result[label] = _rank(
+                    scores, index, [sorted(union[u]) for u in ids], [relevant[u] for u in ids]
+                )
+            result["mean_rated"] = round(float(np.mean([len(picked[u]) for u in users])), 2)
+            result["users_with_none"] = int(sum(not picked[u] for u in users))
+            out[f"shown-{shown}/{name}"] = result
+            log.info("onboarding shown %d %s: %s", shown, name, result)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- items
+def softmax_projection(model, train, tokens, epochs: int = 4, seed: int = 0) -> ContentProjection:
+    """A projection trained on the softmax objective with the user tower fixed: the next-watch
+    label is predicted from the user vector against item rows computed from metadata alone."""
+    probe = ContentProjection.fit(tokens, model.item_matrix(), l2=1.0)
+    x = tf.sparse.from_dense(probe.features(tokens))
+    examples = build_examples(
+        train.interactions, max_history=model.config.max_history,
+        max_examples_per_user=model.config.max_examples_per_user, seed=seed,
+    )  # fmt: skip
+    inputs = example_inputs(examples, train, model.config)
+    batches = range(0, len(examples), 4096)
+    users = np.concatenate(
+        [model({k: v[i : i + 4096] for k, v in inputs.items()}).numpy() for i in batches]
+    )
+    users = np.concatenate([users, np.ones((len(users), 1), np.float32)], axis=1)
+    labels = model.label_indices(examples.label).numpy()
+    keras.utils.set_random_seed(seed)
+    weights = tf.Variable(tf.zeros_like(probe.weights))
+    intercept = tf.Variable(probe.intercept)
+    optimizer = keras.optimizers.Adam(3e-3)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((users, labels))
+        .shuffle(len(labels), seed=seed)
+        .batch(512)
+    )
+    for _ in range(epochs):
+        for u, y in ds:
+            with tf.GradientTape() as tape:
+                rows = tf.sparse.sparse_dense_matmul(x, weights) + intercept
+                logits = tf.matmul(u, rows, transpose_b=True)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+                ) + 1e-6 * tf.reduce_sum(weights**2)
+            grads = tape.gradient(loss, [weights, intercept])
+            optimizer.apply_gradients(zip(grads, [weights, intercept], strict=True))
+    return ContentProjection(probe.vocabulary, weights.numpy(), intercept.numpy(), 0.0)
+
+
+def cold_items(data) -> dict:
+    train_frame, held, cold_ids = cold_item_split(data.interactions)
+    train = data.with_interactions(train_frame)
+    result = train_tower(train, benchmark_config(data.name), benchmark_options(verbose=0))
+    model = result.model
+    items = model.item_ids
+    meta = data.items.set_index(data.items["item_id"].astype(str))
+    counts = _counts(train_frame, items)
+    start = time.perf_counter()
+    ridge = ContentProjection.fit(frame_tokens(data.items, items), model.item_matrix(), counts)
+    ridge_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    trained = softmax_projection(model, train, frame_tokens(data.items, items))
+    softmax_seconds = time.perf_counter() - start
+    cold_tokens = frame_tokens(data.items, cold_ids)
+
+    test_users = sorted(held["user_id"].astype(str).unique())
+    col = {i: n for n, i in enumerate(cold_ids)}
+    positives = np.zeros((len(test_users), len(cold_ids)), dtype=bool)
+    row_of = {u: n for n, u in enumerate(test_users)}
+    for u, i in zip(held["user_id"].astype(str), held["item_id"].astype(str), strict=True):
+        positives[row_of[u], col[i]] = True
+    ordered = train_frame.sort_values(["timestamp", "item_id"], kind="stable")
+    history = ordered.groupby("user_id")["item_id"].apply(lambda s: s.astype(str).tolist()[-50:])
+    hist = [history.get(u, []) for u in test_users]
+    end = train_frame["timestamp"].max()
+    vectors = _user_vectors(
+        model, hist, [end] * len(test_users), UserFeatures.from_frame(data.users), test_users
+    )
+
+    genres = [set(g) for g in meta.reindex(cold_ids)["genres"]]
+    item_genres = meta.reindex(items)["genres"]
+    genre_count: dict[str, float] = {}
+    for g, c in zip(item_genres, counts, strict=True):
+        for name in g if isinstance(g, list | np.ndarray) else ():
+            genre_count[name] = genre_count.get(name, 0.0) + c
+    by_genre = np.array([max((genre_count.get(g, 0.0) for g in gs), default=0.0) for gs in genres])
+    user_genre = np.zeros((len(test_users), len(cold_ids)))
+    genre_of = dict(zip(items, item_genres, strict=True))
+    for r, h in enumerate(hist):
+        share: dict[str, float] = {}
+        for i in h:
+            for g in genre_of.get(i, ()):
+                share[g] = share.get(g, 0.0) + 1.0 / max(len(h), 1)
+        user_genre[r] = [np.mean([share.get(g, 0.0) for g in gs]) if gs else 0.0 for gs in genres]
+    rng = np.random.default_rng(0)
+    models = {
+        "nextwatch (ridge projection)": vectors @ ridge.predict(cold_tokens).T,
+        "nextwatch (softmax-trained projection)": vectors @ trained.predict(cold_tokens).T,
+        "random": rng.random(positives.shape),
+        "most-popular-within-genre": np.tile(by_genre, (len(test_users), 1)),
+        "user-genre-affinity": user_genre,
+    }
+    table = {
+        name: {k: round(v, 4) for k, v in cold_item_metrics(s, positives).items()}
+        for name, s in models.items()
+    }
+    log.info("%s cold-item: %s", data.name, table)
+    return {
+        "cold_items": len(cold_ids),
+        "held_out_interactions": len(held),
+        "test_users": len(test_users),
+        "ridge_l2": ridge.l2,
+        "ridge_fit_seconds": round(ridge_seconds, 2),
+        "softmax_fit_seconds": round(softmax_seconds, 2),
+        "train_seconds": result.metrics["train_seconds"],
+        "models": table,
+    }
+
+
+SWEEP = (
+    {},
+    {"history_dropout": 0.3},
+    {"label_horizon": 10},
+    {"cold_examples_per_user": 50},
+    {"cold_examples_per_user": 50, "history_dropout": 0.3},
+    {"cold_examples_per_user": 100, "history_dropout": 0.5},
+    {"cold_examples_per_user": 200, "history_dropout": 0.5},
+)
+
+
+def sweep(data) -> list[dict]:
+    """cold-user-k and warm users for the benchmark preset with each change in ``SWEEP`` (how
+    the new-user preset was chosen; it looks at test numbers, so it is reported as such)."""
+    rows = []
+    for change in SWEEP:
+        config = replace(benchmark_config(data.name), **change)
+        out = cold_users(data, {"model": config}, onboarding=False)
+        rows.append(
+            {
+                "change": change,
+                "by_k": {r["k"]: r["model"] for r in out["by_k"]},
+                "recall@50_vs_most_popular": {
+                    r["k"]: r["model_recall@50_vs_most_popular"] for r in out["by_k"]
+                },
+                "warm": out["warm"]["model"],
+            }
+        )
+        log.info("%s sweep %s: %s", data.name, change, rows[-1])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir", default=None, help="MovieLens folder (default: $NEXTWATCH_DATA)"
+    )
+    parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
+    parser.add_argument(
+        "--only", nargs="+", choices=["users", "items", "sweep"], default=["users", "items"]
+    )
+    parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    payload: dict = {"options": benchmark_options().__dict__, "datasets": {}}
+    for name in args.datasets:
+        data = load_movielens(name, args.data_dir)
+        entry = payload["datasets"].setdefault(name, {})
+        if "users" in args.only:
+            entry["cold_user"] = cold_users(data)
+        if "items" in args.only:
+            entry["cold_item"] = cold_items(data)
+        if "sweep" in args.only:
+            entry["sweep"] = sweep(data)
+        common.write_results("cold_start", payload, args.output)  # partial results survive
+    payload["wall_seconds"] = round(time.perf_counter() - start, 1)
+    payload["peak_rss_mb"] = peak_rss_mb()
+    log.info("wrote %s", common.write_results("cold_start", payload, args.output))
+
+
+if __name__ == "__main__":
+    main()
