@@ -67,3 +67,24 @@ def test_fit_and_load_name_their_problems(tmp_path):
         ContentProjection.fit([["x"], ["y"]], np.zeros((2, 2)))
     with pytest.raises(FileNotFoundError, match="content.npz"):
         ContentProjection.load(tmp_path)
+
+
+def test_predictions_are_stretched_to_the_learned_rows_spread():
+    rng = np.random.default_rng(2)
+    tokens = [list(rng.choice(list("abcdef"), size=2, replace=False)) for _ in range(80)]
+    targets = rng.normal(size=(80, 3))  # unrelated to the tokens: the ridge shrinks hard
+    counts = rng.integers(1, 50, size=80)
+    fit = ContentProjection.fit(tokens, targets, counts=counts, l2=30.0)
+    assert fit.spread > 1.5
+    weight = np.log1p(counts)
+    predicted = fit.predict(tokens)
+
+    def spread(rows):  # weighted mean squared distance from the weighted mean row
+        return weight @ ((rows - fit.center) ** 2).sum(axis=1) / weight.sum()
+
+    np.testing.assert_allclose(fit.center, weight @ targets / weight.sum(), rtol=1e-5)
+    np.testing.assert_allclose(spread(predicted), spread(targets), rtol=1e-4)
+    # Stretching keeps every user's order of the items.
+    user = rng.normal(size=3)
+    plain = ContentProjection(fit.vocabulary, fit.weights, fit.intercept, fit.l2)
+    assert (np.argsort(predicted @ user) == np.argsort(plain.predict(tokens) @ user)).all()
