@@ -39,12 +39,10 @@ class NewItemsUnsupported(RuntimeError):
 
 @dataclass
 class AddedItems:
-    """Items added from metadata that a :class:`Served` model has applied: the store sequence
-    it has caught up to, and the IDs."""
+    """How far a :class:`Served` model has caught up with the items added to the store."""
 
-    sequence: int = 0
+    sequence: int = 0  # the store's item sequence number applied last
     checked: bool = False  # the store has been asked at least once
-    item_ids: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,6 @@ class Served:
         )
         self.recommender.add_items(frame)
         self.catalogue.add(frame)
-        self.added.item_ids.update(ids)
         return ids
 
     def onboarding(self, n: int) -> list[str]:
