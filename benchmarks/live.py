@@ -44,7 +44,7 @@ class LiveServer:
 
 
 def start_server(
-    artefact: Path,
+    artefact: Path | None,
     home: Path,
     store: str | None = None,
     data_dir: str | None = None,
@@ -52,17 +52,20 @@ def start_server(
     timeout_s: float = 300,
     workers: int = 1,
 ) -> LiveServer:
-    """Run ``nextwatch serve --artefact ARTEFACT --home HOME`` and wait until it is ready.
+    """Run ``nextwatch serve --artefact ARTEFACT --home HOME`` and wait until it is ready
+    (``artefact`` None: serve HOME's registry, whose current version must exist).
 
     An empty store is seeded with ml-latest-small (from ``data_dir`` or ``$NEXTWATCH_DATA``).
     """
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     cmd = [
-        sys.executable, "-m", "serving.cli", "serve", "--artefact", str(artefact),
+        sys.executable, "-m", "serving.cli", "serve",
         "--home", str(home), "--port", str(port), "--dataset", "ml-latest-small",
         "--workers", str(workers),
     ]  # fmt: skip
+    if artefact is not None:
+        cmd += ["--artefact", str(artefact)]
     if store:
         cmd += ["--store", store]
     if data_dir:

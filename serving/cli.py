@@ -30,10 +30,11 @@ from serving.api import Recommender, UnknownItemError
 from towers.data import DataError
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
-from towers.pipeline import DataSource, evaluate_artefact, train_candidates
+from towers.pipeline import DataSource, evaluate_artefact, retrain_candidates, train_candidates
 from towers.presets import benchmark_config, benchmark_options
 from towers.splits import SPLITS
 from towers.train import TrainOptions
+from towers.warmstart import WarmStart
 
 log = logging.getLogger("nextwatch")
 
@@ -125,6 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(train, benchmark_options(), "training", skip=("log_dir",))
     train.add_argument("--log-dir", help="TensorBoard logs (default: OUTPUT/logs)")
 
+    retrain = sub.add_parser(
+        "retrain", help="warm-start a trained tower on new events (and retrain its ranker)"
+    )
+    _add_source(retrain)
+    where = retrain.add_mutually_exclusive_group(required=True)
+    where.add_argument("--from", dest="parent", help="the parent artefact (with --output)")
+    where.add_argument(
+        "--home", help="a service home: warm-start its serving version on its event store, "
+        "publish, promote behind the guard, and point its workers at it",
+    )  # fmt: skip
+    retrain.add_argument("--output", help="artefact directory to write (with --from)")
+    retrain.add_argument(
+        "--store", help="with --home: the event store URL (default: HOME/events.db)"
+    )
+    retrain.add_argument(
+        "--tolerance", type=float, default=0.02,
+        help="with --home: largest relative regression a candidate may show (default: 0.02)",
+    )  # fmt: skip
+    retrain.add_argument(
+        "--holdout-fraction", type=float, default=0.05,
+        help="with --home: the recent share of events held out to compare on (default: 0.05)",
+    )  # fmt: skip
+    retrain.add_argument(
+        "--since", type=int, help="events at or after this epoch second are new "
+        "(default: after the parent's last training event)",
+    )  # fmt: skip
+    retrain.add_argument(
+        "--replay-fraction", type=float, default=0.1,
+        help="share of older examples replayed (default: %(default)s)",
+    )  # fmt: skip
+    retrain.add_argument(
+        "--no-ranker", action="store_true", help="do not retrain the parent's ranker"
+    )
+    _add_dataclass_flags(retrain, benchmark_options(), "training", skip=("log_dir",))
+
+    rollback = sub.add_parser("rollback", help="serve the previously promoted version again")
+    rollback.add_argument("--home", help="the service home (default: $NEXTWATCH_HOME, else "
+                          "~/.local/share/nextwatch)")  # fmt: skip
+
     evaluate = sub.add_parser("evaluate", help="evaluate a trained tower on a protocol")
     _add_source(evaluate)
     evaluate.add_argument("--artefact", required=True, help="artefact directory")
@@ -205,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-seed", action="store_true", help="do not seed an empty store with the dataset"
     )
+    serve.add_argument(
+        "--retrain-every-events", type=int,
+        help="warm-start a new version in a separate process after this many new events",
+    )  # fmt: skip
+    serve.add_argument(
+        "--retrain-every-seconds", type=float, help="... or at this interval (seconds)"
+    )
     serve.add_argument("--rating-min", type=float, default=0.5, help="(default: %(default)s)")
     serve.add_argument("--rating-max", type=float, default=5.0, help="(default: %(default)s)")
     return parser
@@ -275,6 +322,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2)
             )
+        elif args.command == "retrain" and args.home:
+            from serving.retrain import retrain_home
+
+            decision = retrain_home(
+                Path(args.home), _source(args), args.store, _build(TrainOptions, args),
+                WarmStart(args.since, args.replay_fraction), args.holdout_fraction,
+                args.tolerance, ranker=not args.no_ranker,
+            )  # fmt: skip
+            print(json.dumps(asdict(decision), indent=2))
+        elif args.command == "retrain":
+            if not args.output:
+                raise ValueError("--from needs --output (the artefact directory to write)")
+            metrics = retrain_candidates(
+                _source(args), args.parent, args.output, _build(TrainOptions, args),
+                WarmStart(args.since, args.replay_fraction),
+            )  # fmt: skip
+            if not args.no_ranker and (Path(args.parent) / "ranker" / "config.json").exists():
+                train_ranker_for_artefact(_source(args), args.output)
+            log.info("artefact written to %s", args.output)
+            print(json.dumps(metrics["lineage"], indent=2))
+        elif args.command == "rollback":
+            from serving.registry import Registry
+            from serving.serve import default_home, write_pointer
+
+            home = Path(args.home) if args.home else default_home()
+            previous = Registry(home / "models").rollback()
+            write_pointer(home, previous)  # running workers follow it
+            print(json.dumps({"serving": previous.name, "artefact": str(previous)}))
         elif args.command == "evaluate":
             metrics = evaluate_artefact(_source(args), args.artefact, args.protocol, args.force)
             if args.output:
@@ -310,9 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 home=Path(args.home) if args.home else default_home(), store=args.store,
                 artefact=Path(args.artefact) if args.artefact else None, seed=not args.no_seed,
                 rules=EventRules(rating_min=args.rating_min, rating_max=args.rating_max),
+                retrain_every_events=args.retrain_every_events,
+                retrain_every_seconds=args.retrain_every_seconds,
             )  # fmt: skip
             serve(options, _source(args), args.host, args.port, args.workers)
-    except (DataError, ValueError, OSError, UnknownItemError) as exc:
+    except (DataError, ValueError, OSError, UnknownItemError, LookupError) as exc:
         log.error("%s", exc)
         return 2
     return 0

@@ -4,24 +4,47 @@ Layout under ``root``::
 
     root/
       <version>/          an artefact directory, never modified once published
+        CHECKSUMS.json    SHA-256 of every file in it, written at publication
       CURRENT             the serving version's directory name (replaced atomically)
       HISTORY             versions that were current, oldest first (for rollback)
 
 A version is published by training into a staging directory inside ``root`` and renaming it
 into place (one atomic rename on the same file system), so a reader never sees a half-written
-version. ``CURRENT`` is written to a temporary file, fsynced, and renamed over the old one.
+version; a training run that dies leaves only its staging directory, which
+:meth:`Registry.clean_staging` removes. ``CURRENT`` is written to a temporary file, fsynced, and
+renamed over the old one. A version is checked against its checksums before it is promoted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
+CHECKSUMS = "CHECKSUMS.json"
 STAGING_PREFIX = ".staging-"
+
+
+class CorruptVersion(ValueError):
+    """A published version's files differ from its checksums."""
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` (but the checksum file), by relative path."""
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != CHECKSUMS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[path.relative_to(directory).as_posix()] = digest.hexdigest()
+    return out
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -77,6 +100,7 @@ class Registry:
         target = self.root / version
         if target.exists():
             raise FileExistsError(f"version {version} is already published at {target}")
+        (staging / CHECKSUMS).write_text(json.dumps(checksums(staging), indent=1))
         os.replace(staging, target)
         return target
 
@@ -105,6 +129,7 @@ class Registry:
         """
         if version not in self.versions():
             raise KeyError(f"version {version!r} is not published in {self.root}")
+        self.verify(version)
         current = self.current()
         history = self.history()
         if current is not None and (not history or history[-1] != current.name):
@@ -120,3 +145,51 @@ class Registry:
         if not path.exists():
             return []
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    def verify(self, version: str) -> None:
+        """Check a published version's files against its checksums.
+
+        Raises
+        ------
+        CorruptVersion
+            If a file was changed, added or removed since publication.
+        """
+        directory = self.root / version
+        path = directory / CHECKSUMS
+        if not path.exists():
+            return  # published before checksums existed
+        expected = json.loads(path.read_text())
+        actual = checksums(directory)
+        if actual != expected:
+            changed = sorted(
+                name for name in expected.keys() | actual.keys()
+                if expected.get(name) != actual.get(name)
+            )  # fmt: skip
+            raise CorruptVersion(f"version {version} differs from its checksums: {changed[:5]}")
+
+    def rollback(self) -> Path:
+        """Serve the version that was serving before the current one, and drop the current one
+        from the history (so a second rollback goes one further back).
+
+        Raises
+        ------
+        LookupError
+            If no earlier version was ever promoted.
+        """
+        current = self.current()
+        history = self.history()
+        while history and current is not None and history[-1] == current.name:
+            history.pop()
+        if not history:
+            raise LookupError(f"{self.root} has no earlier promoted version to roll back to")
+        self.verify(history[-1])
+        write_atomic(self.root / HISTORY, "\n".join(history) + "\n")
+        write_atomic(self.root / CURRENT, history[-1] + "\n")
+        return self.root / history[-1]
+
+    def clean_staging(self) -> list[str]:
+        """Remove staging directories left by training runs that died; returns their names."""
+        left = [p for p in self.root.iterdir() if p.name.startswith(STAGING_PREFIX)]
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+        return [p.name for p in left]

@@ -106,6 +106,8 @@ class ServeOptions:
     artefact: Path | None = None  # serve this artefact instead of the registry's current
     seed: bool = True
     rules: EventRules = EventRules()
+    retrain_every_events: int | None = None  # run `nextwatch retrain --home` after N events
+    retrain_every_seconds: float | None = None  # ... or every S seconds
 
 
 def _serving_pointer(home: Path) -> Path:
@@ -323,12 +325,52 @@ def serve(
         # As Jupyter does for its token: the page reads the key from the URL fragment, which
         # the browser never sends to the server. Only on loopback, where the log is the user's.
         log.info("the page: http://%s:%d/#key=%s", host, port, api_key(options.home)[0])
-    if workers == 1:
-        try:
-            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-        finally:
-            store.close()
-    else:
-        from serving.workers import run_workers
+    scheduler = _scheduler(options, source)
+    try:
+        if workers == 1:
+            try:
+                uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+            finally:
+                store.close()
+        else:
+            from serving.workers import run_workers
 
-        run_workers(host, port, workers, environment)
+            run_workers(host, port, workers, environment)
+    finally:
+        if scheduler is not None:
+            scheduler.stop()
+
+
+def source_args(source: DataSource) -> list[str]:
+    """``nextwatch`` data flags that name ``source`` (for a retrain subprocess)."""
+    flags = {
+        "--dataset": source.dataset, "--data-dir": source.data_dir,
+        "--interactions": source.interactions, "--items": source.items, "--users": source.users,
+        "--user-col": source.user_col, "--item-col": source.item_col,
+        "--rating-col": source.rating_col, "--timestamp-col": source.timestamp_col,
+    }  # fmt: skip
+    return [part for flag, value in flags.items() if value for part in (flag, str(value))]
+
+
+def _scheduler(options: ServeOptions, source: DataSource):
+    """Start the retrain schedule if the options ask for one (only with a registry)."""
+    if not (options.retrain_every_events or options.retrain_every_seconds):
+        return None
+    if options.artefact is not None:
+        raise ValueError("scheduled retraining needs the registry: drop --artefact")
+    from serving.retrain import RetrainScheduler
+
+    store = open_store(options.store or f"sqlite:///{options.home / 'events.db'}")
+    args = source_args(source)
+    if options.store:
+        args += ["--store", options.store]
+    scheduler = RetrainScheduler(
+        options.home, store.event_count, options.retrain_every_events,
+        options.retrain_every_seconds, args,
+    )  # fmt: skip
+    scheduler.start()
+    log.info(
+        "retraining in a separate process every %s events / %s s",
+        options.retrain_every_events, options.retrain_every_seconds,
+    )  # fmt: skip
+    return scheduler

@@ -10,12 +10,21 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from towers.content import CONTENT_FILE, ContentProjection
 from towers.data import Dataset, load_interactions
 from towers.evaluate import TowerScorer, evaluate_retrieval, evaluate_top_k_accuracy
 from towers.model import CandidateTower
 from towers.movielens import ARCHIVES, load_movielens
 from towers.splits import Split, make_split
-from towers.train import TowerConfig, TrainOptions, load_artefact, save_artefact, train_tower
+from towers.train import (
+    TowerConfig,
+    TrainOptions,
+    artefact_version,
+    load_artefact,
+    save_artefact,
+    train_tower,
+)
+from towers.warmstart import WarmStart, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,49 @@ def train_candidates(
         log.info("%s on %s: %s", protocol, data.name, json.dumps(extra["evaluation"]))
     save_artefact(result, output, extra, data=train)
     return {**result.metrics, **extra}
+
+
+def retrain_candidates(
+    source: DataSource,
+    parent: str | Path,
+    output: str | Path,
+    options: TrainOptions | None = None,
+    plan: WarmStart | None = None,
+) -> dict:
+    """Warm-start the artefact ``parent`` on ``source`` (its old events and the new ones) and
+    save the result at ``output``, with its lineage in ``config.json``: the parent's version,
+    the data's time range, the new items and events.
+
+    Returns
+    -------
+    dict
+        The metrics written to ``output/metrics.json``.
+    """
+    return retrain_artefact(parent, source.load(), output, options, plan)
+
+
+def retrain_artefact(
+    parent: str | Path,
+    data: Dataset,
+    output: str | Path,
+    options: TrainOptions | None = None,
+    plan: WarmStart | None = None,
+) -> dict:
+    """:func:`retrain_candidates` on a loaded ``data`` (e.g. an event store's log)."""
+    parent = Path(parent)
+    model = load_artefact(parent)
+    projection = ContentProjection.load(parent) if (parent / CONTENT_FILE).exists() else None
+    result, lineage = warm_start(model, data, plan, options, projection)
+    times = data.interactions["timestamp"]
+    lineage = {
+        "parent_version": artefact_version(parent),
+        "parent": str(parent.resolve()),
+        "data_range": [int(times.min()), int(times.max())],
+        **lineage,
+    }
+    log.info("warm start from %s: %s", lineage["parent_version"], json.dumps(lineage))
+    save_artefact(result, output, {"protocol": "none"}, data=data, lineage=lineage)
+    return {**result.metrics, "lineage": lineage}
 
 
 def evaluate_artefact(

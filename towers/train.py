@@ -22,6 +22,7 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,6 +128,9 @@ def train_tower(
     config: TowerConfig | None = None,
     options: TrainOptions | None = None,
     validation: Dataset | None = None,
+    *,
+    init: Callable[[Examples], CandidateTower] | None = None,
+    select: Callable[[Examples], np.ndarray] | None = None,
 ) -> TrainResult:
     """Train the next-watch tower on ``data``'s interactions.
 
@@ -138,6 +142,11 @@ def train_tower(
     options : TrainOptions, optional
     validation : Dataset, optional
         Interactions whose next-watch examples report a full-softmax validation loss per epoch.
+    init : callable, optional
+        Builds the starting model from the examples (their time window); default a fresh tower
+        (:func:`build_tower`). A warm start passes the grown parent (:mod:`towers.warmstart`).
+    select : callable, optional
+        A boolean mask of the examples to train on (all by default).
 
     Returns
     -------
@@ -161,9 +170,11 @@ def train_tower(
         cold_examples_per_user=config.cold_examples_per_user,
         seed=options.seed,
     )
+    if select is not None:
+        examples = examples.subset(select(examples))
     if len(examples) == 0:
         raise ValueError("data has no interactions to learn from")
-    model = build_tower(data, config, examples.time_window)
+    model = init(examples) if init is not None else build_tower(data, config, examples.time_window)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate))
     train_ds = _dataset(
         example_inputs(examples, data, config), examples.label, options.batch_size, options.seed
@@ -213,6 +224,7 @@ def save_artefact(
     extra_metrics: dict | None = None,
     data: Dataset | None = None,
     index_params: IndexParams | None = None,
+    lineage: dict | None = None,
 ) -> Path:
     """Write ``result`` as a self-describing artefact directory (see the module docstring).
 
@@ -226,6 +238,9 @@ def save_artefact(
         The training data, whose item metadata and user histories serving needs.
     index_params : IndexParams, optional
         Retrieval index settings; derived from the catalogue size when omitted.
+    lineage : dict, optional
+        Where a warm-started model came from (parent version, data range, new items), recorded
+        in ``config.json``.
     """
     directory = Path(directory)
     vocab = directory / "vocab"
@@ -259,6 +274,7 @@ def save_artefact(
         "data_checksum": result.data_checksum,
         "tower": result.config.to_dict(),
         "train_options": asdict(result.options),
+        "lineage": lineage,
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     metrics = {**result.metrics, **(extra_metrics or {})}

@@ -118,3 +118,30 @@ def test_train_ranker_then_recommend_ranks(tmp_path, capsys):
     other.write_text("user,item,rating,timestamp\nx,A,4,1\nx,B,4,2\n")
     bad = ["train-ranker", "--interactions", str(other), "--artefact", str(out)]
     assert main(bad) == 2  # not the data the tower was trained on
+
+
+def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, capsys, caplog):
+    log, parent, child = _tiny_log(tmp_path / "log.csv"), tmp_path / "parent", tmp_path / "child"
+    assert _run("train-candidates", log, parent, TINY) == 0
+    capsys.readouterr()
+    frame = pd.read_csv(log)
+    new = pd.DataFrame(
+        [(f"u{u}", "E", 5.0, 10_000 + u) for u in range(10)],
+        columns=["user", "item", "rating", "timestamp"],
+    )
+    pd.concat([frame, new]).to_csv(log, index=False)
+    args = ["retrain", "--interactions", str(log), "--from", str(parent), "--output", str(child)]
+    assert main([*args, *"--epochs 2 --batch-size 16 --verbose 0".split()]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["new_items"] == 1 and printed["new_events"] == 10
+    config = json.loads((child / "config.json").read_text())
+    assert (
+        config["lineage"]["parent_version"]
+        == json.loads((parent / "config.json").read_text())["version"]
+    )
+    assert config["lineage"]["data_range"] == [0, 10_009]
+    items = (child / "vocab" / "items.txt").read_text().split()
+    assert items[:4] == (parent / "vocab" / "items.txt").read_text().split() and items[4] == "E"
+    # Nothing new since the parent: a clean error, no artefact.
+    assert main([*args[:-1], str(tmp_path / "again"), "--since", "20000"]) == 2
+    assert "no events at or after" in caplog.text and not (tmp_path / "again").exists()

@@ -1,0 +1,195 @@
+"""Retraining a live service's model: warm-start the serving version on the event store's log,
+publish the result into the registry, promote it only if it passes the guard, and point the
+worker processes at it (they swap it in with no failed request).
+
+It runs as its own process (``nextwatch retrain --home HOME``), so serving latency is not
+affected by training beyond sharing the machine's cores. A run that dies leaves the serving
+version untouched: the candidate is built in a staging directory, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ranking.pipeline import train_ranker_job
+from serving.promotion import Decision, guarded_promote, recent_holdout
+from serving.registry import Registry
+from serving.serve import write_pointer
+from serving.store import EventStore, open_store
+from towers.data import Dataset
+from towers.pipeline import DataSource, retrain_artefact
+from towers.train import TrainOptions
+from towers.warmstart import WarmStart
+
+log = logging.getLogger(__name__)
+
+
+def store_dataset(store: EventStore, base: Dataset) -> Dataset:
+    """The store's whole event log as a :class:`Dataset`, with ``base``'s item and user metadata
+    plus the items added to the store from metadata (``POST /v1/items``)."""
+    rows = [(e.user_id, e.item_id, e.rating, int(e.timestamp)) for _, e in store.events_since(0)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    frame["rating"] = frame["rating"].astype(float)
+    added = store.items_since(0)
+    items = base.items
+    if added:
+        extra = pd.DataFrame(
+            {
+                "item_id": [r.item_id for r in added],
+                "title": [r.title for r in added],
+                "year": [float("nan") if r.year is None else float(r.year) for r in added],
+                "genres": [list(r.genres) for r in added],
+                "tags": [list(r.tags) for r in added],
+            }
+        )
+        items = pd.concat(
+            [items[~items["item_id"].isin(extra["item_id"])], extra], ignore_index=True
+        )
+    digest = hashlib.sha256(f"{store.url}:{len(frame)}:{frame['timestamp'].max()}".encode())
+    return Dataset(base.name, frame, items, base.users, digest.hexdigest())
+
+
+def retrain_home(
+    home: str | Path,
+    source: DataSource,
+    store_url: str | None = None,
+    options: TrainOptions | None = None,
+    plan: WarmStart | None = None,
+    holdout_fraction: float = 0.05,
+    tolerance: float = 0.02,
+    ranker: bool = True,
+) -> Decision:
+    """Warm-start HOME's serving version on its store, publish, and promote behind the guard.
+
+    The most recent ``holdout_fraction`` of events is kept out of training and is what the
+    candidate and the serving version are compared on. Returns the decision.
+
+    Raises
+    ------
+    FileNotFoundError
+        If HOME's registry has no serving version.
+    """
+    home = Path(home)
+    registry = Registry(home / "models")
+    left = registry.clean_staging()
+    if left:
+        log.warning("removed staging directories of runs that died: %s", left)
+    parent = registry.current()
+    if parent is None:
+        raise FileNotFoundError(f"{registry.root} has no serving version to retrain from")
+    with open_store(store_url or f"sqlite:///{home / 'events.db'}") as store:
+        data = store_dataset(store, source.load())
+    holdout = recent_holdout(data.interactions, holdout_fraction)
+    train = data.with_interactions(
+        data.interactions[data.interactions["timestamp"] < holdout.since].reset_index(drop=True)
+    )
+    staging = registry.staging()
+    try:
+        metrics = retrain_artefact(parent, train, staging, options, plan)
+        if ranker and (parent / "ranker" / "config.json").exists():
+            train_ranker_job(staging, train, staging / "ranker")
+        version = registry.publish(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    decision = guarded_promote(registry, version.name, holdout, tolerance)
+    if decision.promoted:
+        write_pointer(home, version)  # every worker process follows it
+    log.info("retrained %s -> %s: %s", parent.name, version.name, metrics["lineage"])
+    return decision
+
+
+class RetrainScheduler:
+    """Runs ``nextwatch retrain --home HOME`` in a separate, lower-priority process after every
+    ``every_events`` new events or every ``every_seconds``, one run at a time.
+
+    Parameters
+    ----------
+    home : Path
+    count_events : callable
+        The store's event count (checked every ``check_s``).
+    every_events, every_seconds : int or float, optional
+        Triggers; at least one must be set.
+    extra_args : sequence of str
+        More ``nextwatch retrain`` arguments (the data source of the item metadata, ...).
+    runner : callable, optional
+        Runs a command line and returns its exit code (default: a ``nice`` subprocess).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        count_events: Callable[[], int],
+        every_events: int | None = None,
+        every_seconds: float | None = None,
+        extra_args: Sequence[str] = (),
+        runner: Callable[[list[str]], int] | None = None,
+        check_s: float = 5.0,
+    ) -> None:
+        if not every_events and not every_seconds:
+            raise ValueError("set every_events or every_seconds (or both) to schedule retraining")
+        if (every_events is not None and every_events < 1) or (
+            every_seconds is not None and every_seconds <= 0
+        ):
+            raise ValueError(
+                f"every_events must be >= 1 and every_seconds > 0, got {every_events}, "
+                f"{every_seconds}"
+            )
+        self.home = Path(home)
+        self.count_events = count_events
+        self.every_events = every_events
+        self.every_seconds = every_seconds
+        self.command = [sys.executable, "-m", "serving.cli", "retrain", "--home", str(home),
+                        *extra_args]  # fmt: skip
+        self.runner = runner or _run_nice
+        self.check_s = check_s
+        self.runs: list[int] = []  # exit codes
+        self._last_count = count_events()
+        self._last_time = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="retrain-scheduler")
+
+    def due(self) -> bool:
+        """Whether a retrain is due now."""
+        if self.every_events and self.count_events() - self._last_count >= self.every_events:
+            return True
+        return bool(self.every_seconds and time.monotonic() - self._last_time >= self.every_seconds)
+
+    def run_once(self) -> int:
+        """Retrain now (blocking); returns the process's exit code."""
+        self._last_count, self._last_time = self.count_events(), time.monotonic()
+        log.info("retraining: %s", " ".join(self.command))
+        code = self.runner(self.command)
+        self.runs.append(code)
+        log.log(logging.INFO if code == 0 else logging.ERROR, "retrain exited with %d", code)
+        return code
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_s):
+            try:
+                if self.due():
+                    self.run_once()
+            except Exception:  # noqa: BLE001  (a store hiccup must not end the schedule)
+                log.exception("retrain scheduler check failed")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _run_nice(command: list[str]) -> int:
+    """Run ``command`` at a lower CPU priority, so that serving keeps the upper hand."""
+    return subprocess.run(command, preexec_fn=lambda: os.nice(10), check=False).returncode

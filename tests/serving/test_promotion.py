@@ -1,0 +1,186 @@
+"""The registry's checksums and rollback, guarded promotion, and a retrain that dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from serving.api import Recommender
+from serving.promotion import guarded_promote, recent_holdout
+from serving.registry import CorruptVersion, Registry
+from tests.conftest import planted_dataset
+from towers.index import ItemIndex
+
+
+def _version_of(artefact, registry: Registry, name: str, shuffle: bool = False):
+    """Publish a copy of ``artefact`` as version ``name`` (its rows shuffled if asked)."""
+    staging = registry.staging()
+    shutil.copytree(artefact, staging, dirs_exist_ok=True)
+    config = json.loads((staging / "config.json").read_text())
+    config["version"] = name
+    (staging / "config.json").write_text(json.dumps(config))
+    if shuffle:  # a broken model: every item gets another item's vector and bias
+        index = ItemIndex.load(staging / "index")
+        ids = index.item_ids
+        rows = np.stack([index.vector(i) for i in ids])
+        shutil.rmtree(staging / "index")
+        perm = np.random.default_rng(0).permutation(len(ids))
+        ItemIndex.build(ids, rows[perm]).save(staging / "index")
+    return registry.publish(staging)
+
+
+def _outputs(path) -> list[list[tuple[str, float]]]:
+    rec = Recommender.load(path)
+    histories = [["A"], ["C", "D"], [], ["E", "A"]]
+    return [[(r.item_id, r.score) for r in rec.recommend(history=h, k=5)] for h in histories]
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    return Registry(tmp_path / "models")
+
+
+def test_a_published_version_is_checked_before_it_is_promoted(registry, planted_artefact):
+    path = _version_of(planted_artefact, registry, "20260101T000000Z-good")
+    assert (path / "CHECKSUMS.json").exists()
+    registry.verify(path.name)
+    with open(path / "item_vectors.npy", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(CorruptVersion, match="item_vectors.npy"):
+        registry.promote(path.name)
+    assert registry.current() is None
+
+
+def test_a_broken_candidate_is_refused_and_a_sound_one_promoted(registry, planted_artefact, caplog):
+    holdout = recent_holdout(planted_dataset().interactions, 0.3)
+    assert len(holdout) > 0
+    first = _version_of(planted_artefact, registry, "20260101T000000Z-first")
+    assert guarded_promote(registry, first.name, holdout, k=2).promoted  # nothing served yet
+    broken = _version_of(planted_artefact, registry, "20260102T000000Z-broken", shuffle=True)
+    decision = guarded_promote(registry, broken.name, holdout, tolerance=0.02, k=2)
+    assert not decision.promoted and decision.regressed
+    assert registry.current() == first
+    assert "promotion of 20260102T000000Z-broken refused" in caplog.text
+    sound = _version_of(planted_artefact, registry, "20260103T000000Z-sound")
+    decision = guarded_promote(registry, sound.name, holdout, k=2)
+    assert decision.promoted and decision.candidate == decision.serving
+    assert registry.current() == sound
+
+
+def test_rollback_restores_the_previous_outputs_exactly(registry, planted_artefact):
+    holdout = recent_holdout(planted_dataset().interactions, 0.3)
+    first = _version_of(planted_artefact, registry, "20260101T000000Z-first")
+    registry.promote(first.name)
+    before = _outputs(registry.current())
+    broken = _version_of(planted_artefact, registry, "20260102T000000Z-broken", shuffle=True)
+    registry.promote(broken.name)  # promoted without the guard, by hand
+    assert _outputs(registry.current()) != before
+    assert registry.rollback() == first
+    assert _outputs(registry.current()) == before
+    with pytest.raises(LookupError, match="no earlier"):
+        registry.rollback()
+    assert guarded_promote(registry, first.name, holdout, k=2).promoted  # still servable
+
+
+def _home_with_new_events(tmp_path, planted_artefact):
+    """A service home serving the planted model, whose store has the planted log plus new
+    events (30 users watch B again later, 10 watch new item I), and the metadata files."""
+    from serving.store import Event, ItemRecord, open_store
+
+    home = tmp_path / "home"
+    registry = Registry(home / "models")
+    serving = _version_of(planted_artefact, registry, "20260101T000000Z-serving")
+    registry.promote(serving.name)
+    data = planted_dataset()
+    with open_store(f"sqlite:///{home / 'events.db'}") as store:
+        store.import_users(data.users)
+        store.import_events(data.interactions)
+        store.upsert_item(ItemRecord("I", "Movie I (1990)", ("Comedy",), 1990))
+        store.append(
+            [Event(f"u{u}", "I", "rating", 5.0, 5_000 + u) for u in range(10)]
+            + [Event(f"u{u}", "B", "rating", 4.0, 6_000 + u) for u in range(30)]
+        )
+    files = tmp_path / "meta"
+    files.mkdir()
+    log = data.interactions.rename(columns={"user_id": "user", "item_id": "item"})
+    log.to_csv(files / "log.csv", index=False)
+    items = data.items.assign(genres=data.items["genres"].map("|".join), tags="")
+    items.to_csv(files / "items.csv", index=False)
+    data.users.to_csv(files / "users.csv", index=False)
+    flags = ["--interactions", str(files / "log.csv"), "--items", str(files / "items.csv"),
+             "--users", str(files / "users.csv")]  # fmt: skip
+    return home, registry, serving, flags
+
+
+def test_a_retrain_that_dies_leaves_the_serving_version_untouched(tmp_path, planted_artefact):
+    home, registry, serving, flags = _home_with_new_events(tmp_path, planted_artefact)
+    command = [sys.executable, "-m", "serving.cli", "retrain", "--home", str(home), *flags,
+               "--no-ranker", "--batch-size", "8", "--verbose", "0"]  # fmt: skip
+    child = subprocess.Popen([*command, "--epochs", "100000"], cwd=os.getcwd())
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".staging-") for p in registry.root.iterdir()):
+        assert child.poll() is None and time.monotonic() < deadline, "retrain did not start"
+        time.sleep(0.1)
+    time.sleep(1.0)  # training now
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    assert registry.current() == serving and registry.versions() == [serving.name]
+    registry.verify(serving.name)
+    # The next run removes what the dead one left, and completes.
+    done = subprocess.run(
+        [*command, "--epochs", "2", "--tolerance", "1.0"], cwd=os.getcwd(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    decision = json.loads(done.stdout[done.stdout.index("{") :])
+    assert decision["promoted"] and "removed staging directories" in done.stderr
+    assert not any(p.name.startswith(".staging-") for p in registry.root.iterdir())
+    current = registry.current()
+    assert current != serving and current.name == decision["version"]
+    lineage = json.loads((current / "config.json").read_text())["lineage"]
+    assert lineage["parent_version"] == serving.name and lineage["new_items"] == 1
+    assert json.loads((home / "serving.json").read_text())["artefact"] == str(current)
+
+
+def test_the_scheduler_retrains_in_a_process_after_n_events_or_a_period(tmp_path):
+    from serving.retrain import RetrainScheduler
+    from serving.serve import source_args
+    from towers.pipeline import DataSource
+
+    count, calls = [10], []
+    scheduler = RetrainScheduler(
+        tmp_path, lambda: count[0], every_events=3, extra_args=["--dataset", "ml-100k"],
+        runner=lambda command: calls.append(command) or 0, check_s=0.01,
+    )  # fmt: skip
+    assert not scheduler.due()
+    count[0] = 12
+    assert not scheduler.due()
+    count[0] = 13
+    assert scheduler.due()
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scheduler.stop()
+    assert calls[0][1:] == [
+        "-m", "serving.cli", "retrain", "--home", str(tmp_path), "--dataset", "ml-100k"
+    ]  # fmt: skip
+    assert scheduler.runs == [0] and not scheduler.due()  # counted from the run's start
+    timed = RetrainScheduler(tmp_path, lambda: 0, every_seconds=0.05, runner=lambda c: 0)
+    assert not timed.due()
+    time.sleep(0.06)
+    assert timed.due()
+    with pytest.raises(ValueError, match="every_events or every_seconds"):
+        RetrainScheduler(tmp_path, lambda: 0)
+    assert source_args(DataSource("ml-100k", "/data")) == [
+        "--dataset", "ml-100k", "--data-dir", "/data", "--user-col", "user",
+        "--item-col", "item", "--rating-col", "rating", "--timestamp-col", "timestamp",
+    ]  # fmt: skip
