@@ -24,7 +24,6 @@ import pandas as pd
 from serving.api import Query, Recommender
 from serving.registry import Registry
 from towers.metrics import retrieval_metrics
-from towers.splits import chronological
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class Holdout:
     Attributes
     ----------
     since : int
-        Events at or after this timestamp are the holdout.
+        The earliest timestamp in the holdout.
     histories : list of list of str
         Each holdout user's items before ``since``, oldest first.
     relevant : list of set of str
@@ -46,39 +45,45 @@ class Holdout:
     since: int
     histories: list[list[str]] = field(default_factory=list)
     relevant: list[set[str]] = field(default_factory=list)
+    rows: np.ndarray | None = None  # which rows of the log are held out (boolean mask)
 
     def __len__(self) -> int:
         return len(self.relevant)
 
 
-def recent_holdout(interactions: pd.DataFrame, fraction: float = 0.05) -> Holdout:
-    """The last ``fraction`` of ``interactions`` by time as a :class:`Holdout`.
+def recent_holdout(
+    interactions: pd.DataFrame, fraction: float = 0.05, max_events: int | None = None
+) -> Holdout:
+    """The last ``fraction`` of ``interactions`` in time order (at least one event, at most
+    ``max_events``; events at the same time in log order) as a :class:`Holdout`.
 
     Raises
     ------
     ValueError
-        If ``fraction`` is not in (0, 1) or the log is empty.
+        If ``fraction`` is not in (0, 1), the log is empty, or ``max_events`` < 1.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     if interactions.empty:
         raise ValueError("interactions is empty: there is nothing to hold out")
-    times = np.sort(interactions["timestamp"].to_numpy())
-    since = int(times[min(int((1 - fraction) * len(times)), len(times) - 1)])
-    ordered = chronological(interactions)
-    recent = ordered["timestamp"].to_numpy() >= since
+    if max_events is not None and max_events < 1:
+        raise ValueError(f"max_events must be >= 1, got {max_events}")
+    size = max(1, int(fraction * len(interactions)))
+    if max_events is not None:
+        size = min(size, max_events)
+    order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
+    held = np.zeros(len(interactions), dtype=bool)
+    held[order[len(order) - size :]] = True
+    frame = interactions.assign(_held=held, _order=np.argsort(order, kind="stable"))
     histories, relevant = [], []
-    for (_, items), (_, is_recent) in zip(
-        ordered.groupby("user_id", sort=True)["item_id"],
-        pd.Series(recent).groupby(ordered["user_id"], sort=True),
-        strict=True,
-    ):
-        mask = is_recent.to_numpy()
+    for _, group in frame.sort_values("_order").groupby("user_id", sort=True):
+        mask = group["_held"].to_numpy()
         if mask.any():
-            values = items.astype(str).to_numpy()
-            histories.append(values[~mask].tolist())
-            relevant.append(set(values[mask].tolist()))
-    return Holdout(since, histories, relevant)
+            items = group["item_id"].astype(str).to_numpy()
+            histories.append(items[~mask].tolist())
+            relevant.append(set(items[mask].tolist()))
+    since = int(interactions["timestamp"].to_numpy()[order[len(order) - size]])
+    return Holdout(since, histories, relevant, held)
 
 
 def holdout_metrics(recommender: Recommender, holdout: Holdout, k: int = 100) -> dict[str, float]:

@@ -10,6 +10,7 @@ version untouched: the candidate is built in a staging directory, which the next
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -72,8 +73,9 @@ def retrain_home(
 ) -> Decision:
     """Warm-start HOME's serving version on its store, publish, and promote behind the guard.
 
-    The most recent ``holdout_fraction`` of events is kept out of training and is what the
-    candidate and the serving version are compared on. Returns the decision.
+    The most recent ``holdout_fraction`` of events (at most half of the new ones) is kept out of
+    training and is what the candidate and the serving version are compared on. Returns the
+    decision.
 
     Raises
     ------
@@ -90,10 +92,18 @@ def retrain_home(
         raise FileNotFoundError(f"{registry.root} has no serving version to retrain from")
     with open_store(store_url or f"sqlite:///{home / 'events.db'}") as store:
         data = store_dataset(store, source.load())
-    holdout = recent_holdout(data.interactions, holdout_fraction)
-    train = data.with_interactions(
-        data.interactions[data.interactions["timestamp"] < holdout.since].reset_index(drop=True)
-    )
+    # New events are those after the serving version's training data. At most half of them are
+    # held out, so that the candidate always has new events to learn from.
+    window_end = json.loads((parent / "config.json").read_text())["time_window"][1]
+    since = (plan.since if plan and plan.since is not None else None) or window_end + 1
+    new_events = int((data.interactions["timestamp"] >= since).sum())
+    if new_events < 2:
+        raise ValueError(
+            f"the store has {new_events} event(s) since the serving version was trained: too "
+            "few to both train on and check the candidate with"
+        )
+    holdout = recent_holdout(data.interactions, holdout_fraction, max_events=new_events // 2)
+    train = data.with_interactions(data.interactions[~holdout.rows].reset_index(drop=True))
     staging = registry.staging()
     try:
         metrics = retrain_artefact(parent, train, staging, options, plan)

@@ -184,3 +184,62 @@ def test_the_scheduler_retrains_in_a_process_after_n_events_or_a_period(tmp_path
         "--dataset", "ml-100k", "--data-dir", "/data", "--user-col", "user",
         "--item-col", "item", "--rating-col", "rating", "--timestamp-col", "timestamp",
     ]  # fmt: skip
+
+
+def test_the_holdout_is_the_latest_events_in_log_order_even_when_they_tie():
+    import pandas as pd
+
+    log = pd.DataFrame(
+        {"user_id": ["a", "a", "b", "b", "b", "c"], "item_id": ["1", "2", "1", "3", "4", "2"],
+         "rating": 4.0, "timestamp": [1, 2, 3, 9, 9, 9]}
+    )  # fmt: skip
+    holdout = recent_holdout(log, 0.5)  # 3 events: b's 3 and 4, c's 2
+    assert holdout.rows.tolist() == [False, False, False, True, True, True]
+    assert holdout.histories == [["1"], []] and holdout.relevant == [{"3", "4"}, {"2"}]
+    capped = recent_holdout(log, 0.5, max_events=2)  # ties broken by log order
+    assert capped.rows.tolist() == [False, False, False, False, True, True]
+    assert capped.histories == [["1", "3"], []] and capped.relevant == [{"4"}, {"2"}]
+    with pytest.raises(ValueError, match="fraction"):
+        recent_holdout(log, 1.0)
+
+
+def test_serve_retrains_on_schedule_and_swaps_the_promoted_version_in(tmp_path, planted_artefact):
+    import httpx
+
+    from serving.store import open_store
+    from tests.serving.conftest import _free_port
+
+    home, registry, serving, flags = _home_with_new_events(tmp_path, planted_artefact)
+    with open_store(f"sqlite:///{home / 'events.db'}") as store:
+        count = store.event_count()
+    port = _free_port()
+    env = {**os.environ, "NEXTWATCH_API_KEY": "k"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--home", str(home), "--no-seed",
+         "--port", str(port), "--retrain-every-events", "5", *flags],
+        env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/model").json()["version"] == serving.name
+        for u in range(6):
+            event = {"user_id": f"u{u}", "item_id": "D", "rating": 4}
+            assert httpx.post(f"{url}/v1/events", json=event, headers={"X-API-Key": "k"}).is_success
+        while httpx.get(f"{url}/v1/model").json()["version"] == serving.name:
+            assert time.monotonic() < deadline, "no new version was swapped in"
+            time.sleep(0.5)
+        assert registry.current() != serving
+        assert httpx.get(f"{url}/v1/model").json()["version"] == registry.current().name
+        with open_store(f"sqlite:///{home / 'events.db'}") as store:
+            assert store.event_count() == count + 6
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
