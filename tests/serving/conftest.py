@@ -182,3 +182,17 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     yield with_database(postgres_url, name)
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture()
+def planted_store(tmp_path):
+    """An SQLite store in ``tmp_path`` seeded with :func:`tests.conftest.planted_dataset`."""
+    from serving.store import open_store
+    from tests.conftest import planted_dataset
+
+    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    data = planted_dataset()
+    store.import_users(data.users)
+    store.import_events(data.interactions)
+    yield store
+    store.close()

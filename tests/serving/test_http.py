@@ -12,20 +12,14 @@ from serving.explain import leave_one_out_drops
 from serving.http import HttpSettings, create_app
 from serving.schemas import MAX_K
 from serving.service import LiveService, ModelSlot, Served, user_state
-from serving.store import Event, UserRecord, open_store
-from tests.conftest import planted_dataset
+from serving.store import Event, UserRecord
 
 KEY = {"X-API-Key": "secret"}
 
 
 @pytest.fixture()
-def store(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
-    data = planted_dataset()
-    store.import_users(data.users)
-    store.import_events(data.interactions)
-    yield store
-    store.close()
+def store(planted_store):
+    return planted_store
 
 
 @pytest.fixture()

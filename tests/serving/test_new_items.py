@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from serving.http import HttpSettings, create_app
 from serving.service import LiveService, ModelSlot, Served
-from serving.store import open_store
 from tests.conftest import planted_dataset
 
 KEY = {"X-API-Key": "secret"}
@@ -19,13 +18,8 @@ COMEDY = {"item_id": "N", "title": "Movie N (2024)", "genres": ["Comedy"], "year
 
 
 @pytest.fixture()
-def store(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
-    data = planted_dataset()
-    store.import_users(data.users)
-    store.import_events(data.interactions)
-    yield store
-    store.close()
+def store(planted_store):
+    return planted_store
 
 
 def _client(store, artefact, **service_options) -> TestClient:

@@ -20,8 +20,6 @@ import uvicorn
 
 from serving.http import HttpSettings, create_app
 from serving.service import LiveService, ModelSlot, Served
-from serving.store import open_store
-from tests.conftest import planted_dataset
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -75,13 +73,8 @@ def browser():
 
 
 @pytest.fixture()
-def store(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
-    data = planted_dataset()
-    store.import_users(data.users)
-    store.import_events(data.interactions)
-    yield store
-    store.close()
+def store(planted_store):
+    return planted_store
 
 
 @pytest.fixture()
