@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 
 import common
 import numpy as np
@@ -45,7 +46,7 @@ def time_split(interactions: pd.DataFrame) -> tuple[int, int]:
     return int(times[int(0.8 * len(times))]), int(times[int(0.9 * len(times))])
 
 
-def run(data, replay_fraction: float) -> dict:
+def run(data, replay_fraction: float, learning_rate: float | None = None) -> dict:
     t80, t90 = time_split(data.interactions)
     frame = data.interactions
     first80 = data.with_interactions(frame[frame["timestamp"] < t80].reset_index(drop=True))
@@ -68,9 +69,10 @@ def run(data, replay_fraction: float) -> dict:
     projection_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
+    warm_options = replace(options, learning_rate=learning_rate or options.learning_rate)
     warm, lineage = warm_start(
-        parent.model, first90, WarmStart(since=t80, replay_fraction=replay_fraction), options,
-        projection,
+        parent.model, first90, WarmStart(since=t80, replay_fraction=replay_fraction),
+        warm_options, projection,
     )  # fmt: skip
     warm_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -113,6 +115,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="MovieLens (default: $NEXTWATCH_DATA)")
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     parser.add_argument("--replay-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--learning-rate", type=float, help="of the warm start (default: the preset's)"
+    )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -122,10 +127,13 @@ def main() -> None:
         "config": benchmark_config().to_dict(),
         "options": benchmark_options().__dict__,
         "replay_fraction": args.replay_fraction,
+        "warm_start_learning_rate": args.learning_rate or benchmark_options().learning_rate,
         "datasets": {},
     }
     for name in args.datasets:
-        payload["datasets"][name] = run(load_movielens(name, args.data_dir), args.replay_fraction)
+        payload["datasets"][name] = run(
+            load_movielens(name, args.data_dir), args.replay_fraction, args.learning_rate
+        )
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()
     log.info("wrote %s", common.write_results("warm_start", payload, args.output))
