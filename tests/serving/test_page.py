@@ -215,7 +215,7 @@ def test_rating_in_the_browser_changes_the_recommendations(browser, base_url, st
     panel = page.get_by_test_id("similar-panel")
     expect(panel).to_be_visible()
     expect(panel).to_contain_text(f"Similar to Movie {first_id} (1990)")
-    similar = panel.locator('[data-testid="similar-items"] > li')
+    similar = panel.locator('[data-testid="similar-items"] > li[data-item-id]')
     expect(similar.first).to_be_visible()
     similar_ids = similar.evaluate_all("rows => rows.map(r => r.dataset.itemId)")
     assert similar_ids and first_id not in similar_ids
@@ -252,7 +252,7 @@ def test_rating_in_the_browser_changes_the_recommendations(browser, base_url, st
     expect(wide.locator('[data-testid="your-ratings"] > li')).to_have_count(4)
     assert _rec_ids(wide) == _rec_ids(page)
     wide.locator(RECS).first.get_by_role("button", name=re.compile("^Movies similar")).click()
-    expect(wide.locator('[data-testid="similar-items"] > li').first).to_be_visible()
+    expect(wide.locator('[data-testid="similar-items"] > li[data-item-id]').first).to_be_visible()
     _no_horizontal_overflow(wide)
     wide.evaluate("window.scrollTo(0, 0)")
     wide.screenshot(path=folder / "page-desktop.png", full_page=True)
