@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -70,6 +71,68 @@ class ExportSummary:
     users_per_second: float
 
 
+def candidate_table(
+    retriever: Retriever,
+    user_ids: Sequence[str],
+    histories: list[list[str]],
+    demographics: dict[str, np.ndarray] | None,
+    *,
+    k: int,
+    exclude_seen: bool,
+    model_version: str,
+) -> pa.Table:
+    """Top ``k`` rows of a batch of users, in one encoder pass and one index search.
+
+    The per-batch core of both exporters (this module's and :mod:`export.beam`).
+
+    Parameters
+    ----------
+    retriever : Retriever
+    user_ids : sequence of str, length n
+    histories : list of list of str, length n
+        Full watch histories, oldest first (``[]`` for a new user); items the model does not
+        know are left out of the query, but still excluded as seen.
+    demographics : dict of str to numpy.ndarray, optional
+        ``age`` (float32, (n,)) and the categorical columns (object, (n,)), as
+        :meth:`towers.catalogue.UserTable.demographics` returns them.
+    k : int
+        Rows per user (fewer only when fewer items are eligible).
+    exclude_seen : bool
+        Leave out items in each user's history.
+    model_version : str
+        Written in every row.
+
+    Returns
+    -------
+    pyarrow.Table
+        :data:`SCHEMA` rows, users in input order, rank 1 (best) first.
+    """
+    known_only = retriever.encoder.known_only
+    inputs = query_inputs(
+        [known_only(h) for h in histories],
+        max_history=retriever.encoder.max_history,
+        demographics=demographics,
+    )
+    exclude = [set(h) for h in histories] if exclude_seen else None
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names[:-1]}
+    for user, got in zip(user_ids, retriever.retrieve(inputs, k, exclude), strict=True):
+        n = len(got.item_ids)
+        columns["user_id"].append(np.full(n, user, dtype=object))
+        columns["rank"].append(np.arange(1, n + 1, dtype=np.int32))
+        columns["item_id"].append(np.asarray(got.item_ids, dtype=object))
+        columns["score"].append(np.asarray(got.scores, dtype=np.float32))
+    arrays = [
+        pa.array(np.concatenate(columns[f.name]) if columns[f.name] else [], type=f.type)
+        for f in SCHEMA
+        if f.name != "model_version"
+    ]
+    n_rows = len(arrays[0])
+    version = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n_rows, np.int32)), pa.array([model_version])
+    ).cast(pa.string())
+    return pa.Table.from_arrays([*arrays, version], schema=SCHEMA)
+
+
 class _ShardWriter:
     """Loads the artefact once per process and turns a shard of user rows into a file."""
 
@@ -80,34 +143,18 @@ class _ShardWriter:
         self.batch_size = batch_size
 
     def top_k(self, user_ids: list[str], k: int, exclude_seen: bool) -> pa.Table:
-        columns: dict[str, list] = {name: [] for name in SCHEMA.names[:-1]}
+        tables = []
         for start in range(0, len(user_ids), self.batch_size):
             batch = user_ids[start : start + self.batch_size]
             rows = self.users.rows(batch)
-            histories = self.users.histories(rows)
-            known_only = self.retriever.encoder.known_only
-            inputs = query_inputs(
-                [known_only(h) for h in histories],
-                max_history=self.retriever.encoder.max_history,
-                demographics=self.users.demographics(rows),
-            )
-            exclude = [set(h) for h in histories] if exclude_seen else None
-            for user, got in zip(batch, self.retriever.retrieve(inputs, k, exclude), strict=True):
-                n = len(got.item_ids)
-                columns["user_id"].append(np.full(n, user, dtype=object))
-                columns["rank"].append(np.arange(1, n + 1, dtype=np.int32))
-                columns["item_id"].append(np.asarray(got.item_ids, dtype=object))
-                columns["score"].append(np.asarray(got.scores, dtype=np.float32))
-        arrays = [
-            pa.array(np.concatenate(columns[f.name]) if columns[f.name] else [], type=f.type)
-            for f in SCHEMA
-            if f.name != "model_version"
-        ]
-        n_rows = len(arrays[0])
-        version = pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(n_rows, np.int32)), pa.array([self.version])
-        ).cast(pa.string())
-        return pa.Table.from_arrays([*arrays, version], schema=SCHEMA)
+            tables.append(
+                candidate_table(
+                    self.retriever, batch, self.users.histories(rows),
+                    self.users.demographics(rows), k=k, exclude_seen=exclude_seen,
+                    model_version=self.version,
+                )
+            )  # fmt: skip
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
 _WRITER: _ShardWriter | None = None

@@ -1,6 +1,8 @@
 """The ``nextwatch`` command line.
 
 ``nextwatch train-candidates``   train the next-watch tower and save an artefact directory
+                                 (``--shards``: streaming, and multi-worker under TF_CONFIG)
+``nextwatch generate-synthetic`` a synthetic log of any size, as Parquet shards
 ``nextwatch evaluate``           evaluate an artefact on the protocol it was trained for
 ``nextwatch train-ranker``       train the ranking network for a tower artefact
 ``nextwatch recommend``          top-k for a user or a history, from an artefact (JSON)
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -33,10 +36,15 @@ from towers.movielens import ARCHIVES, DATA_ENV
 from towers.pipeline import DataSource, evaluate_artefact, retrain_candidates, train_candidates
 from towers.presets import benchmark_config, benchmark_options
 from towers.splits import SPLITS
+from towers.synthetic import ITEMS_FILE, SyntheticConfig, generate, shard_paths
 from towers.train import TrainOptions
 from towers.warmstart import WarmStart
 
+if TYPE_CHECKING:
+    from export.beam import BeamExportSummary
+
 log = logging.getLogger("nextwatch")
+ENGINES = ("local", "beam")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(train, benchmark_config(), "model (defaults: the benchmark preset)")
     _add_dataclass_flags(train, benchmark_options(), "training", skip=("log_dir",))
     train.add_argument("--log-dir", help="TensorBoard logs (default: OUTPUT/logs)")
+    scale = train.add_argument_group(
+        "streaming and multi-worker (with --shards; TF_CONFIG selects MultiWorkerMirroredStrategy)"
+    )
+    scale.add_argument(
+        "--shards", help="train streaming from this folder of Parquet shards (whole users per "
+        "shard; e.g. a `nextwatch generate-synthetic` world) instead of --dataset/--interactions"
+    )  # fmt: skip
+    scale.add_argument("--steps-per-epoch", type=int, help="(default: one pass over the shards)")
+    scale.add_argument("--shuffle-buffer", type=int, default=50_000, help="(default: %(default)s)")
+    scale.add_argument("--backup-dir", help="BackupAndRestore checkpoints: rerun to resume")
+    scale.add_argument(
+        "--backup-every", type=int, help="back up every N steps (default: each epoch)"
+    )
+
+    synth = sub.add_parser("generate-synthetic", help="write a synthetic log as Parquet shards")
+    synth.add_argument("--output", required=True, help="folder to write (must not hold a world)")
+    _add_dataclass_flags(synth, SyntheticConfig(), "world")
 
     retrain = sub.add_parser(
         "retrain", help="warm-start a trained tower on new events (and retrain its ranker)"
@@ -220,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     cands.add_argument(
         "--include-seen", action="store_true", help="do not exclude items the user has watched"
     )
+    cands.add_argument(
+        "--engine", choices=ENGINES, default="local",
+        help="local: this machine's processes (--workers, --shard-size, resumable); beam: an "
+        "Apache Beam pipeline over the user table (a Parquet file or glob), on the DirectRunner "
+        "or, with pipeline options after --, Dataflow, Flink or Spark (docs/beam.md)",
+    )  # fmt: skip
+    cands.add_argument(
+        "beam_args", nargs="*", metavar="-- BEAM_OPTION",
+        help="Beam pipeline options, e.g. -- --runner=DataflowRunner --project=P (--engine beam)",
+    )  # fmt: skip
 
     models = sub.add_parser("export-savedmodels", help="SavedModels for TF Serving")
     models.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
@@ -300,6 +335,46 @@ def _recommend(args: argparse.Namespace) -> dict:
     return out
 
 
+def _beam_export(args: argparse.Namespace) -> BeamExportSummary:
+    """``export-candidates --engine beam``: the user table's users, through a Beam pipeline."""
+    from export.beam import beam_export  # Beam loads only for this engine
+
+    if args.users:
+        raise ValueError("--users does not apply to --engine beam: pass the users' rows as "
+                         "--user-table")  # fmt: skip
+    if args.format != "parquet":
+        raise ValueError(f"--engine beam writes Parquet only, not --format {args.format}")
+    return beam_export(
+        # str, not Path: the artefact may be a gs:// (or other Beam filesystem) URL
+        args.artefact, args.user_table or args.artefact.rstrip("/") + "/users.parquet", args.output,
+        k=args.k, exclude_seen=not args.include_seen, batch_size=args.batch_size,
+        pipeline_args=args.beam_args or None,
+    )  # fmt: skip
+
+
+def _train_shards(args: argparse.Namespace) -> dict:
+    """``train-candidates --shards``: streaming training, one worker of many under TF_CONFIG."""
+    from towers.distribute import cluster_role, strategy_for
+
+    role = cluster_role()
+    strategy = strategy_for(role)  # before any other TensorFlow op
+    from towers.stream import save_on_chief, train_shards
+
+    items_path = Path(args.items) if args.items else Path(args.shards) / ITEMS_FILE
+    items = pd.read_parquet(items_path) if items_path.exists() else None
+    if args.items and items is None:
+        raise FileNotFoundError(f"--items {args.items} does not exist")
+    result = train_shards(
+        shard_paths(args.shards), _build(TowerConfig, args), _build(TrainOptions, args),
+        items=items, steps_per_epoch=args.steps_per_epoch, shuffle_buffer=args.shuffle_buffer,
+        backup_dir=args.backup_dir, save_freq=args.backup_every or "epoch", role=role,
+        strategy=strategy,
+    )  # fmt: skip
+    if save_on_chief(result, args.output, role, items=items) is not None:
+        log.info("artefact written to %s", args.output)
+    return {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nextwatch`` console script. Returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -308,7 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command == "train-candidates":
+        if args.command == "train-candidates" and args.shards:
+            print(json.dumps(_train_shards(args), indent=2))
+        elif args.command == "generate-synthetic":
+            print(json.dumps(generate(_build(SyntheticConfig, args), args.output), indent=2))
+        elif args.command == "train-candidates":
             args.log_dir = args.log_dir or str(Path(args.output) / "logs")
             protocol = None if args.protocol == "none" else args.protocol
             metrics = train_candidates(
@@ -363,7 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
         elif args.command == "recommend":
             print(json.dumps(_recommend(args), indent=2))
+        elif args.command == "export-candidates" and args.engine == "beam":
+            print(json.dumps(asdict(_beam_export(args)), indent=2))
         elif args.command == "export-candidates":
+            if args.beam_args:
+                raise ValueError(f"pipeline options {args.beam_args} need --engine beam")
             summary = export_candidates(
                 args.artefact, args.output, k=args.k,
                 users=read_user_list(args.users) if args.users else None,

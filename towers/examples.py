@@ -99,6 +99,7 @@ def build_examples(
     cold_examples_per_user: int = 0,
     cold_max_history: int = 10,
     seed: int = 0,
+    time_window: tuple[int, int] | None = None,
 ) -> Examples:
     """Build next-watch examples from an interaction log.
 
@@ -128,6 +129,9 @@ def build_examples(
         Longest history of those examples.
     seed : int
         Seed of the per-user subsampling and of the label draw.
+    time_window : tuple of int, optional
+        ``(t_start, t_end)`` for the example ages; default the log's own first and last
+        timestamps. A shard of a larger log passes the whole log's window.
 
     Returns
     -------
@@ -177,7 +181,10 @@ def build_examples(
         label_pos = np.concatenate([label_pos, cold_label])
     windows = history_windows(codes, starts, ends, max_history, pad_code)
     vocab = np.append(items, PAD).astype(object)
-    t_start, t_end = (int(times.min()), int(times.max())) if n else (0, 0)
+    if time_window is not None:
+        t_start, t_end = int(time_window[0]), int(time_window[1])
+    else:
+        t_start, t_end = (int(times.min()), int(times.max())) if n else (0, 0)
     return Examples(
         history=vocab[windows],
         label=items[codes[label_pos]].astype(object),

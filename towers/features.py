@@ -61,18 +61,15 @@ def item_token_table(
         Token strings; index ``i`` in the table means ``vocabulary[i - 1]`` (0 is padding).
     table : numpy.ndarray of int32, shape (len(item_ids), max_tokens)
     """
-    meta = items.set_index("item_id")
-    per_item: list[list[str]] = []
-    for item in item_ids:
-        if item in meta.index:
-            row = meta.loc[item]
-            per_item.append(
-                item_tokens(
-                    str(row["title"]), float(row["year"]), row["genres"], row["tags"], max_tokens
-                )
-            )
-        else:
-            per_item.append([])
+    meta = items.drop_duplicates("item_id", keep="last").set_index("item_id")
+    meta = meta.reindex(pd.Index([str(i) for i in item_ids]))
+    known = meta["title"].notna().to_numpy()
+    per_item: list[list[str]] = [
+        item_tokens(str(title), float(year), genres, tags, max_tokens) if ok else []
+        for ok, title, year, genres, tags in zip(
+            known, meta["title"], meta["year"], meta["genres"], meta["tags"], strict=True
+        )
+    ]
     counts = Counter(t for tokens in per_item for t in tokens)
     vocabulary = sorted(t for t, c in counts.items() if c >= min_count)
     index = {t: i + 1 for i, t in enumerate(vocabulary)}

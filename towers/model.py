@@ -102,6 +102,10 @@ class TowerConfig:
         )
 
 
+# Catalogues above this many rows gather the history's tokens rather than averaging every item's.
+TOKEN_GATHER_ABOVE = 20_000
+
+
 def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """Mean of ``values`` [..., n, d] over axis -2 with 0/1 ``weights`` [..., n]; 0 for none."""
     weights = tf.cast(weights, values.dtype)[..., None]
@@ -161,6 +165,7 @@ class CandidateTower(keras.Model):
                 len(token_vocabulary) + 1, config.token_dim, name="token_embedding"
             )
         self.token_vocabulary = list(token_vocabulary)
+        self.token_gather_above = TOKEN_GATHER_ABOVE
         self.item_token_array = item_token_table
         self.demographic_vocabularies = (
             dict(demographic_vocabularies)
@@ -216,10 +221,7 @@ class CandidateTower(keras.Model):
             recent = self.config.recent_history
             parts.append(_masked_mean(embedded[:, -recent:], known[:, -recent:]))
         if self.use_tokens:
-            # Each item's token bag is averaged once per call ([V, T, d] -> [V, d]), then the
-            # history averages its items' bags: cheaper than gathering [B, L, T, d].
-            item_bags = _masked_mean(self.token_embedding(self.token_table), self.token_table > 0)
-            parts.append(_masked_mean(tf.gather(item_bags, history), known))
+            parts.append(_masked_mean(self._token_bags(history), known))
         if self.demographic_vocabularies:
             for col in DEMOGRAPHIC_COLUMNS:
                 ids = self.demographic_lookups[col](tf.convert_to_tensor(inputs[col], tf.string))
@@ -236,6 +238,19 @@ class CandidateTower(keras.Model):
         for layer in self.tower:
             x = layer(x)
         return x
+
+    def _token_bags(self, history: tf.Tensor) -> tf.Tensor:
+        """Each history item's mean token embedding, shape ``(batch, max_history, token_dim)``.
+
+        A small catalogue averages every item's bag once per call ([V, T, d] -> [V, d]) and
+        gathers; a large one gathers the history's tokens first ([B, L, T, d]), so the cost
+        does not grow with the catalogue. Both give the same numbers.
+        """
+        if self.num_items + 2 <= self.token_gather_above:
+            item_bags = _masked_mean(self.token_embedding(self.token_table), self.token_table > 0)
+            return tf.gather(item_bags, history)
+        tokens = tf.gather(self.token_table, history)
+        return _masked_mean(self.token_embedding(tokens), tokens > 0)
 
     def logits(self, user_vectors: tf.Tensor) -> tf.Tensor:
         """Full softmax logits ``u W^T + b``, shape ``(batch, num_items)``."""
@@ -269,7 +284,11 @@ class CandidateTower(keras.Model):
         with tf.GradientTape() as tape:
             user_vectors = self(inputs, training=True)
             loss = self.compute_loss_value(user_vectors, labels)
-        grads = tape.gradient(loss, self.trainable_variables)
+            # Under tf.distribute the replicas' gradients are summed: scale each replica's mean
+            # loss so the sum is the gradient of the global mean (1 replica: unchanged).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / tf.cast(replicas, loss.dtype)
+        grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}

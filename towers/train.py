@@ -38,6 +38,7 @@ from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
 from towers.index import IndexParams, ItemIndex
 from towers.model import CandidateTower, TowerConfig
+from towers.optim import LazyAdam
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: index/, version, catalogue files
@@ -103,6 +104,15 @@ def build_tower(
         item_counts,
         time_window,
     )
+
+
+def optimizer_for(model: CandidateTower, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam; lazy (row-sparse, :class:`towers.optim.LazyAdam`) under the sampled softmax, whose
+    item rows and history embeddings get sparse gradients, so a step's cost does not grow with
+    the catalogue."""
+    if model.full_softmax:
+        return keras.optimizers.Adam(learning_rate)
+    return LazyAdam(learning_rate)
 
 
 def example_inputs(examples: Examples, data: Dataset, config: TowerConfig) -> dict[str, np.ndarray]:
@@ -175,7 +185,7 @@ def train_tower(
     if len(examples) == 0:
         raise ValueError("data has no interactions to learn from")
     model = init(examples) if init is not None else build_tower(data, config, examples.time_window)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate))
+    model.compile(optimizer=optimizer_for(model, options.learning_rate))
     train_ds = _dataset(
         example_inputs(examples, data, config), examples.label, options.batch_size, options.seed
     )

@@ -1,0 +1,386 @@
+"""Training the tower from Parquet shards that do not fit in memory, on one worker or many.
+
+Each shard holds whole users (as :mod:`towers.synthetic` writes them, or any log cut by user).
+One pass over the shards (:func:`scan_shards`) reads only the item, user and time columns to
+build the vocabulary, the sampling frequencies, the time window and the epoch size. Training then
+streams: tf.data interleaves a few shards at a time (each shard's next-watch examples are built
+in memory, one shard at a time), shuffles through a bounded buffer, batches and prefetches.
+Memory is bounded by the open shards and the buffer, not by the log.
+
+Under ``MultiWorkerMirroredStrategy`` (:mod:`towers.distribute`) each worker reads its own
+shards (or every ``n``-th example when there are fewer shards than workers), and every worker
+runs the same number of steps per epoch (the input repeats), so none waits for another.
+``BackupAndRestore`` checkpoints the training state, so a restarted worker (or a restarted
+single process) continues from the last saved epoch or step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from towers._tf import keras, tf
+from towers.catalogue import ITEMS_FILE
+from towers.content import NoMetadataError
+from towers.data import Dataset
+from towers.distribute import ClusterRole, cluster_role, strategy_for
+from towers.examples import build_examples
+from towers.features import item_token_table, query_inputs
+from towers.index import IndexParams
+from towers.model import CandidateTower, TowerConfig
+from towers.train import (
+    TrainOptions,
+    TrainResult,
+    fit_content_projection,
+    optimizer_for,
+    peak_rss_mb,
+    save_artefact,
+)
+
+log = logging.getLogger(__name__)
+_COLUMNS = ["user_id", "item_id", "timestamp"]
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """What one pass over the shards learned.
+
+    Attributes
+    ----------
+    paths : list of str
+    item_ids : list of str
+        The vocabulary, most frequent first (ties by ID), as :func:`towers.train.build_tower`.
+    item_counts : numpy.ndarray of float64
+    time_window : tuple of int
+    users, events : int
+    examples : int
+        Next-watch examples per epoch under the config's per-user cap.
+    """
+
+    paths: list[str]
+    item_ids: list[str]
+    item_counts: np.ndarray
+    time_window: tuple[int, int]
+    users: int
+    events: int
+    examples: int
+
+
+def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
+    """One pass over ``paths`` reading only the ID and time columns.
+
+    Raises
+    ------
+    ValueError
+        If there are no shards, a shard lacks a column, or a user appears in two shards.
+    """
+    if not paths:
+        raise ValueError("paths is empty: there are no shards to train on")
+    counts: pd.Series | None = None
+    t_min, t_max, users, events, examples = None, None, 0, 0, 0
+    cap = config.max_examples_per_user
+    for path in paths:
+        try:
+            table = pq.read_table(path, columns=_COLUMNS)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"shard {path} lacks one of the columns {_COLUMNS}: {exc}") from exc
+        vc = pc.value_counts(table.column("item_id")).flatten()
+        shard_counts = pd.Series(vc[1].to_numpy(), index=vc[0].to_numpy(zero_copy_only=False))
+        counts = shard_counts if counts is None else counts.add(shard_counts, fill_value=0)
+        per_user = pc.value_counts(table.column("user_id")).flatten()[1].to_numpy()
+        users += len(per_user)
+        events += table.num_rows
+        examples += int(np.minimum(per_user, cap).sum() if cap else per_user.sum())
+        examples += config.cold_examples_per_user * int((per_user > 1).sum())
+        lo, hi = pc.min_max(table.column("timestamp")).values()
+        t_min = lo.as_py() if t_min is None else min(t_min, lo.as_py())
+        t_max = hi.as_py() if t_max is None else max(t_max, hi.as_py())
+    assert counts is not None
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ShardScan(
+        [str(p) for p in paths],
+        [str(i) for i, _ in order],
+        np.array([c for _, c in order], dtype=np.float64),
+        (int(t_min), int(t_max)),
+        users,
+        events,
+        examples,
+    )
+
+
+def read_shard(path: str | Path) -> pd.DataFrame:
+    """One shard as an interaction frame (``rating`` NaN when the shard has none)."""
+    table = pq.read_table(path)
+    frame = table.select([c for c in (*_COLUMNS, "rating") if c in table.column_names]).to_pandas()
+    frame["user_id"] = frame["user_id"].astype(str)
+    frame["item_id"] = frame["item_id"].astype(str)
+    if "rating" not in frame:
+        frame["rating"] = np.nan
+    return frame
+
+
+def shard_dataset(
+    paths: Sequence[str],
+    config: TowerConfig,
+    time_window: tuple[int, int],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle_buffer: int = 50_000,
+    cycle_length: int = 2,
+    block: int = 4096,
+    shard: tuple[int, int] | None = None,
+) -> tf.data.Dataset:
+    """A repeating, shuffled, batched stream of ``(inputs, label)`` from the shards.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Shards this reader streams.
+    config : TowerConfig
+        History length, per-user cap and new-user examples of the examples.
+    time_window : tuple of int
+        The whole log's window (example ages are relative to it, not to one shard).
+    batch_size : int
+        Examples per batch.
+    seed : int
+        Seeds the shard order, the per-user subsampling and the shuffle.
+    shuffle_buffer : int
+        Examples in the shuffle buffer (bounds memory).
+    cycle_length : int
+        Shards open at once (interleaved).
+    block : int
+        Examples handed from Python to TensorFlow at a time.
+    shard : tuple of int, optional
+        ``(count, index)``: keep every ``count``-th example from ``index`` (data sharding when
+        workers outnumber shards).
+    """
+    epochs = itertools.count()
+
+    def examples_of(path: bytes):
+        path = path.decode()
+        rng_seed = seed + 7919 * next(epochs)
+        ex = build_examples(
+            read_shard(path),
+            max_history=config.max_history,
+            max_examples_per_user=config.max_examples_per_user,
+            label_horizon=config.label_horizon,
+            cold_examples_per_user=config.cold_examples_per_user,
+            seed=rng_seed,
+            time_window=time_window,
+        )
+        order = np.random.default_rng(rng_seed).permutation(len(ex))
+        for start in range(0, len(ex), block):
+            take = order[start : start + block]
+            yield (
+                {"history": ex.history[take], "example_age": ex.example_age[take]},
+                ex.label[take],
+            )
+
+    signature = (
+        {
+            "history": tf.TensorSpec([None, config.max_history], tf.string),
+            "example_age": tf.TensorSpec([None], tf.float32),
+        },
+        tf.TensorSpec([None], tf.string),
+    )
+    files = tf.data.Dataset.from_tensor_slices(list(paths)).shuffle(
+        len(paths), seed=seed, reshuffle_each_iteration=True
+    )
+    ds = files.repeat().interleave(
+        lambda p: tf.data.Dataset.from_generator(
+            examples_of, args=(p,), output_signature=signature
+        ),
+        cycle_length=cycle_length,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    ds = ds.unbatch()
+    if shard is not None:
+        ds = ds.shard(*shard)
+    ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    # Each worker reads its own part (below); TensorFlow must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def train_shards(
+    paths: Sequence[str | Path],
+    config: TowerConfig | None = None,
+    options: TrainOptions | None = None,
+    *,
+    items: pd.DataFrame | None = None,
+    steps_per_epoch: int | None = None,
+    shuffle_buffer: int = 50_000,
+    backup_dir: str | Path | None = None,
+    save_freq: int | str = "epoch",
+    role: ClusterRole | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    scan: ShardScan | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Train the tower on Parquet shards, streaming (see the module docstring).
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Interaction shards (``user_id``, ``item_id``, ``timestamp``; whole users per shard).
+    config, options : TowerConfig, TrainOptions
+        ``options.batch_size`` is the global batch (split across workers).
+    items : pandas.DataFrame, optional
+        Item metadata for the token features (none without it).
+    steps_per_epoch : int, optional
+        Default: one pass, ``scan.examples // batch_size``.
+    shuffle_buffer : int
+    backup_dir : str or Path, optional
+        ``BackupAndRestore`` directory: training resumes from it after a restart.
+    save_freq : int or "epoch"
+        How often the backup is written (steps, or each epoch).
+    role, strategy : optional
+        Default: from ``TF_CONFIG`` (:mod:`towers.distribute`).
+    scan : ShardScan, optional
+        A previous :func:`scan_shards` of the same shards.
+    callbacks : sequence of keras callbacks
+        Extra callbacks for ``fit``.
+
+    Returns
+    -------
+    TrainResult
+        Metrics as :func:`towers.train.train_tower`, plus ``workers`` and ``steps_per_epoch``.
+    """
+    config = config or TowerConfig()
+    options = options or TrainOptions()
+    if options.epochs < 1 or options.batch_size < 1:
+        raise ValueError(
+            f"epochs and batch_size must be >= 1, got {options.epochs}, {options.batch_size}"
+        )
+    role = role or cluster_role()
+    strategy = strategy or strategy_for(role)
+    keras.utils.set_random_seed(options.seed)
+    start = time.perf_counter()
+    scan = scan or scan_shards([str(p) for p in paths], config)
+    steps = steps_per_epoch or max(1, scan.examples // options.batch_size)
+    token_vocab, token_table = (
+        item_token_table(items, scan.item_ids, config.max_tokens_per_item)
+        if items is not None and config.use_tokens
+        else ([], np.zeros((len(scan.item_ids), config.max_tokens_per_item), np.int32))
+    )
+    with strategy.scope():
+        model = CandidateTower(
+            config, scan.item_ids, token_vocab, token_table, None, scan.item_counts,
+            scan.time_window,
+        )  # fmt: skip
+        model(query_inputs([[]], max_history=config.max_history))  # build (BackupAndRestore)
+        model.compile(optimizer=optimizer_for(model, options.learning_rate))
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        pipelines, me = context.num_input_pipelines, context.input_pipeline_id
+        mine, shard = scan.paths[me::pipelines], None
+        if len(scan.paths) < pipelines:
+            mine, shard = scan.paths, (pipelines, me)
+        return shard_dataset(
+            mine, config, scan.time_window,
+            context.get_per_replica_batch_size(options.batch_size),
+            seed=options.seed + me, shuffle_buffer=shuffle_buffer, shard=shard,
+        )  # fmt: skip
+
+    callbacks = list(callbacks)
+    if backup_dir is not None:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=save_freq))
+    if options.log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.log_dir, profile_batch=0))
+    prep_seconds = time.perf_counter() - start
+    fit_start = time.perf_counter()
+    history = model.fit(
+        keras.utils.experimental.DatasetCreator(dataset_fn),
+        epochs=options.epochs,
+        steps_per_epoch=steps,
+        verbose=options.verbose,
+        callbacks=callbacks,
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    trained = steps * len(history.epoch) * options.batch_size
+    metrics = {
+        "examples": scan.examples,
+        "events": scan.events,
+        "users": scan.users,
+        "items": model.num_items,
+        "softmax": "full" if model.full_softmax else "sampled",
+        "workers": role.num_workers,
+        "steps_per_epoch": steps,
+        "epochs_run": len(history.epoch),
+        "prepare_seconds": round(prep_seconds, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(prep_seconds + fit_seconds, 3),
+        "examples_per_second": round(trained / fit_seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **{k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+    }
+    log.info("trained %d steps on %d workers in %.1f s", steps, role.num_workers, fit_seconds)
+    return TrainResult(model, config, options, "shards", _shards_checksum(scan), metrics)
+
+
+def _shards_checksum(scan: ShardScan) -> str:
+    digest = hashlib.sha256()
+    for path in scan.paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).name}:{stat.st_size}".encode())
+    return digest.hexdigest()
+
+
+def save_on_chief(
+    result: TrainResult,
+    output: str | Path,
+    role: ClusterRole,
+    items: pd.DataFrame | None = None,
+    index_params: IndexParams | None = None,
+) -> Path | None:
+    """Write the artefact on the chief; returns its path there, None on other workers.
+
+    With ``items``, the artefact also gets ``items.parquet`` (for serving) and the content
+    projection. Other workers save their weights to a temporary directory that is deleted, as
+    tf.distribute expects every worker to take part in saving.
+    """
+    if not role.is_chief:
+        with tempfile.TemporaryDirectory(prefix=f"worker{role.task_index}-") as tmp:
+            result.model.save_weights(str(Path(tmp) / "tower"))
+        return None
+    directory = save_artefact(result, output, index_params=index_params)
+    if items is not None:
+        model = result.model
+        frame = items[["item_id", "title", "year", "genres"]].copy()
+        frame["item_id"] = frame["item_id"].astype(str)
+        frame["genres"] = frame["genres"].map(list)
+        counts = pd.Series(model.item_counts, index=model.item_ids)
+        frame["popularity"] = counts.reindex(frame["item_id"]).fillna(0).to_numpy()
+        frame.to_parquet(directory / ITEMS_FILE, index=False)
+        try:
+            fit_content_projection(directory, items)
+        except NoMetadataError as exc:
+            log.warning("no content projection: %s", exc)
+    return directory
+
+
+def shards_dataset(paths: Sequence[str | Path], items: pd.DataFrame | None = None) -> Dataset:
+    """All shards read into one in-memory :class:`towers.data.Dataset` (small worlds only:
+    evaluation on a split, tests)."""
+    frame = pd.concat([read_shard(p) for p in paths], ignore_index=True)
+    if items is None:
+        items = pd.DataFrame(
+            {"item_id": sorted(frame["item_id"].unique()), "title": "", "year": np.nan}
+        )
+        items["genres"] = [[] for _ in range(len(items))]
+        items["tags"] = [[] for _ in range(len(items))]
+    return Dataset("shards", frame, items, None, "")
