@@ -22,11 +22,15 @@ class ClusterRole:
     task_type: str = "worker"
     task_index: int = 0
     num_workers: int = 1
+    has_chief: bool = False
 
     @property
     def is_chief(self) -> bool:
-        """The chief writes the artefact: the ``chief`` task, else worker 0."""
-        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0)
+        """The chief writes the artefact: the ``chief`` task if the cluster has one (as Vertex AI
+        sets up), else worker 0."""
+        if self.has_chief:
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.task_index == 0
 
 
 def cluster_role(environ: dict[str, str] | None = None) -> ClusterRole:
@@ -44,7 +48,9 @@ def cluster_role(environ: dict[str, str] | None = None) -> ClusterRole:
         config = json.loads(raw)
         cluster, task = config["cluster"], config["task"]
         workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-        return ClusterRole(str(task["type"]), int(task["index"]), max(workers, 1))
+        return ClusterRole(
+            str(task["type"]), int(task["index"]), max(workers, 1), bool(cluster.get("chief"))
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"TF_CONFIG is not a valid cluster spec ({exc}): {raw[:200]}") from exc
 

@@ -102,10 +102,6 @@ class TowerConfig:
         )
 
 
-# Catalogues above this many rows gather the history's tokens rather than averaging every item's.
-TOKEN_GATHER_ABOVE = 20_000
-
-
 def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """Mean of ``values`` [..., n, d] over axis -2 with 0/1 ``weights`` [..., n]; 0 for none."""
     weights = tf.cast(weights, values.dtype)[..., None]
@@ -165,7 +161,6 @@ class CandidateTower(keras.Model):
                 len(token_vocabulary) + 1, config.token_dim, name="token_embedding"
             )
         self.token_vocabulary = list(token_vocabulary)
-        self.token_gather_above = TOKEN_GATHER_ABOVE
         self.item_token_array = item_token_table
         self.demographic_vocabularies = (
             dict(demographic_vocabularies)
@@ -242,15 +237,18 @@ class CandidateTower(keras.Model):
     def _token_bags(self, history: tf.Tensor) -> tf.Tensor:
         """Each history item's mean token embedding, shape ``(batch, max_history, token_dim)``.
 
-        A small catalogue averages every item's bag once per call ([V, T, d] -> [V, d]) and
-        gathers; a large one gathers the history's tokens first ([B, L, T, d]), so the cost
-        does not grow with the catalogue. Both give the same numbers.
+        The bags are computed once per distinct item in the batch ([U, T, d], U <= batch x
+        history and U <= catalogue) and gathered back, so the cost does not grow with the
+        catalogue.
         """
-        if self.num_items + 2 <= self.token_gather_above:
-            item_bags = _masked_mean(self.token_embedding(self.token_table), self.token_table > 0)
-            return tf.gather(item_bags, history)
-        tokens = tf.gather(self.token_table, history)
-        return _masked_mean(self.token_embedding(tokens), tokens > 0)
+        flat = tf.reshape(history, [-1])
+        distinct, position = tf.unique(flat)
+        tokens = tf.gather(self.token_table, distinct)
+        bags = _masked_mean(self.token_embedding(tokens), tokens > 0)
+        dim = self.config.token_dim
+        out = tf.reshape(tf.gather(bags, position), tf.concat([tf.shape(history), [dim]], 0))
+        out.set_shape([*history.shape, dim])
+        return out
 
     def logits(self, user_vectors: tf.Tensor) -> tf.Tensor:
         """Full softmax logits ``u W^T + b``, shape ``(batch, num_items)``."""

@@ -4,11 +4,12 @@ Each shard holds whole users (as :mod:`towers.synthetic` writes them, or any log
 One pass over the shards (:func:`scan_shards`) reads only the item, user and time columns to
 build the vocabulary, the sampling frequencies, the time window and the epoch size. Training then
 streams: tf.data interleaves a few shards at a time (each shard's next-watch examples are built
-in memory, one shard at a time), shuffles through a bounded buffer, batches and prefetches.
+in memory, one shard at a time, permuted and cut into batches), shuffles batches through a
+bounded buffer, and prefetches.
 Memory is bounded by the open shards and the buffer, not by the log.
 
 Under ``MultiWorkerMirroredStrategy`` (:mod:`towers.distribute`) each worker reads its own
-shards (or every ``n``-th example when there are fewer shards than workers), and every worker
+shards (or every ``n``-th batch when there are fewer shards than workers), and every worker
 runs the same number of steps per epoch (the input repeats), so none waits for another.
 ``BackupAndRestore`` checkpoints the training state, so a restarted worker (or a restarted
 single process) continues from the last saved epoch or step.
@@ -139,7 +140,6 @@ def shard_dataset(
     seed: int = 0,
     shuffle_buffer: int = 50_000,
     cycle_length: int = 2,
-    block: int = 4096,
     shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A repeating, shuffled, batched stream of ``(inputs, label)`` from the shards.
@@ -157,14 +157,19 @@ def shard_dataset(
     seed : int
         Seeds the shard order, the per-user subsampling and the shuffle.
     shuffle_buffer : int
-        Examples in the shuffle buffer (bounds memory).
+        About this many examples (in whole batches) in the shuffle buffer (bounds memory).
     cycle_length : int
         Shards open at once (interleaved).
-    block : int
-        Examples handed from Python to TensorFlow at a time.
     shard : tuple of int, optional
-        ``(count, index)``: keep every ``count``-th example from ``index`` (data sharding when
+        ``(count, index)``: keep every ``count``-th batch from ``index`` (data sharding when
         workers outnumber shards).
+
+    Notes
+    -----
+    Shuffling is in three layers: the shard order each pass, a full permutation of each shard's
+    examples before they are cut into batches, and a buffer of batches across the open shards.
+    Handing TensorFlow whole batches, not single examples to unbatch and rebatch, keeps the
+    per-example work in numpy.
     """
     epochs = itertools.count()
 
@@ -181,8 +186,8 @@ def shard_dataset(
             time_window=time_window,
         )
         order = np.random.default_rng(rng_seed).permutation(len(ex))
-        for start in range(0, len(ex), block):
-            take = order[start : start + block]
+        for start in range(0, len(ex), batch_size):
+            take = order[start : start + batch_size]
             yield (
                 {"history": ex.history[take], "example_age": ex.example_age[take]},
                 ex.label[take],
@@ -206,10 +211,9 @@ def shard_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )
-    ds = ds.unbatch()
     if shard is not None:
         ds = ds.shard(*shard)
-    ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
+    ds = ds.shuffle(max(1, shuffle_buffer // batch_size), seed=seed)
     options = tf.data.Options()
     # Each worker reads its own part (below); TensorFlow must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -25,11 +25,20 @@ def _tf_config(ports: list[int], index: int, kind: str = "worker") -> str:
 
 
 def test_cluster_role_from_tf_config():
-    assert cluster_role({}) == ClusterRole("worker", 0, 1)
+    assert cluster_role({}) == ClusterRole("worker", 0, 1, False)
     assert cluster_role({}).is_chief
     role = cluster_role({"TF_CONFIG": _tf_config([1, 2, 3], 2)})
-    assert role == ClusterRole("worker", 2, 3) and not role.is_chief
+    assert role == ClusterRole("worker", 2, 3, False) and not role.is_chief
     assert cluster_role({"TF_CONFIG": _tf_config([1, 2], 0)}).is_chief
+    # Vertex AI: a chief plus workers; the chief writes, worker 0 does not.
+    spec = {"chief": ["c:1"], "worker": ["w:1", "w:2"]}
+    chief = cluster_role(
+        {"TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": "chief", "index": 0}})}
+    )
+    worker = cluster_role(
+        {"TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": "worker", "index": 0}})}
+    )
+    assert chief.num_workers == 3 and chief.is_chief and not worker.is_chief
     with pytest.raises(ValueError, match="TF_CONFIG"):
         cluster_role({"TF_CONFIG": "{not json"})
     with pytest.raises(ValueError, match="TF_CONFIG"):

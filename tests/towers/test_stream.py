@@ -96,19 +96,21 @@ def test_lazy_adam_equals_adam_when_every_row_is_touched():
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
 
 
-def test_token_bags_gathered_or_averaged_give_the_same_vector():
+def test_token_bags_are_each_items_mean_token_embedding():
     ids = [f"i{i}" for i in range(6)]
     table = np.array([[1, 2], [2, 0], [3, 3], [0, 0], [1, 0], [4, 2]], np.int32)
-    model = CandidateTower(
-        TowerConfig(output_dim=4, depth=1, max_tokens_per_item=2),
-        ids,
-        ["t1", "t2", "t3", "t4"],
-        table,
-    )
-    inputs = query_inputs([["i0", "i2"], ["i5"], []], max_history=4)
-    averaged = model(inputs).numpy()
-    model.token_gather_above = 0  # a "large" catalogue: gather the history's tokens
-    np.testing.assert_allclose(model(inputs).numpy(), averaged, rtol=1e-5, atol=1e-6)
+    config = TowerConfig(output_dim=4, depth=1, max_tokens_per_item=2)
+    model = CandidateTower(config, ids, ["t1", "t2", "t3", "t4"], table)
+    history = np.array([["", "i0", "i2"], ["i5", "i0", "i0"]], dtype=object)
+    model(query_inputs(history, max_history=3))
+    bags = model._token_bags(model.item_lookup(tf.constant(history))).numpy()
+    emb = model.token_embedding.embeddings.numpy()
+    # Item i0 has tokens 1, 2; i2 has 3, 3 (mean = token 3); i5 has 4, 2; padding has none.
+    np.testing.assert_allclose(bags[0, 1], (emb[1] + emb[2]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(bags[0, 2], emb[3], rtol=1e-6)
+    np.testing.assert_allclose(bags[1, 0], (emb[4] + emb[2]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(bags[1, 2], bags[0, 1], rtol=1e-6)
+    np.testing.assert_allclose(bags[0, 0], 0.0)
 
 
 class _Crash(keras.callbacks.Callback):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,3 +91,16 @@ def test_bad_config_names_the_field(field, value):
 def test_shard_paths_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         shard_paths(tmp_path)
+
+
+def test_cli_writes_a_world_and_refuses_to_overwrite_it(tmp_path, capsys):
+    from serving.cli import main
+
+    argv = ["generate-synthetic", "--output", str(tmp_path), "--num-users", "30",
+            "--num-items", "12", "--num-topics", "3", "--users-per-shard", "10"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["users"] == 30 and manifest["shards"] == 3
+    assert len(shard_paths(tmp_path)) == 3
+    assert main(argv) == 2  # exists: a clear error, nothing overwritten
+    assert len(shard_paths(tmp_path)) == 3

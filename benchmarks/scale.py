@@ -1,0 +1,353 @@
+"""Cost curves past one machine's comfort: users, items, events (issue: scale).
+
+Parts (``--parts``, default all, in this order):
+
+``curves``   For 10k / 100k / 1M users (100k items), 10k / 100k / 1M items (100k users) and 1M x 1M,
+             each in fresh processes: generate a synthetic world (``towers.synthetic``), train the
+             tower streaming from its shards (``nextwatch train-candidates --shards``, sampled
+             softmax) for a fixed number of steps, and measure examples/s, the projected epoch
+             time (examples per epoch / examples/s), peak RSS, model size on disk, the ScaNN build
+             time and p99 latency, and single-process export users/s. The 1M-user world has
+             >= 50M events.
+``softmax``  Sampled vs full softmax: the step cost at 10k / 100k / 1M items (fixed batch), and
+             temporal-user-20 quality on a catalogue where the full softmax still fits.
+``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
+             1M-user world, with the model trained on it.
+
+Writes ``benchmarks/results/scale.json`` (parts merge into it) and ``docs/scale.png``.
+
+    python benchmarks/scale.py                       # everything (about an hour on 2 cores)
+    python benchmarks/scale.py --parts softmax       # one part
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT, latency_ms, write_results
+
+log = logging.getLogger("scale")
+USERS_AXIS = (10_000, 100_000, 1_000_000)
+ITEMS_AXIS = (10_000, 100_000, 1_000_000)
+TRAIN = ["--epochs", "1", "--batch-size", "1024", "--max-examples-per-user", "50",
+         "--softmax", "sampled", "--num-negatives", "1000", "--verbose", "2"]  # fmt: skip
+
+
+def _run(command: list[str], **kw) -> str:
+    log.info("$ %s", " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kw)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def _json_tail(text: str) -> dict:
+    return json.loads(text[text.index("{") :])
+
+
+def _du_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+
+
+def world(work: Path, users: int, items: int) -> tuple[Path, dict]:
+    """Generate (or reuse) a world; returns its folder and manifest with generation cost."""
+    path = work / f"world-{users}-{items}"
+    manifest = path / "_manifest.json"
+    if not manifest.exists():
+        # 62 draws per user leave ~50 after duplicates: >= 50M events for 1M users.
+        start = time.perf_counter()
+        out = _run([sys.executable, "-c", (
+            "import json,resource,sys;from towers.synthetic import *;"
+            f"m=generate(SyntheticConfig(num_users={users},num_items={items},"
+            "events_per_user=62,users_per_shard=25000),sys.argv[1]);"
+            "m['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;"
+            "print(json.dumps(m))"), str(path)])  # fmt: skip
+        meta = _json_tail(out)
+        meta["wall_seconds"] = round(time.perf_counter() - start, 1)
+        manifest.write_text(json.dumps(meta, indent=2))
+    meta = json.loads(manifest.read_text())
+    meta["disk_mb"] = _du_mb(path)
+    return path, meta
+
+
+def measure_artefact(artefact: Path, world_path: Path, export_users: int) -> dict:
+    """ScaNN build time and p99, model size and export users/s (run in its own process)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from export.candidates import export_candidates
+    from towers.index import ItemIndex
+    from towers.retrieval import Retriever
+
+    vectors = np.load(artefact / "item_vectors.npy")
+    ids = (artefact / "vocab" / "items.txt").read_text().split()
+    start = time.perf_counter()
+    index = ItemIndex.build(ids, vectors)
+    build = time.perf_counter() - start
+    retriever = Retriever.from_artefact(artefact)
+    users = pq.read_table(sorted((world_path / "users").glob("*.parquet"))[0])
+    histories = [[str(i) for i in h] for h in users.column("history").to_pylist()[:1000]]
+    from towers.features import query_inputs
+
+    queries = retriever.encoder.queries(
+        query_inputs([retriever.encoder.known_only(h) for h in histories], max_history=50)
+    )
+    for q in queries[:50]:
+        index.search(q[None, :], 100)
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None, :], 100)
+        times.append(time.perf_counter() - t)
+    sample = artefact.parent / f"{artefact.name}-export-users.parquet"
+    pq.write_table(users.slice(0, export_users) if users.num_rows > export_users else users, sample)
+    rows = pq.read_metadata(sample).num_rows
+    summary = export_candidates(artefact, artefact.parent / f"{artefact.name}-export", k=100,
+                                user_table=sample, shard_size=50_000)  # fmt: skip
+    del pa
+    return {
+        "ann_build_seconds": round(build, 2),
+        "ann_search_k100": latency_ms(times),
+        "index_params": index.params.__dict__,
+        "model_mb": _du_mb(artefact / "weights"),
+        "item_vectors_mb": round((artefact / "item_vectors.npy").stat().st_size / 2**20, 1),
+        "artefact_mb": _du_mb(artefact),
+        "export_users": rows,
+        "export_users_per_second": summary.users_per_second,
+    }
+
+
+def curve_point(work: Path, users: int, items: int, max_steps: int) -> dict:
+    path, meta = world(work, users, items)
+    artefact = work / f"model-{users}-{items}"
+    if not (artefact / "metrics.json").exists():
+        from towers.model import TowerConfig
+        from towers.stream import scan_shards
+        from towers.synthetic import shard_paths
+
+        scan = scan_shards(shard_paths(path), TowerConfig(max_examples_per_user=50))
+        steps = min(max_steps, max(1, scan.examples // 1024))
+        out = _run([sys.executable, "-m", "serving.cli", "train-candidates", "--shards",
+                    str(path), "--output", str(artefact), "--steps-per-epoch", str(steps),
+                    *TRAIN])  # fmt: skip
+        train = _json_tail(out)
+        (artefact / "train.json").write_text(json.dumps(train, indent=2))
+    train = json.loads((artefact / "train.json").read_text())
+    out = _run([sys.executable, __file__, "--measure", str(artefact), str(path)])
+    measured = _json_tail(out)
+    trained = train["steps_per_epoch"] * 1024
+    return {
+        "users": users, "items": items, "events": meta["events"],
+        "generate_seconds": meta["wall_seconds"], "generate_peak_rss_mb": meta["peak_rss_mb"],
+        "world_disk_mb": meta["disk_mb"],
+        "vocabulary": train["items"],
+        "examples_per_epoch": train["examples"], "trained_examples": trained,
+        "full_epoch": trained > train["examples"] - 1024,  # (the last partial batch is dropped)
+        "examples_per_second": train["examples_per_second"],
+        "epoch_seconds": round(train["examples"] / train["examples_per_second"], 1),
+        "train_prepare_seconds": train["prepare_seconds"],
+        "train_peak_rss_mb": train["peak_rss_mb"], **measured,
+    }  # fmt: skip
+
+
+def part_curves(work: Path, max_steps: int) -> dict:
+    # Two axes through 100k x 100k, plus 1M x 1M: a 1M-item catalogue that the log covers
+    # (100k users leave 29 % of a 1M catalogue unwatched).
+    points = [(u, 100_000) for u in USERS_AXIS] + [(100_000, i) for i in ITEMS_AXIS]
+    points.append((1_000_000, 1_000_000))
+    results = {}
+    for users, items in dict.fromkeys(points):
+        point = curve_point(work, users, items, max_steps)
+        log.info("%s", point)
+        results[f"{users}x{items}"] = point
+    return {"points": results}
+
+
+def step_cost(items: int, softmax: str, batch: int = 1024, steps: int = 60) -> dict:
+    """Milliseconds per training step on fixed inputs (no input pipeline), after warm-up."""
+    import numpy as np
+
+    from towers._tf import tf
+    from towers.features import query_inputs
+    from towers.model import CandidateTower, TowerConfig
+    from towers.train import optimizer_for
+
+    ids = [f"i{i}" for i in range(items)]
+    model = CandidateTower(TowerConfig(softmax=softmax, use_tokens=False), ids,
+                           item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
+    rng = np.random.default_rng(0)
+    pick = np.array(ids, dtype=object)
+    hist = pick[rng.integers(0, items, (batch, 50))]
+    inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
+              if k in ("history", "example_age")}  # fmt: skip
+    labels = tf.constant(pick[rng.integers(0, items, batch)])
+    model(inputs)
+    model.compile(optimizer=optimizer_for(model, 1e-3))
+    step = tf.function(lambda: model.train_step((inputs, labels)))
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()["loss"].numpy()
+        times.append(time.perf_counter() - t)
+    return {"items": items, "softmax": softmax, "batch": batch,
+            "ms_per_step": round(float(np.median(times)) * 1e3, 2)}  # fmt: skip
+
+
+def quality(work: Path) -> dict:
+    """temporal-user-20 on a 20k-user x 5k-item world (a sample of 5k users evaluated): full vs
+    sampled softmax, same model and schedule, next to most-popular."""
+    import numpy as np
+    import pandas as pd
+
+    from towers.model import TowerConfig
+    from towers.pipeline import evaluate_tower
+    from towers.splits import make_split
+    from towers.stream import shards_dataset
+    from towers.synthetic import ITEMS_FILE, shard_paths
+    from towers.train import TrainOptions, train_tower
+
+    path, meta = world(work, 20_000, 5_000)
+    data = shards_dataset(shard_paths(path), pd.read_parquet(path / ITEMS_FILE))
+    rng = np.random.default_rng(7)
+    sample = set(rng.choice(sorted(data.interactions["user_id"].unique()), 5000, replace=False))
+    split = make_split(data.interactions, "temporal-user-20")
+    test = split.test[split.test["user_id"].isin(sample)]
+    split = type(split)(split.protocol, split.train, test, split.cold_test_dropped)
+    train = data.with_interactions(split.train)
+    out: dict = {"world": meta, "evaluated_users": len(sample), "runs": {}}
+    options = TrainOptions(epochs=2, batch_size=1024, verbose=0)
+    for name, config in {
+        "full": TowerConfig(softmax="full", max_examples_per_user=30),
+        "sampled-1000": TowerConfig(softmax="sampled", num_negatives=1000,
+                                    max_examples_per_user=30),
+        "sampled-200": TowerConfig(softmax="sampled", num_negatives=200,
+                                   max_examples_per_user=30),
+    }.items():  # fmt: skip
+        result = train_tower(train, config, options)
+        metrics = evaluate_tower(result.model, train, split)
+        out["runs"][name] = {"fit_seconds": result.metrics["fit_seconds"],
+                             "examples_per_second": result.metrics["examples_per_second"],
+                             **{k: round(v, 4) for k, v in metrics.items()
+                                if isinstance(v, float)}}  # fmt: skip
+        log.info("%s %s", name, out["runs"][name])
+    popular = split.train["item_id"].value_counts().index[:100].tolist()
+    truth = test.groupby("user_id")["item_id"].agg(set)
+    out["most_popular_recall@100"] = round(
+        float(np.mean([len(s & set(popular)) / len(s) for s in truth])), 4
+    )
+    full = out["runs"]["full"]
+    for run in out["runs"].values():
+        run["relative_to_full"] = {
+            m: round(run[m] / full[m] - 1, 4) for m in ("recall@100", "ndcg@10") if m in run
+        }
+    return out
+
+
+def part_softmax(work: Path) -> dict:
+    costs = []
+    for items in ITEMS_AXIS:
+        costs.append(_json_tail(_run([sys.executable, __file__, "--step-cost", str(items),
+                                      "sampled"])))  # fmt: skip
+    for items in ITEMS_AXIS[:2]:  # 1M x 1024 full logits (4 GB, x3 with gradients) is left out
+        costs.append(_json_tail(_run([sys.executable, __file__, "--step-cost", str(items),
+                                      "full"])))  # fmt: skip
+    return {"step_cost": costs, "quality": quality(work)}
+
+
+def part_beam(work: Path) -> dict:
+    from towers.synthetic import shard_paths
+
+    path, meta = world(work, 1_000_000, 100_000)
+    artefact = work / "model-1000000-100000"
+    output = work / "beam-export"
+    if output.exists():
+        import shutil
+
+        shutil.rmtree(output)
+    users = str(path / "users" / "*.parquet")
+    start = time.perf_counter()
+    out = _run([sys.executable, "-m", "serving.cli", "export-candidates", "--engine", "beam",
+                "--artefact", str(artefact), "--user-table", users, "--output", str(output),
+                "--k", "100"])  # fmt: skip
+    summary = _json_tail(out)
+    summary["wall_seconds_with_startup"] = round(time.perf_counter() - start, 1)
+    summary["user_shards"] = len(shard_paths(path, "users"))
+    return summary
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = results.get("curves", {}).get("points", {})
+    if not points:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for axis_name, fixed, key in (("users", "items", "users"), ("items", "users", "items")):
+        rows = sorted((p for p in points.values() if p[fixed] == 100_000), key=lambda p: p[key])
+        x = [p[key] for p in rows]
+        label = f"{axis_name} (100k {fixed})"
+        axes[0].plot(x, [p["epoch_seconds"] for p in rows], "o-", label=label)
+        axes[1].plot(x, [p["train_peak_rss_mb"] for p in rows], "o-", label=label)
+        axes[2].plot(x, [p["ann_search_k100"]["p99_ms"] for p in rows], "o-", label=label)
+        axes[3].plot(x, [p["export_users_per_second"] for p in rows], "o-", label=label)
+    titles = ("epoch time (s)", "training peak RSS (MiB)", "ScaNN p99, k=100 (ms)",
+              "export users/s (1 process)")  # fmt: skip
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("count")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("nextwatch cost curves (synthetic worlds, 2-core machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="curves,softmax,beam")
+    parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
+                        help="worlds and models (reused between runs)")  # fmt: skip
+    parser.add_argument("--max-steps", type=int, default=600, help="training steps per point")
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--step-cost", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.measure:
+        print(json.dumps(measure_artefact(Path(args.measure[0]), Path(args.measure[1]), 50_000)))
+        return
+    if args.step_cost:
+        print(json.dumps(step_cost(int(args.step_cost[0]), args.step_cost[1])))
+        return
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    result_path = RESULTS / "scale.json"
+    results = json.loads(result_path.read_text()) if result_path.exists() else {}
+    parts = {"curves": lambda: part_curves(work, args.max_steps),
+             "softmax": lambda: part_softmax(work), "beam": lambda: part_beam(work)}  # fmt: skip
+    for name in args.parts.split(","):
+        start = time.perf_counter()
+        results[name] = {**parts[name](), "part_seconds": round(time.perf_counter() - start, 1)}
+        keep = {k: v for k, v in results.items() if k in parts}
+        write_results("scale", keep)
+        plot(keep, ROOT / "docs" / "scale.png")
+        log.info("%s done", name)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
