@@ -29,9 +29,10 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from common import RESULTS, ROOT, latency_ms, write_results
+from common import RESULTS, ROOT, git_commit, latency_ms, write_results
 
 log = logging.getLogger("scale")
 USERS_AXIS = (10_000, 100_000, 1_000_000)
@@ -317,6 +318,10 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def parts_of(results: dict) -> list[str]:
+    return [name for name in ("curves", "softmax", "beam") if name in results]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="curves,softmax,beam")
@@ -337,11 +342,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     result_path = RESULTS / "scale.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
+    for name in parts_of(results):  # parts from an earlier run keep that run's commit and date
+        results[name].setdefault("commit", results["commit"])
+        results[name].setdefault("date", results["date"])
     parts = {"curves": lambda: part_curves(work, args.max_steps),
              "softmax": lambda: part_softmax(work), "beam": lambda: part_beam(work)}  # fmt: skip
     for name in args.parts.split(","):
         start = time.perf_counter()
-        results[name] = {**parts[name](), "part_seconds": round(time.perf_counter() - start, 1)}
+        results[name] = {
+            **parts[name](),
+            "part_seconds": round(time.perf_counter() - start, 1),
+            "commit": git_commit(),
+            "date": datetime.now(UTC).isoformat("seconds"),
+        }
         keep = {k: v for k, v in results.items() if k in parts}
         write_results("scale", keep)
         plot(keep, ROOT / "docs" / "scale.png")
