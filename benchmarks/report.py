@@ -3,6 +3,7 @@
 python benchmarks/report.py > /tmp/tables.md            # retrieval quality (retrieval.json)
 python benchmarks/report.py serving > /tmp/serving.md   # ann, api_latency, export_throughput
 python benchmarks/report.py ranking                      # ranking.json
+python benchmarks/report.py scale                        # scale.json
 """
 
 from __future__ import annotations
@@ -132,9 +133,64 @@ def ranking() -> None:
         print(f"| {protocol} | {metric} | {ranker:.4f} | {edb:.4f} |")
 
 
+def _count(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def scale() -> None:
+    """Tables for scale.json: cost curves, sampled vs full softmax, Beam export."""
+    data = json.loads((RESULTS.parent / "scale.json").read_text())
+    curves = data["curves"]
+    print(f"Cost curves: {curves['date'][:10]}, commit `{curves['commit'][:12]}`\n")
+    print(
+        "| users × items | events | vocabulary | examples/s | epoch (s) | training peak RSS "
+        "| weights on disk | ScaNN build | ScaNN p99 (k=100) | export users/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for p in curves["points"].values():
+        epoch = f"{p['epoch_seconds']:,.0f}" + ("" if p["full_epoch"] else " (projected)")
+        print(
+            f"| {_count(p['users'])} × {_count(p['items'])} | {p['events'] / 1e6:.1f}M "
+            f"| {p['vocabulary']:,} | {p['examples_per_second']:,.0f} | {epoch} "
+            f"| {p['train_peak_rss_mb'] / 1024:.1f} GB | {p['model_mb']:,.0f} MB "
+            f"| {p['ann_build_seconds']:.1f} s | {p['ann_search_k100']['p99_ms']:.2f} ms "
+            f"| {p['export_users_per_second']:,.0f} |"
+        )
+    soft = data["softmax"]
+    print(f"\nSoftmax: {soft['date'][:10]}, commit `{soft['commit'][:12]}`\n")
+    print("| items | sampled (1000 negatives) ms/step | full ms/step |\n|---|---|---|")
+    cost = {(c["items"], c["softmax"]): c["ms_per_step"] for c in soft["step_cost"]}
+    for items in sorted({c["items"] for c in soft["step_cost"]}):
+        full = cost.get((items, "full"))
+        print(
+            f"| {items:,} | {cost[(items, 'sampled')]:.1f} | "
+            f"{'not run' if full is None else f'{full:.1f}'} |"
+        )
+    q = soft["quality"]
+    print("\n| softmax | Recall@100 | NDCG@10 | vs full (R@100, NDCG@10) | examples/s |")
+    print("|---|---|---|---|---|")
+    for name, run in q["runs"].items():
+        rel = run["relative_to_full"]
+        print(
+            f"| {name} | {run['recall@100']:.4f} | {run['ndcg@10']:.4f} "
+            f"| {rel['recall@100']:+.1%}, {rel['ndcg@10']:+.1%} "
+            f"| {run['examples_per_second']:,.0f} |"
+        )
+    print(f"| most popular | {q['most_popular_recall@100']:.4f} | | | |")
+    beam = data.get("beam")
+    if beam:
+        print(
+            f"\nBeam: {beam['users']:,} users in {beam['seconds']:.0f} s, "
+            f"{beam['users_per_second']:,.0f} users/s ({beam['runner']}, commit "
+            f"`{beam['commit'][:12]}`)"
+        )
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["serving"]:
         serving()
+    elif sys.argv[1:] == ["scale"]:
+        scale()
     elif sys.argv[1:] == ["ranking"]:
         ranking()
     else:

@@ -353,7 +353,7 @@ def main() -> None:
             **parts[name](),
             "part_seconds": round(time.perf_counter() - start, 1),
             "commit": git_commit(),
-            "date": datetime.now(UTC).isoformat("seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         keep = {k: v for k, v in results.items() if k in parts}
         write_results("scale", keep)
