@@ -238,7 +238,7 @@ class CandidateTower(keras.Model):
         """Each history item's mean token embedding, shape ``(batch, max_history, token_dim)``.
 
         The bags are computed once per distinct item in the batch ([U, T, d], U <= batch x
-        history and U <= catalogue) and gathered back, so the cost does not grow with the
+        history and U <= catalogue) and gathered back, so the work does not grow with the
         catalogue.
         """
         flat = tf.reshape(history, [-1])

@@ -108,7 +108,7 @@ def build_tower(
 
 def optimizer_for(model: CandidateTower, learning_rate: float) -> keras.optimizers.Optimizer:
     """Adam; lazy (row-sparse, :class:`towers.optim.LazyAdam`) under the sampled softmax, whose
-    item rows and history embeddings get sparse gradients, so a step's cost does not grow with
+    item rows and history embeddings get sparse gradients, so a step's work does not grow with
     the catalogue."""
     if model.full_softmax:
         return keras.optimizers.Adam(learning_rate)
