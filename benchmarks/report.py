@@ -158,13 +158,20 @@ def scale() -> None:
         )
     soft = data["softmax"]
     print(f"\nSoftmax: {soft['date'][:10]}, commit `{soft['commit'][:12]}`\n")
-    print("| items | sampled (1000 negatives) ms/step | full ms/step |\n|---|---|---|")
-    cost = {(c["items"], c["softmax"]): c["ms_per_step"] for c in soft["step_cost"]}
+    print(
+        "| items | sampled, uniform histories | sampled, popularity-drawn histories "
+        "| full, uniform histories |\n|---|---|---|---|"
+    )
+    cost = {(c["items"], c["softmax"], c.get("histories", "uniform")): c["ms_per_step"]
+            for c in soft["step_cost"]}  # fmt: skip
+
+    def cell(key: tuple) -> str:
+        return f"{cost[key]:.1f} ms" if key in cost else "not run"
+
     for items in sorted({c["items"] for c in soft["step_cost"]}):
-        full = cost.get((items, "full"))
         print(
-            f"| {items:,} | {cost[(items, 'sampled')]:.1f} | "
-            f"{'not run' if full is None else f'{full:.1f}'} |"
+            f"| {items:,} | {cell((items, 'sampled', 'uniform'))} "
+            f"| {cell((items, 'sampled', 'popular'))} | {cell((items, 'full', 'uniform'))} |"
         )
     q = soft["quality"]
     print("\n| softmax | Recall@100 | NDCG@10 | vs full (R@100, NDCG@10) | examples/s |")

@@ -172,8 +172,15 @@ def part_curves(work: Path, max_steps: int) -> dict:
     return {"points": results}
 
 
-def step_cost(items: int, softmax: str, batch: int = 1024, steps: int = 60) -> dict:
-    """Milliseconds per training step on fixed inputs (no input pipeline), after warm-up."""
+def step_cost(
+    items: int, softmax: str, histories: str = "uniform", batch: int = 1024, steps: int = 60
+) -> dict:
+    """Milliseconds per training step on fixed inputs (no input pipeline), after warm-up.
+
+    ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
+    worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
+    the synthetic worlds (what real logs look like).
+    """
     import numpy as np
 
     from towers._tf import tf
@@ -186,10 +193,17 @@ def step_cost(items: int, softmax: str, batch: int = 1024, steps: int = 60) -> d
                            item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
     rng = np.random.default_rng(0)
     pick = np.array(ids, dtype=object)
-    hist = pick[rng.integers(0, items, (batch, 50))]
+    if histories == "uniform":
+        p = None
+    elif histories == "popular":
+        p = np.arange(1, items + 1) ** -0.9
+        p /= p.sum()
+    else:
+        raise ValueError(f"histories must be 'uniform' or 'popular', got {histories!r}")
+    hist = pick[rng.choice(items, (batch, 50), p=p)]
+    labels = tf.constant(pick[rng.choice(items, batch, p=p)])
     inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
               if k in ("history", "example_age")}  # fmt: skip
-    labels = tf.constant(pick[rng.integers(0, items, batch)])
     model(inputs)
     model.compile(optimizer=optimizer_for(model, 1e-3))
     step = tf.function(lambda: model.train_step((inputs, labels)))
@@ -200,7 +214,7 @@ def step_cost(items: int, softmax: str, batch: int = 1024, steps: int = 60) -> d
         t = time.perf_counter()
         step()["loss"].numpy()
         times.append(time.perf_counter() - t)
-    return {"items": items, "softmax": softmax, "batch": batch,
+    return {"items": items, "softmax": softmax, "histories": histories, "batch": batch,
             "ms_per_step": round(float(np.median(times)) * 1e3, 2)}  # fmt: skip
 
 
@@ -256,12 +270,12 @@ def quality(work: Path) -> dict:
 
 def part_softmax(work: Path) -> dict:
     costs = []
-    for items in ITEMS_AXIS:
+    runs = [(items, "sampled", draw) for draw in ("uniform", "popular") for items in ITEMS_AXIS]
+    # 1M x 1024 full logits (4 GB, x3 with gradients) is left out.
+    runs += [(items, "full", "uniform") for items in ITEMS_AXIS[:2]]
+    for items, softmax, draw in runs:
         costs.append(_json_tail(_run([sys.executable, __file__, "--step-cost", str(items),
-                                      "sampled"])))  # fmt: skip
-    for items in ITEMS_AXIS[:2]:  # 1M x 1024 full logits (4 GB, x3 with gradients) is left out
-        costs.append(_json_tail(_run([sys.executable, __file__, "--step-cost", str(items),
-                                      "full"])))  # fmt: skip
+                                      softmax, draw])))  # fmt: skip
     return {"step_cost": costs, "quality": quality(work)}
 
 
@@ -329,14 +343,14 @@ def main() -> None:
                         help="worlds and models (reused between runs)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=600, help="training steps per point")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--step-cost", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--step-cost", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.measure:
         print(json.dumps(measure_artefact(Path(args.measure[0]), Path(args.measure[1]), 50_000)))
         return
     if args.step_cost:
-        print(json.dumps(step_cost(int(args.step_cost[0]), args.step_cost[1])))
+        print(json.dumps(step_cost(int(args.step_cost[0]), *args.step_cost[1:])))
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
