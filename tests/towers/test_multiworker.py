@@ -102,6 +102,7 @@ def test_two_workers_train_as_well_as_one(tmp_path):
     popular = split.train["item_id"].value_counts().index[:50]
     test_users = split.test.groupby("user_id")["item_id"].agg(set)
     baseline = np.mean([len(s & set(popular)) / len(s) for s in test_users])
+    print(f"Recall@50: {recall}, most-popular {baseline:.4f}")  # shown by pytest -s
     # Both learn the tastes (well above most-popular), and two workers match one within 10 %.
     assert recall["single"] > 1.3 * baseline, (recall, baseline)
     assert abs(recall["multi0"] - recall["single"]) <= 0.1 * recall["single"], recall
