@@ -11,6 +11,7 @@ Parts (``--parts``, default all, in this order):
              >= 50M events.
 ``softmax``  Sampled vs full softmax: the step cost at 10k / 100k / 1M items (fixed batch), and
              temporal-user-20 quality on a catalogue where the full softmax still fits.
+``epoch``    One timed full epoch on the 100k x 100k world (checks the projected epochs).
 ``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
              1M-user world, with the model trained on it.
 
@@ -279,6 +280,16 @@ def part_softmax(work: Path) -> dict:
     return {"step_cost": costs, "quality": quality(work)}
 
 
+def part_epoch(work: Path) -> dict:
+    """One timed full epoch on the 100k x 100k world, to check the curves' projected epochs."""
+    path, meta = world(work, 100_000, 100_000)
+    artefact = work / "model-100000-100000-epoch"
+    out = _run([sys.executable, "-m", "serving.cli", "train-candidates", "--shards", str(path),
+                "--output", str(artefact), *TRAIN])  # fmt: skip
+    train = _json_tail(out)
+    return {"users": 100_000, "items": 100_000, "events": meta["events"], **train}
+
+
 def part_beam(work: Path) -> dict:
     from towers.synthetic import shard_paths
 
@@ -333,12 +344,12 @@ def plot(results: dict, path: Path) -> None:
 
 
 def parts_of(results: dict) -> list[str]:
-    return [name for name in ("curves", "softmax", "beam") if name in results]
+    return [name for name in ("curves", "softmax", "beam", "epoch") if name in results]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="curves,softmax,beam")
+    parser.add_argument("--parts", default="curves,epoch,softmax,beam")
     parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
                         help="worlds and models (reused between runs)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=600, help="training steps per point")
@@ -360,7 +371,8 @@ def main() -> None:
         results[name].setdefault("commit", results["commit"])
         results[name].setdefault("date", results["date"])
     parts = {"curves": lambda: part_curves(work, args.max_steps),
-             "softmax": lambda: part_softmax(work), "beam": lambda: part_beam(work)}  # fmt: skip
+             "softmax": lambda: part_softmax(work), "beam": lambda: part_beam(work),
+             "epoch": lambda: part_epoch(work)}  # fmt: skip
     for name in args.parts.split(","):
         start = time.perf_counter()
         results[name] = {
