@@ -156,6 +156,14 @@ def scale() -> None:
             f"| {p['ann_build_seconds']:.1f} s | {p['ann_search_k100']['p99_ms']:.2f} ms "
             f"| {p['export_users_per_second']:,.0f} |"
         )
+    epoch = data.get("epoch")
+    if epoch:
+        point = curves["points"].get("100000x100000")
+        projected = f" (projected from 600 steps: {point['epoch_seconds']:,.0f} s)" if point else ""
+        print(
+            f"\nTimed full epoch, 100k × 100k: {epoch['fit_seconds']:,.0f} s, "
+            f"{epoch['examples_per_second']:,.0f} examples/s{projected}"
+        )
     soft = data["softmax"]
     print(f"\nSoftmax: {soft['date'][:10]}, commit `{soft['commit'][:12]}`\n")
     print(

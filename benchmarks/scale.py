@@ -9,9 +9,9 @@ Parts (``--parts``, default all, in this order):
              time (examples per epoch / examples/s), peak RSS, model size on disk, the ScaNN build
              time and p99 latency, and single-process export users/s. The 1M-user world has
              >= 50M events.
+``epoch``    One timed full epoch on the 100k x 100k world (checks the projected epochs).
 ``softmax``  Sampled vs full softmax: the step cost at 10k / 100k / 1M items (fixed batch), and
              temporal-user-20 quality on a catalogue where the full softmax still fits.
-``epoch``    One timed full epoch on the 100k x 100k world (checks the projected epochs).
 ``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
              1M-user world, with the model trained on it.
 
