@@ -47,6 +47,7 @@ from towers.train import (
     optimizer_for,
     peak_rss_mb,
     save_artefact,
+    variables_only,
 )
 
 log = logging.getLogger(__name__)
@@ -354,12 +355,12 @@ def save_on_chief(
     """Write the artefact on the chief; returns its path there, None on other workers.
 
     With ``items``, the artefact also gets ``items.parquet`` (for serving) and the content
-    projection. Other workers save their weights to a temporary directory that is deleted, as
-    tf.distribute expects every worker to take part in saving.
+    projection. Other workers save their weights to a temporary directory that is deleted, the
+    same way as the chief, as tf.distribute expects every worker to take part in saving.
     """
     if not role.is_chief:
         with tempfile.TemporaryDirectory(prefix=f"worker{role.task_index}-") as tmp:
-            result.model.save_weights(str(Path(tmp) / "tower"))
+            variables_only(result.model).save_weights(str(Path(tmp) / "tower"))
         return None
     directory = save_artefact(result, output, index_params=index_params)
     if items is not None:

@@ -263,7 +263,7 @@ def save_artefact(
     (vocab / "demographics.json").write_text(
         json.dumps({k: list(v) for k, v in model.demographic_vocabularies.items()})
     )
-    model.save_weights(str(directory / "weights" / "tower"))
+    variables_only(model).save_weights(str(directory / "weights" / "tower"))
     matrix = model.item_matrix()
     np.save(directory / "item_vectors.npy", matrix)
     ItemIndex.build(model.item_ids, matrix, index_params).save(directory / "index")
@@ -290,6 +290,19 @@ def save_artefact(
     metrics = {**result.metrics, **(extra_metrics or {})}
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory
+
+
+def variables_only(model: CandidateTower) -> CandidateTower:
+    """An uncompiled copy of ``model`` holding its weights: saving it writes the model's
+    variables without the optimizer's moments (two more copies of every table), which serving
+    and warm starts never read."""
+    twin = CandidateTower(
+        model.config, model.item_ids, model.token_vocabulary, model.item_token_array,
+        model.demographic_vocabularies or None, model.item_counts, model.time_window,
+    )  # fmt: skip
+    twin(query_inputs([[]], max_history=model.config.max_history))
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def fit_content_projection(directory: str | Path, items: pd.DataFrame) -> ContentProjection:
