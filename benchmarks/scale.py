@@ -82,10 +82,10 @@ def world(work: Path, users: int, items: int) -> tuple[Path, dict]:
 def measure_artefact(artefact: Path, world_path: Path, export_users: int) -> dict:
     """ScaNN build time and p99, model size and export users/s (run in its own process)."""
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from export.candidates import export_candidates
+    from towers.features import query_inputs
     from towers.index import ItemIndex
     from towers.retrieval import Retriever
 
@@ -97,8 +97,6 @@ def measure_artefact(artefact: Path, world_path: Path, export_users: int) -> dic
     retriever = Retriever.from_artefact(artefact)
     users = pq.read_table(sorted((world_path / "users").glob("*.parquet"))[0])
     histories = [[str(i) for i in h] for h in users.column("history").to_pylist()[:1000]]
-    from towers.features import query_inputs
-
     queries = retriever.encoder.queries(
         query_inputs([retriever.encoder.known_only(h) for h in histories], max_history=50)
     )
@@ -114,7 +112,6 @@ def measure_artefact(artefact: Path, world_path: Path, export_users: int) -> dic
     rows = pq.read_metadata(sample).num_rows
     summary = export_candidates(artefact, artefact.parent / f"{artefact.name}-export", k=100,
                                 user_table=sample, shard_size=50_000)  # fmt: skip
-    del pa
     return {
         "ann_build_seconds": round(build, 2),
         "ann_search_k100": latency_ms(times),
