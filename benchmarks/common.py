@@ -113,4 +113,18 @@ def serving_artefact(
         from ranking.pipeline import train_ranker_for_artefact
 
         train_ranker_for_artefact(DataSource("ml-latest-small", data_dir), path)
+    add_serving_arrays(path)
     return path
+
+
+def add_serving_arrays(artefact: Path) -> None:
+    """Give an artefact cached before ``serving.npz`` existed its serving arrays (tower and
+    ranker), so that servers load it without Keras, as they load a freshly trained one."""
+    from ranking import train as ranking_train
+    from towers import train as towers_train
+
+    if not (artefact / towers_train.SERVING_FILE).exists():
+        towers_train.write_serving_arrays(artefact)
+    ranker = artefact / "ranker"
+    if (ranker / "config.json").exists() and not (ranker / towers_train.SERVING_FILE).exists():
+        ranking_train.write_serving_arrays(ranker)

@@ -3,55 +3,121 @@
 As with the tower (``towers/query.py``), calling the Keras model for one request of 100
 candidates costs milliseconds of dispatch on 2 CPU cores; :class:`RankScorer` copies the weights
 once and runs the same arithmetic in numpy. ``tests/ranking/test_scorer.py`` checks it against
-the Keras model; the ranker SavedModel runs the Keras graph itself.
+the Keras model; the ranker SavedModel runs the Keras graph itself. Its arrays are saved with
+the ranker (``ranker/serving.npz``), so a server loads it without TensorFlow building it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ranking.impressions import NUMERIC
-from ranking.model import RATING_FEATURES, RATING_RANGE, Ranker
+from ranking.model import RATING_FEATURES, RATING_RANGE, Ranker, RankerConfig
+from ranking.normalize import QuantileNormalizer
 from towers.features import DEMOGRAPHIC_COLUMNS
 
 
-def _dense(layer) -> tuple[np.ndarray, np.ndarray, bool]:
-    return layer.kernel.numpy(), layer.bias.numpy(), layer.activation.__name__ == "relu"
+def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
+    out = {f"{prefix}_relu": np.array([layer.activation.__name__ == "relu" for layer in layers])}
+    for i, layer in enumerate(layers):
+        out[f"{prefix}_{i}/kernel"] = layer.kernel.numpy()
+        out[f"{prefix}_{i}/bias"] = layer.bias.numpy()
+    return out
 
 
 class RankScorer:
     """Ranking logits and predicted ratings for raw candidate rows.
 
+    Built from a trained ranker (:meth:`from_model`) or from the plain arrays it was saved as
+    (:attr:`arrays`; ``ranking.train.save_ranker`` writes them), without Keras.
+
     Parameters
     ----------
-    ranker : Ranker
-        A trained (built) ranker; its weights are copied.
+    config : RankerConfig
+    item_ids : sequence of str
+        The ranker's item vocabulary (lookup position ``i + 2``).
+    arrays : mapping of str to ndarray
+        ``item_embedding`` and ``item_bias`` (rows 0 and 1, pad and unknown, zero), ``genres``
+        and ``years`` per lookup position, ``demographic/<col>`` (row 0, unknown, zero), and
+        the layers ``rank_<i>/kernel``, ``rank_<i>/bias``, ``rank_relu`` and the same for
+        ``rating``.
+    normalizers : mapping of str to QuantileNormalizer
+        The continuous features' quantile CDFs.
+    demographic_vocabularies : mapping of str to sequence of str, optional
+
+    Raises
+    ------
+    ValueError
+        If an array is missing or does not fit the vocabularies (naming it).
     """
 
-    def __init__(self, ranker: Ranker) -> None:
-        self.ranker = ranker
-        self._position = {item: i + 2 for i, item in enumerate(ranker.item_ids)}
+    def __init__(
+        self,
+        config: RankerConfig,
+        item_ids: Sequence[str],
+        arrays: Mapping[str, np.ndarray],
+        normalizers: Mapping[str, QuantileNormalizer],
+        demographic_vocabularies: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.config = config
+        self.arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        self.demographic_vocabularies = dict(demographic_vocabularies or {})
+        self._position = {item: i + 2 for i, item in enumerate(item_ids)}
+        rows = len(item_ids) + 2
+        self._embedding = self._array("item_embedding", rows)
+        self._bias = self._array("item_bias", rows)
+        self._genres = self._array("genres", rows)
+        self._years = self._array("years", rows)
+        self._cdf = dict(normalizers)
+        self._demographics = {
+            col: ({v: i + 1 for i, v in enumerate(vocab)}, self._array(f"demographic/{col}"))
+            for col, vocab in self.demographic_vocabularies.items()
+        }
+        self._rank_layers = self._layers("rank")
+        self._rating_layers = self._layers("rating")
+
+    def _array(self, name: str, rows: int | None = None) -> np.ndarray:
+        if name not in self.arrays:
+            raise ValueError(f"ranker array {name!r} is missing")
+        array = self.arrays[name]
+        if rows is not None and len(array) != rows:
+            raise ValueError(f"ranker array {name!r} has {len(array)} rows, expected {rows}")
+        return array
+
+    def _layers(self, prefix: str) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        return [
+            (self._array(f"{prefix}_{i}/kernel"), self._array(f"{prefix}_{i}/bias"), bool(r))
+            for i, r in enumerate(self._array(f"{prefix}_relu"))
+        ]
+
+    @classmethod
+    def from_model(cls, ranker: Ranker) -> RankScorer:
+        """The scorer of a trained (built) ranker; its weights are copied."""
         embedding = ranker.item_embedding.embeddings.numpy().copy()
         embedding[:2] = 0.0  # pad and unknown embed to zero, as the model masks them
-        self._embedding = embedding
-        self._bias = ranker.item_bias.embeddings.numpy()[:, 0].copy()
-        self._bias[:2] = 0.0
-        self._genres = ranker.genre_table.numpy()
-        self._years = ranker.year_table.numpy()
-        self._cdf = ranker.normalizers
-        self._demographics = {}
-        for col, vocab in ranker.demographic_vocabularies.items():
+        bias = ranker.item_bias.embeddings.numpy()[:, 0].copy()
+        bias[:2] = 0.0
+        arrays = {
+            "item_embedding": embedding,
+            "item_bias": bias,
+            "genres": ranker.genre_table.numpy(),
+            "years": ranker.year_table.numpy(),
+            **_stack("rank", [*ranker.rank_tower, ranker.rank_out]),
+            **_stack("rating", [*ranker.rating_tower, ranker.rating_out]),
+        }
+        for col in ranker.demographic_vocabularies:
             table = ranker.demographic_embeddings[col].embeddings.numpy().copy()
             table[0] = 0.0  # the OOV row, masked to zero by the model
-            self._demographics[col] = ({v: i + 1 for i, v in enumerate(vocab)}, table)
-        self._rank_layers = [_dense(layer) for layer in ranker.rank_tower] + [
-            _dense(ranker.rank_out)
-        ]
-        self._rating_layers = [_dense(layer) for layer in ranker.rating_tower] + [
-            _dense(ranker.rating_out)
-        ]
+            arrays[f"demographic/{col}"] = table
+        return cls(
+            ranker.config,
+            ranker.item_ids,
+            arrays,
+            ranker.normalizers,
+            ranker.demographic_vocabularies,
+        )
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         get = self._position.get

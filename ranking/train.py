@@ -3,6 +3,7 @@
 ``config.json``   ranker config, training options, the tower artefact's version, normalisers
 ``vocab/``        items.txt, item_genres.npy, item_years.npy, genres.txt, demographics.json
 ``weights/``      the TensorFlow checkpoint
+``serving.npz``   the arrays :class:`ranking.scorer.RankScorer` serves from, without Keras
 ``metrics.json``  loss curve, example counts, timings
 """
 
@@ -20,8 +21,10 @@ import pandas as pd
 from ranking.impressions import NUMERIC, RankingExamples
 from ranking.model import Ranker, RankerConfig
 from ranking.normalize import QuantileNormalizer
+from ranking.scorer import RankScorer
 from towers._tf import keras, tf
 from towers.features import DEMOGRAPHIC_COLUMNS, UserFeatures
+from towers.train import SERVING_FILE, load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -210,6 +213,7 @@ def save_ranker(
         json.dumps({k: list(v) for k, v in ranker.demographic_vocabularies.items()})
     )
     ranker.save_weights(str(directory / "weights" / "ranker"))
+    save_arrays(directory / SERVING_FILE, RankScorer.from_model(ranker).arrays)
     config = {
         "format_version": FORMAT_VERSION,
         "kind": "ranker",
@@ -223,6 +227,21 @@ def save_ranker(
     return directory
 
 
+def _ranker_meta(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not a ranker artefact (no config.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("kind") != "ranker" or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory} is not a ranker artefact of format {FORMAT_VERSION}")
+    cfg = meta["ranker"]
+    meta["ranker"] = RankerConfig(
+        **{**cfg, "hidden_units": tuple(cfg["hidden_units"]),
+           "rating_units": tuple(cfg["rating_units"])}
+    )  # fmt: skip
+    return meta
+
+
 def load_ranker(directory: str | Path) -> Ranker:
     """Rebuild a ranker saved by :func:`save_ranker`.
 
@@ -232,21 +251,11 @@ def load_ranker(directory: str | Path) -> Ranker:
         If ``directory`` is not a ranker artefact.
     """
     directory = Path(directory)
-    path = directory / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{directory} is not a ranker artefact (no config.json)")
-    meta = json.loads(path.read_text())
-    if meta.get("kind") != "ranker" or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory} is not a ranker artefact of format {FORMAT_VERSION}")
-    cfg = meta["ranker"]
-    config = RankerConfig(
-        **{**cfg, "hidden_units": tuple(cfg["hidden_units"]),
-           "rating_units": tuple(cfg["rating_units"])}
-    )  # fmt: skip
+    meta = _ranker_meta(directory)
     vocab = directory / "vocab"
     items = (vocab / "items.txt").read_text(encoding="utf-8").splitlines()
     ranker = Ranker(
-        config,
+        meta["ranker"],
         items,
         np.load(vocab / "item_genres.npy"),
         np.load(vocab / "item_years.npy"),
@@ -263,3 +272,42 @@ def load_ranker(directory: str | Path) -> Ranker:
     ranker(dummy)
     ranker.load_weights(str(directory / "weights" / "ranker")).expect_partial()
     return ranker
+
+
+def load_rank_scorer(directory: str | Path) -> tuple[RankScorer, str]:
+    """The ranker for serving, read from its plain arrays (``serving.npz``) without building a
+    Keras model (rankers saved before that file existed are rebuilt through Keras), and the
+    version of the tower it was trained for.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not a ranker artefact.
+    ValueError
+        If its format is unknown or its arrays do not fit its vocabularies.
+    """
+    directory = Path(directory)
+    meta = _ranker_meta(directory)
+    if not (directory / SERVING_FILE).exists():
+        log.warning("%s has no %s: building the ranker with Keras", directory, SERVING_FILE)
+        return RankScorer.from_model(load_ranker(directory)), meta["tower_version"]
+    vocab = directory / "vocab"
+    try:
+        scorer = RankScorer(
+            meta["ranker"],
+            (vocab / "items.txt").read_text(encoding="utf-8").splitlines(),
+            load_arrays(directory / SERVING_FILE),
+            {k: QuantileNormalizer.from_dict(v) for k, v in meta["normalizers"].items()},
+            json.loads((vocab / "demographics.json").read_text()),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{directory / SERVING_FILE}: {exc}") from exc
+    return scorer, meta["tower_version"]
+
+
+def write_serving_arrays(directory: str | Path) -> Path:
+    """Add ``serving.npz`` to a ranker saved before it existed (through Keras, once)."""
+    directory = Path(directory)
+    path = directory / SERVING_FILE
+    save_arrays(path, RankScorer.from_model(load_ranker(directory)).arrays)
+    return path

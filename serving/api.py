@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ranking.scorer import RankScorer
-from ranking.train import load_ranker
+from ranking.train import load_rank_scorer
 from serving.rerank import Reranker
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
@@ -186,15 +185,15 @@ class Recommender:
         version = artefact_version(artefact)
         reranker = None
         if (artefact / RANKER_DIR / "config.json").exists():
-            ranker = load_ranker(artefact / RANKER_DIR)
-            if ranker.tower_version != version:
+            scorer, tower_version = load_rank_scorer(artefact / RANKER_DIR)
+            if tower_version != version:
                 raise ValueError(
-                    f"{artefact / RANKER_DIR} was trained for tower {ranker.tower_version}, not "
+                    f"{artefact / RANKER_DIR} was trained for tower {tower_version}, not "
                     f"{version}: retrain it with `nextwatch train-ranker --artefact {artefact}`"
                 )
             counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
             popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
-            reranker = Reranker(RankScorer(ranker), popularity)
+            reranker = Reranker(scorer, popularity)
         return cls(retriever, items, users, version, reranker)
 
     # ----------------------------------------------------------------------------------------------

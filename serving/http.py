@@ -6,11 +6,12 @@ key in the ``X-API-Key`` header: 401 without it, 403 with a wrong one. Bad input
 ``detail`` names the field; bodies over ``max_body_bytes`` get 413, and ``k`` is capped at
 ``MAX_K``.
 
-Endpoints that compute (recommendations, similar items, events, lookups) are ``async def`` with
-no ``await``: they run on the event loop, one after another. A request is a few milliseconds of
-numpy and store work; running them in FastAPI's thread pool instead passed the GIL between
-threads on every numpy call and measured worse (docs/service.md). Loading a model for a hot swap
-takes seconds, so ``POST /v1/admin/reload`` is a plain ``def``, run in the thread pool.
+Endpoints that compute (recommendations, similar items, event validation, lookups) are ``async
+def``: they run on the event loop, one after another. A request is a few milliseconds of numpy
+and store work; running them in FastAPI's thread pool instead passed the GIL between threads on
+every numpy call and measured worse (docs/service.md). Two things wait rather than compute, and
+run in the thread pool so that reads go on meanwhile: the durable commit of ``POST /v1/events``
+(an fsync, awaited before the acknowledgement) and ``POST /v1/admin/reload``.
 """
 
 import hmac
@@ -28,6 +29,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -224,7 +226,12 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         events = body.events if isinstance(body, EventBatch) else [body]
         raw = [e.model_dump(exclude_none=True) for e in events]
         try:
-            seqs, replayed = service.add_events(raw, idempotency_key)
+            checked, fingerprint = service.prepare_events(raw)
+            # The durable commit (an fsync) waits in a worker thread, so reads keep being
+            # served meanwhile; the answer still comes only after the commit.
+            seqs, replayed = await run_in_threadpool(
+                service.store_events, checked, fingerprint, idempotency_key
+            )
         except EventRejected as exc:
             raise HTTPException(422, str(exc)) from None
         except IdempotencyConflict as exc:

@@ -43,8 +43,8 @@ class Reranker:
         self.scorer = scorer
         self.popularity = dict(popularity)
         self.clock = clock
-        self.max_history = scorer.ranker.config.max_history
-        self.has_demographics = bool(scorer.ranker.demographic_vocabularies)
+        self.max_history = scorer.config.max_history
+        self.has_demographics = bool(scorer.demographic_vocabularies)
 
     def rerank(
         self,

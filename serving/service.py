@@ -291,19 +291,35 @@ class LiveService:
             )
         return out
 
-    def add_events(
-        self, events: Sequence[Mapping[str, object]], idempotency_key: str | None = None
-    ) -> tuple[list[int], bool]:
-        """Validate and durably store ``events`` in one transaction. Returns the sequence
-        numbers and whether this was a replay of an earlier request with the same key."""
+    def prepare_events(self, events: Sequence[Mapping[str, object]]) -> tuple[list[Event], str]:
+        """The validated events (:meth:`validate`) and the request's fingerprint for the
+        idempotency check: the first half of :meth:`add_events`, which needs the model and so
+        runs where requests compute; the second half, :meth:`store_events`, only waits on the
+        store and may run in another thread."""
         checked = self.validate(events)
         # The fingerprint is of the request as sent (not of server-filled timestamps), so a
         # retry of the same request matches and a different request under the same key does not.
         fingerprint = hashlib.sha256(
             json.dumps([dict(sorted(raw.items())) for raw in events], default=str).encode()
         ).hexdigest()
+        return checked, fingerprint
+
+    def store_events(
+        self, checked: Sequence[Event], fingerprint: str, idempotency_key: str | None = None
+    ) -> tuple[list[int], bool]:
+        """Durably store events from :meth:`prepare_events` in one transaction. Returns the
+        sequence numbers and whether this was a replay of an earlier request with the same
+        key. Touches only the store (thread-safe), not the model."""
         result = self.store.append(checked, idempotency_key, fingerprint)
         return result.sequence_numbers, result.replayed
+
+    def add_events(
+        self, events: Sequence[Mapping[str, object]], idempotency_key: str | None = None
+    ) -> tuple[list[int], bool]:
+        """Validate and durably store ``events`` in one transaction. Returns the sequence
+        numbers and whether this was a replay of an earlier request with the same key."""
+        checked, fingerprint = self.prepare_events(events)
+        return self.store_events(checked, fingerprint, idempotency_key)
 
 
 __all__ = [

@@ -7,17 +7,18 @@ would break the 1 ms retrieval budget. :class:`QueryEncoder` takes the trained w
 precomputes each item's token bag, and runs the same arithmetic as
 :meth:`towers.model.CandidateTower.call` (``training=False``) in numpy, in ~50 µs.
 ``tests/towers/test_query.py`` checks it against the Keras model to float precision; the
-SavedModels in ``export`` run the Keras graph itself.
+SavedModels in ``export`` run the Keras graph itself. Its arrays are saved in every artefact
+(``serving.npz``), so a server loads and hot-swaps a model without TensorFlow building it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from towers.features import DEMOGRAPHIC_COLUMNS
-from towers.model import CandidateTower
+from towers.model import CandidateTower, TowerConfig
 
 
 def _masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -30,37 +31,90 @@ def _masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 class QueryEncoder:
     """User vectors from the raw query dict of :func:`towers.features.query_inputs`.
 
+    Built from a trained tower (:meth:`from_model`) or from the plain arrays it was saved as
+    (:attr:`arrays`; ``towers.train`` writes them into every artefact), so that a server can load
+    a model without TensorFlow building anything.
+
     Parameters
     ----------
-    model : CandidateTower
-        A trained (built) tower; its weights are copied, so later training does not leak in.
+    config : TowerConfig
+    item_ids : sequence of str
+        The tower's item vocabulary (lookup position ``i + 2``).
+    arrays : mapping of str to ndarray
+        ``history_embedding``; ``token_bags`` if the tower uses tokens; ``demographic/<col>`` per
+        demographic column; ``dense_<i>/kernel`` and ``dense_<i>/bias`` per layer, and
+        ``dense_relu`` (bool, one per layer).
+    demographic_vocabularies : mapping of str to sequence of str
+        Per column, the vocabulary (lookup row ``i + 1``; row 0 is unknown).
+
+    Raises
+    ------
+    ValueError
+        If the arrays do not fit the config and vocabularies (naming the array).
     """
 
-    def __init__(self, model: CandidateTower) -> None:
-        self.config = model.config
-        self.max_history = model.config.max_history
-        self.output_dim = model.config.output_dim
+    def __init__(
+        self,
+        config: TowerConfig,
+        item_ids: Sequence[str],
+        arrays: Mapping[str, np.ndarray],
+        demographic_vocabularies: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.config = config
+        self.max_history = config.max_history
+        self.output_dim = config.output_dim
+        self.arrays = {name: np.asarray(a) for name, a in arrays.items()}
         # Lookup positions: 0 pad, 1 OOV, item i at i + 2 (as the model's StringLookup).
-        self._item_position = {item: i + 2 for i, item in enumerate(model.item_ids)}
+        self._item_position = {item: i + 2 for i, item in enumerate(item_ids)}
         self._item_position[""] = 0
-        self._history_embedding = model.history_embedding.embeddings.numpy()
-        self._token_bags = None
-        if model.use_tokens:
-            tokens = model.token_embedding.embeddings.numpy()
-            table = model.token_table.numpy()
-            self._token_bags = _masked_mean(tokens[table], table > 0).astype(np.float32)
+        self._history_embedding = self._array("history_embedding", rows=len(item_ids) + 2)
+        self._token_bags = (
+            self._array("token_bags", rows=len(item_ids) + 2)
+            if "token_bags" in self.arrays
+            else None
+        )
         self._demographics = {
             # StringLookup without a mask: OOV is row 0, vocab[i] is row i + 1.
             col: (
                 {v: i + 1 for i, v in enumerate(vocab)},
-                model.demographic_embeddings[col].embeddings.numpy(),
+                self._array(f"demographic/{col}", rows=len(vocab) + 1),
             )
-            for col, vocab in model.demographic_vocabularies.items()
+            for col, vocab in (demographic_vocabularies or {}).items()
         }
+        relu = self._array("dense_relu")
         self._layers = [
-            (layer.kernel.numpy(), layer.bias.numpy(), layer.activation.__name__ == "relu")
-            for layer in model.tower
+            (self._array(f"dense_{i}/kernel"), self._array(f"dense_{i}/bias"), bool(r))
+            for i, r in enumerate(relu)
         ]
+        if not self._layers or self._layers[-1][0].shape[1] != config.output_dim:
+            raise ValueError(f"the query tower's last layer does not output {config.output_dim}")
+
+    def _array(self, name: str, rows: int | None = None) -> np.ndarray:
+        if name not in self.arrays:
+            raise ValueError(f"query encoder array {name!r} is missing")
+        array = self.arrays[name]
+        if rows is not None and len(array) != rows:
+            raise ValueError(f"query encoder array {name!r} has {len(array)} rows, expected {rows}")
+        return array
+
+    @classmethod
+    def from_model(cls, model: CandidateTower) -> QueryEncoder:
+        """The encoder of a trained (built) tower; its weights are copied, so later training
+        does not leak in."""
+        arrays: dict[str, np.ndarray] = {
+            "history_embedding": model.history_embedding.embeddings.numpy(),
+            "dense_relu": np.array([layer.activation.__name__ == "relu" for layer in model.tower]),
+        }
+        if model.use_tokens:
+            tokens = model.token_embedding.embeddings.numpy()
+            table = model.token_table.numpy()
+            arrays["token_bags"] = _masked_mean(tokens[table], table > 0).astype(np.float32)
+        for col in model.demographic_vocabularies:
+            arrays[f"demographic/{col}"] = model.demographic_embeddings[col].embeddings.numpy()
+        for i, layer in enumerate(model.tower):
+            arrays[f"dense_{i}/kernel"] = layer.kernel.numpy()
+            arrays[f"dense_{i}/bias"] = layer.bias.numpy()
+        return cls(model.config, model.item_ids, arrays, model.demographic_vocabularies)
 
     def item_positions(self, history: np.ndarray) -> np.ndarray:
         """Lookup positions (0 pad, 1 unknown, >= 2 items) of a string array of item IDs."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from towers.index import ItemIndex
 from towers.query import QueryEncoder
-from towers.train import load_artefact
+from towers.train import load_query_encoder
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,13 @@ class Retriever:
         """The tower and index of an artefact directory (the index is rebuilt from
         ``item_vectors.npy`` if the artefact has none saved)."""
         directory = Path(directory)
-        model = load_artefact(directory)
+        encoder = load_query_encoder(directory)
         if (directory / "index" / "index.json").exists():
             index = ItemIndex.load(directory / "index")
         else:
-            index = ItemIndex.build(model.item_ids, np.load(directory / "item_vectors.npy"))
-        return cls(QueryEncoder(model), index)
+            ids = (directory / "vocab" / "items.txt").read_text(encoding="utf-8").splitlines()
+            index = ItemIndex.build(ids, np.load(directory / "item_vectors.npy"))
+        return cls(encoder, index)
 
     def retrieve(
         self,

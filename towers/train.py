@@ -7,6 +7,8 @@ An artefact directory holds everything needed to rebuild the model without the t
 ``weights/``         the TensorFlow checkpoint
 ``item_vectors.npy`` softmax rows with the bias as a last column, shape (num_items, d + 1)
 ``index/``           the ScaNN index over those rows (see :mod:`towers.index`)
+``serving.npz``      the query tower's arrays for serving in numpy
+                     (:class:`towers.query.QueryEncoder`): a server loads them without Keras
 ``items.parquet``    item metadata; ``users.parquet`` the training users' histories
                      (see :mod:`towers.catalogue`; written when the training data is given)
 ``metrics.json``     training curve, speed, peak memory and any evaluation numbers
@@ -22,6 +24,7 @@ import json
 import logging
 import resource
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -39,9 +42,11 @@ from towers.features import UserFeatures, item_token_table, query_inputs
 from towers.index import IndexParams, ItemIndex
 from towers.model import CandidateTower, TowerConfig
 from towers.optim import LazyAdam
+from towers.query import QueryEncoder
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: index/, version, catalogue files
+SERVING_FILE = "serving.npz"  # the query encoder's arrays (optional: older artefacts lack it)
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,7 @@ def save_artefact(
         json.dumps({k: list(v) for k, v in model.demographic_vocabularies.items()})
     )
     variables_only(model).save_weights(str(directory / "weights" / "tower"))
+    save_arrays(directory / SERVING_FILE, QueryEncoder.from_model(model).arrays)
     matrix = model.item_matrix()
     np.save(directory / "item_vectors.npy", matrix)
     ItemIndex.build(model.item_ids, matrix, index_params).save(directory / "index")
@@ -332,6 +338,40 @@ def _read_lines(path: Path) -> list[str]:
     return text.splitlines() if text.strip() else []
 
 
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write named arrays as an uncompressed ``.npz`` (loading is a plain read), atomically: a
+    crash leaves no half-written file under ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as out:
+        np.savez(out, **arrays)
+    partial.replace(path)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` written by :func:`save_arrays`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a readable ``.npz`` (naming it).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable array file: {exc}") from exc
+
+
+def _artefact_meta(directory: Path) -> dict:
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
+    meta = json.loads(config_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: unsupported artefact format {meta.get('format_version')}")
+    return meta
+
+
 def load_artefact(directory: str | Path) -> CandidateTower:
     """Rebuild the tower saved by :func:`save_artefact`.
 
@@ -343,12 +383,7 @@ def load_artefact(directory: str | Path) -> CandidateTower:
         If its format version is unknown.
     """
     directory = Path(directory)
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
-    meta = json.loads(config_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory}: unsupported artefact format {meta.get('format_version')}")
+    meta = _artefact_meta(directory)
     config = TowerConfig(**meta["tower"])
     vocab = directory / "vocab"
     demographics = json.loads((vocab / "demographics.json").read_text()) or None
@@ -364,6 +399,44 @@ def load_artefact(directory: str | Path) -> CandidateTower:
     model(query_inputs([[]], max_history=config.max_history))  # build variables
     model.load_weights(str(directory / "weights" / "tower")).expect_partial()
     return model
+
+
+def load_query_encoder(directory: str | Path) -> QueryEncoder:
+    """The artefact's query tower for serving, read from its plain arrays (``serving.npz``)
+    without building a Keras model; artefacts written before that file existed are rebuilt
+    through Keras (slower, and it runs TensorFlow beside any requests being served).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not an artefact directory.
+    ValueError
+        If its format is unknown or its arrays do not fit its config.
+    """
+    directory = Path(directory)
+    meta = _artefact_meta(directory)
+    if not (directory / SERVING_FILE).exists():
+        log.warning("%s has no %s: building the query tower with Keras", directory, SERVING_FILE)
+        return QueryEncoder.from_model(load_artefact(directory))
+    vocab = directory / "vocab"
+    try:
+        return QueryEncoder(
+            TowerConfig(**meta["tower"]),
+            _read_lines(vocab / "items.txt"),
+            load_arrays(directory / SERVING_FILE),
+            json.loads((vocab / "demographics.json").read_text()),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{directory / SERVING_FILE}: {exc}") from exc
+
+
+def write_serving_arrays(directory: str | Path) -> Path:
+    """Add ``serving.npz`` to an artefact written before it existed (through Keras, once).
+    Returns its path."""
+    directory = Path(directory)
+    path = directory / SERVING_FILE
+    save_arrays(path, QueryEncoder.from_model(load_artefact(directory)).arrays)
+    return path
 
 
 def artefact_version(directory: str | Path) -> str:

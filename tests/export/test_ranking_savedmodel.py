@@ -77,7 +77,8 @@ def test_two_stage_savedmodel_equals_the_ranked_api(planted_ranked_artefact, out
 
 def test_ranker_savedmodel_equals_the_numpy_scorer(planted_ranked_artefact, outputs):
     request, got = outputs
-    scorer = RankScorer(Recommender.load(planted_ranked_artefact).reranker.scorer.ranker)
+    scorer = Recommender.load(planted_ranked_artefact).reranker.scorer
+    assert isinstance(scorer, RankScorer)
     inputs = {k: np.array(v, dtype=object if isinstance(v[0], str | list) else np.float32)
               for k, v in request["ranker"].items()}  # fmt: skip
     for name in ("time_since_last", "user_mean"):

@@ -65,6 +65,25 @@ def test_save_then_load_gives_equal_outputs(trained, tmp_path):
         load_ranker(tmp_path / "nothing")
 
 
+def test_the_serving_scorer_loads_from_arrays_without_keras(trained, tmp_path, monkeypatch):
+    import ranking.train
+    from ranking.train import load_rank_scorer, ranker_inputs
+
+    ranker, metrics = trained
+    directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
+    monkeypatch.setattr(ranking.train, "load_ranker", lambda _: pytest.fail("built with Keras"))
+    scorer, tower_version = load_rank_scorer(directory)
+    assert tower_version == "tower-v1"
+    ex = planted(3)
+    got, want = scorer(ranker_inputs(ex)), predict(ranker, ex)
+    np.testing.assert_allclose(got["logit"], want["logit"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["rating"], want["rating"], rtol=1e-4, atol=1e-5)
+
+    (directory / "serving.npz").write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="serving.npz"):
+        load_rank_scorer(directory)
+
+
 def test_unknown_items_embed_to_zero_and_ratings_stay_in_range(trained):
     ranker, _ = trained
     ex = planted(1)  # two rows; make them identical except for how the IDs are missing
@@ -89,6 +108,6 @@ def test_numpy_scorer_equals_the_keras_ranker(trained):
     ex.numeric["user_mean"][:] = np.linspace(1, 5, len(ex))
     ex.numeric["user_mean"][0] = np.nan
     want = predict(ranker, ex)
-    got = RankScorer(ranker)(ranker_inputs(ex))
+    got = RankScorer.from_model(ranker)(ranker_inputs(ex))
     np.testing.assert_allclose(got["logit"], want["logit"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["rating"], want["rating"], rtol=1e-4, atol=1e-5)

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 
+import towers.train
 from towers.features import query_inputs
 from towers.query import QueryEncoder
-from towers.train import load_artefact
+from towers.train import SERVING_FILE, load_artefact, load_query_encoder, write_serving_arrays
 
 
 def test_numpy_encoder_equals_the_keras_tower(planted_artefact):
@@ -19,7 +21,7 @@ def test_numpy_encoder_equals_the_keras_tower(planted_artefact):
         },
         example_age=np.array([0.0, 0.5, 1.0, 0.1], np.float32),
     )
-    encoder = QueryEncoder(model)
+    encoder = QueryEncoder.from_model(model)
     np.testing.assert_allclose(encoder(inputs), model(inputs).numpy(), rtol=1e-5, atol=1e-6)
     queries = encoder.queries(inputs)
     assert queries.shape == (4, model.config.output_dim + 1)
@@ -28,7 +30,38 @@ def test_numpy_encoder_equals_the_keras_tower(planted_artefact):
 
 def test_item_positions_follow_the_lookup_layer(planted_artefact):
     model = load_artefact(planted_artefact)
-    encoder = QueryEncoder(model)
+    encoder = QueryEncoder.from_model(model)
     history = np.array([["", "A", "zzz"]], dtype=object)
     np.testing.assert_array_equal(encoder.item_positions(history), model.item_lookup(history))
     assert encoder.knows("A") and not encoder.knows("zzz")
+
+
+def test_artefacts_serve_from_arrays_without_keras(planted_artefact, tmp_path, monkeypatch):
+    model = load_artefact(planted_artefact)
+    inputs = query_inputs([["A", "B"], []], max_history=model.config.max_history)
+    want = model(inputs).numpy()
+    monkeypatch.setattr(towers.train, "load_artefact", lambda _: pytest.fail("built with Keras"))
+    encoder = load_query_encoder(planted_artefact)
+    np.testing.assert_allclose(encoder(inputs), want, rtol=1e-5, atol=1e-6)
+    assert encoder.knows("A") and encoder.max_history == model.config.max_history
+
+
+def test_an_artefact_without_arrays_is_rebuilt_once_and_bad_arrays_are_named(
+    planted_artefact, tmp_path
+):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(planted_artefact, copy)
+    (copy / SERVING_FILE).unlink()  # as written before the file existed
+    inputs = query_inputs([["C"]], max_history=10)
+    want = load_query_encoder(planted_artefact)(inputs)
+    np.testing.assert_allclose(load_query_encoder(copy)(inputs), want, rtol=1e-6)
+    write_serving_arrays(copy)
+    np.testing.assert_array_equal(load_query_encoder(copy)(inputs), want)
+
+    arrays = dict(np.load(copy / SERVING_FILE))
+    arrays["history_embedding"] = arrays["history_embedding"][:-1]
+    np.savez(copy / SERVING_FILE, **arrays)
+    with pytest.raises(ValueError, match="history_embedding.*rows"):
+        load_query_encoder(copy)
