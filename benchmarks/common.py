@@ -13,7 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+# Run as `python benchmarks/x.py`, the script's folder comes first on the path, where
+# `ranking.py` (this folder's benchmark) would hide the `ranking` package: the checkout goes first.
+if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 
 

@@ -142,12 +142,11 @@ class Recommender:
         self._index_metadata(items)
 
     def _index_metadata(self, items: pd.DataFrame) -> None:
-        self._titles.update(
-            zip(items["item_id"].astype(str), items["title"].astype(str), strict=True)
-        )
+        # Whole columns to Python lists first (one conversion each, not one per element).
+        ids = items["item_id"].astype(str).tolist()
+        self._titles.update(zip(ids, items["title"].astype(str).tolist(), strict=True))
         self._genres.update(
-            (str(i), tuple(str(g) for g in gs))
-            for i, gs in zip(items["item_id"], items["genres"], strict=True)
+            (i, tuple(map(str, gs))) for i, gs in zip(ids, items["genres"].tolist(), strict=True)
         )
         by_genre: dict[str, set[str]] = {}
         for item, genres in self._genres.items():
@@ -166,8 +165,10 @@ class Recommender:
         self._index_metadata(items)
 
     @classmethod
-    def load(cls, artefact: str | Path) -> Recommender:
-        """Load the artefact directory written by ``nextwatch train-candidates``.
+    def load(cls, artefact: str | Path, users: bool = True) -> Recommender:
+        """Load the artefact directory written by ``nextwatch train-candidates``; ``users=False``
+        leaves out the training users' histories (a caller that passes histories itself, such
+        as the live service, which reads them from its event store).
 
         Raises
         ------
@@ -181,7 +182,9 @@ class Recommender:
         else:
             ids = retriever.index.item_ids
             items = pd.DataFrame({"item_id": ids, "title": "", "genres": [()] * len(ids)})
-        users = UserTable.read(artefact / USERS_FILE) if (artefact / USERS_FILE).exists() else None
+        table = None
+        if users and (artefact / USERS_FILE).exists():
+            table = UserTable.read(artefact / USERS_FILE)
         version = artefact_version(artefact)
         reranker = None
         if (artefact / RANKER_DIR / "config.json").exists():
@@ -194,7 +197,7 @@ class Recommender:
             counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
             popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
             reranker = Reranker(scorer, popularity)
-        return cls(retriever, items, users, version, reranker)
+        return cls(retriever, items, table, version, reranker)
 
     # ----------------------------------------------------------------------------------------------
     @property

@@ -38,11 +38,11 @@ class ItemCatalogue:
     def _build(self, frame: pd.DataFrame) -> None:
         self._ids = frame["item_id"].astype(str).tolist()
         self._titles = frame["title"].fillna("").astype(str).tolist()
-        self._genres = [tuple(str(g) for g in gs) for gs in frame["genres"]]
+        self._genres = [tuple(map(str, gs)) for gs in frame["genres"].tolist()]
         years = frame["year"] if "year" in frame else pd.Series(math.nan, frame.index)
-        self._years = [None if pd.isna(y) else int(y) for y in years]
+        self._years = [None if y != y else int(y) for y in years.astype(float).tolist()]
         pop = frame["popularity"] if "popularity" in frame else pd.Series(0.0, frame.index)
-        self._popularity = [float(p) for p in pop.fillna(0.0)]
+        self._popularity = pop.fillna(0.0).astype(float).tolist()
         self._row = {item: r for r, item in enumerate(self._ids)}
         self._title_words = [" ".join(_words(t)) for t in self._titles]
         # Most popular first, so that a search returns the film people mean.

@@ -12,9 +12,11 @@ import gc
 import json
 import logging
 import math
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +64,7 @@ class Served:
     def load(cls, artefact: str | Path) -> Served:
         """Load an artefact directory (tower, index, catalogue and ranker if present)."""
         artefact = Path(artefact).resolve()
-        recommender = Recommender.load(artefact)
+        recommender = Recommender.load(artefact, users=False)  # histories come from the store
         config = json.loads((artefact / "config.json").read_text())
         metrics_path = artefact / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -149,18 +151,19 @@ class Served:
             object.__setattr__(self, "_onboarding", order)  # a cache on a frozen dataclass
         return order[:n]
 
-    def warm(self, queries: int = 50) -> None:
+    def warm(self, queries: int = 10) -> None:
         """Serve a few requests before going live, so that the first users after a swap do not
         pay for first-call costs (allocations, caches, the ranker's first batches)."""
-        ids = self.recommender.retriever.index.item_ids
-        if not ids:
+        ids = np.asarray(self.recommender.retriever.index.item_ids, dtype=object)
+        if not len(ids):
             return
         rng = np.random.default_rng(0)
         for n in range(queries):
-            history = [str(i) for i in rng.choice(ids, size=min(len(ids), 1 + n % 50))]
+            size = min(len(ids), 1 + (5 * n) % 50)
+            history = [str(i) for i in rng.choice(ids, size=size, replace=False)]
             result = self.recommender.recommend(history=history, k=10)
             because(self.recommender, history, {}, result.item_ids)
-        self.recommender.similar_items(ids[0], k=10)
+        self.recommender.similar_items(str(ids[0]), k=10)
 
 
 class ModelSlot:
@@ -175,6 +178,9 @@ class ModelSlot:
     collect_after_s : float
         Seconds after a swap before the old model is collected, so that requests still using
         it have finished.
+    switch_interval_s : float
+        The interpreter's thread switch interval while a model loads (see
+        :func:`short_switch_interval`).
     """
 
     def __init__(
@@ -182,8 +188,10 @@ class ModelSlot:
         served: Served,
         loader: Callable[[Path], Served] = Served.load,
         collect_after_s: float = 5.0,
+        switch_interval_s: float = 0.0005,
     ) -> None:
         self._served = served
+        self.switch_interval_s = switch_interval_s
         self._loader = loader
         self.collect_after_s = collect_after_s
         self._swap_lock = threading.Lock()
@@ -208,8 +216,9 @@ class ModelSlot:
         with self._swap_lock:
             old = self._served
             target = Path(artefact) if artefact is not None else old.artefact
-            new = self._loader(target)
-            new.warm()
+            with short_switch_interval(self.switch_interval_s):
+                new = self._loader(target)
+                new.warm()
             self._served = new
             self.swaps += 1
             # Collect the old model's reference cycles once requests in flight have let go of
@@ -219,6 +228,25 @@ class ModelSlot:
             timer.start()
             log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.artefact)
             return old, new
+
+
+@contextmanager
+def short_switch_interval(seconds: float) -> Iterator[None]:
+    """Lower the interpreter's thread switch interval (``sys.setswitchinterval``, 5 ms by
+    default) for the duration of the block.
+
+    A model loads in a thread beside the thread that serves requests. Every time the serving
+    thread releases the GIL (a store query, a socket read or write, waiting for the next event)
+    it must wait for the loading thread to give it back, up to one switch interval each time,
+    and a request releases it a dozen times: requests took 100 ms during a load that took
+    0.15 s. A shorter interval bounds each wait, at the cost of more switching while it lasts.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(seconds, previous))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def freeze_imports() -> None:
