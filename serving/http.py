@@ -62,7 +62,6 @@ from serving.service import (
     LiveService,
     NewItemsUnsupported,
     Served,
-    user_state,
 )
 from serving.store import IdempotencyConflict, ItemRecord, StoreUnavailable, UserRecord
 from towers.content import metadata_tokens
@@ -245,11 +244,10 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
 
     # ---------------------------------------------------------------------------------- users
     def _user_out(user_id: str) -> dict | None:
-        user = service.store.get_user(user_id)
-        events = service.store.history(user_id)
-        if user is None and not events:
+        state = service.state(user_id)
+        if not state.registered and not state.events:
             return None
-        state = user_state(events, user)
+        user = service.store.get_user(user_id) if state.registered else None
         return {
             "user_id": user_id,
             **(

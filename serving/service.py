@@ -1,12 +1,13 @@
 """The live service's core, below HTTP: histories and new items from the event store, applied
 to the model that is serving (:mod:`serving.served`).
 
-A user's history is read from the event store on every request: there is no cache, so the
-request after an acknowledged write always sees it (a store read is one indexed query, tens of
-microseconds on SQLite). Items added from metadata are stored first, then placed in the serving
-model's index; every server process follows the store's item table, so an item added through one
-worker is retrievable from all of them within ``item_sync_interval_s``, and a newly swapped-in
-model gets them all before its first request.
+A user's history is read from the event store on every request, incrementally: the process
+keeps recent users' folded histories and asks the store only for events stored since
+(:mod:`serving.histories`), so the request after an acknowledged write always sees it. Items
+added from metadata are stored first, then placed in the serving model's index; every server
+process follows the store's item table, so an item added through one worker is retrievable from
+all of them within ``item_sync_interval_s``, and a newly swapped-in model gets them all before
+its first request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from serving.api import Query, UnknownItemError
 from serving.explain import because
+from serving.histories import HistoryCache, UserState, user_state, with_user
 from serving.served import (
     ONBOARDING_MAX,
     AddedItems,
@@ -30,45 +32,10 @@ from serving.served import (
     Served,
     freeze_imports,
 )
-from serving.store import Event, EventStore, ItemRecord, UserRecord
+from serving.store import Event, EventStore, ItemRecord
 from towers.content import CONTENT_FILE
 
 log = logging.getLogger(__name__)
-
-USER_FEATURES = ("age", "gender", "occupation", "zip_prefix")
-
-
-@dataclass(frozen=True)
-class UserState:
-    """What the store knows about a user, as the model consumes it."""
-
-    history: list[str]  # distinct items, by the time of their latest event, oldest first
-    stats: dict[str, float]  # rating_count, rating_mean, last_timestamp
-    features: dict[str, object]  # stored demographics
-    events: int  # stored events, including repeats
-    registered: bool  # the store has a user row
-
-
-def user_state(events: Sequence[Event], user: UserRecord | None) -> UserState:
-    """Fold a user's stored events (oldest first) into a history and rating stats.
-
-    A re-watched or re-rated item counts once, at its latest event, with its latest rating.
-    Watches without a rating join the history but not the rating mean.
-    """
-    latest: dict[str, Event] = {}
-    for event in events:
-        latest.pop(event.item_id, None)  # re-insert: dict order is by latest event
-        latest[event.item_id] = event
-    ratings = [e.rating for e in latest.values() if e.rating is not None]
-    stats: dict[str, float] = {"rating_count": float(len(latest))}
-    if ratings:
-        stats["rating_mean"] = float(sum(ratings) / len(ratings))
-    if events:
-        stats["last_timestamp"] = float(max(e.timestamp for e in events))
-    features: dict[str, object] = {}
-    if user is not None:
-        features = {f: getattr(user, f) for f in USER_FEATURES if getattr(user, f) is not None}
-    return UserState(list(latest), stats, features, len(events), user is not None)
 
 
 class EventRejected(ValueError):
@@ -105,6 +72,11 @@ class LiveService:
     rules : EventRules
     clock : callable
         Seconds since the epoch (``time.time``).
+    item_sync_interval_s : float
+        How often the store's item table is checked for items added by any process.
+    history_cache_users : int
+        Users whose folded histories this process keeps (:class:`serving.histories.HistoryCache`;
+        0 reads every history whole).
     """
 
     def __init__(
@@ -114,8 +86,10 @@ class LiveService:
         rules: EventRules | None = None,
         clock: Callable[[], float] = time.time,
         item_sync_interval_s: float = 0.2,
+        history_cache_users: int = 10_000,
     ) -> None:
         self.store = store
+        self.histories = HistoryCache(store, history_cache_users)
         self.slot = slot
         self.rules = rules or EventRules()
         self.clock = clock
@@ -178,7 +152,8 @@ class LiveService:
 
     # ---------------------------------------------------------------------------------- reads
     def state(self, user_id: str) -> UserState:
-        return user_state(self.store.history(user_id), self.store.get_user(user_id))
+        """What the store holds for ``user_id``: every acknowledged event and the user row."""
+        return with_user(self.histories.state(user_id), self.store.get_user(user_id))
 
     def recommend(
         self,

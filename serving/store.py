@@ -151,6 +151,14 @@ class EventStore(abc.ABC):
         """:meth:`history` for many users: a dict with every requested ID as a key."""
 
     @abc.abstractmethod
+    def history_since(self, user_id: str, sequence: int = 0) -> list[tuple[int, Event]]:
+        """``user_id``'s events with a sequence number above ``sequence``, as ``(seq, event)``
+        in sequence order (one indexed lookup). Sequence numbers follow commit order in both
+        backends, so a reader that has seen a user's events up to ``s`` finds every event
+        acknowledged since then above ``s``: incremental reads never miss one.
+        """
+
+    @abc.abstractmethod
     def upsert_user(self, user: UserRecord) -> UserRecord:
         """Create a user, or replace the demographics of an existing one.
 

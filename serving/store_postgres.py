@@ -55,6 +55,7 @@ _SCHEMA = (
         kind TEXT NOT NULL CHECK (kind IN ('rating', 'watch')), rating DOUBLE PRECISION,
         "timestamp" DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
     'CREATE INDEX IF NOT EXISTS events_user_time ON events (user_id, "timestamp", seq)',
+    "CREATE INDEX IF NOT EXISTS events_user_seq ON events (user_id, seq)",
     """CREATE TABLE IF NOT EXISTS users (
         user_id TEXT PRIMARY KEY, age DOUBLE PRECISION, gender TEXT, occupation TEXT,
         zip_prefix TEXT, created_at DOUBLE PRECISION NOT NULL)""",
@@ -223,6 +224,16 @@ class PostgresStore(EventStore):
     def user_count(self) -> int:
         with self._connection() as conn:
             return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    def history_since(self, user_id: str, sequence: int = 0) -> list[tuple[int, Event]]:
+        check_paging(sequence, None)
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE user_id = %s AND seq > %s "
+                "ORDER BY seq",
+                (user_id, sequence),
+            ).fetchall()
+        return [(int(row[0]), to_event(row[1:])) for row in rows]
 
     def events_since(self, sequence: int = 0, limit: int | None = None) -> list[tuple[int, Event]]:
         check_paging(sequence, limit)

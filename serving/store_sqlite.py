@@ -53,6 +53,7 @@ _SCHEMA = (
         kind TEXT NOT NULL CHECK (kind IN ('rating', 'watch')), rating REAL,
         timestamp REAL NOT NULL, received_at REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS events_user_time ON events (user_id, timestamp, seq)",
+    "CREATE INDEX IF NOT EXISTS events_user_seq ON events (user_id, seq)",
     """CREATE TABLE IF NOT EXISTS users (
         user_id TEXT PRIMARY KEY, age REAL, gender TEXT, occupation TEXT, zip_prefix TEXT,
         created_at REAL NOT NULL)""",
@@ -218,6 +219,16 @@ class SqliteStore(EventStore):
                 ):
                     out[row[0]].append(to_event(row))
         return out
+
+    def history_since(self, user_id: str, sequence: int = 0) -> list[tuple[int, Event]]:
+        check_paging(sequence, None)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE user_id = ? AND seq > ? "
+                "ORDER BY seq",
+                (user_id, sequence),
+            ).fetchall()
+        return [(row[0], to_event(row[1:])) for row in rows]
 
     def upsert_user(self, user: UserRecord) -> UserRecord:
         row = check_user(user)

@@ -196,3 +196,20 @@ def planted_store(tmp_path):
     store.import_events(data.interactions)
     yield store
     store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """An empty store's URL: SQLite in ``tmp_path``, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"  # an absolute path: sqlite:////tmp/...
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture()
+def store(store_url):
+    """An open, empty store on each backend."""
+    from serving.store import open_store
+
+    with open_store(store_url) as opened:
+        yield opened

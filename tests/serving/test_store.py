@@ -29,19 +29,6 @@ def watch(user: str, item: str, t: float) -> Event:
     return Event(user, item, "watch", None, t)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"  # an absolute path: sqlite:////tmp/...
-    return request.getfixturevalue("fresh_postgres_url")
-
-
-@pytest.fixture()
-def store(store_url):
-    with open_store(store_url) as opened:
-        yield opened
-
-
 def test_history_is_ordered_by_timestamp_then_sequence(store):
     first = store.append([rating("u1", "a", 20), rating("u1", "b", 10), watch("u2", "c", 5)])
     second = store.append([rating("u1", "c", 10, 2.5)])
@@ -180,6 +167,21 @@ def test_events_since_pages_in_sequence_order(store):
         store.events_since(-1)
     with pytest.raises(ValueError, match="limit"):
         store.events_since(0, limit=-1)
+
+
+def test_history_since_reads_one_users_newer_events_in_sequence_order(store):
+    store.append([rating("u1", "a", 50), watch("u2", "b", 10)])
+    store.append([rating("u1", "c", 30, 1.0), rating("u1", "a", 60, 2.0)])
+    assert store.history_since("u1") == [
+        (1, rating("u1", "a", 50)), (3, rating("u1", "c", 30, 1.0)), (4, rating("u1", "a", 60, 2.0))
+    ]  # fmt: skip
+    assert store.history_since("u1", 1) == [
+        (3, rating("u1", "c", 30, 1.0)), (4, rating("u1", "a", 60, 2.0))
+    ]  # fmt: skip
+    assert store.history_since("u1", 4) == [] and store.history_since("nobody") == []
+    assert store.history_since("u2", 0) == [(2, watch("u2", "b", 10))]
+    with pytest.raises(ValueError, match="sequence"):
+        store.history_since("u1", -1)
 
 
 def test_import_events_loads_the_log_in_batches(store, three_user_log):

@@ -1,0 +1,119 @@
+"""Users' histories as the model consumes them, read from the event store incrementally.
+
+:func:`user_state` folds a user's events into the history bag and rating stats. A
+:class:`HistoryCache` keeps each recent user's folded events in the server process and asks the
+store, on every request, only for the events stored since: one indexed lookup that finds
+nothing for most requests. Both stores number events in commit order, so an event acknowledged
+by any process has a larger number than everything a reader has seen, and the next request
+always includes it: the cache is never stale. A heavy user (2,700 events in ml-latest-small)
+then costs a few tens of microseconds instead of 5 ms of reading and folding.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from serving.store import Event, EventStore, UserRecord
+
+USER_FEATURES = ("age", "gender", "occupation", "zip_prefix")
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What the store knows about a user, as the model consumes it."""
+
+    history: list[str]  # distinct items, by the time of their latest event, oldest first
+    stats: dict[str, float]  # rating_count, rating_mean, last_timestamp
+    features: dict[str, object]  # stored demographics
+    events: int  # stored events, including repeats
+    registered: bool  # the store has a user row
+
+
+def with_user(state: UserState, user: UserRecord | None) -> UserState:
+    """``state`` with the demographics and registration of the user row ``user``."""
+    features: dict[str, object] = {}
+    if user is not None:
+        features = {f: getattr(user, f) for f in USER_FEATURES if getattr(user, f) is not None}
+    return replace(state, features=features, registered=user is not None)
+
+
+def user_state(events: Sequence[Event], user: UserRecord | None) -> UserState:
+    """Fold a user's stored events (oldest first) into a history and rating stats.
+
+    A re-watched or re-rated item counts once, at its latest event, with its latest rating.
+    Watches without a rating join the history but not the rating mean.
+    """
+    latest: dict[str, Event] = {}
+    for event in events:
+        latest.pop(event.item_id, None)  # re-insert: dict order is by latest event
+        latest[event.item_id] = event
+    ratings = [e.rating for e in latest.values() if e.rating is not None]
+    stats: dict[str, float] = {"rating_count": float(len(latest))}
+    if ratings:
+        stats["rating_mean"] = float(sum(ratings) / len(ratings))
+    if events:
+        stats["last_timestamp"] = float(max(e.timestamp for e in events))
+    return with_user(UserState(list(latest), stats, {}, len(events), False), user)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    sequence: int  # the largest sequence number folded in
+    keyed: tuple[tuple[float, int, Event], ...]  # (timestamp, seq, event), sorted
+    state: UserState  # folded, without the user row
+
+
+class HistoryCache:
+    """Folded histories of the ``max_users`` most recently requested users.
+
+    Parameters
+    ----------
+    store : EventStore
+    max_users : int
+        Users kept (least recently requested dropped first); 0 reads every history whole.
+
+    Raises
+    ------
+    ValueError
+        If ``max_users`` is negative.
+    """
+
+    def __init__(self, store: EventStore, max_users: int = 10_000) -> None:
+        if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 0:
+            raise ValueError(f"max_users must be an int >= 0, got {max_users!r}")
+        self.store = store
+        self.max_users = max_users
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def state(self, user_id: str) -> UserState:
+        """``user_id``'s folded events, including every event stored before this call
+        (demographics are not included: see :func:`with_user`)."""
+        with self._lock:
+            entry = self._entries.get(user_id)
+        new = self.store.history_since(user_id, entry.sequence if entry else 0)
+        if entry is not None and not new:
+            with self._lock:
+                if user_id in self._entries:
+                    self._entries.move_to_end(user_id)
+            return entry.state
+        keyed = list(entry.keyed) if entry else []
+        keyed.extend((event.timestamp, seq, event) for seq, event in new)
+        keyed.sort()  # by (timestamp, seq), which is unique: events are never compared
+        state = user_state([k[2] for k in keyed], None)
+        sequence = max(entry.sequence if entry else 0, max((seq for seq, _ in new), default=0))
+        if self.max_users:
+            with self._lock:
+                current = self._entries.get(user_id)
+                if current is None or current.sequence <= sequence:  # a racing reader may be newer
+                    self._entries[user_id] = _Entry(sequence, tuple(keyed), state)
+                    self._entries.move_to_end(user_id)
+                while len(self._entries) > self.max_users:
+                    self._entries.popitem(last=False)
+        return state
