@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def start_server(
     port: int | None = None,
     timeout_s: float = 300,
     workers: int = 1,
+    extra: Sequence[str] = (),
 ) -> LiveServer:
     """Run ``nextwatch serve --artefact ARTEFACT --home HOME`` and wait until it is ready
     (``artefact`` None: serve HOME's registry, whose current version must exist).
@@ -64,6 +66,7 @@ def start_server(
         "--home", str(home), "--port", str(port), "--dataset", "ml-latest-small",
         "--workers", str(workers),
     ]  # fmt: skip
+    cmd += list(extra)  # more `nextwatch serve` flags
     if artefact is not None:
         cmd += ["--artefact", str(artefact)]
     if store:

@@ -287,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--retrain-every-seconds", type=float, help="... or at this interval (seconds)"
     )
+    serve.add_argument(
+        "--history-cache-users", type=int, default=10_000,
+        help="users whose folded histories each process keeps; 0 reads every history whole "
+        "(default: %(default)s)",
+    )  # fmt: skip
     serve.add_argument("--rating-min", type=float, default=0.5, help="(default: %(default)s)")
     serve.add_argument("--rating-max", type=float, default=5.0, help="(default: %(default)s)")
     return parser
@@ -470,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rules=EventRules(rating_min=args.rating_min, rating_max=args.rating_max),
                 retrain_every_events=args.retrain_every_events,
                 retrain_every_seconds=args.retrain_every_seconds,
+                history_cache_users=args.history_cache_users,
             )  # fmt: skip
             serve(options, _source(args), args.host, args.port, args.workers)
     except (DataError, ValueError, OSError, UnknownItemError, LookupError) as exc:

@@ -108,6 +108,7 @@ class ServeOptions:
     rules: EventRules = EventRules()
     retrain_every_events: int | None = None  # run `nextwatch retrain --home` after N events
     retrain_every_seconds: float | None = None  # ... or every S seconds
+    history_cache_users: int = 10_000  # folded histories each process keeps (0: none)
 
 
 def _serving_pointer(home: Path) -> Path:
@@ -221,7 +222,11 @@ def prepare(options: ServeOptions, source: DataSource) -> tuple[Path, str, dict]
 
 
 def assemble(
-    home: Path, store_url: str, rules: EventRules, registry_reload: bool
+    home: Path,
+    store_url: str,
+    rules: EventRules,
+    registry_reload: bool,
+    history_cache_users: int = 10_000,
 ) -> tuple[FastAPI, EventStore, LiveService]:
     """One worker's app: load the pointed-to artefact, open the store, wire hot swaps."""
     artefact = read_pointer(home)
@@ -230,7 +235,7 @@ def assemble(
     freeze_imports()
     slot = ModelSlot(Served.load(artefact))
     store = open_store(store_url)
-    service = LiveService(store, slot, rules)
+    service = LiveService(store, slot, rules, history_cache_users=history_cache_users)
     registry = Registry(home / "models")
     watcher = PointerWatcher(home, slot)
     settings = HttpSettings(
@@ -250,7 +255,11 @@ def build_service(options: ServeOptions, source: DataSource) -> tuple:
     """Everything but the HTTP server, in this process: ``(app, store, info)``."""
     artefact, store_url, info = prepare(options, source)
     app, store, service = assemble(
-        options.home, store_url, options.rules, registry_reload=options.artefact is None
+        options.home,
+        store_url,
+        options.rules,
+        registry_reload=options.artefact is None,
+        history_cache_users=options.history_cache_users,
     )
     served = service.slot.current
     info = {
@@ -270,17 +279,14 @@ def worker_app() -> FastAPI:
     config = json.loads(os.environ[WORKER_ENV])
     app, _, _ = assemble(
         Path(config["home"]), config["store"], EventRules(**config["rules"]),
-        config["registry_reload"],
+        config["registry_reload"], config["history_cache_users"],
     )  # fmt: skip
     return app
 
 
 def _limit_blas() -> None:
-    import sys
 
     from threadpoolctl import threadpool_limits
-
-    sys.setswitchinterval(float(os.environ.get("NW_SWITCH", "0.005")))
 
     # One BLAS thread per request: the matrices are small (100 candidates), and OpenBLAS's
     # extra threads spin on the other core, stealing it from concurrent requests (measured:
@@ -314,6 +320,7 @@ def serve(
                     "store": store_url,
                     "rules": asdict(options.rules),
                     "registry_reload": options.artefact is None,
+                    "history_cache_users": options.history_cache_users,
                 }
             ),  # fmt: skip
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from serving.histories import HistoryCache, user_state
@@ -76,3 +77,38 @@ def test_demographics_are_not_part_of_the_cached_state(store):
     store.append([rating("u", "a", 1)])
     state = HistoryCache(store).state("u")
     assert state.features == {} and not state.registered  # the service adds the user row
+
+
+class ListStore:
+    """An in-memory log numbered in append order (as both real stores number commits)."""
+
+    def __init__(self) -> None:
+        self.log: list[Event] = []
+
+    def history_since(self, user_id: str, sequence: int = 0):
+        return [(n, e) for n, e in enumerate(self.log, 1) if n > sequence and e.user_id == user_id]
+
+    def history(self, user_id: str) -> list[Event]:
+        mine = [(e.timestamp, n, e) for n, e in enumerate(self.log, 1) if e.user_id == user_id]
+        return [e for _, _, e in sorted(mine)]
+
+
+def test_incremental_folds_equal_whole_folds_on_random_logs():
+    rng = np.random.default_rng(0)
+    store, cache = ListStore(), HistoryCache(ListStore())
+    cache.store = store
+    for _ in range(300):
+        user = f"u{rng.integers(3)}"
+        for _ in range(rng.integers(1, 4)):  # a batch; timestamps repeat and go backwards
+            t = float(rng.integers(0, 20))
+            if rng.random() < 0.3:
+                store.log.append(Event(user, f"i{rng.integers(8)}", "watch", None, t))
+            else:
+                value = float(rng.integers(1, 11)) / 2
+                store.log.append(Event(user, f"i{rng.integers(8)}", "rating", value, t))
+        for who in ("u0", "u1", "u2", "nobody"):
+            got, want = cache.state(who), user_state(store.history(who), None)
+            assert got.history == want.history and got.events == want.events
+            assert got.stats.keys() == want.stats.keys()
+            for key, value in want.stats.items():
+                assert got.stats[key] == pytest.approx(value, rel=1e-12)
