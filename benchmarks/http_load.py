@@ -11,7 +11,10 @@ so that the offered rate is fixed (connections x 4).
 2. **Fixed rate**: 200 requests/s for 60 s, twice: without a swap, and with ``POST
    /v1/admin/reload`` to another model version (the same preset trained with seed 1) at 30 s;
    the swap's time until every worker serves the new version is reported. Targets: 0 failed
-   requests, p99 <= 20 ms.
+   requests, p99 <= 20 ms. With ``--repeats N`` each of the two runs is made N times
+   (alternating, each swap to the version not serving), every run is reported, and the run
+   with the median p99 is the headline: on a shared 2-core VM one run's p99 moves by a third
+   from run to run.
 3. **Highest rate**: 20 s steps at rising rates; the highest whose p99 <= 50 ms with 0
    failures and >= 90 % of the offered rate achieved.
 
@@ -20,7 +23,8 @@ reported 3-8x (p50 14 ms at 48 requests/s, against 5 ms from wrk and from a plai
 The load generator shares the 2 cores with the server.
 
     apt-get install wrk
-    python benchmarks/http_load.py            # ~5 min once the two artefacts exist
+    python benchmarks/http_load.py              # ~5 min once the two artefacts exist
+    python benchmarks/http_load.py --repeats 3  # ~9 min
 """
 
 from __future__ import annotations
@@ -113,6 +117,11 @@ def hot_swap_at(url: str, delay: float, artefact: Path, out: dict) -> threading.
     return thread
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median p99 (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["p99_ms"])[(len(runs) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="MovieLens folder (default: $NEXTWATCH_DATA)")
@@ -122,8 +131,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--step-seconds", type=int, default=20)
     parser.add_argument("--steps", default="250,300,400,500,600", help="rates to try")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="fixed-rate runs of each kind (default: 1)"
+    )
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/http_load.json)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
@@ -138,14 +152,18 @@ def main() -> None:
             search = httpx.get(f"{server.url}/v1/items", params={"q": "the", "limit": 100})
             items = [i["item_id"] for i in search.json()]
             run_wrk(server.url, args.rate / 2, 10, items)  # warm-up, not reported
-            steady = run_wrk(server.url, args.rate, args.seconds, items)
-            log.info("fixed, no swap: %s", steady)
-            swap: dict = {}
-            thread = hot_swap_at(server.url, args.seconds / 2, second, swap)
-            swapped = run_wrk(server.url, args.rate, args.seconds, items)
-            thread.join()
-            swapped["hot_swap"] = swap
-            log.info("fixed, hot swap at %d s: %s", args.seconds // 2, swapped)
+            steady_runs, swapped_runs = [], []
+            for n in range(args.repeats):
+                steady_runs.append(run_wrk(server.url, args.rate, args.seconds, items))
+                log.info("fixed, no swap: %s", steady_runs[-1])
+                swap: dict = {}
+                target = second if n % 2 == 0 else first  # to the version not serving
+                thread = hot_swap_at(server.url, args.seconds / 2, target, swap)
+                swapped_runs.append(run_wrk(server.url, args.rate, args.seconds, items))
+                thread.join()
+                swapped_runs[-1]["hot_swap"] = swap
+                log.info("fixed, hot swap at %d s: %s", args.seconds // 2, swapped_runs[-1])
+            steady, swapped = median_run(steady_runs), median_run(swapped_runs)
             steps, highest = [], None
             for rate in [float(r) for r in args.steps.split(",")]:
                 step = run_wrk(server.url, rate, args.step_seconds, items)
@@ -167,11 +185,18 @@ def main() -> None:
         "server_workers": args.workers,
         "fixed_rate": steady,
         "fixed_rate_with_hot_swap": swapped,
+        "fixed_rate_runs": steady_runs,
+        "fixed_rate_with_hot_swap_runs": swapped_runs,
         "targets": {
-            "zero_failures": steady["failures"] == 0 and swapped["failures"] == 0,
+            "zero_failures": all(r["failures"] == 0 for r in steady_runs + swapped_runs),
             "p99_le_20ms": steady["p99_ms"] <= 20,
             "p99_le_20ms_with_swap": swapped["p99_ms"] <= 20,
-            "hot_swap_ok": swap.get("status") == 200 and swap.get("before") != swap.get("after"),
+            "p99_le_20ms_every_run": all(r["p99_ms"] <= 20 for r in steady_runs + swapped_runs),
+            "hot_swap_ok": all(
+                r["hot_swap"].get("status") == 200
+                and r["hot_swap"].get("before") != r["hot_swap"].get("after")
+                for r in swapped_runs
+            ),
         },
         "steps": steps,
         "highest_rate_p99_le_50ms": highest,
