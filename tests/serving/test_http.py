@@ -216,6 +216,26 @@ def test_no_request_fails_during_hot_swaps(service, planted_artefact, planted_ra
     assert errors == [] and service.slot.swaps == 6
 
 
+def test_a_model_loads_with_a_short_switch_interval_restored_afterwards(service):
+    import sys
+
+    from serving.served import short_switch_interval
+
+    before = sys.getswitchinterval()
+    seen = []
+
+    def loader(path):
+        seen.append(sys.getswitchinterval())
+        return Served.load(path)
+
+    slot = ModelSlot(service.slot.current, loader, switch_interval_s=0.0005)
+    slot.reload()
+    assert seen == [pytest.approx(0.0005)] and sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), short_switch_interval(0.001):
+        raise RuntimeError("a failed load")
+    assert sys.getswitchinterval() == before
+
+
 def test_a_chunked_body_over_the_limit_is_a_413(client):
     def chunks():
         yield b'{"history": ['
