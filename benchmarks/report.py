@@ -165,22 +165,29 @@ def scale() -> None:
             f"{epoch['examples_per_second']:,.0f} examples/s{projected}"
         )
     soft = data["softmax"]
-    print(f"\nSoftmax: {soft['date'][:10]}, commit `{soft['commit'][:12]}`\n")
+    steps = data.get("steps", soft)  # the step-cost-only part, when it was run after softmax
+    print(f"\nStep cost: {steps['date'][:10]}, commit `{steps['commit'][:12]}` (ms per step; "
+          "distinct items per batch in brackets)\n")  # fmt: skip
     print(
-        "| items | sampled, uniform histories | sampled, popularity-drawn histories "
-        "| full, uniform histories |\n|---|---|---|---|"
+        "| items | sampled, the same 10k items drawn | sampled, uniform histories "
+        "| sampled, popularity-drawn histories | full, uniform histories |\n|---|---|---|---|---|"
     )
-    cost = {(c["items"], c["softmax"], c.get("histories", "uniform")): c["ms_per_step"]
-            for c in soft["step_cost"]}  # fmt: skip
+    cost = {(c["items"], c["softmax"], c.get("histories", "uniform")): c
+            for c in steps["step_cost"]}  # fmt: skip
 
     def cell(key: tuple) -> str:
-        return f"{cost[key]:.1f} ms" if key in cost else "not run"
+        if key not in cost:
+            return "not run"
+        rows = cost[key].get("distinct_rows")
+        return f"{cost[key]['ms_per_step']:.1f} ms" + (f" ({rows:,})" if rows else "")
 
-    for items in sorted({c["items"] for c in soft["step_cost"]}):
+    for items in sorted({c["items"] for c in steps["step_cost"]}):
         print(
-            f"| {items:,} | {cell((items, 'sampled', 'uniform'))} "
-            f"| {cell((items, 'sampled', 'popular'))} | {cell((items, 'full', 'uniform'))} |"
+            f"| {items:,} | {cell((items, 'sampled', 'fixed'))} "
+            f"| {cell((items, 'sampled', 'uniform'))} | {cell((items, 'sampled', 'popular'))} "
+            f"| {cell((items, 'full', 'uniform'))} |"
         )
+    print(f"\nSoftmax quality: {soft['date'][:10]}, commit `{soft['commit'][:12]}`")
     q = soft["quality"]
     print("\n| softmax | Recall@100 | NDCG@10 | vs full (R@100, NDCG@10) | examples/s |")
     print("|---|---|---|---|---|")

@@ -38,6 +38,7 @@ from common import RESULTS, ROOT, git_commit, latency_ms, write_results
 log = logging.getLogger("scale")
 USERS_AXIS = (10_000, 100_000, 1_000_000)
 ITEMS_AXIS = (10_000, 100_000, 1_000_000)
+FIXED_SET = 10_000  # items a "fixed" step-cost draw uses, at every catalogue size
 TRAIN = ["--epochs", "1", "--batch-size", "1024", "--max-examples-per-user", "50",
          "--softmax", "sampled", "--num-negatives", "1000", "--verbose", "2"]  # fmt: skip
 
@@ -177,7 +178,11 @@ def step_cost(
 
     ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
     worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
-    the synthetic worlds (what real logs look like).
+    the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
+    same number of items (``FIXED_SET``, spread over the catalogue) at every catalogue size, so
+    that each step touches as many rows at 1M items as at 10k and only the tables' size changes.
+    With the first two, a bigger catalogue also means more distinct items per batch (reported as
+    ``distinct_rows``), and the rows a step updates grow with them.
     """
     import numpy as np
 
@@ -196,10 +201,15 @@ def step_cost(
     elif histories == "popular":
         p = np.arange(1, items + 1) ** -0.9
         p /= p.sum()
+    elif histories == "fixed":
+        p = None
+        pick = pick[np.sort(rng.choice(items, min(FIXED_SET, items), replace=False))]
     else:
-        raise ValueError(f"histories must be 'uniform' or 'popular', got {histories!r}")
-    hist = pick[rng.choice(items, (batch, 50), p=p)]
-    labels = tf.constant(pick[rng.choice(items, batch, p=p)])
+        raise ValueError(f"histories must be 'uniform', 'popular' or 'fixed', got {histories!r}")
+    hist = rng.choice(pick, (batch, 50), p=p)
+    label_ids = rng.choice(pick, batch, p=p)
+    labels = tf.constant(label_ids)
+    distinct = len(set(hist.ravel().tolist()) | set(label_ids.tolist()))
     inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
               if k in ("history", "example_age")}  # fmt: skip
     model(inputs)
@@ -213,6 +223,7 @@ def step_cost(
         step()["loss"].numpy()
         times.append(time.perf_counter() - t)
     return {"items": items, "softmax": softmax, "histories": histories, "batch": batch,
+            "distinct_rows": distinct,
             "ms_per_step": round(float(np.median(times)) * 1e3, 2)}  # fmt: skip
 
 
@@ -266,15 +277,27 @@ def quality(work: Path) -> dict:
     return out
 
 
-def part_softmax(work: Path) -> dict:
-    costs = []
-    runs = [(items, "sampled", draw) for draw in ("uniform", "popular") for items in ITEMS_AXIS]
+def step_costs() -> list[dict]:
+    """Sampled-softmax step cost at every catalogue size and draw, and full softmax where it
+    fits; each in a fresh process."""
+    runs = [
+        (items, "sampled", draw) for draw in ("fixed", "uniform", "popular") for items in ITEMS_AXIS
+    ]
     # 1M x 1024 full logits (4 GB, x3 with gradients) is left out.
     runs += [(items, "full", "uniform") for items in ITEMS_AXIS[:2]]
-    for items, softmax, draw in runs:
-        costs.append(_json_tail(_run([sys.executable, __file__, "--step-cost", str(items),
-                                      softmax, draw])))  # fmt: skip
-    return {"step_cost": costs, "quality": quality(work)}
+    return [
+        _json_tail(_run([sys.executable, __file__, "--step-cost", str(items), softmax, draw]))
+        for items, softmax, draw in runs
+    ]
+
+
+def part_softmax(work: Path) -> dict:
+    return {"step_cost": step_costs(), "quality": quality(work)}
+
+
+def part_steps(work: Path) -> dict:
+    """Only the step costs (``part_softmax`` without the quality runs)."""
+    return {"step_cost": step_costs()}
 
 
 def part_epoch(work: Path) -> dict:
@@ -341,7 +364,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def parts_of(results: dict) -> list[str]:
-    return [name for name in ("curves", "softmax", "beam", "epoch") if name in results]
+    return [name for name in ("curves", "softmax", "steps", "beam", "epoch") if name in results]
 
 
 def main() -> None:
@@ -368,7 +391,8 @@ def main() -> None:
         results[name].setdefault("commit", results["commit"])
         results[name].setdefault("date", results["date"])
     parts = {"curves": lambda: part_curves(work, args.max_steps),
-             "softmax": lambda: part_softmax(work), "beam": lambda: part_beam(work),
+             "softmax": lambda: part_softmax(work), "steps": lambda: part_steps(work),
+             "beam": lambda: part_beam(work),
              "epoch": lambda: part_epoch(work)}  # fmt: skip
     for name in args.parts.split(","):
         start = time.perf_counter()
