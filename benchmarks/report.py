@@ -179,7 +179,9 @@ def scale() -> None:
         if key not in cost:
             return "not run"
         rows = cost[key].get("distinct_rows")
-        return f"{cost[key]['ms_per_step']:.1f} ms" + (f" ({rows:,})" if rows else "")
+        runs = cost[key].get("runs_ms")
+        spread = f", runs {min(runs):.1f}–{max(runs):.1f}" if runs and len(runs) > 1 else ""
+        return f"{cost[key]['ms_per_step']:.1f} ms" + (f" ({rows:,}{spread})" if rows else "")
 
     for items in sorted({c["items"] for c in steps["step_cost"]}):
         print(

@@ -277,18 +277,30 @@ def quality(work: Path) -> dict:
     return out
 
 
-def step_costs() -> list[dict]:
+def step_costs(fixed_repeats: int = 3) -> list[dict]:
     """Sampled-softmax step cost at every catalogue size and draw, and full softmax where it
-    fits; each in a fresh process."""
-    runs = [
-        (items, "sampled", draw) for draw in ("fixed", "uniform", "popular") for items in ITEMS_AXIS
-    ]
+    fits; each in a fresh process. The fixed draw, which carries the claim that the catalogue's
+    size does not set the cost, is measured ``fixed_repeats`` times, the sizes interleaved (one
+    process's median moves by a fifth from run to run here): ``ms_per_step`` is the median of
+    the runs, ``runs_ms`` all of them."""
+
+    def cost(items: int, softmax: str, draw: str) -> dict:
+        return _json_tail(_run([sys.executable, __file__, "--step-cost", str(items), softmax, draw]))
+
+    import numpy as np
+
+    fixed: dict[int, list[dict]] = {items: [] for items in ITEMS_AXIS}
+    for _ in range(fixed_repeats):
+        for items in ITEMS_AXIS:
+            fixed[items].append(cost(items, "sampled", "fixed"))
+    out = []
+    for items, runs in fixed.items():
+        times = [r["ms_per_step"] for r in runs]
+        out.append({**runs[0], "ms_per_step": float(np.median(times)), "runs_ms": times})
+    out += [cost(items, "sampled", draw) for draw in ("uniform", "popular") for items in ITEMS_AXIS]
     # 1M x 1024 full logits (4 GB, x3 with gradients) is left out.
-    runs += [(items, "full", "uniform") for items in ITEMS_AXIS[:2]]
-    return [
-        _json_tail(_run([sys.executable, __file__, "--step-cost", str(items), softmax, draw]))
-        for items, softmax, draw in runs
-    ]
+    out += [cost(items, "full", "uniform") for items in ITEMS_AXIS[:2]]
+    return out
 
 
 def part_softmax(work: Path) -> dict:
