@@ -285,7 +285,8 @@ def step_costs(fixed_repeats: int = 3) -> list[dict]:
     the runs, ``runs_ms`` all of them."""
 
     def cost(items: int, softmax: str, draw: str) -> dict:
-        return _json_tail(_run([sys.executable, __file__, "--step-cost", str(items), softmax, draw]))
+        command = [sys.executable, __file__, "--step-cost", str(items), softmax, draw]
+        return _json_tail(_run(command))
 
     import numpy as np
 
@@ -294,7 +295,7 @@ def step_costs(fixed_repeats: int = 3) -> list[dict]:
         for items in ITEMS_AXIS:
             fixed[items].append(cost(items, "sampled", "fixed"))
     out = []
-    for items, runs in fixed.items():
+    for runs in fixed.values():
         times = [r["ms_per_step"] for r in runs]
         out.append({**runs[0], "ms_per_step": float(np.median(times)), "runs_ms": times})
     out += [cost(items, "sampled", draw) for draw in ("uniform", "popular") for items in ITEMS_AXIS]
