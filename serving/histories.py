@@ -35,11 +35,18 @@ class UserState:
 
 
 def with_user(state: UserState, user: UserRecord | None) -> UserState:
-    """``state`` with the demographics and registration of the user row ``user``."""
+    """``state`` with the demographics and registration of the user row ``user`` (its history
+    and stats copied, so that a caller cannot change a cached state)."""
     features: dict[str, object] = {}
     if user is not None:
         features = {f: getattr(user, f) for f in USER_FEATURES if getattr(user, f) is not None}
-    return replace(state, features=features, registered=user is not None)
+    return replace(
+        state,
+        history=list(state.history),
+        stats=dict(state.stats),
+        features=features,
+        registered=user is not None,
+    )
 
 
 def user_state(events: Sequence[Event], user: UserRecord | None) -> UserState:
