@@ -17,6 +17,7 @@ from ranking.impressions import NUMERIC
 from ranking.model import RATING_FEATURES, RATING_RANGE, Ranker, RankerConfig
 from ranking.normalize import QuantileNormalizer
 from towers.features import DEMOGRAPHIC_COLUMNS
+from towers.query import named_array
 
 
 def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
@@ -79,12 +80,7 @@ class RankScorer:
         self._rating_layers = self._layers("rating")
 
     def _array(self, name: str, rows: int | None = None) -> np.ndarray:
-        if name not in self.arrays:
-            raise ValueError(f"ranker array {name!r} is missing")
-        array = self.arrays[name]
-        if rows is not None and len(array) != rows:
-            raise ValueError(f"ranker array {name!r} has {len(array)} rows, expected {rows}")
-        return array
+        return named_array(self.arrays, name, "ranker", rows)
 
     def _layers(self, prefix: str) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         return [

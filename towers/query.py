@@ -28,6 +28,24 @@ def _masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return total / np.maximum(w.sum(axis=1, keepdims=True), 1.0)
 
 
+def named_array(
+    arrays: Mapping[str, np.ndarray], name: str, owner: str, rows: int | None = None
+) -> np.ndarray:
+    """``arrays[name]``, checked to be there and, if ``rows`` is given, to have that many rows.
+
+    Raises
+    ------
+    ValueError
+        Naming ``owner`` (whose arrays these are) and the array.
+    """
+    if name not in arrays:
+        raise ValueError(f"{owner} array {name!r} is missing")
+    array = arrays[name]
+    if rows is not None and len(array) != rows:
+        raise ValueError(f"{owner} array {name!r} has {len(array)} rows, expected {rows}")
+    return array
+
+
 class QueryEncoder:
     """User vectors from the raw query dict of :func:`towers.features.query_inputs`.
 
@@ -90,12 +108,7 @@ class QueryEncoder:
             raise ValueError(f"the query tower's last layer does not output {config.output_dim}")
 
     def _array(self, name: str, rows: int | None = None) -> np.ndarray:
-        if name not in self.arrays:
-            raise ValueError(f"query encoder array {name!r} is missing")
-        array = self.arrays[name]
-        if rows is not None and len(array) != rows:
-            raise ValueError(f"query encoder array {name!r} has {len(array)} rows, expected {rows}")
-        return array
+        return named_array(self.arrays, name, "query encoder", rows)
 
     @classmethod
     def from_model(cls, model: CandidateTower) -> QueryEncoder:
