@@ -238,8 +238,9 @@ def short_switch_interval(seconds: float) -> Iterator[None]:
     A model loads in a thread beside the thread that serves requests. Every time the serving
     thread releases the GIL (a store query, a socket read or write, waiting for the next event)
     it must wait for the loading thread to give it back, up to one switch interval each time,
-    and a request releases it a dozen times: requests took 100 ms during a load that took
-    0.15 s. A shorter interval bounds each wait, at the cost of more switching while it lasts.
+    and a request releases it a dozen times, so a request during a load could take many times
+    its usual time. A shorter interval bounds each wait, at the cost of more switching while
+    it lasts.
     """
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(seconds, previous))
