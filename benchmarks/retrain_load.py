@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from http_load import run_wrk
 from live import start_server
 
 from serving.registry import Registry
+from serving.retrain import background_priority
 from towers.movielens import load_movielens
 from towers.train import fit_content_projection
 
@@ -85,7 +85,7 @@ def main() -> None:
             with open(home / "retrain.log", "wb") as out:
                 retrain = subprocess.Popen(
                     command, stdout=out, stderr=subprocess.STDOUT,
-                    preexec_fn=lambda: os.nice(10),
+                    preexec_fn=background_priority,
                 )  # fmt: skip
             during = []
             while retrain.poll() is None:

@@ -34,7 +34,7 @@ from towers.data import DataError
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
 from towers.pipeline import DataSource, evaluate_artefact, retrain_candidates, train_candidates
-from towers.presets import benchmark_config, benchmark_options
+from towers.presets import benchmark_config, benchmark_options, warm_start_options
 from towers.splits import SPLITS
 from towers.synthetic import ITEMS_FILE, SyntheticConfig, generate, shard_paths
 from towers.train import TrainOptions
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument(
         "--no-ranker", action="store_true", help="do not retrain the parent's ranker"
     )
-    _add_dataclass_flags(retrain, benchmark_options(), "training", skip=("log_dir",))
+    _add_dataclass_flags(retrain, warm_start_options(), "training", skip=("log_dir",))
 
     rollback = sub.add_parser("rollback", help="serve the previously promoted version again")
     rollback.add_argument("--home", help="the service home (default: $NEXTWATCH_HOME, else "

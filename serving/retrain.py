@@ -134,7 +134,8 @@ class RetrainScheduler:
     extra_args : sequence of str
         More ``nextwatch retrain`` arguments (the data source of the item metadata, ...).
     runner : callable, optional
-        Runs a command line and returns its exit code (default: a ``nice`` subprocess).
+        Runs a command line and returns its exit code (default: a subprocess in the
+        background priority class, :func:`background_priority`).
     """
 
     def __init__(
@@ -162,7 +163,7 @@ class RetrainScheduler:
         self.every_seconds = every_seconds
         self.command = [sys.executable, "-m", "serving.cli", "retrain", "--home", str(home),
                         *extra_args]  # fmt: skip
-        self.runner = runner or _run_nice
+        self.runner = runner or _run_in_background
         self.check_s = check_s
         self.runs: list[int] = []  # exit codes
         self._last_count = count_events()
@@ -200,6 +201,23 @@ class RetrainScheduler:
         self._stop.set()
 
 
-def _run_nice(command: list[str]) -> int:
-    """Run ``command`` at a lower CPU priority, so that serving keeps the upper hand."""
-    return subprocess.run(command, preexec_fn=lambda: os.nice(10), check=False).returncode
+def background_priority() -> None:
+    """Lower the calling process to the background: the ``SCHED_IDLE`` policy where the OS has it
+    (Linux), else ``nice 19``. Used as a ``preexec_fn`` for the retrain process.
+
+    A niced process still gets a share of the CPU in proportion to its weight, and a serving
+    worker that wakes up for a request may wait behind it; a ``SCHED_IDLE`` process runs only
+    when no normal process wants the CPU, and a waking worker preempts it at once.
+    """
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except OSError:  # not permitted here (some containers): fall back to nice
+            pass
+    os.nice(19)
+
+
+def _run_in_background(command: list[str]) -> int:
+    """Run ``command`` in the background priority class, so that serving keeps the upper hand."""
+    return subprocess.run(command, preexec_fn=background_priority, check=False).returncode

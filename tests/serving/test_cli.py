@@ -120,6 +120,17 @@ def test_train_ranker_then_recommend_ranks(tmp_path, capsys):
     assert main(bad) == 2  # not the data the tower was trained on
 
 
+def test_retrain_defaults_to_the_warm_start_learning_rate():
+    from serving.cli import build_parser
+    from towers.presets import benchmark_options, warm_start_options
+
+    parser = build_parser()
+    retrain = parser.parse_args(["retrain", "--from", "p", "--output", "o"])
+    train = parser.parse_args(["train-candidates", "--output", "o"])
+    assert retrain.learning_rate == warm_start_options().learning_rate == 1e-3
+    assert train.learning_rate == benchmark_options().learning_rate == 3e-3
+
+
 def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, capsys, caplog):
     log, parent, child = _tiny_log(tmp_path / "log.csv"), tmp_path / "parent", tmp_path / "child"
     assert _run("train-candidates", log, parent, TINY) == 0

@@ -186,6 +186,20 @@ def test_the_scheduler_retrains_in_a_process_after_n_events_or_a_period(tmp_path
     ]  # fmt: skip
 
 
+def test_the_scheduled_retrain_runs_in_the_background_priority_class(tmp_path):
+    from serving.retrain import _run_in_background
+
+    probe = tmp_path / "policy"
+    code = (
+        "import os; idle = getattr(os, 'SCHED_IDLE', None); "
+        f"open({str(probe)!r}, 'w').write(f'{{os.sched_getscheduler(0) == idle}} {{os.nice(0)}}')"
+    )
+    assert _run_in_background([sys.executable, "-c", code]) == 0
+    idle, niceness = probe.read_text().split()
+    # SCHED_IDLE where the OS allows it; otherwise at least the lowest nice level.
+    assert idle == "True" or int(niceness) == 19
+
+
 def test_the_holdout_is_the_latest_events_in_log_order_even_when_they_tie():
     import pandas as pd
 
