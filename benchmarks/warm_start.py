@@ -20,7 +20,7 @@ shifted one tenth earlier (parent on the first 70 %, warm start and full retrain
 80 %, evaluated on the 80-90 % events), for each candidate rate.
 
     python benchmarks/warm_start.py --data-dir ../shared/data          # ~10 min on 2 cores
-    python benchmarks/warm_start.py --data-dir ../shared/data --tune   # ~20 min
+    python benchmarks/warm_start.py --data-dir ../shared/data --tune   # ~10 min
 
 Writes ``benchmarks/results/warm_start.json`` (``warm_start_tune.json`` with ``--tune``).
 """
