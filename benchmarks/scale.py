@@ -10,8 +10,11 @@ Parts (``--parts``, default all, in this order):
              time and p99 latency, and single-process export users/s. The 1M-user world has
              >= 50M events.
 ``epoch``    One timed full epoch on the 100k x 100k world (checks the projected epochs).
-``softmax``  Sampled vs full softmax: the step cost at 10k / 100k / 1M items (fixed batch), and
-             temporal-user-20 quality on a catalogue where the full softmax still fits.
+``softmax``  Sampled vs full softmax: the step costs of ``steps``, and temporal-user-20 quality
+             on a catalogue where the full softmax still fits.
+``steps``    The step cost alone (``benchmarks/step_cost.py``): sampled softmax at 10k / 100k /
+             1M / 3M items doing the same work, repeated; with realistic draws; full softmax where
+             it fits; and a per-op TF profile of the step at 10k and 1M items.
 ``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
              1M-user world, with the model trained on it.
 
@@ -34,11 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import RESULTS, ROOT, git_commit, latency_ms, write_results
+from step_cost import ITEMS_AXIS, step_costs
 
 log = logging.getLogger("scale")
 USERS_AXIS = (10_000, 100_000, 1_000_000)
-ITEMS_AXIS = (10_000, 100_000, 1_000_000)
-FIXED_SET = 10_000  # items a "fixed" step-cost draw uses, at every catalogue size
 TRAIN = ["--epochs", "1", "--batch-size", "1024", "--max-examples-per-user", "50",
          "--softmax", "sampled", "--num-negatives", "1000", "--verbose", "2"]  # fmt: skip
 
@@ -171,62 +173,6 @@ def part_curves(work: Path, max_steps: int) -> dict:
     return {"points": results}
 
 
-def step_cost(
-    items: int, softmax: str, histories: str = "uniform", batch: int = 1024, steps: int = 60
-) -> dict:
-    """Milliseconds per training step on fixed inputs (no input pipeline), after warm-up.
-
-    ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
-    worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
-    the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
-    same number of items (``FIXED_SET``, spread over the catalogue) at every catalogue size, so
-    that each step touches as many rows at 1M items as at 10k and only the tables' size changes.
-    With the first two, a bigger catalogue also means more distinct items per batch (reported as
-    ``distinct_rows``), and the rows a step updates grow with them.
-    """
-    import numpy as np
-
-    from towers._tf import tf
-    from towers.features import query_inputs
-    from towers.model import CandidateTower, TowerConfig
-    from towers.train import optimizer_for
-
-    ids = [f"i{i}" for i in range(items)]
-    model = CandidateTower(TowerConfig(softmax=softmax, use_tokens=False), ids,
-                           item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
-    rng = np.random.default_rng(0)
-    pick = np.array(ids, dtype=object)
-    if histories == "uniform":
-        p = None
-    elif histories == "popular":
-        p = np.arange(1, items + 1) ** -0.9
-        p /= p.sum()
-    elif histories == "fixed":
-        p = None
-        pick = pick[np.sort(rng.choice(items, min(FIXED_SET, items), replace=False))]
-    else:
-        raise ValueError(f"histories must be 'uniform', 'popular' or 'fixed', got {histories!r}")
-    hist = rng.choice(pick, (batch, 50), p=p)
-    label_ids = rng.choice(pick, batch, p=p)
-    labels = tf.constant(label_ids)
-    distinct = len(set(hist.ravel().tolist()) | set(label_ids.tolist()))
-    inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
-              if k in ("history", "example_age")}  # fmt: skip
-    model(inputs)
-    model.compile(optimizer=optimizer_for(model, 1e-3))
-    step = tf.function(lambda: model.train_step((inputs, labels)))
-    for _ in range(5):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()["loss"].numpy()
-        times.append(time.perf_counter() - t)
-    return {"items": items, "softmax": softmax, "histories": histories, "batch": batch,
-            "distinct_rows": distinct,
-            "ms_per_step": round(float(np.median(times)) * 1e3, 2)}  # fmt: skip
-
-
 def quality(work: Path) -> dict:
     """temporal-user-20 on a 20k-user x 5k-item world (a sample of 5k users evaluated): full vs
     sampled softmax, same model and schedule, next to most-popular."""
@@ -277,40 +223,13 @@ def quality(work: Path) -> dict:
     return out
 
 
-def step_costs(fixed_repeats: int = 3) -> list[dict]:
-    """Sampled-softmax step cost at every catalogue size and draw, and full softmax where it
-    fits; each in a fresh process. The fixed draw, which carries the claim that the catalogue's
-    size does not set the cost, is measured ``fixed_repeats`` times, the sizes interleaved (one
-    process's median moves by a fifth from run to run here): ``ms_per_step`` is the median of
-    the runs, ``runs_ms`` all of them."""
-
-    def cost(items: int, softmax: str, draw: str) -> dict:
-        command = [sys.executable, __file__, "--step-cost", str(items), softmax, draw]
-        return _json_tail(_run(command))
-
-    import numpy as np
-
-    fixed: dict[int, list[dict]] = {items: [] for items in ITEMS_AXIS}
-    for _ in range(fixed_repeats):
-        for items in ITEMS_AXIS:
-            fixed[items].append(cost(items, "sampled", "fixed"))
-    out = []
-    for runs in fixed.values():
-        times = [r["ms_per_step"] for r in runs]
-        out.append({**runs[0], "ms_per_step": float(np.median(times)), "runs_ms": times})
-    out += [cost(items, "sampled", draw) for draw in ("uniform", "popular") for items in ITEMS_AXIS]
-    # 1M x 1024 full logits (4 GB, x3 with gradients) is left out.
-    out += [cost(items, "full", "uniform") for items in ITEMS_AXIS[:2]]
-    return out
-
-
 def part_softmax(work: Path) -> dict:
-    return {"step_cost": step_costs(), "quality": quality(work)}
+    return {**step_costs(), "quality": quality(work)}
 
 
 def part_steps(work: Path) -> dict:
     """Only the step costs (``part_softmax`` without the quality runs)."""
-    return {"step_cost": step_costs()}
+    return step_costs()
 
 
 def part_epoch(work: Path) -> dict:
@@ -382,19 +301,19 @@ def parts_of(results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="curves,epoch,softmax,beam")
+    parser.add_argument(
+        "--parts",
+        default="curves,epoch,softmax,beam",
+        help="comma-separated: curves, epoch, softmax, steps, beam",
+    )
     parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
                         help="worlds and models (reused between runs)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=600, help="training steps per point")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--step-cost", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.measure:
         print(json.dumps(measure_artefact(Path(args.measure[0]), Path(args.measure[1]), 50_000)))
-        return
-    if args.step_cost:
-        print(json.dumps(step_cost(int(args.step_cost[0]), *args.step_cost[1:])))
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

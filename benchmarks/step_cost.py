@@ -1,0 +1,198 @@
+"""The training step's cost against the catalogue's size, and where its time goes.
+
+Part ``steps`` of ``benchmarks/scale.py`` (``python benchmarks/scale.py --parts steps``) runs
+:func:`step_costs`; each measurement is a fresh process running this file:
+
+    python benchmarks/step_cost.py cost 1000000 sampled fixed     # one step-cost measurement
+    python benchmarks/step_cost.py profile 1000000                # its per-op profile
+
+A step is one ``train_step`` of the candidate tower on fixed inputs (no input pipeline): batch
+1024, 50-item histories, no token features, 1000 sampled negatives.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import ROOT
+
+ITEMS_AXIS = (10_000, 100_000, 1_000_000)
+# The same work at every size, one size past 1M: does a step keep growing with the tables?
+FIXED_AXIS = (*ITEMS_AXIS, 3_000_000)
+FIXED_SET = 10_000  # items a "fixed" draw uses, at every catalogue size
+PROFILED = (10_000, 1_000_000)
+# Op types by what they do to the tables (TF profiler "framework op" types).
+OP_GROUPS = {
+    "string-ID hash lookup": ("LookupTableFindV2", "Equal"),
+    "row gathers": ("ResourceGather", "GatherV2"),
+    "row scatters (LazyAdam)": (
+        "ResourceScatterSub",
+        "ResourceScatterUpdate",
+        "ResourceScatterAdd",
+    ),
+    "unique and segment sums": ("Unique", "UnsortedSegmentSum"),
+    "matmuls and softmax": (
+        "_MklMatMul",
+        "_MklNativeFusedMatMul",
+        "MatMul",
+        "SoftmaxCrossEntropyWithLogits",
+    ),
+}
+
+
+def build_step(items: int, softmax: str, histories: str, batch: int = 1024):
+    """A compiled training step and the number of distinct items its batch touches.
+
+    ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
+    worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
+    the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
+    same number of items (``FIXED_SET``, spread over the catalogue) at every catalogue size, so
+    that each step touches as many rows at 1M items as at 10k and only the tables' size changes.
+    """
+    import numpy as np
+
+    from towers._tf import tf
+    from towers.features import query_inputs
+    from towers.model import CandidateTower, TowerConfig
+    from towers.train import optimizer_for
+
+    ids = [f"i{i}" for i in range(items)]
+    model = CandidateTower(TowerConfig(softmax=softmax, use_tokens=False), ids,
+                           item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
+    rng = np.random.default_rng(0)
+    pick = np.array(ids, dtype=object)
+    if histories == "uniform":
+        p = None
+    elif histories == "popular":
+        p = np.arange(1, items + 1) ** -0.9
+        p /= p.sum()
+    elif histories == "fixed":
+        p = None
+        pick = pick[np.sort(rng.choice(items, min(FIXED_SET, items), replace=False))]
+    else:
+        raise ValueError(f"histories must be 'uniform', 'popular' or 'fixed', got {histories!r}")
+    hist = rng.choice(pick, (batch, 50), p=p)
+    label_ids = rng.choice(pick, batch, p=p)
+    labels = tf.constant(label_ids)
+    distinct = len(set(hist.ravel().tolist()) | set(label_ids.tolist()))
+    inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
+              if k in ("history", "example_age")}  # fmt: skip
+    model(inputs)
+    model.compile(optimizer=optimizer_for(model, 1e-3))
+    step = tf.function(lambda: model.train_step((inputs, labels)))
+    for _ in range(5):
+        step()
+    return step, distinct
+
+
+def _median_ms(step, steps: int) -> float:
+    import numpy as np
+
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()["loss"].numpy()
+        times.append(time.perf_counter() - start)
+    return round(float(np.median(times)) * 1e3, 2)
+
+
+def step_cost(
+    items: int, softmax: str, histories: str = "uniform", batch: int = 1024, steps: int = 60
+) -> dict:
+    """Milliseconds per training step (median of ``steps`` after warm-up); see
+    :func:`build_step` for the draws. With ``uniform`` and ``popular`` a bigger catalogue also
+    means more distinct items per batch (reported as ``distinct_rows``)."""
+    step, distinct = build_step(items, softmax, histories, batch)
+    return {"items": items, "softmax": softmax, "histories": histories, "batch": batch,
+            "distinct_rows": distinct, "ms_per_step": _median_ms(step, steps)}  # fmt: skip
+
+
+def step_profile(items: int, steps: int = 30) -> dict:
+    """Per-op self time of the fixed-draw sampled step under the TF profiler, ms per step.
+
+    ``groups`` sums the op types of ``OP_GROUPS``; ``busy_ms`` is all ops' self time (on both
+    cores, so it can exceed the wall time), ``wall_ms`` the step's median outside the profiler.
+    """
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    from towers._tf import tf
+
+    step, distinct = build_step(items, "sampled", "fixed")
+    wall = _median_ms(step, 30)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            step()["loss"].numpy()
+        tf.profiler.experimental.stop()
+        planes = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        data, ok = plugin.xspace_to_tools_data(planes, "framework_op_stats")
+    if not ok:
+        raise RuntimeError(f"the TF profiler gave no op statistics: {data[:200]!r}")
+    table = json.loads(data)[0]
+    cols = [c["id"] for c in table["cols"]]
+    rows = [dict(zip(cols, [c.get("v") if c else None for c in r["c"]], strict=False))
+            for r in table["rows"]]  # fmt: skip
+    by_type: collections.Counter = collections.Counter()
+    for row in rows:
+        if row["type"] != "IDLE":
+            by_type[row["type"]] += float(row["total_self_time"]) / 1e3 / steps
+    grouped = {name: round(sum(by_type[t] for t in types), 2) for name, types in OP_GROUPS.items()}
+    named = {t for types in OP_GROUPS.values() for t in types}
+    grouped["everything else"] = round(sum(v for t, v in by_type.items() if t not in named), 2)
+    return {"items": items, "distinct_rows": distinct, "wall_ms": wall,
+            "busy_ms": round(sum(by_type.values()), 2), "groups": grouped,
+            "op_types": {t: round(v, 3) for t, v in by_type.most_common(25)}}  # fmt: skip
+
+
+def _in_process(*args: str) -> dict:
+    command = [sys.executable, __file__, *args]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[1:]} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout[done.stdout.index("{") :])
+
+
+def step_costs(fixed_repeats: int = 5) -> dict:
+    """Every step cost, each in a fresh process, and the profiles of ``PROFILED``.
+
+    The fixed draw, which carries the claim that the catalogue's size does not set the cost, runs
+    ``fixed_repeats`` times over ``FIXED_AXIS``, the sizes interleaved (one process's median moves
+    by a fifth from run to run on a shared machine): ``ms_per_step`` is the median of the runs,
+    ``runs_ms`` all of them. The other draws run once over ``ITEMS_AXIS``; full softmax only
+    where it fits (1M x 1024 logits are 4 GB, three times that with gradients).
+    """
+    import numpy as np
+
+    fixed: dict[int, list[dict]] = {items: [] for items in FIXED_AXIS}
+    for _ in range(fixed_repeats):
+        for items in FIXED_AXIS:
+            fixed[items].append(_in_process("cost", str(items), "sampled", "fixed"))
+    out = []
+    for runs in fixed.values():
+        times = [r["ms_per_step"] for r in runs]
+        out.append({**runs[0], "ms_per_step": float(np.median(times)), "runs_ms": times})
+    for draw in ("uniform", "popular"):
+        out += [_in_process("cost", str(items), "sampled", draw) for items in ITEMS_AXIS]
+    out += [_in_process("cost", str(items), "full", "uniform") for items in ITEMS_AXIS[:2]]
+    profiles = [_in_process("profile", str(items)) for items in PROFILED]
+    return {"step_cost": out, "profile": profiles}
+
+
+def main() -> None:
+    what, items, *rest = sys.argv[1:]
+    if what == "cost":
+        print(json.dumps(step_cost(int(items), *rest)))
+    elif what == "profile":
+        print(json.dumps(step_profile(int(items))))
+    else:
+        raise SystemExit(f"usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS, not {what}")
+
+
+if __name__ == "__main__":
+    main()
