@@ -189,6 +189,17 @@ def scale() -> None:
             f"| {cell((items, 'sampled', 'uniform'))} | {cell((items, 'sampled', 'popular'))} "
             f"| {cell((items, 'full', 'uniform'))} |"
         )
+    profiles = steps.get("profile")
+    if profiles:
+        head = " | ".join(f"{p['items']:,} items" for p in profiles)
+        print(f"\nWhere a step's time goes (same 10k items drawn; ms per step)\n\n| | {head} |")
+        print("|---|" + "---|" * len(profiles))
+        print("| wall (median) | " + " | ".join(f"{p['wall_ms']:.1f}" for p in profiles) + " |")
+        print("| op self time, both cores | "
+              + " | ".join(f"{p['busy_ms']:.1f}" for p in profiles) + " |")  # fmt: skip
+        for group in profiles[0]["groups"]:
+            cells = " | ".join(f"{p['groups'][group]:.1f}" for p in profiles)
+            print(f"| {group} | {cells} |")
     print(f"\nSoftmax quality: {soft['date'][:10]}, commit `{soft['commit'][:12]}`")
     q = soft["quality"]
     print("\n| softmax | Recall@100 | NDCG@10 | vs full (R@100, NDCG@10) | examples/s |")
