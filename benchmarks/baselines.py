@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from towers.evaluate import evaluate_retrieval
+from towers.evaluate import HistoryIndex, evaluate_retrieval
 from towers.splits import Split, per_user_tail
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,23 @@ def ease(train: pd.DataFrame, item_ids: Sequence[str], lam: float) -> Callable:
     x, user_index = interaction_matrix(train, item_ids)
     b = ease_weights(x, lam)
     return _row_scorer(x, user_index, lambda block: np.asarray(block @ b))
+
+
+def ease_at_events(train: pd.DataFrame, item_ids: Sequence[str], lam: float) -> Callable:
+    """EASE^R asked per query time (an :data:`towers.evaluate.EventScoreFn`): the bag is the
+    user's training items strictly before the time, the history a query then would have had."""
+    x, _ = interaction_matrix(train, item_ids)
+    b = ease_weights(x, lam)
+    index = {str(i): n for n, i in enumerate(item_ids)}
+    history = HistoryIndex(train)
+
+    def score(user_ids: Sequence[str], timestamps: np.ndarray) -> np.ndarray:
+        bags = np.zeros((len(user_ids), len(index)))
+        for row, items in enumerate(history.before(user_ids, timestamps)):
+            bags[row, [index[i] for i in items if i in index]] = 1.0
+        return bags @ b
+
+    return score
 
 
 def als(

@@ -31,6 +31,9 @@ def main(path: Path = RESULTS) -> None:
         f"Measured {data['date'][:10]} at commit `{data['commit'][:12]}` on {mach['cpu']}, "
         f"{mach['cores']} cores, {mach['memory_gb']} GB (TensorFlow {mach['tensorflow']}).\n"
     )
+    for part, when in data.get("earlier_parts", {}).items():
+        date, commit = when["date"][:10], when["commit"][:12]
+        print(f"Part `{part}` from an earlier run: {date}, commit `{commit}`.\n")
     for block in data.get("comparison", []):
         models = block["models"]
         best = {k: max(m[k] for m in models.values()) for k in METRICS}
@@ -45,9 +48,11 @@ def main(path: Path = RESULTS) -> None:
         print()
     if "tfrs_80_20" in data:
         print("**ml-100k, tfrs-80-20** (top-100 accuracy, seen items not filtered)\n")
-        print("| model | top-100 accuracy |\n|---|---|")
+        print("| model | one query per user | one query per test row, at its time |\n|---|---|---|")
         for name, m in data["tfrs_80_20"]["models"].items():
-            print(f"| {name} | {m['top100_accuracy']:.4f} |")
+            at = m.get("top100_accuracy_at_event")
+            at = f"{at:.4f}" if at is not None else "not asked per row"
+            print(f"| {name} | {m['top100_accuracy']:.4f} | {at} |")
         print()
     if "ablations" in data:
         ab = data["ablations"]

@@ -17,10 +17,50 @@ from towers.examples import example_age, latest_histories
 from towers.features import UserFeatures, query_inputs
 from towers.metrics import retrieval_metrics, top_k, top_k_accuracy
 from towers.model import CandidateTower
-from towers.splits import Split
+from towers.splits import Split, chronological
 
 ScoreFn = Callable[[Sequence[str]], np.ndarray]
 """``score(user_ids) -> scores`` of shape ``(len(user_ids), len(item_ids))``."""
+EventScoreFn = Callable[[Sequence[str], np.ndarray], np.ndarray]
+"""``score(user_ids, timestamps) -> scores``: each query asked at its own time, from the user's
+training interactions strictly before it (:class:`HistoryIndex`)."""
+
+
+class HistoryIndex:
+    """Each user's training interactions in time order, to read the history a query asked at a
+    given time would have had: the interactions strictly before it.
+
+    Parameters
+    ----------
+    interactions : pandas.DataFrame
+        ``user_id``, ``item_id``, ``timestamp`` rows (the training log).
+    """
+
+    def __init__(self, interactions: pd.DataFrame) -> None:
+        ordered = chronological(interactions)
+        self._by_user = {
+            str(user): (group["timestamp"].to_numpy(), group["item_id"].astype(str).to_numpy())
+            for user, group in ordered.groupby("user_id", sort=False)
+        }
+
+    def before(
+        self, user_ids: Sequence[str], timestamps: np.ndarray, max_history: int | None = None
+    ) -> list[list[str]]:
+        """Item IDs of each ``(user, time)`` query's history, oldest first: the user's
+        interactions with a timestamp strictly below ``time``, the last ``max_history`` of them
+        (all when None). An unknown user has an empty history."""
+        if len(user_ids) != len(timestamps):
+            raise ValueError(
+                f"user_ids and timestamps differ in length: {len(user_ids)} vs {len(timestamps)}"
+            )
+        empty = (np.empty(0, np.int64), np.empty(0, dtype=object))
+        out = []
+        for user, when in zip(user_ids, timestamps, strict=True):
+            times, items = self._by_user.get(str(user), empty)
+            end = int(np.searchsorted(times, when, side="left"))
+            start = 0 if max_history is None else max(0, end - max_history)
+            out.append(items[start:end].tolist())
+        return out
 
 
 def _user_item_indices(frame: pd.DataFrame, index: dict[str, int]) -> dict[str, np.ndarray]:
@@ -94,6 +134,32 @@ def evaluate_top_k_accuracy(
     return float(hits / len(split.test))
 
 
+def evaluate_top_k_accuracy_at_events(
+    score_at: EventScoreFn, item_ids: Sequence[str], split: Split, k: int = 100,
+    batch_size: int = 1024,
+) -> float:  # fmt: skip
+    """Top-``k`` accuracy with every test row its own query, asked at the row's timestamp.
+
+    The TFRS tutorials score each test row as one query (their context-feature models give it
+    the row's timestamp). Here the query is what the model would have been asked at that moment:
+    the user's training interactions strictly before it, at that time. No later interaction of
+    the user and no test row reaches a query, and, as in :func:`evaluate_top_k_accuracy`, seen
+    items are not excluded and rows with an item outside ``item_ids`` count as misses.
+    """
+    index = {str(i): n for n, i in enumerate(item_ids)}
+    test = split.test.reset_index(drop=True)
+    hits = 0.0
+    for start in range(0, len(test), batch_size):
+        part = test.iloc[start : start + batch_size]
+        scores = score_at(part["user_id"].astype(str).tolist(), part["timestamp"].to_numpy())
+        targets = part["item_id"].astype(str).map(index)
+        known = targets.notna().to_numpy()
+        if known.any():
+            ranked = top_k(np.array(scores, dtype=np.float64)[known], k)
+            hits += top_k_accuracy(ranked, targets[known].to_numpy(np.int64)) * known.sum()
+    return float(hits / len(test)) if len(test) else 0.0
+
+
 class TowerScorer:
     """Scores all of a tower's items for users, from their training history and features.
 
@@ -115,6 +181,8 @@ class TowerScorer:
         if query_time not in ("last-event", "end"):
             raise ValueError(f"query_time must be 'last-event' or 'end', got {query_time!r}")
         self.model = model
+        self.train = train
+        self._history_index: HistoryIndex | None = None
         self.histories = latest_histories(train.interactions, model.config.max_history)
         self.users = UserFeatures.from_frame(train.users)
         last = train.interactions.groupby("user_id")["timestamp"].max()
@@ -141,5 +209,22 @@ class TowerScorer:
             user_features=self.users,
             user_ids=np.asarray(user_ids, dtype=str),
             example_age=np.array([self.query_age.get(str(u), 0.0) for u in user_ids], np.float32),
+        )
+        return self.model.logits(self.model(inputs)).numpy()
+
+    def at(self, user_ids: Sequence[str], timestamps: np.ndarray) -> np.ndarray:
+        """Scores for queries asked at ``timestamps`` (an :data:`EventScoreFn`): each user's
+        training history strictly before the time, and the example age of that time (clipped at
+        0, the end of the training window)."""
+        if self._history_index is None:
+            self._history_index = HistoryIndex(self.train.interactions)
+        max_history = self.model.config.max_history
+        ages = example_age(np.asarray(timestamps, np.float64), self.model.time_window)
+        inputs = query_inputs(
+            self._history_index.before(user_ids, timestamps, max_history),
+            max_history=max_history,
+            user_features=self.users,
+            user_ids=np.asarray(user_ids, dtype=str),
+            example_age=np.maximum(ages, 0.0),
         )
         return self.model.logits(self.model(inputs)).numpy()
