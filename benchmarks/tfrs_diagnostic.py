@@ -1,5 +1,6 @@
-"""Why nextwatch trails on tfrs-80-20: the share of seen items in each unfiltered top-100, and
-what top-100 accuracy would be with seen items filtered (a diagnostic, not the protocol's number).
+"""Why nextwatch asked once per user trails on tfrs-80-20: the share of seen items in each
+unfiltered top-100, and what top-100 accuracy would be with seen items filtered (a diagnostic,
+not the protocol's number; ``benchmarks/retrieval.py`` also asks once per test row).
 
     python benchmarks/tfrs_diagnostic.py --data-dir ../shared/data
 
