@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import planted_dataset
 
+from tests.conftest import planted_dataset
 from towers.evaluate import HistoryIndex, TowerScorer, evaluate_top_k_accuracy_at_events
 from towers.examples import example_age
 from towers.features import UserFeatures, query_inputs
