@@ -1,6 +1,7 @@
 """Why nextwatch asked once per user trails on tfrs-80-20: the share of seen items in each
 unfiltered top-100, and what top-100 accuracy would be with seen items filtered (a diagnostic,
-not the protocol's number; ``benchmarks/retrieval.py`` also asks once per test row).
+not the protocol's number; ``benchmarks/retrieval.py`` also asks once per test row). Also which
+part of a per-row query carries its accuracy: the history before the row, or the row's time.
 
     python benchmarks/tfrs_diagnostic.py --data-dir ../shared/data
 
@@ -15,12 +16,48 @@ import baselines as bl
 import common
 import numpy as np
 
-from towers.evaluate import TowerScorer
+from towers.evaluate import HistoryIndex, TowerScorer, evaluate_top_k_accuracy_at_events
+from towers.examples import example_age
+from towers.features import query_inputs
 from towers.metrics import top_k
 from towers.movielens import load_movielens
 from towers.presets import benchmark_config, benchmark_options
 from towers.splits import make_split
 from towers.train import train_tower
+
+
+def per_row_parts(scorer: TowerScorer, split) -> dict:
+    """Top-100 accuracy of per-row queries with each part swapped for the per-user one: the
+    history (before the row, or the user's last training rows) and the example age (at the row's
+    time, or at the user's last training row)."""
+    model, before = scorer.model, HistoryIndex(split.train)
+    size = model.config.max_history
+
+    def asked(history: str, age: str):
+        def score(users, times):
+            if history == "before the row":
+                bags = before.before(users, times, size)
+            else:
+                bags = [scorer.histories.get(str(u), []) for u in users]
+            if age == "at the row":
+                ages = np.maximum(example_age(np.asarray(times, np.float64), model.time_window), 0)
+            else:
+                ages = np.array([scorer.query_age.get(str(u), 0.0) for u in users], np.float32)
+            ids = np.asarray(users, dtype=str)
+            inputs = query_inputs(
+                bags, max_history=size, user_features=scorer.users, user_ids=ids, example_age=ages
+            )
+            return model.logits(model(inputs)).numpy()
+
+        return score
+
+    return {
+        f"history {h}, age {a}": round(
+            evaluate_top_k_accuracy_at_events(asked(h, a), scorer.item_ids, split, 100), 4
+        )
+        for h in ("before the row", "of the user's last training rows")
+        for a in ("at the row", "at the user's last training row")
+    }
 
 
 def main() -> None:
@@ -62,6 +99,7 @@ def main() -> None:
             "seen_share_of_unfiltered_top100": round(float(share), 4),
             "top100_accuracy_seen_filtered": round(hits / len(split.test), 4),
         }
+    out["per_row_queries"] = per_row_parts(scorer, split)
     common.write_results("tfrs_diagnostic", {"protocol": "tfrs-80-20", "models": out})
     print(out)
 
