@@ -57,6 +57,7 @@ from serving.schemas import (
     UserOut,
 )
 from serving.service import (
+    ONBOARDING_DIVERSITY,
     ONBOARDING_MAX,
     EventRejected,
     LiveService,
@@ -340,12 +341,15 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     @app.get("/v1/onboarding", response_model=OnboardingOut)
     async def onboarding(
         n: Annotated[int, Query(ge=1, le=ONBOARDING_MAX, description="how many items")] = 12,
+        diversity: Annotated[
+            float, Query(ge=0, le=1, description="0: most popular first; 1: most spread out")
+        ] = ONBOARDING_DIVERSITY,
     ) -> dict:
         """Items to ask a new user to rate first: well known, and spread across the item space,
         so that a few ratings tell the model much about the user."""
         served = service.slot.current
         with service.compute:
-            ids = served.onboarding(n)
+            ids = served.onboarding(n, diversity)
         return {"model_version": served.version, "items": [served.catalogue.get(i) for i in ids]}
 
     @app.get("/v1/items/{item_id}", response_model=ItemOut)

@@ -33,6 +33,9 @@ from towers.content import CONTENT_FILE, ContentProjection, metadata_tokens
 log = logging.getLogger(__name__)
 
 ONBOARDING_MAX = 100
+# The list's default trade of popularity against spread (benchmarks/cold_start.py: ml-100k's pick
+# on validation users; ml-latest-small's is 0.9 with 50 items shown).
+ONBOARDING_DIVERSITY = 0.7
 
 
 class NewItemsUnsupported(RuntimeError):
@@ -128,14 +131,17 @@ class Served:
         self.catalogue.add(frame)
         return ids
 
-    def onboarding(self, n: int) -> list[str]:
+    def onboarding(self, n: int, diversity: float = ONBOARDING_DIVERSITY) -> list[str]:
         """The ``n`` items to ask a new user to rate first: popular enough to be known, spread
-        across the item space (:func:`towers.coldstart.onboarding_order`). Trained items only,
-        so that every rating moves the user's vector."""
+        across the item space (:func:`towers.coldstart.onboarding_order`, with ``diversity``).
+        Trained items only, so that every rating moves the user's vector."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        order = self.__dict__.get("_onboarding")
-        if order is None or len(order) < min(n, ONBOARDING_MAX):
+        if not 0 <= diversity <= 1:
+            raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+        orders = self.__dict__.setdefault("_onboarding", {})  # a cache on a frozen dataclass
+        order = orders.get(diversity)
+        if order is None:
             rec = self.recommender
             knows = rec.retriever.encoder.knows
             ids = [i for i in rec.retriever.index.item_ids if knows(i)]
@@ -146,9 +152,8 @@ class Served:
                 if "popularity" in counts
                 else np.zeros(len(ids))
             )
-            rows = onboarding_order(vectors, popularity, ONBOARDING_MAX)
-            order = [ids[r] for r in rows]
-            object.__setattr__(self, "_onboarding", order)  # a cache on a frozen dataclass
+            rows = onboarding_order(vectors, popularity, ONBOARDING_MAX, diversity=diversity)
+            order = orders[diversity] = [ids[r] for r in rows]
         return order[:n]
 
     def warm(self, queries: int = 10) -> None:

@@ -25,6 +25,7 @@ from serving.api import Query, UnknownItemError
 from serving.explain import because
 from serving.histories import HistoryCache, UserState, user_state, with_user
 from serving.served import (
+    ONBOARDING_DIVERSITY,
     ONBOARDING_MAX,
     AddedItems,
     ModelSlot,
@@ -298,6 +299,7 @@ class LiveService:
 
 
 __all__ = [
+    "ONBOARDING_DIVERSITY",
     "ONBOARDING_MAX",
     "AddedItems",
     "freeze_imports",

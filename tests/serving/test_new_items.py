@@ -145,3 +145,17 @@ def test_a_wrong_method_lists_every_method_of_the_path(client):
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
     assert client.put("/v1/users/u1").headers["allow"] == "GET"
+
+
+def test_onboarding_diversity_zero_is_popularity_order(client):
+    popularity = {i: 0 for i in "ABCDEFGH"}
+    for item in planted_dataset().interactions["item_id"]:
+        popularity[item] += 1
+    listed = client.get("/v1/onboarding?n=8&diversity=0").json()["items"]
+    counts = [popularity[i["item_id"]] for i in listed]
+    assert counts == sorted(counts, reverse=True) and len(listed) == 8
+    spread = client.get("/v1/onboarding?n=8&diversity=1").json()["items"]
+    assert sorted(i["item_id"] for i in spread) == sorted(i["item_id"] for i in listed)
+    for bad in ("-0.1", "1.5", "x"):
+        response = client.get(f"/v1/onboarding?n=2&diversity={bad}")
+        assert response.status_code == 422 and "diversity" in response.text
