@@ -153,7 +153,9 @@ class Served:
                 else np.zeros(len(ids))
             )
             rows = onboarding_order(vectors, popularity, ONBOARDING_MAX, diversity=diversity)
-            order = orders[diversity] = [ids[r] for r in rows]
+            order = [ids[r] for r in rows]
+            if len(orders) < 8:  # a few settings are cached; any float would grow it unbounded
+                orders[diversity] = order
         return order[:n]
 
     def warm(self, queries: int = 10) -> None:
