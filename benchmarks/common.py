@@ -75,6 +75,20 @@ def write_results(name: str, payload: dict, path: str | Path | None = None) -> P
     return path
 
 
+def run_command(command: list[str], **kw) -> str:
+    """Run ``command`` from the checkout's root and return its stdout; a failure raises
+    ``RuntimeError`` with the end of its stderr."""
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kw)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def json_tail(text: str) -> dict:
+    """The JSON object a command printed at the end of its output."""
+    return json.loads(text[text.index("{") :])
+
+
 def latency_ms(samples_s: list[float]) -> dict:
     """p50 / p99 / mean of per-call wall times (seconds in, milliseconds out)."""
     import numpy as np

@@ -30,13 +30,12 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import RESULTS, ROOT, git_commit, latency_ms, write_results
+from common import RESULTS, ROOT, git_commit, json_tail, latency_ms, run_command, write_results
 from step_cost import ITEMS_AXIS, step_costs
 
 log = logging.getLogger("scale")
@@ -47,14 +46,7 @@ TRAIN = ["--epochs", "1", "--batch-size", "1024", "--max-examples-per-user", "50
 
 def _run(command: list[str], **kw) -> str:
     log.info("$ %s", " ".join(command))
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kw)
-    if done.returncode != 0:
-        raise RuntimeError(f"{command[:4]} failed:\n{done.stderr[-4000:]}")
-    return done.stdout
-
-
-def _json_tail(text: str) -> dict:
-    return json.loads(text[text.index("{") :])
+    return run_command(command, **kw)
 
 
 def _du_mb(path: Path) -> float:
@@ -74,7 +66,7 @@ def world(work: Path, users: int, items: int) -> tuple[Path, dict]:
             "events_per_user=62,users_per_shard=25000),sys.argv[1]);"
             "m['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;"
             "print(json.dumps(m))"), str(path)])  # fmt: skip
-        meta = _json_tail(out)
+        meta = json_tail(out)
         meta["wall_seconds"] = round(time.perf_counter() - start, 1)
         manifest.write_text(json.dumps(meta, indent=2))
     meta = json.loads(manifest.read_text())
@@ -140,11 +132,11 @@ def curve_point(work: Path, users: int, items: int, max_steps: int) -> dict:
         out = _run([sys.executable, "-m", "serving.cli", "train-candidates", "--shards",
                     str(path), "--output", str(artefact), "--steps-per-epoch", str(steps),
                     *TRAIN])  # fmt: skip
-        train = _json_tail(out)
+        train = json_tail(out)
         (artefact / "train.json").write_text(json.dumps(train, indent=2))
     train = json.loads((artefact / "train.json").read_text())
     out = _run([sys.executable, __file__, "--measure", str(artefact), str(path)])
-    measured = _json_tail(out)
+    measured = json_tail(out)
     trained = train["steps_per_epoch"] * 1024
     return {
         "users": users, "items": items, "events": meta["events"],
@@ -238,7 +230,7 @@ def part_epoch(work: Path) -> dict:
     artefact = work / "model-100000-100000-epoch"
     out = _run([sys.executable, "-m", "serving.cli", "train-candidates", "--shards", str(path),
                 "--output", str(artefact), *TRAIN])  # fmt: skip
-    train = _json_tail(out)
+    train = json_tail(out)
     return {"users": 100_000, "items": 100_000, "events": meta["events"], **train}
 
 
@@ -257,7 +249,7 @@ def part_beam(work: Path) -> dict:
     out = _run([sys.executable, "-m", "serving.cli", "export-candidates", "--engine", "beam",
                 "--artefact", str(artefact), "--user-table", users, "--output", str(output),
                 "--k", "100"])  # fmt: skip
-    summary = _json_tail(out)
+    summary = json_tail(out)
     summary["wall_seconds_with_startup"] = round(time.perf_counter() - start, 1)
     summary["user_shards"] = len(shard_paths(path, "users"))
     return summary

@@ -15,12 +15,11 @@ from __future__ import annotations
 import collections
 import glob
 import json
-import subprocess
 import sys
 import tempfile
 import time
 
-from common import ROOT
+from common import json_tail, run_command
 
 ITEMS_AXIS = (10_000, 100_000, 1_000_000)
 # The same work at every size, one size past 1M: does a step keep growing with the tables?
@@ -151,11 +150,7 @@ def step_profile(items: int, steps: int = 30) -> dict:
 
 
 def _in_process(*args: str) -> dict:
-    command = [sys.executable, __file__, *args]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        raise RuntimeError(f"{command[1:]} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout[done.stdout.index("{") :])
+    return json_tail(run_command([sys.executable, __file__, *args]))
 
 
 def step_costs(fixed_repeats: int = 5) -> dict:

@@ -18,7 +18,6 @@ import numpy as np
 
 from towers.evaluate import HistoryIndex, TowerScorer, evaluate_top_k_accuracy_at_events
 from towers.examples import example_age
-from towers.features import query_inputs
 from towers.metrics import top_k
 from towers.movielens import load_movielens
 from towers.presets import benchmark_config, benchmark_options
@@ -43,11 +42,7 @@ def per_row_parts(scorer: TowerScorer, split) -> dict:
                 ages = np.maximum(example_age(np.asarray(times, np.float64), model.time_window), 0)
             else:
                 ages = np.array([scorer.query_age.get(str(u), 0.0) for u in users], np.float32)
-            ids = np.asarray(users, dtype=str)
-            inputs = query_inputs(
-                bags, max_history=size, user_features=scorer.users, user_ids=ids, example_age=ages
-            )
-            return model.logits(model(inputs)).numpy()
+            return scorer.scores_for(bags, users, ages)
 
         return score
 

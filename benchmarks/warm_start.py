@@ -61,9 +61,10 @@ def _mean(runs: list[dict]) -> dict:
     return {k: round(float(np.mean([r[k] for r in runs])), 4) for k in runs[0]}
 
 
-def run_seed(data, cuts: tuple, seed: int, replay_fraction: float, rates: list[float]) -> dict:
-    """Parent, full retrain and one warm start per learning rate, all seeded with ``seed``."""
-    t_parent, t_retrain, t_end = cut_times(data.interactions, cuts)
+def run_seed(data, times: list, seed: int, replay_fraction: float, rates: list[float]) -> dict:
+    """Parent, full retrain and one warm start per learning rate, all seeded with ``seed``;
+    ``times`` are the :func:`cut_times`."""
+    t_parent, t_retrain, t_end = times
     frame = data.interactions
     before = data.with_interactions(frame[frame["timestamp"] < t_parent].reset_index(drop=True))
     retrain = data.with_interactions(frame[frame["timestamp"] < t_retrain].reset_index(drop=True))
@@ -120,8 +121,9 @@ def run_seed(data, cuts: tuple, seed: int, replay_fraction: float, rates: list[f
 
 def run(data, cuts: tuple, seeds: list[int], replay_fraction: float, rates: list[float]) -> dict:
     """Every seed's runs, the means over seeds, and the warm starts against the full retrain."""
-    runs = [run_seed(data, cuts, s, replay_fraction, rates) for s in seeds]
-    t_parent, t_retrain, t_end = cut_times(data.interactions, cuts)
+    times = cut_times(data.interactions, cuts)
+    runs = [run_seed(data, times, s, replay_fraction, rates) for s in seeds]
+    t_parent, t_retrain, t_end = times
     full = _mean([r["full"] for r in runs])
     out = {
         "cuts": {"parent_before": t_parent, "retrain_before": t_retrain, "test_before": t_end},

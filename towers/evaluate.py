@@ -203,14 +203,9 @@ class TowerScorer:
         return self.model.item_ids
 
     def __call__(self, user_ids: Sequence[str]) -> np.ndarray:
-        inputs = query_inputs(
-            [self.histories.get(str(u), []) for u in user_ids],
-            max_history=self.model.config.max_history,
-            user_features=self.users,
-            user_ids=np.asarray(user_ids, dtype=str),
-            example_age=np.array([self.query_age.get(str(u), 0.0) for u in user_ids], np.float32),
-        )
-        return self.model.logits(self.model(inputs)).numpy()
+        histories = [self.histories.get(str(u), []) for u in user_ids]
+        ages = np.array([self.query_age.get(str(u), 0.0) for u in user_ids], np.float32)
+        return self.scores_for(histories, user_ids, ages)
 
     def at(self, user_ids: Sequence[str], timestamps: np.ndarray) -> np.ndarray:
         """Scores for queries asked at ``timestamps`` (an :data:`EventScoreFn`): each user's
@@ -218,13 +213,20 @@ class TowerScorer:
         0, the end of the training window)."""
         if self._history_index is None:
             self._history_index = HistoryIndex(self.train.interactions)
-        max_history = self.model.config.max_history
+        histories = self._history_index.before(user_ids, timestamps, self.model.config.max_history)
         ages = example_age(np.asarray(timestamps, np.float64), self.model.time_window)
+        return self.scores_for(histories, user_ids, np.maximum(ages, 0.0))
+
+    def scores_for(
+        self, histories: Sequence[Sequence[str]], user_ids: Sequence[str], ages: np.ndarray
+    ) -> np.ndarray:
+        """Scores of every item for queries with these histories (oldest first), users (their
+        features) and example ages."""
         inputs = query_inputs(
-            self._history_index.before(user_ids, timestamps, max_history),
-            max_history=max_history,
+            histories,
+            max_history=self.model.config.max_history,
             user_features=self.users,
             user_ids=np.asarray(user_ids, dtype=str),
-            example_age=np.maximum(ages, 0.0),
+            example_age=ages,
         )
         return self.model.logits(self.model(inputs)).numpy()
