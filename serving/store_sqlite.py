@@ -107,7 +107,10 @@ class SqliteStore(EventStore):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        # Each connection with the lock its thread holds while using it: close() takes that
+        # lock before closing, since closing a connection that another thread is executing on
+        # crashes the interpreter (a segfault inside the sqlite3 module, seen in CI).
+        self._connections: list[tuple[sqlite3.Connection, threading.RLock]] = []
         self._closed = False
         with self._write() as conn:
             for statement in _SCHEMA:
@@ -133,10 +136,11 @@ class SqliteStore(EventStore):
     def url(self) -> str:
         return f"sqlite:///{self._path}"
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> tuple[sqlite3.Connection, threading.RLock]:
         conn = getattr(self._local, "conn", None)
         if conn is not None and not self._closed:
-            return conn
+            return conn, self._local.guard
+        guard = threading.RLock()
         with self._lock:
             if self._closed:
                 raise StoreUnavailable(f"store {self.url} is closed")
@@ -146,20 +150,25 @@ class SqliteStore(EventStore):
                 isolation_level=None,  # autocommit; writes open their own BEGIN IMMEDIATE
                 check_same_thread=False,  # so that close() can close every thread's connection
             )
-            self._connections.append(conn)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise StoreUnavailable(f"store {self.url} cannot use WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # the background thread checkpoints
-        self._local.conn = conn
-        return conn
+            self._connections.append((conn, guard))
+        with guard:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreUnavailable(f"store {self.url} cannot use WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the background thread checkpoints
+        self._local.conn, self._local.guard = conn, guard
+        return conn, guard
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         try:
-            yield self._connection()
+            conn, guard = self._connection()
+            with guard:
+                if self._closed:  # close() ran between fetching the connection and locking it
+                    raise StoreUnavailable(f"store {self.url} is closed")
+                yield conn
         except sqlite3.OperationalError as exc:  # locked past the timeout, I/O error, ...
             raise StoreUnavailable(f"SQLite store {self.url}: {exc}") from exc
         except sqlite3.ProgrammingError as exc:
@@ -311,5 +320,8 @@ class SqliteStore(EventStore):
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        if self._checkpointer is not threading.current_thread():
+            self._checkpointer.join()
+        for conn, guard in connections:
+            with guard:  # waits for a call in progress on another thread (at most the busy timeout)
+                conn.close()
