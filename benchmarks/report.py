@@ -76,6 +76,11 @@ def _machine_line(data: dict) -> str:
     )
 
 
+def _part_line(data: dict, part: str) -> str:
+    """:func:`_machine_line`, with the date and commit of an earlier run that measured ``part``."""
+    return _machine_line({**data, **data.get("earlier_parts", {}).get(part, {})})
+
+
 def serving() -> None:
     """Tables for ann.json, api_latency.json and export_throughput.json."""
     folder = RESULTS.parent
@@ -117,7 +122,7 @@ def serving() -> None:
 def ranking() -> None:
     """Tables for ranking.json."""
     data = json.loads((RESULTS.parent / "ranking.json").read_text())
-    print(f"**two-stage, temporal-user-20** (100 candidates; {_machine_line(data)})\n")
+    print(f"**two-stage, temporal-user-20** (100 candidates; {_part_line(data, 'two_stage')})\n")
     print(
         "| dataset | order | NDCG@10 (gain = rating) | weighted pairwise loss |\n|---|---|---|---|"
     )
@@ -128,14 +133,18 @@ def ranking() -> None:
                   f"{m['weighted_pairwise_loss']:.4f} |")  # fmt: skip
     small = data["ratings"]["ml-latest-small random-80-20"]
     folds = data["ratings"]["ml-100k folds"]
-    print("\n**rating error**\n")
-    print("| protocol | metric | ranker (rating head) | EmbeddingDotBias |\n|---|---|---|---|")
+    print(f"\n**rating error** ({_part_line(data, 'ratings')})\n")
+    print("| protocol | metric | rating preset | served ranker's default | EmbeddingDotBias |")
+    print("|---|---|---|---|---|")
     rows = [
-        ("ml-latest-small random-80-20", "MSE", small["ranker_mse"], small["edb_mse"]),
-        ("ml-100k folds u1-u5", "mean RMSE", folds["ranker_rmse"], folds["edb_rmse"]),
-    ]
-    for protocol, metric, ranker, edb in rows:
-        print(f"| {protocol} | {metric} | {ranker:.4f} | {edb:.4f} |")
+        ("ml-latest-small random-80-20", "MSE", small["ranker_mse"],
+         small.get("ranker_default_mse"), small["edb_mse"]),
+        ("ml-100k folds u1-u5", "mean RMSE", folds["ranker_rmse"],
+         folds.get("ranker_default_rmse"), folds["edb_rmse"]),
+    ]  # fmt: skip
+    for protocol, metric, ranker, default, edb in rows:
+        shown = "not measured" if default is None else f"{default:.4f}"
+        print(f"| {protocol} | {metric} | {ranker:.4f} | {shown} | {edb:.4f} |")
 
 
 def _count(n: int) -> str:

@@ -4,7 +4,9 @@
                ``item_id`` (string), ``history`` (string ``[batch, n]``), the continuous
                features ``tower_score``, ``tower_rank``, ``time_since_last`` (seconds),
                ``prev_impressions``, ``user_count``, ``user_mean``, ``item_popularity`` (float),
-               and ``gender``, ``occupation``, ``zip_prefix`` for models with demographics.
+               and ``gender``, ``occupation``, ``zip_prefix`` for models with demographics;
+               for rankers with a rated bag (``RankerConfig.rated_bag``) also
+               ``history_rating`` (float ``[batch, n]``, each history item's rating).
                Outputs ``score`` (``exp(logit)``, the serving score), ``logit``, ``rating`` and
                ``model_version``.
 ``two_stage``  one call does both stages: the query tower, brute-force retrieval of
@@ -14,7 +16,8 @@
                ``time_since_last`` (float ``[batch]``). Outputs ``item_ids``, ``scores``
                (``exp(logit)``) and ``model_version``, as ``nextwatch.serving.api`` with ranking.
 
-JSON has no NaN, so a negative ``user_mean``, ``time_since_last`` or ``age`` means "unknown".
+JSON has no NaN, so a negative ``user_mean``, ``time_since_last``, ``age`` or ``history_rating``
+means "unknown" (``history_rating``: a watch without a rating, or padding).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class _RankerModule(tf.Module):
         inputs = dict(request)
         for name in UNKNOWN_IF_NEGATIVE:
             inputs[name] = _unknown_if_negative(request[name])
+        if "history_rating" in request:
+            inputs["history_rating"] = _unknown_if_negative(request["history_rating"])
         out = self.ranker(inputs)
         return {
             "score": tf.exp(out["logit"]),
@@ -76,6 +81,8 @@ def _ranker_signature(ranker: Ranker) -> dict[str, tf.TensorSpec]:
     }
     for col in ranker.demographic_vocabularies:
         spec[col] = tf.TensorSpec([None], tf.string, name=col)
+    if ranker.config.rated_bag:
+        spec["history_rating"] = tf.TensorSpec([None, None], tf.float32, name="history_rating")
     return spec
 
 

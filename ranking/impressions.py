@@ -45,6 +45,9 @@ class RankingExamples:
     weight: np.ndarray
     rating: np.ndarray
     group: np.ndarray
+    # float32 (n, max_history), aligned with ``history``: the rating of each history item, NaN
+    # for a watch without a rating and for padding. None: no ratings known.
+    history_rating: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item_id)
@@ -77,6 +80,15 @@ def event_context(interactions: pd.DataFrame) -> EventContext:
         mean = np.where(position > 0, before_sum / np.maximum(position, 1), np.nan)
     gap = np.where(position > 0, times - np.r_[times[0], times[:-1]], np.nan)
     return EventContext(ordered, start, position, position.astype(np.float64), mean, gap)
+
+
+def rating_windows(
+    ratings: np.ndarray, starts: np.ndarray, positions: np.ndarray, max_history: int
+) -> np.ndarray:
+    """The ratings aligned with :func:`towers.examples.history_windows` (NaN where padded)."""
+    padded = np.append(np.asarray(ratings, np.float32), np.float32(np.nan))
+    index = history_windows(np.arange(len(ratings)), starts, positions, max_history, len(ratings))
+    return padded[index]
 
 
 def popularity_before(
@@ -148,6 +160,9 @@ def simulate_impressions(
     windows = vocab[
         history_windows(codes, ctx.start[eligible], eligible, max_history, len(vocab) - 1)
     ]
+    window_ratings = rating_windows(
+        ordered["rating"].to_numpy(np.float32), ctx.start[eligible], eligible, max_history
+    )
     times = ordered["timestamp"].to_numpy()[eligible]
     users = ordered["user_id"].astype(str).to_numpy()[eligible]
     seen = [set(items[ctx.start[r] : r]) for r in eligible]
@@ -188,6 +203,7 @@ def simulate_impressions(
         user_id=users[event],
         item_id=item_ids,
         history=windows[event],
+        history_rating=window_ratings[event],
         numeric={
             "tower_score": np.asarray(rows["score"], np.float64),
             "tower_rank": np.asarray(rows["rank"], np.float64),
@@ -248,6 +264,9 @@ def rating_examples(
     if context == "before" and own:
         rows = np.arange(len(ordered))
         history = vocab[history_windows(codes, ctx.start[rows], rows, max_history, len(vocab) - 1)]
+        history_rating = rating_windows(
+            ordered["rating"].to_numpy(np.float32), ctx.start[rows], rows, max_history
+        )
         numeric = {"user_count": ctx.user_count, "user_mean": ctx.user_mean}
         popularity = popularity_before(train, t_items, ordered["timestamp"].to_numpy())
     elif context == "before":
@@ -256,7 +275,9 @@ def rating_examples(
         users = ordered["user_id"].astype(str).to_numpy()
         by_user = pd.Series(np.arange(len(ordered))).groupby(users).agg(list).to_dict()
         user_sum = pd.Series(ordered["rating"].to_numpy(np.float64)).groupby(users).sum()
+        train_ratings = ordered["rating"].to_numpy(np.float32)
         history = np.full((len(targets), max_history), PAD, dtype=object)
+        history_rating = np.full((len(targets), max_history), np.nan, np.float32)
         counts = np.zeros(len(targets))
         means = np.full(len(targets), np.nan)
         for n, (user, item) in enumerate(zip(t_users, t_items, strict=True)):
@@ -264,6 +285,7 @@ def rating_examples(
             tail = items[rows[-max_history:]] if rows else []
             if len(tail):
                 history[n, max_history - len(tail) :] = tail
+                history_rating[n, max_history - len(tail) :] = train_ratings[rows[-max_history:]]
             counts[n] = len(rows)
             if rows:
                 total = user_sum[user] - (ratings[n] if own else 0.0)
@@ -277,6 +299,7 @@ def rating_examples(
         user_id=t_users.astype(object),
         item_id=t_items.astype(object),
         history=history,
+        history_rating=history_rating,
         numeric={
             "tower_score": nan,
             "tower_rank": nan,
@@ -298,9 +321,16 @@ def concat(parts: list[RankingExamples]) -> RankingExamples:
         user_id=np.concatenate([p.user_id for p in parts]),
         item_id=np.concatenate([p.item_id for p in parts]),
         history=np.concatenate([p.history for p in parts]),
+        history_rating=np.concatenate([_history_rating(p) for p in parts]),
         numeric={k: np.concatenate([p.numeric[k] for p in parts]) for k in NUMERIC},
         label=np.concatenate([p.label for p in parts]),
         weight=np.concatenate([p.weight for p in parts]),
         rating=np.concatenate([p.rating for p in parts]),
         group=np.concatenate([p.group for p in parts]),
     )
+
+
+def _history_rating(examples: RankingExamples) -> np.ndarray:
+    if examples.history_rating is not None:
+        return examples.history_rating
+    return np.full(examples.history.shape, np.nan, np.float32)

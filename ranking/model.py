@@ -18,6 +18,10 @@ vector (index 0 of each table stays zero). Two heads share the embeddings:
   weighted by rating, negatives by 1) and served as ``exp(logit)``, the paper's expected-watch-time
   trick (here: expected rating-weighted watch odds);
 * **rating**: a ReLU tower to ``0.5 + 5 * sigmoid(z)``, trained by squared error on known ratings.
+  With ``rated_bag`` it also sees how the user rated their history: ``sum_j (r_j - mean r) y_j /
+  sqrt(n)`` over the rated history items, from a second item table ``y`` (the user factor of
+  Koren's asymmetric SVD, which needs no per-user parameter), and its dot product with the
+  candidate's embedding. Only the rating head sees it, so ranking needs no ratings at serving.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ class RankerConfig:
         Weight of the rating loss against the ranking loss.
     num_quantiles : int
         Resolution of each continuous feature's CDF.
+    rated_bag : bool
+        Give the rating head the rating-weighted history bag (input ``history_rating``, aligned
+        with ``history``, NaN where unknown). Off by default: the served ranker ranks, and
+        the two-stage benchmark measured it without.
     """
 
     hidden_units: tuple[int, ...] = (256, 128, 64)
@@ -63,6 +71,7 @@ class RankerConfig:
     dropout: float = 0.1
     rating_weight: float = 1.0
     num_quantiles: int = 100
+    rated_bag: bool = False
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -136,6 +145,9 @@ class Ranker(keras.Model):
         self.item_bias = keras.layers.Embedding(
             n + 2, 1, embeddings_initializer="zeros", name="item_bias"
         )
+        self.rated_embedding = (
+            keras.layers.Embedding(n + 2, dim, name="rated_embedding") if config.rated_bag else None
+        )
         genres = np.zeros((n + 2, item_genres.shape[1]), np.float32)
         genres[2:] = item_genres
         self.genre_table = tf.constant(genres)
@@ -162,6 +174,21 @@ class Ranker(keras.Model):
     def _embed(self, ids: tf.Tensor) -> tf.Tensor:
         mask = tf.cast(ids >= 2, tf.float32)[..., None]
         return self.item_embedding(ids) * mask
+
+    def _rated_bag(self, history: tf.Tensor, ratings: tf.Tensor | None) -> tf.Tensor:
+        """``sum_j (r_j - mean r) x_j / sqrt(n)`` over the rated history items (Koren's
+        asymmetric SVD user factor, with no per-user parameter)."""
+        if ratings is None:
+            ratings = tf.fill(tf.shape(history), float("nan"))
+        ratings = tf.cast(ratings, tf.float32)
+        rated = tf.logical_and(~tf.math.is_nan(ratings), history >= 2)
+        weight = tf.cast(rated, tf.float32)
+        count = tf.reduce_sum(weight, 1, keepdims=True)
+        values = tf.where(rated, ratings, 0.0)
+        mean = tf.reduce_sum(values, 1, keepdims=True) / tf.maximum(count, 1.0)
+        deviation = (values - mean) * weight
+        vectors = self.rated_embedding(history)
+        return tf.reduce_sum(vectors * deviation[..., None], 1) / tf.sqrt(tf.maximum(count, 1.0))
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         """``{"logit": [B], "rating": [B]}`` from raw inputs (see :func:`ranking.train.inputs`)."""
@@ -194,7 +221,12 @@ class Ranker(keras.Model):
         x = self.dropout(tf.concat(ranking, axis=1), training=training)
         for layer in self.rank_tower:
             x = layer(x)
-        r = self.dropout(shared, training=training)
+        r = shared
+        if self.rated_embedding is not None:
+            rated_bag = self._rated_bag(history, inputs.get("history_rating"))
+            rated_dot = tf.reduce_sum(item_vec * rated_bag, axis=1, keepdims=True)
+            r = tf.concat([shared, rated_bag, rated_dot], axis=1)
+        r = self.dropout(r, training=training)
         for layer in self.rating_tower:
             r = layer(r)
         low, high = RATING_RANGE

@@ -43,7 +43,7 @@ class RankScorer:
         ``item_embedding`` and ``item_bias`` (rows 0 and 1, pad and unknown, zero), ``genres``
         and ``years`` per lookup position, ``demographic/<col>`` (row 0, unknown, zero), and
         the layers ``rank_<i>/kernel``, ``rank_<i>/bias``, ``rank_relu`` and the same for
-        ``rating``.
+        ``rating``; ``rated_embedding`` when ``config.rated_bag``.
     normalizers : mapping of str to QuantileNormalizer
         The continuous features' quantile CDFs.
     demographic_vocabularies : mapping of str to sequence of str, optional
@@ -76,6 +76,7 @@ class RankScorer:
             col: ({v: i + 1 for i, v in enumerate(vocab)}, self._array(f"demographic/{col}"))
             for col, vocab in self.demographic_vocabularies.items()
         }
+        self._rated = self._array("rated_embedding", rows) if config.rated_bag else None
         self._rank_layers = self._layers("rank")
         self._rating_layers = self._layers("rating")
 
@@ -103,6 +104,8 @@ class RankScorer:
             **_stack("rank", [*ranker.rank_tower, ranker.rank_out]),
             **_stack("rating", [*ranker.rating_tower, ranker.rating_out]),
         }
+        if ranker.rated_embedding is not None:
+            arrays["rated_embedding"] = ranker.rated_embedding.embeddings.numpy()
         for col in ranker.demographic_vocabularies:
             table = ranker.demographic_embeddings[col].embeddings.numpy().copy()
             table[0] = 0.0  # the OOV row, masked to zero by the model
@@ -121,11 +124,25 @@ class RankScorer:
         out = np.fromiter((get(i, 0 if i == "" else 1) for i in flat), np.int64, len(flat))
         return out.reshape(np.shape(ids))
 
+    def _rated_bag(self, history: np.ndarray, ratings: np.ndarray | None) -> np.ndarray:
+        """:meth:`ranking.model.Ranker._rated_bag` in numpy."""
+        if ratings is None:
+            ratings = np.full(history.shape, np.nan, np.float32)
+        ratings = np.asarray(ratings, np.float32).reshape(history.shape)
+        rated = ~np.isnan(ratings) & (history >= 2)
+        count = rated.sum(1, keepdims=True).astype(np.float32)
+        values = np.where(rated, ratings, 0.0)
+        mean = values.sum(1, keepdims=True) / np.maximum(count, 1.0)
+        deviation = (values - mean) * rated
+        bag = np.einsum("bh,bhd->bd", deviation, self._rated[history])
+        return bag / np.sqrt(np.maximum(count, 1.0))
+
     def __call__(
         self, inputs: Mapping[str, np.ndarray], rating: bool = True
     ) -> dict[str, np.ndarray]:
         """``{"logit", "rating"}`` for the raw input dict of :func:`ranking.train.ranker_inputs`
-        (one row per candidate; ``history`` may be a single row shared by every candidate).
+        (one row per candidate; ``history``, and ``history_rating`` aligned with it, may be a
+        single row shared by every candidate; without ``history_rating`` no rating is known).
         ``rating=False`` skips the rating head (ranking needs only the logit)."""
         item = self.positions(inputs["item_id"])
         n = len(item)
@@ -166,6 +183,12 @@ class RankScorer:
         if not rating:
             return {"logit": x[:, 0]}
         r = shared.astype(np.float32)
+        if self._rated is not None:
+            rated_bag = self._rated_bag(history, inputs.get("history_rating"))
+            if len(rated_bag) == 1 and n > 1:
+                rated_bag = np.repeat(rated_bag, n, axis=0)
+            rated_dot = (item_vec * rated_bag).sum(1, keepdims=True)
+            r = np.concatenate([r, rated_bag, rated_dot], axis=1).astype(np.float32)
         for kernel, bias, relu in self._rating_layers:
             r = r @ kernel + bias
             if relu:

@@ -28,6 +28,7 @@ from towers.train import SERVING_FILE, load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,22 @@ class RankerOptions:
     weight_decay: float = 1e-5
     seed: int = 0
     verbose: int = 0
+    schedule: str = "constant"  # or "cosine": decay to 0 over all epochs
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+def learning_rate(
+    options: RankerOptions, examples: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimiser's learning rate: constant, or cosine-decayed to 0 over every step of
+    ``options.epochs`` epochs of ``examples`` rows."""
+    if options.schedule == "constant":
+        return options.learning_rate
+    steps = options.epochs * max(1, -(-examples // options.batch_size))
+    return keras.optimizers.schedules.CosineDecay(options.learning_rate, steps)
 
 
 def genre_matrix(items: pd.DataFrame, item_ids: list[str]) -> tuple[list[str], np.ndarray]:
@@ -64,6 +81,11 @@ def ranker_inputs(
     inputs: dict[str, np.ndarray] = {
         "item_id": examples.item_id.astype(str),
         "history": examples.history.astype(str),
+        "history_rating": (
+            examples.history_rating.astype(np.float32)
+            if examples.history_rating is not None
+            else np.full(examples.history.shape, np.nan, np.float32)
+        ),
         **{name: examples.numeric[name].astype(np.float32) for name in NUMERIC},
     }
     if users is not None:
@@ -164,8 +186,11 @@ def train_ranker(
     config: RankerConfig | None = None,
     options: RankerOptions | None = None,
     users: pd.DataFrame | None = None,
+    callbacks: list | None = None,
 ) -> tuple[Ranker, dict]:
-    """Fit a ranker on ``examples``. Returns the model and its training metrics."""
+    """Fit a ranker on ``examples``. Returns the model and its training metrics.
+
+    ``callbacks`` are Keras callbacks for the fit; their ``model.ranker`` is the ranker."""
     config = config or RankerConfig()
     options = options or RankerOptions()
     if len(examples) == 0:
@@ -182,10 +207,10 @@ def train_ranker(
         .prefetch(tf.data.AUTOTUNE)
     )
     trainer = _Trainer(ranker)
-    trainer.compile(
-        optimizer=keras.optimizers.AdamW(options.learning_rate, weight_decay=options.weight_decay)
-    )
-    history = trainer.fit(ds, epochs=options.epochs, verbose=options.verbose)
+    trainer.compile(optimizer=keras.optimizers.AdamW(
+        learning_rate(options, len(examples)), weight_decay=options.weight_decay
+    ))  # fmt: skip
+    history = trainer.fit(ds, epochs=options.epochs, verbose=options.verbose, callbacks=callbacks)
     seconds = time.perf_counter() - start
     metrics = {
         "examples": len(examples),

@@ -98,7 +98,8 @@ def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
     shutil.copytree(planted_artefact, copy)
     train_ranker_job(
         copy, planted_dataset(), copy / "ranker",
-        RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10),
+        RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10,
+                     rated_bag=True),
         RankerOptions(epochs=5, batch_size=64), num_candidates=5, events_per_user=None,
         holdout=False,
     )  # fmt: skip

@@ -22,7 +22,8 @@ LOADER = textwrap.dedent(
     base, request = sys.argv[1], json.load(open(sys.argv[2]))
     out = {}
     for name in ("ranker", "two_stage"):
-        feed = {k: tf.constant(v, tf.string if isinstance(v[0], (str, list)) else tf.float32)
+        leaf = lambda v: leaf(v[0]) if isinstance(v, list) else v
+        feed = {k: tf.constant(v, tf.string if isinstance(leaf(v), str) else tf.float32)
                 for k, v in request[name].items()}
         result = tf.saved_model.load(f"{base}/{name}/1").signatures["serving_default"](**feed)
         out[name] = {k: v.numpy().tolist() for k, v in result.items()}
@@ -42,7 +43,8 @@ def outputs(planted_ranked_artefact, tmp_path_factory):
                 "zip_prefix": ["1", ""]}  # fmt: skip
     request = {
         "ranker": {
-            "item_id": ["B", "zzz"], "history": [["A", ""], ["", ""]],
+            "item_id": ["B", "zzz"], "history": [["A", "C"], ["", "D"]],
+            "history_rating": [[5.0, 2.0], [-1.0, 3.0]],
             "tower_score": [1.0, 0.5], "tower_rank": [1.0, 2.0], "time_since_last": [-1.0, 60.0],
             "prev_impressions": [0.0, 0.0], "user_count": [1.0, 0.0], "user_mean": [4.0, -1.0],
             "item_popularity": [40.0, 0.0], "gender": ["F", ""], "occupation": ["student", ""],
@@ -79,9 +81,10 @@ def test_ranker_savedmodel_equals_the_numpy_scorer(planted_ranked_artefact, outp
     request, got = outputs
     scorer = Recommender.load(planted_ranked_artefact).reranker.scorer
     assert isinstance(scorer, RankScorer)
-    inputs = {k: np.array(v, dtype=object if isinstance(v[0], str | list) else np.float32)
+    inputs = {k: np.array(v, dtype=object if isinstance(np.ravel(v)[0], str) else np.float32)
               for k, v in request["ranker"].items()}  # fmt: skip
-    for name in ("time_since_last", "user_mean"):
+    assert scorer.config.rated_bag and inputs["history_rating"].shape == (2, 2)
+    for name in ("time_since_last", "user_mean", "history_rating"):
         inputs[name] = np.where(inputs[name] < 0, np.nan, inputs[name]).astype(np.float32)
     want = scorer(inputs)
     np.testing.assert_allclose(got["ranker"]["logit"], want["logit"], rtol=1e-4, atol=1e-5)

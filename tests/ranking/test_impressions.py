@@ -42,6 +42,7 @@ def test_impressions_on_a_tiny_log_are_exact():
         ("u2", "a", 1.0, 3.0, 0, 1), ("u2", "c", 0.0, 1.0, 0, 0), ("u2", "d", 0.0, 1.0, 0, 0),
     ]  # fmt: skip
     assert ex.history[0].tolist() == ["", "", "a"] and ex.history[3].tolist() == ["", "a", "b"]
+    np.testing.assert_array_equal(ex.history_rating[3], [np.nan, 5.0, 4.0])  # a's and b's
     assert ex.numeric["user_mean"][3] == pytest.approx(4.5)  # (5 + 4) / 2, not c's own 2
     assert ex.numeric["user_count"][3] == 2 and ex.numeric["time_since_last"][3] == 10
     np.testing.assert_array_equal(ex.numeric["tower_rank"][:3], [1, 2, 3])
@@ -74,13 +75,17 @@ def test_rating_rows_leave_the_target_out():
     j = 2  # u1's rating of c (2.0): the other ratings are a (5) and b (4)
     assert (rows.user_id[j], rows.item_id[j], rows.rating[j]) == ("u1", "c", 2.0)
     assert rows.history[j].tolist() == ["", "a", "b"]
+    np.testing.assert_array_equal(rows.history_rating[j], [np.nan, 5.0, 4.0])
     assert rows.numeric["user_mean"][j] == pytest.approx(4.5)
     assert np.isnan(rows.label).all()
     before = rating_examples(LOG, max_history=3, context="before")
     assert before.history[0].tolist() == ["", "", ""] and np.isnan(before.numeric["user_mean"][0])
+    assert before.history[2].tolist() == ["", "a", "b"]  # u1's c at t30
+    np.testing.assert_array_equal(before.history_rating[2], [np.nan, 5.0, 4.0])
     test = pd.DataFrame({"user_id": ["u2"], "item_id": ["c"], "rating": [1.0]})
     target = rating_examples(LOG, test, max_history=3, context="all")
     assert target.history[0].tolist() == ["", "b", "a"]
+    np.testing.assert_array_equal(target.history_rating[0], [np.nan, 4.0, 3.0])
     assert target.numeric["item_popularity"][0] == 1 and target.numeric["user_mean"][0] == 3.5
     with pytest.raises(ValueError, match="context must be"):
         rating_examples(LOG, context="later")

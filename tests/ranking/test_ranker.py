@@ -111,3 +111,64 @@ def test_numpy_scorer_equals_the_keras_ranker(trained):
     got = RankScorer.from_model(ranker)(ranker_inputs(ex))
     np.testing.assert_allclose(got["logit"], want["logit"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["rating"], want["rating"], rtol=1e-4, atol=1e-5)
+
+
+def rated_taste(n: int = 100) -> RankingExamples:
+    """Both kinds of user watched A and D (user mean 3); they differ only in how they rated them.
+    Kind 0 rated A 5 and D 1, and rates B 5 and C 1; kind 1 rated A 1 and D 5, and the reverse."""
+    rows = []
+    for g in range(n):
+        kind = g % 2
+        for item, value in (("B", 5.0 if kind == 0 else 1.0), ("C", 1.0 if kind == 0 else 5.0)):
+            rows.append((f"u{g}", item, value, (5.0, 1.0) if kind == 0 else (1.0, 5.0)))
+    m = len(rows)
+    numeric = {name: np.full(m, np.nan) for name in NUMERIC}
+    numeric["user_count"][:], numeric["user_mean"][:] = 2.0, 3.0
+    return RankingExamples(
+        user_id=np.array([r[0] for r in rows], dtype=object),
+        item_id=np.array([r[1] for r in rows], dtype=object),
+        history=np.array([["A", "D"]] * m, dtype=object),
+        numeric=numeric,
+        label=np.full(m, np.nan, np.float32),
+        weight=np.ones(m, np.float32),
+        rating=np.array([r[2] for r in rows], np.float32),
+        group=np.full(m, -1, np.int64),
+        history_rating=np.array([r[3] for r in rows], np.float32),
+    )
+
+
+@pytest.mark.parametrize("rated_bag", [False, True])
+def test_only_the_rated_bag_tells_users_apart_by_their_ratings(rated_bag):
+    config = RankerConfig(hidden_units=(8,), rating_units=(16,), max_history=2, dropout=0.0,
+                          rated_bag=rated_bag)  # fmt: skip
+    options = RankerOptions(epochs=60, batch_size=50, learning_rate=0.02, schedule="cosine")
+    ranker, _ = train_ranker(rated_taste(), ITEMS, empty_item_metadata(ITEMS), config, options)
+    # Rows 0..3: kind 0 on B, kind 0 on C, kind 1 on B, kind 1 on C.
+    pred = predict(ranker, rated_taste(2))["rating"]
+    if rated_bag:  # truth 5, 1, 1, 5
+        assert pred[0] > 4.0 and pred[3] > 4.0 and pred[1] < 2.0 and pred[2] < 2.0
+    else:  # the same inputs without ratings: each item gets one prediction for both kinds
+        assert pred[0] == pytest.approx(pred[2]) and pred[1] == pytest.approx(pred[3])
+
+
+def test_the_numpy_scorer_equals_the_keras_ranker_with_a_rated_bag():
+    from ranking.scorer import RankScorer
+    from ranking.train import ranker_inputs
+
+    config = RankerConfig(hidden_units=(8,), rating_units=(8,), max_history=2, rated_bag=True)
+    ranker, _ = train_ranker(rated_taste(), ITEMS, empty_item_metadata(ITEMS), config,
+                             RankerOptions(epochs=2, batch_size=50))  # fmt: skip
+    ex = rated_taste(4)
+    ex.history_rating[0, 0] = np.nan  # a watch with no rating
+    ex.history[1, 1] = "never-seen"  # its rating cannot count
+    ex.history_rating[2] = np.nan
+    want = predict(ranker, ex)
+    scorer = RankScorer.from_model(ranker)
+    got = scorer(ranker_inputs(ex))
+    np.testing.assert_allclose(got["rating"], want["rating"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["logit"], want["logit"], rtol=1e-4, atol=1e-5)
+    # Without ratings: as if no history item had one.
+    inputs = ranker_inputs(ex)
+    del inputs["history_rating"]
+    ex.history_rating[:] = np.nan
+    np.testing.assert_allclose(scorer(inputs)["rating"], predict(ranker, ex)["rating"], rtol=1e-4)
