@@ -186,11 +186,8 @@ def train_ranker(
     config: RankerConfig | None = None,
     options: RankerOptions | None = None,
     users: pd.DataFrame | None = None,
-    callbacks: list | None = None,
 ) -> tuple[Ranker, dict]:
-    """Fit a ranker on ``examples``. Returns the model and its training metrics.
-
-    ``callbacks`` are Keras callbacks for the fit; their ``model.ranker`` is the ranker."""
+    """Fit a ranker on ``examples``. Returns the model and its training metrics."""
     config = config or RankerConfig()
     options = options or RankerOptions()
     if len(examples) == 0:
@@ -210,7 +207,7 @@ def train_ranker(
     trainer.compile(optimizer=keras.optimizers.AdamW(
         learning_rate(options, len(examples)), weight_decay=options.weight_decay
     ))  # fmt: skip
-    history = trainer.fit(ds, epochs=options.epochs, verbose=options.verbose, callbacks=callbacks)
+    history = trainer.fit(ds, epochs=options.epochs, verbose=options.verbose)
     seconds = time.perf_counter() - start
     metrics = {
         "examples": len(examples),
