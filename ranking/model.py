@@ -176,8 +176,8 @@ class Ranker(keras.Model):
         return self.item_embedding(ids) * mask
 
     def _rated_bag(self, history: tf.Tensor, ratings: tf.Tensor | None) -> tf.Tensor:
-        """``sum_j (r_j - mean r) x_j / sqrt(n)`` over the rated history items (Koren's
-        asymmetric SVD user factor, with no per-user parameter)."""
+        """``sum_j (r_j - mean r) y_j / sqrt(n)`` over the rated history items, ``y`` the rated
+        table (Koren's asymmetric-SVD user factor, with no per-user parameter)."""
         if ratings is None:
             ratings = tf.fill(tf.shape(history), float("nan"))
         ratings = tf.cast(ratings, tf.float32)
