@@ -52,6 +52,12 @@ class RankingExamples:
     def __len__(self) -> int:
         return len(self.item_id)
 
+    def history_ratings(self) -> np.ndarray:
+        """``history_rating``, or all NaN (aligned with ``history``) when no rating is known."""
+        if self.history_rating is not None:
+            return self.history_rating
+        return np.full(self.history.shape, np.nan, np.float32)
+
 
 @dataclass(frozen=True)
 class EventContext:
@@ -321,16 +327,10 @@ def concat(parts: list[RankingExamples]) -> RankingExamples:
         user_id=np.concatenate([p.user_id for p in parts]),
         item_id=np.concatenate([p.item_id for p in parts]),
         history=np.concatenate([p.history for p in parts]),
-        history_rating=np.concatenate([_history_rating(p) for p in parts]),
+        history_rating=np.concatenate([p.history_ratings() for p in parts]),
         numeric={k: np.concatenate([p.numeric[k] for p in parts]) for k in NUMERIC},
         label=np.concatenate([p.label for p in parts]),
         weight=np.concatenate([p.weight for p in parts]),
         rating=np.concatenate([p.rating for p in parts]),
         group=np.concatenate([p.group for p in parts]),
     )
-
-
-def _history_rating(examples: RankingExamples) -> np.ndarray:
-    if examples.history_rating is not None:
-        return examples.history_rating
-    return np.full(examples.history.shape, np.nan, np.float32)

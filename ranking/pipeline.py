@@ -232,7 +232,9 @@ def candidate_examples(
 
 def predict(ranker, examples: RankingExamples, users: pd.DataFrame | None = None) -> dict:
     """``{"logit", "rating"}`` arrays for ``examples``, in batches."""
-    inputs = ranker_inputs(examples, UserFeatures.from_frame(users))
+    inputs = ranker_inputs(
+        examples, UserFeatures.from_frame(users), ratings=ranker.rated_embedding is not None
+    )
     logits, ratings = [], []
     for start in range(0, len(examples), 8192):
         part = {k: v[start : start + 8192] for k, v in inputs.items()}

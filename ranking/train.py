@@ -77,19 +77,17 @@ def genre_matrix(items: pd.DataFrame, item_ids: list[str]) -> tuple[list[str], n
 
 
 def ranker_inputs(
-    examples: RankingExamples, users: UserFeatures | None = None
+    examples: RankingExamples, users: UserFeatures | None = None, ratings: bool = True
 ) -> dict[str, np.ndarray]:
-    """The raw input dict of :class:`ranking.model.Ranker` for ``examples``."""
+    """The raw input dict of :class:`ranking.model.Ranker` for ``examples`` (``ratings=False``
+    leaves out ``history_rating``, which only a ranker with a rated bag reads)."""
     inputs: dict[str, np.ndarray] = {
         "item_id": examples.item_id.astype(str),
         "history": examples.history.astype(str),
-        "history_rating": (
-            examples.history_rating.astype(np.float32)
-            if examples.history_rating is not None
-            else np.full(examples.history.shape, np.nan, np.float32)
-        ),
         **{name: examples.numeric[name].astype(np.float32) for name in NUMERIC},
     }
+    if ratings:
+        inputs["history_rating"] = examples.history_ratings().astype(np.float32)
     if users is not None:
         demo = users.lookup(examples.user_id)
         for col in DEMOGRAPHIC_COLUMNS:
@@ -197,9 +195,7 @@ def train_ranker(
     tf.keras.utils.set_random_seed(options.seed)
     start = time.perf_counter()
     ranker = build_ranker(examples, item_ids, items, config, users)
-    inputs = ranker_inputs(examples, UserFeatures.from_frame(users))
-    if not config.rated_bag:
-        del inputs["history_rating"]  # unused: not worth a copy per row in the tf.data pipeline
+    inputs = ranker_inputs(examples, UserFeatures.from_frame(users), ratings=config.rated_bag)
     targets = {"label": examples.label, "weight": examples.weight, "rating": examples.rating}
     ds = (
         tf.data.Dataset.from_tensor_slices((inputs, targets))
