@@ -10,9 +10,11 @@ the ideal DCG uses all the user's test ratings), and the paper's weighted per-us
 
 Rating error: random-80-20 on ml-latest-small (MSE) and the five ml100k-folds (mean RMSE), for
 the ranker's rating head (trained on rating rows only, each row seeing the user's other train
-ratings) next to a fastai-style EmbeddingDotBias (``benchmarks/rating_baselines.py``).
+ratings) in two configurations, the rating preset (``RATING_CONFIG``, epochs chosen on a
+validation tenth of each training set) and the served ranker's default, next to a fastai-style
+EmbeddingDotBias (``benchmarks/rating_baselines.py``).
 
-    python benchmarks/ranking.py --data-dir ../shared/data     # ~15 min on 2 cores
+    python benchmarks/ranking.py --data-dir ../shared/data     # ~30 min on 2 cores
 """
 
 from __future__ import annotations
