@@ -156,3 +156,18 @@ def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, cap
     # Nothing new since the parent: a clean error, no artefact.
     assert main([*args[:-1], str(tmp_path / "again"), "--since", "20000"]) == 2
     assert "no events at or after" in caplog.text and not (tmp_path / "again").exists()
+
+
+def test_train_ranker_flags_reach_the_config_and_options():
+    from ranking.model import RankerConfig
+    from ranking.train import RankerOptions
+    from serving.cli import _build
+
+    parser = build_parser()
+    args = parser.parse_args(["train-ranker", "--artefact", "a", "--rated-bag", "--max-history",
+                              "200", "--schedule", "cosine"])  # fmt: skip
+    assert _build(RankerConfig, args) == RankerConfig(rated_bag=True, max_history=200)
+    assert _build(RankerOptions, args) == RankerOptions(schedule="cosine")
+    plain = parser.parse_args(["train-ranker", "--artefact", "a"])
+    assert _build(RankerConfig, plain) == RankerConfig()
+    assert _build(RankerOptions, plain) == RankerOptions()
