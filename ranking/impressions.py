@@ -288,10 +288,10 @@ def rating_examples(
         means = np.full(len(targets), np.nan)
         for n, (user, item) in enumerate(zip(t_users, t_items, strict=True)):
             rows = [r for r in by_user.get(user, []) if items[r] != item]
-            tail = items[rows[-max_history:]] if rows else []
-            if len(tail):
-                history[n, max_history - len(tail) :] = tail
-                history_rating[n, max_history - len(tail) :] = train_ratings[rows[-max_history:]]
+            recent = rows[-max_history:]
+            if recent:
+                history[n, max_history - len(recent) :] = items[recent]
+                history_rating[n, max_history - len(recent) :] = train_ratings[recent]
             counts[n] = len(rows)
             if rows:
                 total = user_sum[user] - (ratings[n] if own else 0.0)
