@@ -6,7 +6,10 @@ each test user the tower retrieves 100 unseen candidates from their train histor
 time of their first test event); the ranker rescores them. Reported for the candidate order and
 the ranked order: NDCG@10 with gain = the held-out rating (0 if the user did not rate the item;
 the ideal DCG uses all the user's test ratings), and the paper's weighted per-user pairwise loss
-(the rating-weighted fraction of (rated, unrated) candidate pairs ordered wrongly).
+(the rating-weighted fraction of (rated, unrated) candidate pairs ordered wrongly). The
+impressions' label horizon (``RankerOptions.label_horizon``) is chosen per dataset among
+``--label-horizons`` (default ``LABEL_HORIZONS``) on a temporal-user-20 split carved from the
+train split (:func:`choose_label_horizon`), never on the test split.
 
 Rating error: random-80-20 on ml-latest-small (MSE) and the five ml100k-folds (mean RMSE), for
 the ranker's rating head (trained on rating rows only, each row seeing the user's other train
@@ -14,7 +17,7 @@ ratings) in two configurations, the rating preset (``RATING_CONFIG``, epochs cho
 validation tenth of each training set) and the served ranker's default, next to a fastai-style
 EmbeddingDotBias (``benchmarks/rating_baselines.py``).
 
-    python benchmarks/ranking.py --data-dir ../shared/data     # ~30 min on 2 cores
+    python benchmarks/ranking.py --data-dir ../shared/data     # ~45 min on 2 cores
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from common import RESULTS, write_results
 from rating_baselines import embedding_dot_bias
+from tune_ranker import two_stage as tune_two_stage
 
 from ranking.impressions import rating_examples
 from ranking.metrics import graded_ndcg, weighted_pairwise_loss
@@ -41,6 +47,8 @@ from towers.splits import chronological, make_split, ml100k_fold
 from towers.train import save_artefact, train_tower
 
 log = logging.getLogger("ranking")
+# Impression label horizons the two-stage benchmark chooses from, per dataset, on validation.
+LABEL_HORIZONS = (1, 30)
 
 
 def two_stage(
@@ -50,7 +58,12 @@ def two_stage(
     options: RankerOptions,
     negatives: int | None,
     holdout: bool = False,
+    horizons: tuple[int, ...] = (),
 ) -> dict:
+    chosen = None
+    if len(horizons) > 1:
+        chosen = choose_label_horizon(name, data_dir, options, horizons)
+        options = replace(options, label_horizon=chosen["label_horizon"])
     data = load_movielens(name, data_dir)
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
@@ -113,11 +126,27 @@ def two_stage(
         "tower_train_seconds": round(tower_seconds, 1),
         "ranker_train_seconds": round(ranker_seconds, 1),
         "ranker": ranker_metrics,
+        "label_horizon": options.label_horizon,
+        "label_horizon_validation": chosen,
     }  # fmt: skip
     c, r = out["candidate_order"]["ndcg@10"], out["ranked_order"]["ndcg@10"]
     out["ndcg_relative_gain"] = round((r - c) / c, 4) if c else None
     log.info("%s two-stage: %s", name, out)
     return out
+
+
+def choose_label_horizon(
+    name: str, data_dir: str | None, options: RankerOptions, horizons: tuple[int, ...]
+) -> dict:
+    """The impression label horizon with the best two-stage NDCG@10 gain on a temporal-user-20
+    split carved from the train split (``tune_ranker.two_stage`` with validation), so the test
+    split is never seen."""
+    configs = [[{}, {**asdict(options), "label_horizon": h}] for h in horizons]
+    rows = tune_two_stage(name, configs, validation=True, data_dir=data_dir)
+    gains = {h: row["relative_gain"] for h, row in zip(horizons, rows, strict=True)}
+    best = max(horizons, key=lambda h: gains[h])
+    log.info("%s: label horizon %d (validation NDCG@10 gains %s)", name, best, gains)
+    return {"label_horizon": best, "validation_ndcg_gain_by_horizon": gains}
 
 
 # The rating preset: the rated bag over the user's last 200 ratings and a cosine learning rate,
@@ -214,6 +243,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["two-stage", "ratings"], help="run one part")
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     parser.add_argument("--epochs", type=int, default=RankerOptions().epochs)
+    parser.add_argument(
+        "--label-horizons", type=int, nargs="+", default=list(LABEL_HORIZONS),
+        help="impression label horizons to choose from per dataset on validation (one: use it)",
+    )  # fmt: skip
     parser.add_argument("--negatives", type=int, help="negatives kept per impression")
     parser.add_argument(
         "--holdout", action="store_true", help="impressions from a holdout tower (stacking)"
@@ -221,18 +254,19 @@ def main() -> None:
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/ranking.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    options = RankerOptions(epochs=args.epochs)
+    options = RankerOptions(epochs=args.epochs, label_horizon=args.label_horizons[0])
     payload: dict = {
         "ranker_options": options.__dict__,
         "negatives_per_impression": args.negatives,
+        "label_horizons": args.label_horizons,
         "holdout": args.holdout,
     }
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
-            payload["two_stage"] = [
-                two_stage(name, args.data_dir, Path(tmp), options, args.negatives, args.holdout)
-                for name in args.datasets
-            ]
+            run = partial(two_stage, data_dir=args.data_dir, work=Path(tmp), options=options,
+                          negatives=args.negatives, holdout=args.holdout,
+                          horizons=tuple(args.label_horizons))  # fmt: skip
+            payload["two_stage"] = [run(name) for name in args.datasets]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir)
     if args.only and (args.output is None or Path(args.output).exists()):

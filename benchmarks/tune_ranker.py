@@ -55,7 +55,7 @@ def two_stage(dataset: str, configs: list, validation: bool, data_dir: str | Non
         tower = train_tower(train, benchmark_config(), replace(benchmark_options(), verbose=0))
         tower_dir = save_artefact(tower, Path(tmp) / "tower", data=train)
         retriever, retrieve = tower_retrieve(tower_dir, train.users, 100)
-        examples = ranking_training_set(train, retrieve)
+        examples = {}  # by label horizon: impressions are simulated once per horizon
         first = split.test.groupby("user_id")["timestamp"].min()
         history = chronological(split.train).groupby("user_id")["item_id"].agg(list)
         users = [u for u in first.index if u in history.index]
@@ -72,10 +72,13 @@ def two_stage(dataset: str, configs: list, validation: bool, data_dir: str | Non
         }
         for overrides, option_overrides in configs:
             start = time.perf_counter()
-            config = RankerConfig(**overrides)
+            config, options = RankerConfig(**overrides), RankerOptions(**option_overrides)
+            horizon = options.label_horizon
+            if horizon not in examples:
+                examples[horizon] = ranking_training_set(train, retrieve, label_horizon=horizon)
             ranker, metrics = train_ranker(
-                examples, retriever.index.item_ids, train.items, config,
-                RankerOptions(**option_overrides), train.users,
+                examples[horizon], retriever.index.item_ids, train.items, config, options,
+                train.users,
             )  # fmt: skip
             logits = predict(ranker, rows, train.users)["logit"]
             cand, ranked = [], []

@@ -7,6 +7,11 @@ its rating ``r`` (the paper weights by watch time); the other shown items are ne
 weight. Impressions whose watch was not shown are dropped (at serving the ranker only ever sees
 the generator's top ``N``).
 
+With a label horizon ``H > 1`` (``RankerOptions.label_horizon``), every shown item among the
+user's next ``H`` watches is a positive, each weighted by its own rating: an impression whose
+item is watched a few sessions later still led to a watch. The ranker then learns what the user
+will watch soon rather than next, which is what a held-out future (temporal-user-20) measures.
+
 Every feature is computed as of ``t``: the history, the user's rating count and mean, the time
 since their previous event, each candidate's popularity (its ratings before ``t``) and how often
 it was shown to the user in earlier simulated impressions.
@@ -122,6 +127,7 @@ def simulate_impressions(
     seed: int = 0,
     label_mask: np.ndarray | None = None,
     negatives_per_impression: int | None = None,
+    label_horizon: int = 1,
 ) -> RankingExamples:
     """Impressions at (up to ``events_per_user``) events of each user that have a history.
 
@@ -146,7 +152,12 @@ def simulate_impressions(
     negatives_per_impression : int, optional
         Keep this many of each impression's negatives, drawn at random, each weighted by
         ``negatives / kept`` so the weighted loss keeps its expectation (None keeps all).
+    label_horizon : int
+        Positives of an impression: the shown items among the user's next ``label_horizon``
+        watches (1: the next watch only, as in the paper), each weighted by its rating.
     """
+    if label_horizon < 1:
+        raise ValueError(f"label_horizon must be >= 1, got {label_horizon}")
     if label_mask is not None:
         interactions = interactions.assign(_label_ok=np.asarray(label_mask, bool))
     ctx = event_context(interactions)
@@ -175,35 +186,46 @@ def simulate_impressions(
     shown = retrieve(windows, seen, times, users)
 
     rows: dict[str, list] = {
-        k: [] for k in ("event", "item", "score", "rank", "label", "prev", "neg_weight")
+        k: [] for k in ("event", "item", "score", "rank", "label", "prev", "neg_weight", "row")
     }
+    all_users = ordered["user_id"].to_numpy()
     shown_before: dict[str, Counter] = {}
     for n, (row, (cand_ids, cand_scores)) in enumerate(zip(eligible, shown, strict=True)):
-        target = items[row]
-        if target not in cand_ids:
+        future = range(row, min(row + label_horizon, len(items)))
+        # Item -> its row: the first of the user's next watches of it.
+        targets = {}
+        for j in future:
+            if all_users[j] == all_users[row] and (label_mask is None or ok[j]):
+                targets.setdefault(items[j], j)
+        cand_array = np.asarray(cand_ids, dtype=object)
+        is_target = np.fromiter((c in targets for c in cand_ids), bool, len(cand_ids))
+        if not is_target.any():
             continue
         counter = shown_before.setdefault(users[n], Counter())
         keep = np.ones(len(cand_ids), bool)
-        negatives = len(cand_ids) - 1
+        negatives = int((~is_target).sum())
         if negatives_per_impression is not None and negatives > negatives_per_impression:
             drop = rng.choice(negatives, negatives - negatives_per_impression, replace=False)
-            negative_slots = np.flatnonzero(np.asarray(cand_ids, dtype=object) != target)
-            keep[negative_slots[drop]] = False
-        for rank, (item, score) in enumerate(zip(cand_ids, cand_scores, strict=True), 1):
+            keep[np.flatnonzero(~is_target)[drop]] = False
+        kept_negatives = int((keep & ~is_target).sum())
+        for rank, (item, score) in enumerate(zip(cand_array, cand_scores, strict=True), 1):
             if not keep[rank - 1]:
                 continue
-            rows["neg_weight"].append(negatives / max(int(keep.sum()) - 1, 1))
+            rows["neg_weight"].append(negatives / max(kept_negatives, 1))
             rows["event"].append(n)
             rows["item"].append(item)
             rows["score"].append(score)
             rows["rank"].append(rank)
-            rows["label"].append(item == target)
+            rows["label"].append(is_target[rank - 1])
+            rows["row"].append(targets.get(item, row))
             rows["prev"].append(counter[item])
         counter.update(cand_ids)
     event = np.asarray(rows["event"], dtype=np.int64)
     picked = eligible[event]
     label = np.asarray(rows["label"], dtype=np.float32)
-    rating = ordered["rating"].to_numpy(dtype=np.float32)[picked]
+    # A positive's weight and rating are those of its own watch (the next one, or a later one
+    # within the horizon).
+    rating = ordered["rating"].to_numpy(dtype=np.float32)[np.asarray(rows["row"], np.int64)]
     item_ids = np.asarray(rows["item"], dtype=object)
     return RankingExamples(
         user_id=users[event],

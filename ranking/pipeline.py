@@ -75,12 +75,13 @@ def ranking_training_set(
     seed: int = 0,
     label_mask: np.ndarray | None = None,
     negatives_per_impression: int | None = None,
+    label_horizon: int = 1,
 ) -> RankingExamples:
     """Simulated impressions plus every training rating (as of its time) for the rating head."""
     impressions = simulate_impressions(
         train.interactions, retrieve, num_candidates=num_candidates, max_history=max_history,
         events_per_user=events_per_user, seed=seed, label_mask=label_mask,
-        negatives_per_impression=negatives_per_impression,
+        negatives_per_impression=negatives_per_impression, label_horizon=label_horizon,
     )  # fmt: skip
     ratings = rating_examples(train.interactions, max_history=max_history, context="before")
     log.info("%d impression rows, %d rating rows", len(impressions), len(ratings))
@@ -105,6 +106,7 @@ def train_ranker_job(
     80 % (see :func:`holdout_tower`), which measured worse on ml-100k (NDCG@10 0.194 against
     0.206 in-sample), so it is off by default."""
     config = config or RankerConfig()
+    options = options or RankerOptions()
     retriever = Retriever.from_artefact(tower_artefact)
     with tempfile.TemporaryDirectory(prefix="nextwatch-holdout-") as tmp:
         if holdout:
@@ -117,15 +119,13 @@ def train_ranker_job(
             _, retrieve = tower_retrieve(tower_artefact, train.users, num_candidates)
         examples = ranking_training_set(
             train, retrieve, num_candidates=num_candidates, max_history=config.max_history,
-            events_per_user=events_per_user, seed=(options or RankerOptions()).seed,
-            label_mask=label_mask, negatives_per_impression=negatives_per_impression,
+            events_per_user=events_per_user, seed=options.seed, label_mask=label_mask,
+            negatives_per_impression=negatives_per_impression, label_horizon=options.label_horizon,
         )  # fmt: skip
     ranker, metrics = train_ranker(
         examples, retriever.index.item_ids, train.items, config, options, train.users
     )
-    save_ranker(
-        ranker, output, metrics, artefact_version(tower_artefact), options or RankerOptions()
-    )
+    save_ranker(ranker, output, metrics, artefact_version(tower_artefact), options)
     return metrics
 
 

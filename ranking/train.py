@@ -44,8 +44,13 @@ class RankerOptions:
     seed: int = 0
     verbose: int = 0
     schedule: str = "constant"  # or "cosine": decay to 0 over all epochs
+    # Impression positives: the shown items among the user's next ``label_horizon`` watches
+    # (see ranking.impressions.simulate_impressions).
+    label_horizon: int = 1
 
     def __post_init__(self) -> None:
+        if self.label_horizon < 1:
+            raise ValueError(f"label_horizon must be >= 1, got {self.label_horizon}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 

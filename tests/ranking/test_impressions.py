@@ -103,3 +103,21 @@ def test_subsampled_negatives_are_reweighted_to_keep_the_expected_loss():
     # u1 at t20 and u2 at t15 had 2 negatives each (weight 2); u1 at t30 had 1 (weight 1)
     assert ex.weight[ex.label == 0].tolist() == [2.0, 1.0, 2.0]
     assert ex.weight[ex.label == 1].tolist() == [4.0, 2.0, 3.0]
+
+
+def test_a_label_horizon_makes_every_shown_later_watch_a_positive():
+    ex = simulate_impressions(
+        LOG, fake_tower, num_candidates=4, max_history=3, events_per_user=None, label_horizon=2
+    )
+    assert _rows(ex) == [
+        # u1 at t20 (history a): b (next, rating 4) and c (the one after, rating 2) are positives
+        ("u1", "b", 1.0, 4.0, 0, 1), ("u1", "c", 1.0, 2.0, 0, 0), ("u1", "d", 0.0, 1.0, 0, 0),
+        # u1 at t30: only c is left in u1's log (u2's later events are not u1's)
+        ("u1", "c", 1.0, 2.0, 1, 0), ("u1", "d", 0.0, 1.0, 1, 0),
+        ("u2", "a", 1.0, 3.0, 0, 1), ("u2", "c", 0.0, 1.0, 0, 0), ("u2", "d", 0.0, 1.0, 0, 0),
+    ]  # fmt: skip
+    assert ex.rating[1] == 2.0  # a later positive carries its own rating
+    # Features are still as of the impression: c's history at t20 is a alone.
+    assert ex.history[1].tolist() == ["", "", "a"]
+    with pytest.raises(ValueError, match="label_horizon"):
+        simulate_impressions(LOG, fake_tower, label_horizon=0)

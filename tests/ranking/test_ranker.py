@@ -172,3 +172,10 @@ def test_the_numpy_scorer_equals_the_keras_ranker_with_a_rated_bag():
     del inputs["history_rating"]
     ex.history_rating[:] = np.nan
     np.testing.assert_allclose(scorer(inputs)["rating"], predict(ranker, ex)["rating"], rtol=1e-4)
+
+
+def test_bad_ranker_options_name_the_option():
+    with pytest.raises(ValueError, match="label_horizon"):
+        RankerOptions(label_horizon=0)
+    with pytest.raises(ValueError, match="schedule"):
+        RankerOptions(schedule="linear")
