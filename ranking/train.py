@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +267,21 @@ def _ranker_meta(directory: Path) -> dict:
            "rating_units": tuple(cfg["rating_units"])}
     )  # fmt: skip
     return meta
+
+
+def ranker_settings(directory: str | Path) -> tuple[RankerConfig, RankerOptions]:
+    """The configuration and training options a saved ranker was trained with, so that a
+    retrain keeps them (options an older artefact lacks take their defaults).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` is not a ranker artefact.
+    """
+    meta = _ranker_meta(Path(directory))
+    known = {f.name for f in fields(RankerOptions)}
+    saved = {k: v for k, v in meta.get("options", {}).items() if k in known}
+    return meta["ranker"], RankerOptions(**saved)
 
 
 def load_ranker(directory: str | Path) -> Ranker:

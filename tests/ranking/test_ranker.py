@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,7 +7,7 @@ import pytest
 from ranking.impressions import NUMERIC, RankingExamples
 from ranking.model import RankerConfig
 from ranking.pipeline import predict
-from ranking.train import RankerOptions, load_ranker, save_ranker, train_ranker
+from ranking.train import RankerOptions, load_ranker, ranker_settings, save_ranker, train_ranker
 from towers.data import empty_item_metadata
 
 ITEMS = ["A", "B", "C", "D"]
@@ -63,6 +65,18 @@ def test_save_then_load_gives_equal_outputs(trained, tmp_path):
     assert loaded.tower_version == "tower-v1"
     with pytest.raises(FileNotFoundError, match="not a ranker artefact"):
         load_ranker(tmp_path / "nothing")
+
+
+def test_a_saved_ranker_gives_back_its_settings_for_a_retrain(trained, tmp_path):
+    ranker, metrics = trained
+    options = RankerOptions(epochs=3, schedule="cosine", label_horizon=30)
+    directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", options)
+    assert ranker_settings(directory) == (ranker.config, options)
+    # An artefact saved before an option existed gets that option's default.
+    meta = json.loads((directory / "config.json").read_text())
+    del meta["options"]["label_horizon"]
+    (directory / "config.json").write_text(json.dumps(meta))
+    assert ranker_settings(directory)[1].label_horizon == 1
 
 
 def test_the_serving_scorer_loads_from_arrays_without_keras(trained, tmp_path, monkeypatch):

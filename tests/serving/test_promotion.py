@@ -27,6 +27,9 @@ def _version_of(artefact, registry: Registry, name: str, shuffle: bool = False):
     config = json.loads((staging / "config.json").read_text())
     config["version"] = name
     (staging / "config.json").write_text(json.dumps(config))
+    ranker = staging / "ranker" / "config.json"
+    if ranker.exists():  # the ranker names the tower version it was trained for
+        ranker.write_text(json.dumps({**json.loads(ranker.read_text()), "tower_version": name}))
     if shuffle:  # a broken model: every item gets another item's vector and bias
         index = ItemIndex.load(staging / "index")
         ids = index.item_ids
@@ -259,3 +262,21 @@ def test_serve_retrains_on_schedule_and_swaps_the_promoted_version_in(tmp_path, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_retrain_keeps_the_parent_rankers_configuration(tmp_path, planted_ranked_artefact):
+    from ranking.train import ranker_settings
+    from serving.retrain import retrain_home
+    from towers.pipeline import DataSource
+    from towers.train import TrainOptions
+
+    home, registry, serving, flags = _home_with_new_events(tmp_path, planted_ranked_artefact)
+    files = dict(zip(flags[::2], flags[1::2], strict=True))
+    source = DataSource(dataset=None, interactions=files["--interactions"],
+                        items=files["--items"], users=files["--users"])  # fmt: skip
+    options = TrainOptions(epochs=1, batch_size=8, verbose=0)
+    decision = retrain_home(home, source, options=options, tolerance=1.0)
+    child = registry.root / decision.version
+    assert (child / "ranker" / "config.json").exists()
+    # The parent's ranker has a rated bag, small towers and 5 epochs: none of them defaults.
+    assert ranker_settings(child / "ranker") == ranker_settings(serving / "ranker")
