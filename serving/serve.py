@@ -67,8 +67,10 @@ def api_key(home: Path) -> tuple[str, str]:
 
 
 def train_first_model(registry: Registry, source: DataSource) -> Path:
-    """Train the benchmark tower and its ranker on ``source``, publish and promote them."""
+    """Train the benchmark tower and its ranker on ``source``, publish and promote them (the
+    ranker with the label horizon validated for a MovieLens dataset)."""
     from ranking.pipeline import train_ranker_for_artefact
+    from ranking.train import validated_options
     from towers.pipeline import train_candidates
     from towers.presets import benchmark_config, benchmark_options
 
@@ -77,8 +79,9 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
         log.info("no model yet: training the benchmark configuration into %s", staging)
         options = replace(benchmark_options(), verbose=0)  # no progress bars in service logs
         train_candidates(source, staging, benchmark_config(), options)
-        log.info("training the ranker")
-        train_ranker_for_artefact(source, staging)
+        ranker_options = validated_options(source.dataset)
+        log.info("training the ranker (label horizon %d)", ranker_options.label_horizon)
+        train_ranker_for_artefact(source, staging, options=ranker_options)
         path = registry.publish(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

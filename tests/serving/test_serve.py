@@ -101,3 +101,30 @@ def test_the_old_model_is_freed_after_a_swap(planted_artefact):
     time.sleep(0.5)  # the collection runs on a timer
     gc.collect()
     assert old() is None, "the swapped-out model is still alive (frozen or referenced)"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "horizon"), [("ml-latest-small", 30), ("ml-100k", 1), (None, 1)]
+)
+def test_the_first_model_trains_its_ranker_with_the_validated_label_horizon(
+    tmp_path, monkeypatch, dataset, horizon
+):
+    import ranking.pipeline
+    import towers.pipeline
+    from serving.serve import train_first_model
+
+    seen = {}
+
+    def fake_candidates(source, output, config, options):
+        _fake_artefact(output, "v1")
+
+    def fake_ranker(source, artefact, output=None, config=None, options=None):
+        seen["options"] = options
+
+    monkeypatch.setattr(towers.pipeline, "train_candidates", fake_candidates)
+    monkeypatch.setattr(ranking.pipeline, "train_ranker_for_artefact", fake_ranker)
+    registry = Registry(tmp_path / "models")
+    source = DataSource(dataset=dataset, interactions=None if dataset else "log.csv")
+    train_first_model(registry, source)
+    assert seen["options"].label_horizon == horizon
+    assert registry.current() is not None
