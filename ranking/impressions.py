@@ -197,7 +197,6 @@ def simulate_impressions(
         for j in future:
             if all_users[j] == all_users[row] and (label_mask is None or ok[j]):
                 targets.setdefault(items[j], j)
-        cand_array = np.asarray(cand_ids, dtype=object)
         is_target = np.fromiter((c in targets for c in cand_ids), bool, len(cand_ids))
         if not is_target.any():
             continue
@@ -208,7 +207,7 @@ def simulate_impressions(
             drop = rng.choice(negatives, negatives - negatives_per_impression, replace=False)
             keep[np.flatnonzero(~is_target)[drop]] = False
         kept_negatives = int((keep & ~is_target).sum())
-        for rank, (item, score) in enumerate(zip(cand_array, cand_scores, strict=True), 1):
+        for rank, (item, score) in enumerate(zip(cand_ids, cand_scores, strict=True), 1):
             if not keep[rank - 1]:
                 continue
             rows["neg_weight"].append(negatives / max(kept_negatives, 1))
