@@ -6,10 +6,12 @@ each test user the tower retrieves 100 unseen candidates from their train histor
 time of their first test event); the ranker rescores them. Reported for the candidate order and
 the ranked order: NDCG@10 with gain = the held-out rating (0 if the user did not rate the item;
 the ideal DCG uses all the user's test ratings), and the paper's weighted per-user pairwise loss
-(the rating-weighted fraction of (rated, unrated) candidate pairs ordered wrongly). The
-impressions' label horizon (``RankerOptions.label_horizon``) is chosen per dataset among
-``--label-horizons`` (default ``LABEL_HORIZONS``) on a temporal-user-20 split carved from the
-train split (:func:`choose_label_horizon`), never on the test split.
+(the rating-weighted fraction of (rated, unrated) candidate pairs ordered wrongly). Two serving
+settings are chosen per dataset, together, on a temporal-user-20 split carved from the train
+split (:func:`choose_settings`), never on the test split: the impressions' label horizon
+(``RankerOptions.label_horizon``, among ``--label-horizons``, default ``LABEL_HORIZONS``) and
+the weight of the generator's score in the served score (``RankerConfig.tower_score_weight``,
+among ``--tower-score-weights``, default ``tune_ranker.TOWER_SCORE_WEIGHTS``).
 
 Rating error: random-80-20 on ml-latest-small (MSE) and the five ml100k-folds (mean RMSE), for
 the ranker's rating head (trained on rating rows only, each row seeing the user's other train
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, write_results
 from rating_baselines import embedding_dot_bias
+from tune_ranker import TOWER_SCORE_WEIGHTS
 from tune_ranker import two_stage as tune_two_stage
 
 from ranking.impressions import rating_examples
@@ -59,11 +62,13 @@ def two_stage(
     negatives: int | None,
     holdout: bool = False,
     horizons: tuple[int, ...] = (),
+    weights: tuple[float, ...] = (),
 ) -> dict:
-    chosen = None
-    if len(horizons) > 1:
-        chosen = choose_label_horizon(name, data_dir, options, horizons)
+    chosen, config = None, RankerConfig(tower_score_weight=weights[0] if weights else 0.0)
+    if len(horizons) > 1 or len(weights) > 1:
+        chosen = choose_settings(name, data_dir, options, horizons, weights)
         options = replace(options, label_horizon=chosen["label_horizon"])
+        config = RankerConfig(tower_score_weight=chosen["tower_score_weight"])
     data = load_movielens(name, data_dir)
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
@@ -73,7 +78,7 @@ def two_stage(
     tower_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ranker_metrics = train_ranker_job(
-        tower_dir, train, work / f"{name}-ranker", options=options,
+        tower_dir, train, work / f"{name}-ranker", config=config, options=options,
         negatives_per_impression=negatives, holdout=holdout,
     )  # fmt: skip
     ranker_seconds = time.perf_counter() - start
@@ -95,7 +100,7 @@ def two_stage(
     examples = candidate_examples(
         users, [histories[u] for u in users], candidates, split.train, times, 50
     )
-    logits = predict(ranker, examples, train.users)["logit"]
+    logits = predict(ranker, examples, train.users)["serving_logit"]
     gains_by_user = test.groupby("user_id").apply(
         lambda f: dict(zip(f["item_id"].astype(str), f["rating"].astype(float), strict=True))
     )
@@ -127,7 +132,8 @@ def two_stage(
         "ranker_train_seconds": round(ranker_seconds, 1),
         "ranker": ranker_metrics,
         "label_horizon": options.label_horizon,
-        "label_horizon_validation": chosen,
+        "tower_score_weight": config.tower_score_weight,
+        "serving_validation": chosen,
     }  # fmt: skip
     c, r = out["candidate_order"]["ndcg@10"], out["ranked_order"]["ndcg@10"]
     out["ndcg_relative_gain"] = round((r - c) / c, 4) if c else None
@@ -135,18 +141,32 @@ def two_stage(
     return out
 
 
-def choose_label_horizon(
-    name: str, data_dir: str | None, options: RankerOptions, horizons: tuple[int, ...]
+def choose_settings(
+    name: str,
+    data_dir: str | None,
+    options: RankerOptions,
+    horizons: tuple[int, ...],
+    weights: tuple[float, ...],
 ) -> dict:
-    """The impression label horizon with the best two-stage NDCG@10 gain on a temporal-user-20
-    split carved from the train split (``tune_ranker.two_stage`` with validation), so the test
-    split is never seen."""
+    """The impression label horizon and tower-score weight with the best two-stage NDCG@10 gain
+    on a temporal-user-20 split carved from the train split (``tune_ranker.two_stage`` with
+    validation), so the test split is never seen. One ranker per horizon; the weights are
+    applied to its logits after training."""
+    horizons, weights = horizons or (options.label_horizon,), weights or (0.0,)
     configs = [[{}, {**asdict(options), "label_horizon": h}] for h in horizons]
-    rows = tune_two_stage(name, configs, validation=True, data_dir=data_dir)
-    gains = {h: row["relative_gain"] for h, row in zip(horizons, rows, strict=True)}
-    best = max(horizons, key=lambda h: gains[h])
-    log.info("%s: label horizon %d (validation NDCG@10 gains %s)", name, best, gains)
-    return {"label_horizon": best, "validation_ndcg_gain_by_horizon": gains}
+    rows = tune_two_stage(name, configs, validation=True, data_dir=data_dir, weights=weights)
+    gains = {
+        h: dict(row["relative_gain_by_tower_score_weight"])
+        for h, row in zip(horizons, rows, strict=True)
+    }
+    best = max(((h, w) for h in gains for w in gains[h]), key=lambda hw: gains[hw[0]][hw[1]])
+    log.info("%s: label horizon %d, tower-score weight %g (validation NDCG@10 gains %s)",
+             name, *best, gains)  # fmt: skip
+    return {
+        "label_horizon": best[0],
+        "tower_score_weight": best[1],
+        "validation_ndcg_gain_by_horizon_and_weight": gains,
+    }
 
 
 # The rating preset: the rated bag over the user's last 200 ratings and a cosine learning rate,
@@ -247,6 +267,10 @@ def main() -> None:
         "--label-horizons", type=int, nargs="+", default=list(LABEL_HORIZONS),
         help="impression label horizons to choose from per dataset on validation (one: use it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tower-score-weights", type=float, nargs="+", default=list(TOWER_SCORE_WEIGHTS),
+        help="weights of the generator's score in the served score, chosen likewise",
+    )  # fmt: skip
     parser.add_argument("--negatives", type=int, help="negatives kept per impression")
     parser.add_argument(
         "--holdout", action="store_true", help="impressions from a holdout tower (stacking)"
@@ -259,13 +283,15 @@ def main() -> None:
         "ranker_options": options.__dict__,
         "negatives_per_impression": args.negatives,
         "label_horizons": args.label_horizons,
+        "tower_score_weights": args.tower_score_weights,
         "holdout": args.holdout,
     }
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
             run = partial(two_stage, data_dir=args.data_dir, work=Path(tmp), options=options,
                           negatives=args.negatives, holdout=args.holdout,
-                          horizons=tuple(args.label_horizons))  # fmt: skip
+                          horizons=tuple(args.label_horizons),
+                          weights=tuple(args.tower_score_weights))  # fmt: skip
             payload["two_stage"] = [run(name) for name in args.datasets]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir)

@@ -123,18 +123,24 @@ def ranking() -> None:
     """Tables for ranking.json."""
     data = json.loads((RESULTS.parent / "ranking.json").read_text())
     print(f"**two-stage, temporal-user-20** (100 candidates; {_part_line(data, 'two_stage')})\n")
-    print("| dataset | order | NDCG@10 (gain = rating) | weighted pairwise loss | label horizon "
-          "(validation gain by horizon) |\n|---|---|---|---|---|")  # fmt: skip
+    print("| dataset | order | NDCG@10 (gain = rating) | weighted pairwise loss | label horizon, "
+          "tower-score weight (validation gain; at 1, 0) |\n|---|---|---|---|---|")  # fmt: skip
     for r in data["two_stage"]:
-        chosen = r.get("label_horizon_validation") or {}
-        by_h = ", ".join(f"{h}: {g:+.1%}" for h, g in
-                         chosen.get("validation_ndcg_gain_by_horizon", {}).items())  # fmt: skip
-        horizon = f"{r.get('label_horizon', 1)}" + (f" ({by_h})" if by_h else "")
+        h, w = r.get("label_horizon", 1), r.get("tower_score_weight", 0.0)
+        settings = f"{h}, {w:g}"
+        gains = (r.get("serving_validation") or {}).get(
+            "validation_ndcg_gain_by_horizon_and_weight"
+        )
+        if gains:
+            paper = gains.get("1", {}).get("0.0")
+            settings += f" ({gains[str(h)][str(float(w))]:+.1%}" + (
+                f"; {paper:+.1%})" if paper is not None else ")"
+            )
         for order in ("candidate_order", "ranked_order"):
             m = r[order]
             print(f"| {r['dataset']} | {order.split('_')[0]} | {m['ndcg@10']:.4f} | "
                   f"{m['weighted_pairwise_loss']:.4f} | "
-                  f"{horizon if order == 'ranked_order' else ''} |")  # fmt: skip
+                  f"{settings if order == 'ranked_order' else ''} |")  # fmt: skip
     small = data["ratings"]["ml-latest-small random-80-20"]
     folds = data["ratings"]["ml-100k folds"]
     print(f"\n**rating error** ({_part_line(data, 'ratings')})\n")

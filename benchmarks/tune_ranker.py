@@ -6,7 +6,9 @@ temporal-user-20's train split (with ``--validation``: on the train part of a se
 temporal-user-20 split carved from that train split, evaluated on its tail, so the test split is
 never seen), simulates impressions once, then trains and evaluates one ranker per setting.
 Without ``--validation`` it evaluates on the test split: a diagnostic, never used to pick
-defaults.
+defaults. Each ranker is also scored with every weight of ``TOWER_SCORE_WEIGHTS`` on the
+generator's score (``RankerConfig.tower_score_weight``, applied after training, so one ranker
+serves them all): ``relative_gain_by_tower_score_weight``.
 
 Rating (``rating CONFIGS``): a second seeded 80/20 split inside random-80-20's train part
 (ml-latest-small), one rating-head-only ranker per setting, validation MSE.
@@ -42,9 +44,27 @@ from towers.splits import chronological, make_split, random_80_20
 from towers.train import save_artefact, train_tower
 
 log = logging.getLogger("tune_ranker")
+# Weights of the generator's score in the served score (logit + weight * tower score).
+TOWER_SCORE_WEIGHTS = (0.0, 0.2, 0.5, 1.0, 2.0)
 
 
-def two_stage(dataset: str, configs: list, validation: bool, data_dir: str | None) -> list[dict]:
+def _ndcg(rows, users: list, gains: dict, scores: np.ndarray) -> float:
+    """Mean graded NDCG@10 of each user's candidates (``rows.group``) ordered by ``scores``."""
+    out = []
+    for g, user in enumerate(users):
+        sel = np.flatnonzero(rows.group == g)
+        order = np.argsort(-scores[sel], kind="stable")
+        out.append(graded_ndcg([str(rows.item_id[sel][j]) for j in order], gains[user]))
+    return float(np.mean(out))
+
+
+def two_stage(
+    dataset: str,
+    configs: list,
+    validation: bool,
+    data_dir: str | None,
+    weights: tuple[float, ...] = TOWER_SCORE_WEIGHTS,
+) -> list[dict]:
     data = load_movielens(dataset, data_dir)
     if validation:
         data = data.with_interactions(make_split(data.interactions, "temporal-user-20").train)
@@ -80,20 +100,20 @@ def two_stage(dataset: str, configs: list, validation: bool, data_dir: str | Non
                 examples[horizon], retriever.index.item_ids, train.items, config, options,
                 train.users,
             )  # fmt: skip
-            logits = predict(ranker, rows, train.users)["logit"]
-            cand, ranked = [], []
-            for g, user in enumerate(users):
-                sel = np.flatnonzero(rows.group == g)
-                items = [str(i) for i in rows.item_id[sel]]
-                cand.append(graded_ndcg(items, gains[user]))
-                order = np.argsort(-logits[sel], kind="stable")
-                ranked.append(graded_ndcg([items[j] for j in order], gains[user]))
-            c, r = float(np.mean(cand)), float(np.mean(ranked))
+            scores = predict(ranker, rows, train.users)
+            tower_scores = rows.numeric["tower_score"]
+            c = _ndcg(rows, users, gains, -rows.numeric["tower_rank"])
+            r = _ndcg(rows, users, gains, scores["serving_logit"])
+            by_weight = {
+                w: round((_ndcg(rows, users, gains, scores["logit"] + w * tower_scores) - c) / c, 4)
+                for w in weights
+            }
             out.append({
                 "sweep": "two-stage", "dataset": dataset, "split": "validation" if validation
                 else "test (diagnostic)", "config": overrides, "options": option_overrides,
                 "candidate_ndcg@10": round(c, 4), "ranked_ndcg@10": round(r, 4),
                 "relative_gain": round((r - c) / c, 4), "loss": metrics["loss"],
+                "relative_gain_by_tower_score_weight": by_weight,
                 "seconds": round(time.perf_counter() - start, 1),
             })  # fmt: skip
             log.info("%s", out[-1])

@@ -7,8 +7,9 @@
                and ``gender``, ``occupation``, ``zip_prefix`` for models with demographics;
                for rankers with a rated bag (``RankerConfig.rated_bag``) also
                ``history_rating`` (float ``[batch, n]``, each history item's rating).
-               Outputs ``score`` (``exp(logit)``, the serving score), ``logit``, ``rating`` and
-               ``model_version``.
+               Outputs ``score`` (``exp(logit)``, the serving score), ``logit`` (the serving
+               logit: the ranking head plus ``tower_score_weight`` times ``tower_score``),
+               ``rating`` and ``model_version``.
 ``two_stage``  one call does both stages: the query tower, brute-force retrieval of
                ``num_candidates`` unseen items, the ranker over them, and the top ``k``.
                Inputs: the retrieval models' (``history`` and, with demographics, ``age``,
@@ -66,8 +67,8 @@ class _RankerModule(tf.Module):
             inputs["history_rating"] = _unknown_if_negative(request["history_rating"])
         out = self.ranker(inputs)
         return {
-            "score": tf.exp(out["logit"]),
-            "logit": out["logit"],
+            "score": tf.exp(out["serving_logit"]),
+            "logit": out["serving_logit"],
             "rating": out["rating"],
             "model_version": tf.fill([tf.shape(out["logit"])[0]], self.version),
         }
@@ -124,7 +125,7 @@ class _TwoStageModule(_BruteForceModule):
         }
         for col in self.ranker.demographic_vocabularies:
             inputs[col] = per_row(request[col])
-        logits = tf.reshape(self.ranker(inputs)["logit"], [batch, n])
+        logits = tf.reshape(self.ranker(inputs)["serving_logit"], [batch, n])
         logits = tf.where(ids == "", float("-inf"), logits)
         top = tf.math.top_k(logits, k=tf.minimum(self.final_k, n))
         valid = top.values > float("-inf")

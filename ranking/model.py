@@ -16,7 +16,11 @@ vector (index 0 of each table stays zero). Two heads share the embeddings:
 
 * **ranking**: a ReLU tower to one logit, trained by weighted logistic regression (positives
   weighted by rating, negatives by 1) and served as ``exp(logit)``, the paper's expected-watch-time
-  trick (here: expected rating-weighted watch odds);
+  trick (here: expected rating-weighted watch odds). With ``tower_score_weight = beta > 0`` the
+  served score is ``exp(logit + beta * tower_score)``: the ranker's odds times the generator's
+  softmax probability to the power ``beta`` (a product of experts). ``beta`` is applied after
+  training only (the head is trained alone), because the generator's in-sample scores, on the
+  events it was trained on, are more confident than its scores on new events;
 * **rating**: a ReLU tower to ``0.5 + 5 * sigmoid(z)``, trained by squared error on known ratings.
   With ``rated_bag`` it also sees how the user rated their history: ``sum_j (r_j - mean r) y_j /
   sqrt(n)`` over the rated history items, from a second item table ``y`` (the user factor of
@@ -62,6 +66,9 @@ class RankerConfig:
         Give the rating head the rating-weighted history bag (input ``history_rating``, aligned
         with ``history``, NaN where unknown). Off by default: the served ranker ranks, and
         the two-stage benchmark measured it without.
+    tower_score_weight : float
+        ``beta >= 0`` of the served score ``exp(logit + beta * tower_score)``; not used in
+        training. 0 (the default) serves the ranking head alone, as the paper does.
     """
 
     hidden_units: tuple[int, ...] = (256, 128, 64)
@@ -72,6 +79,13 @@ class RankerConfig:
     rating_weight: float = 1.0
     num_quantiles: int = 100
     rated_bag: bool = False
+    tower_score_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.tower_score_weight) and self.tower_score_weight >= 0):
+            raise ValueError(
+                f"tower_score_weight must be a finite number >= 0, got {self.tower_score_weight}"
+            )
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -191,7 +205,9 @@ class Ranker(keras.Model):
         return tf.reduce_sum(vectors * deviation[..., None], 1) / tf.sqrt(tf.maximum(count, 1.0))
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict:
-        """``{"logit": [B], "rating": [B]}`` from raw inputs (see :func:`ranking.train.inputs`)."""
+        """``{"logit", "serving_logit", "rating"}``, each ``[B]``, from raw inputs (see
+        :func:`ranking.train.ranker_inputs`). ``logit`` is the trained ranking head;
+        ``serving_logit`` adds ``tower_score_weight * tower_score`` (:class:`RankerConfig`)."""
         item = self.item_lookup(tf.reshape(tf.convert_to_tensor(inputs["item_id"]), [-1]))
         history = self.item_lookup(tf.convert_to_tensor(inputs["history"]))
         known = tf.cast(history >= 2, tf.float32)[..., None]
@@ -231,7 +247,19 @@ class Ranker(keras.Model):
             r = layer(r)
         low, high = RATING_RANGE
         z = self.rating_out(r)[:, 0] + self.item_bias(item)[:, 0] * tf.cast(item >= 2, tf.float32)
-        return {"logit": self.rank_out(x)[:, 0], "rating": low + (high - low) * tf.sigmoid(z)}
+        logit = self.rank_out(x)[:, 0]
+        return {
+            "logit": logit,
+            "serving_logit": self.serving_logit(logit, inputs["tower_score"]),
+            "rating": low + (high - low) * tf.sigmoid(z),
+        }
+
+    def serving_logit(self, logit: tf.Tensor, tower_score) -> tf.Tensor:
+        """``logit + tower_score_weight * tower_score`` (``logit`` alone at weight 0)."""
+        beta = self.config.tower_score_weight
+        if not beta:
+            return logit
+        return logit + beta * tf.reshape(tf.cast(tower_score, tf.float32), [-1])
 
     def get_config(self) -> dict:
         return {"ranker": self.config.to_dict(), "num_items": len(self.item_ids)}

@@ -231,14 +231,13 @@ def candidate_examples(
 
 
 def predict(ranker, examples: RankingExamples, users: pd.DataFrame | None = None) -> dict:
-    """``{"logit", "rating"}`` arrays for ``examples``, in batches."""
+    """``{"logit", "serving_logit", "rating"}`` arrays for ``examples``, in batches."""
     inputs = ranker_inputs(
         examples, UserFeatures.from_frame(users), ratings=ranker.rated_embedding is not None
     )
-    logits, ratings = [], []
+    parts: dict[str, list[np.ndarray]] = {"logit": [], "serving_logit": [], "rating": []}
     for start in range(0, len(examples), 8192):
-        part = {k: v[start : start + 8192] for k, v in inputs.items()}
-        out = ranker(part)
-        logits.append(out["logit"].numpy())
-        ratings.append(out["rating"].numpy())
-    return {"logit": np.concatenate(logits), "rating": np.concatenate(ratings)}
+        out = ranker({k: v[start : start + 8192] for k, v in inputs.items()})
+        for name, values in parts.items():
+            values.append(out[name].numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}

@@ -140,10 +140,12 @@ class RankScorer:
     def __call__(
         self, inputs: Mapping[str, np.ndarray], rating: bool = True
     ) -> dict[str, np.ndarray]:
-        """``{"logit", "rating"}`` for the raw input dict of :func:`ranking.train.ranker_inputs`
-        (one row per candidate; ``history``, and ``history_rating`` aligned with it, may be a
-        single row shared by every candidate; without ``history_rating`` no rating is known).
-        ``rating=False`` skips the rating head (ranking needs only the logit)."""
+        """``{"logit", "serving_logit", "rating"}`` for the raw input dict of
+        :func:`ranking.train.ranker_inputs` (one row per candidate; ``history``, and
+        ``history_rating`` aligned with it, may be a single row shared by every candidate;
+        without ``history_rating`` no rating is known). ``serving_logit`` is
+        :meth:`ranking.model.Ranker.serving_logit`. ``rating=False`` skips the rating head
+        (ranking needs only the logits)."""
         item = self.positions(inputs["item_id"])
         n = len(item)
         history = self.positions(inputs["history"])
@@ -180,8 +182,12 @@ class RankScorer:
             x = x @ kernel + bias
             if relu:
                 x = np.maximum(x, 0.0)
+        logits = {"logit": x[:, 0], "serving_logit": x[:, 0]}
+        if self.config.tower_score_weight:
+            score = np.asarray(inputs["tower_score"], np.float32).ravel()
+            logits["serving_logit"] = x[:, 0] + self.config.tower_score_weight * score
         if not rating:
-            return {"logit": x[:, 0]}
+            return logits
         r = shared.astype(np.float32)
         if self._rated is not None:
             rated_bag = self._rated_bag(history, inputs.get("history_rating"))
@@ -195,4 +201,4 @@ class RankScorer:
                 r = np.maximum(r, 0.0)
         low, high = RATING_RANGE
         z = r[:, 0] + self._bias[item]
-        return {"logit": x[:, 0], "rating": low + (high - low) / (1.0 + np.exp(-z))}
+        return {**logits, "rating": low + (high - low) / (1.0 + np.exp(-z))}

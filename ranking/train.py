@@ -55,18 +55,21 @@ class RankerOptions:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
-# The impression label horizon that benchmarks/ranking.py picked for each MovieLens dataset on a
-# temporal-user-20 split carved from train (results/ranking.json, label_horizon_validation):
-# 30 on ml-latest-small (validation NDCG@10 gain +7.4 % against -0.5 % at 1), 1 on ml-100k
-# (+2.6 % against -8.3 % at 30).
+# The serving settings benchmarks/ranking.py picked for each MovieLens dataset on a
+# temporal-user-20 split carved from train (results/ranking.json, ``serving_validation``): the
+# impression label horizon and the weight of the generator's score in the served score.
 VALIDATED_LABEL_HORIZONS = {"ml-latest-small": 30, "ml-100k": 1}
+VALIDATED_TOWER_SCORE_WEIGHTS = {"ml-latest-small": 0.0, "ml-100k": 0.0}
 
 
-def validated_options(dataset: str | None) -> RankerOptions:
-    """Ranker training options with the label horizon validated for ``dataset`` (the
-    default, the paper's next watch, for any other data)."""
-    horizon = VALIDATED_LABEL_HORIZONS.get(dataset or "", RankerOptions().label_horizon)
-    return RankerOptions(label_horizon=horizon)
+def validated_settings(dataset: str | None) -> tuple[RankerConfig, RankerOptions]:
+    """The ranker configuration and training options validated for ``dataset`` (label horizon
+    and tower-score weight); the defaults (the paper's next watch, the head alone) for any
+    other data."""
+    name = dataset or ""
+    config = RankerConfig(tower_score_weight=VALIDATED_TOWER_SCORE_WEIGHTS.get(name, 0.0))
+    horizon = VALIDATED_LABEL_HORIZONS.get(name, RankerOptions().label_horizon)
+    return config, RankerOptions(label_horizon=horizon)
 
 
 def learning_rate(

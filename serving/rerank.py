@@ -4,7 +4,9 @@
 it knows about the query (history, rating count and mean, time of the last event, demographics).
 The ranker's features are built exactly as in training (``ranking.impressions``), except that no
 impressions are logged offline, so previous impressions are 0. Items are returned by
-``exp(logit)``, the paper's serving score (Covington et al. 2016, Sec. 4.2).
+``exp(logit)``, the paper's serving score (Covington et al. 2016, Sec. 4.2), where the logit is
+the ranker's serving logit (:meth:`ranking.model.Ranker.serving_logit`: the ranking head plus
+``tower_score_weight`` times the generator's score).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Reranker:
         k: int,
     ) -> tuple[list[str], list[float]]:
         """The top ``k`` of ``item_ids`` (in the generator's order, with its ``scores``) by
-        ranker score ``exp(logit)``."""
+        ranker score ``exp(serving logit)``."""
         n = len(item_ids)
         if n == 0:
             return [], []
@@ -80,6 +82,6 @@ class Reranker:
         if self.has_demographics:
             for col in DEMOGRAPHIC_COLUMNS:
                 inputs[col] = np.full(n, str(features.get(col) or ""), dtype=object)
-        logits = self.scorer(inputs, rating=False)["logit"]
+        logits = self.scorer(inputs, rating=False)["serving_logit"]
         order = np.argsort(-logits, kind="stable")[:k]
         return [str(item_ids[j]) for j in order], [float(np.exp(logits[j])) for j in order]

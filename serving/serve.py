@@ -68,9 +68,9 @@ def api_key(home: Path) -> tuple[str, str]:
 
 def train_first_model(registry: Registry, source: DataSource) -> Path:
     """Train the benchmark tower and its ranker on ``source``, publish and promote them (the
-    ranker with the label horizon validated for a MovieLens dataset)."""
+    ranker with the settings validated for a MovieLens dataset)."""
     from ranking.pipeline import train_ranker_for_artefact
-    from ranking.train import validated_options
+    from ranking.train import validated_settings
     from towers.pipeline import train_candidates
     from towers.presets import benchmark_config, benchmark_options
 
@@ -79,9 +79,10 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
         log.info("no model yet: training the benchmark configuration into %s", staging)
         options = replace(benchmark_options(), verbose=0)  # no progress bars in service logs
         train_candidates(source, staging, benchmark_config(), options)
-        ranker_options = validated_options(source.dataset)
-        log.info("training the ranker (label horizon %d)", ranker_options.label_horizon)
-        train_ranker_for_artefact(source, staging, options=ranker_options)
+        ranker_config, ranker_options = validated_settings(source.dataset)
+        log.info("training the ranker (label horizon %d, tower-score weight %g)",
+                 ranker_options.label_horizon, ranker_config.tower_score_weight)  # fmt: skip
+        train_ranker_for_artefact(source, staging, config=ranker_config, options=ranker_options)
         path = registry.publish(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

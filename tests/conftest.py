@@ -87,7 +87,8 @@ def planted_artefact(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
-    """A copy of ``planted_artefact`` with a ranker trained for it in ``ranker/``."""
+    """A copy of ``planted_artefact`` with a ranker trained for it in ``ranker/`` (serving
+    ``logit + 0.5 * tower_score``, so every consumer's test covers the blend)."""
     import shutil
 
     from ranking.model import RankerConfig
@@ -99,7 +100,7 @@ def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
     train_ranker_job(
         copy, planted_dataset(), copy / "ranker",
         RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10,
-                     rated_bag=True),
+                     rated_bag=True, tower_score_weight=0.5),
         RankerOptions(epochs=5, batch_size=64), num_candidates=5, events_per_user=None,
         holdout=False,
     )  # fmt: skip

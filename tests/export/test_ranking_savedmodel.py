@@ -87,6 +87,7 @@ def test_ranker_savedmodel_equals_the_numpy_scorer(planted_ranked_artefact, outp
     for name in ("time_since_last", "user_mean", "history_rating"):
         inputs[name] = np.where(inputs[name] < 0, np.nan, inputs[name]).astype(np.float32)
     want = scorer(inputs)
-    np.testing.assert_allclose(got["ranker"]["logit"], want["logit"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(got["ranker"]["score"], np.exp(want["logit"]), rtol=1e-4)
+    assert scorer.config.tower_score_weight == 0.5  # the served logit is the blend
+    np.testing.assert_allclose(got["ranker"]["logit"], want["serving_logit"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["ranker"]["score"], np.exp(want["serving_logit"]), rtol=1e-4)
     np.testing.assert_allclose(got["ranker"]["rating"], want["rating"], rtol=1e-4)

@@ -188,7 +188,31 @@ def test_the_numpy_scorer_equals_the_keras_ranker_with_a_rated_bag():
     np.testing.assert_allclose(scorer(inputs)["rating"], predict(ranker, ex)["rating"], rtol=1e-4)
 
 
-def test_bad_ranker_options_name_the_option():
+def test_a_tower_score_weight_adds_the_generator_score_to_the_served_logit(trained, tmp_path):
+    from ranking.train import load_rank_scorer, ranker_inputs
+
+    ranker, metrics = trained
+    directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
+    meta = json.loads((directory / "config.json").read_text())
+    meta["ranker"]["tower_score_weight"] = 0.5
+    (directory / "config.json").write_text(json.dumps(meta))
+    ex = planted(2)  # tower scores -1, -2, -1, -2
+    plain, blended = predict(ranker, ex), predict(load_ranker(directory), ex)
+    np.testing.assert_array_equal(plain["serving_logit"], plain["logit"])
+    np.testing.assert_allclose(blended["logit"], plain["logit"], rtol=1e-6)
+    np.testing.assert_allclose(
+        blended["serving_logit"], plain["logit"] + 0.5 * np.array([-1, -2, -1, -2]), rtol=1e-5
+    )
+    scorer, _ = load_rank_scorer(directory)
+    got = scorer(ranker_inputs(ex), rating=False)
+    np.testing.assert_allclose(got["serving_logit"], blended["serving_logit"], rtol=1e-4)
+    assert ranker_settings(directory)[0].tower_score_weight == 0.5
+
+
+def test_bad_ranker_settings_name_the_setting():
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tower_score_weight"):
+            RankerConfig(tower_score_weight=bad)
     with pytest.raises(ValueError, match="label_horizon"):
         RankerOptions(label_horizon=0)
     with pytest.raises(ValueError, match="schedule"):

@@ -103,14 +103,13 @@ def test_the_old_model_is_freed_after_a_swap(planted_artefact):
     assert old() is None, "the swapped-out model is still alive (frozen or referenced)"
 
 
-@pytest.mark.parametrize(
-    ("dataset", "horizon"), [("ml-latest-small", 30), ("ml-100k", 1), (None, 1)]
-)
-def test_the_first_model_trains_its_ranker_with_the_validated_label_horizon(
-    tmp_path, monkeypatch, dataset, horizon
+@pytest.mark.parametrize("dataset", ["ml-latest-small", "ml-100k", None])
+def test_the_first_model_trains_its_ranker_with_the_validated_settings(
+    tmp_path, monkeypatch, dataset
 ):
     import ranking.pipeline
     import towers.pipeline
+    from ranking.train import VALIDATED_LABEL_HORIZONS, VALIDATED_TOWER_SCORE_WEIGHTS
     from serving.serve import train_first_model
 
     seen = {}
@@ -119,12 +118,13 @@ def test_the_first_model_trains_its_ranker_with_the_validated_label_horizon(
         _fake_artefact(output, "v1")
 
     def fake_ranker(source, artefact, output=None, config=None, options=None):
-        seen["options"] = options
+        seen["config"], seen["options"] = config, options
 
     monkeypatch.setattr(towers.pipeline, "train_candidates", fake_candidates)
     monkeypatch.setattr(ranking.pipeline, "train_ranker_for_artefact", fake_ranker)
     registry = Registry(tmp_path / "models")
     source = DataSource(dataset=dataset, interactions=None if dataset else "log.csv")
     train_first_model(registry, source)
-    assert seen["options"].label_horizon == horizon
+    assert seen["options"].label_horizon == VALIDATED_LABEL_HORIZONS.get(dataset, 1)
+    assert seen["config"].tower_score_weight == VALIDATED_TOWER_SCORE_WEIGHTS.get(dataset, 0.0)
     assert registry.current() is not None
