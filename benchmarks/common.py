@@ -110,7 +110,8 @@ def serving_artefact(
 ) -> Path:
     """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
     serve), trained once and cached at ``artefacts/bench-ml-latest-small``; with ``ranker``,
-    also its ranker (``nextwatch train-ranker`` defaults). Another ``seed`` gives another
+    also its ranker, with the settings ``nextwatch serve`` trains it with
+    (:func:`ranking.train.validated_settings`). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
@@ -127,8 +128,12 @@ def serving_artefact(
         train_candidates(DataSource("ml-latest-small", data_dir), path, benchmark_config(), options)
     if ranker and not (path / "ranker" / "config.json").exists():
         from ranking.pipeline import train_ranker_for_artefact
+        from ranking.train import validated_settings
 
-        train_ranker_for_artefact(DataSource("ml-latest-small", data_dir), path)
+        rank_config, rank_options = validated_settings("ml-latest-small")
+        train_ranker_for_artefact(
+            DataSource("ml-latest-small", data_dir), path, config=rank_config, options=rank_options
+        )
     add_serving_arrays(path)
     return path
 
