@@ -165,8 +165,11 @@ def test_train_ranker_flags_reach_the_config_and_options():
 
     parser = build_parser()
     args = parser.parse_args(["train-ranker", "--artefact", "a", "--rated-bag", "--max-history",
-                              "200", "--schedule", "cosine", "--label-horizon", "30"])  # fmt: skip
-    assert _build(RankerConfig, args) == RankerConfig(rated_bag=True, max_history=200)
+                              "200", "--schedule", "cosine", "--label-horizon", "30",
+                              "--tower-score-weight", "0.2"])  # fmt: skip
+    assert _build(RankerConfig, args) == RankerConfig(
+        rated_bag=True, max_history=200, tower_score_weight=0.2
+    )
     assert _build(RankerOptions, args) == RankerOptions(schedule="cosine", label_horizon=30)
     plain = parser.parse_args(["train-ranker", "--artefact", "a"])
     assert _build(RankerConfig, plain) == RankerConfig()
