@@ -73,16 +73,16 @@ def two_stage(
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
     start = time.perf_counter()
-    result = train_tower(train, benchmark_config(), benchmark_options())
-    tower_dir = save_artefact(result, work / f"{name}-tower", data=train)
+    result = train_tower(train, benchmark_config(), benchmark_options(seed=options.seed))
+    tower_dir = save_artefact(result, work / f"{name}-{options.seed}-tower", data=train)
     tower_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ranker_metrics = train_ranker_job(
-        tower_dir, train, work / f"{name}-ranker", config=config, options=options,
+        tower_dir, train, work / f"{name}-{options.seed}-ranker", config=config, options=options,
         negatives_per_impression=negatives, holdout=holdout,
     )  # fmt: skip
     ranker_seconds = time.perf_counter() - start
-    ranker = load_ranker(work / f"{name}-ranker")
+    ranker = load_ranker(work / f"{name}-{options.seed}-ranker")
 
     test = split.test
     first_test = test.groupby("user_id")["timestamp"].min()
@@ -131,6 +131,7 @@ def two_stage(
         "tower_train_seconds": round(tower_seconds, 1),
         "ranker_train_seconds": round(ranker_seconds, 1),
         "ranker": ranker_metrics,
+        "seed": options.seed,
         "label_horizon": options.label_horizon,
         "tower_score_weight": config.tower_score_weight,
         "serving_validation": chosen,
@@ -271,6 +272,10 @@ def main() -> None:
         "--tower-score-weights", type=float, nargs="+", default=list(TOWER_SCORE_WEIGHTS),
         help="weights of the generator's score in the served score, chosen likewise",
     )  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0],
+        help="two-stage: one run per seed (the tower's and the ranker's), each a row",
+    )  # fmt: skip
     parser.add_argument("--negatives", type=int, help="negatives kept per impression")
     parser.add_argument(
         "--holdout", action="store_true", help="impressions from a holdout tower (stacking)"
@@ -292,7 +297,11 @@ def main() -> None:
                           negatives=args.negatives, holdout=args.holdout,
                           horizons=tuple(args.label_horizons),
                           weights=tuple(args.tower_score_weights))  # fmt: skip
-            payload["two_stage"] = [run(name) for name in args.datasets]
+            payload["two_stage"] = [
+                run(name, options=replace(options, seed=seed))
+                for name in args.datasets
+                for seed in args.seeds
+            ]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir)
     if args.only and (args.output is None or Path(args.output).exists()):
