@@ -48,13 +48,12 @@ log = logging.getLogger("tune_ranker")
 TOWER_SCORE_WEIGHTS = (0.0, 0.2, 0.5, 1.0, 2.0)
 
 
-def _ndcg(rows, users: list, gains: dict, scores: np.ndarray) -> float:
-    """Mean graded NDCG@10 of each user's candidates (``rows.group``) ordered by ``scores``."""
+def _ndcg(items: list, users: list, gains: dict, scores: list) -> float:
+    """Mean graded NDCG@10 of each user's candidate ``items`` ordered by their ``scores``."""
     out = []
-    for g, user in enumerate(users):
-        sel = np.flatnonzero(rows.group == g)
-        order = np.argsort(-scores[sel], kind="stable")
-        out.append(graded_ndcg([str(rows.item_id[sel][j]) for j in order], gains[user]))
+    for user_items, user, user_scores in zip(items, users, scores, strict=True):
+        order = np.argsort(-user_scores, kind="stable")
+        out.append(graded_ndcg([user_items[j] for j in order], gains[user]))
     return float(np.mean(out))
 
 
@@ -86,10 +85,16 @@ def two_stage(
         shown = retrieve(padded, [set(history[u]) for u in users], times,
                          np.asarray(users, dtype=object))  # fmt: skip
         rows = candidate_examples(users, [history[u] for u in users], shown, split.train, times, 50)
+        groups = [np.flatnonzero(rows.group == g) for g in range(len(users))]
+        items = [[str(i) for i in rows.item_id[sel]] for sel in groups]
         gains = {
             u: dict(zip(f["item_id"].astype(str), f["rating"].astype(float), strict=True))
             for u, f in split.test.groupby("user_id")
         }
+
+        def ndcg(values: np.ndarray) -> float:
+            return _ndcg(items, users, gains, [values[sel] for sel in groups])
+
         for overrides, option_overrides in configs:
             start = time.perf_counter()
             config, options = RankerConfig(**overrides), RankerOptions(**option_overrides)
@@ -102,11 +107,10 @@ def two_stage(
             )  # fmt: skip
             scores = predict(ranker, rows, train.users)
             tower_scores = rows.numeric["tower_score"]
-            c = _ndcg(rows, users, gains, -rows.numeric["tower_rank"])
-            r = _ndcg(rows, users, gains, scores["serving_logit"])
+
+            c, r = ndcg(-rows.numeric["tower_rank"]), ndcg(scores["serving_logit"])
             by_weight = {
-                w: round((_ndcg(rows, users, gains, scores["logit"] + w * tower_scores) - c) / c, 4)
-                for w in weights
+                w: round((ndcg(scores["logit"] + w * tower_scores) - c) / c, 4) for w in weights
             }
             out.append({
                 "sweep": "two-stage", "dataset": dataset, "split": "validation" if validation
