@@ -61,14 +61,12 @@ def two_stage(
     options: RankerOptions,
     negatives: int | None,
     holdout: bool = False,
-    horizons: tuple[int, ...] = (),
-    weights: tuple[float, ...] = (),
+    tower_score_weight: float = 0.0,
+    chosen: dict | None = None,
 ) -> dict:
-    chosen, config = None, RankerConfig(tower_score_weight=weights[0] if weights else 0.0)
-    if len(horizons) > 1 or len(weights) > 1:
-        chosen = choose_settings(name, data_dir, options, horizons, weights)
-        options = replace(options, label_horizon=chosen["label_horizon"])
-        config = RankerConfig(tower_score_weight=chosen["tower_score_weight"])
+    """One two-stage run at ``options`` (its seed, label horizon) and ``tower_score_weight``;
+    ``chosen`` is the validation choice (:func:`choose_settings`) they came from, recorded."""
+    config = RankerConfig(tower_score_weight=tower_score_weight)
     data = load_movielens(name, data_dir)
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
@@ -274,7 +272,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0],
-        help="two-stage: one run per seed (the tower's and the ranker's), each a row",
+        help="two-stage: one run per seed (the tower's and the ranker's), each a row; the "
+        "settings are chosen once per dataset",
     )  # fmt: skip
     parser.add_argument("--negatives", type=int, help="negatives kept per impression")
     parser.add_argument(
@@ -293,15 +292,27 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
-            run = partial(two_stage, data_dir=args.data_dir, work=Path(tmp), options=options,
-                          negatives=args.negatives, holdout=args.holdout,
-                          horizons=tuple(args.label_horizons),
-                          weights=tuple(args.tower_score_weights))  # fmt: skip
-            payload["two_stage"] = [
-                run(name, options=replace(options, seed=seed))
-                for name in args.datasets
-                for seed in args.seeds
-            ]
+            run = partial(two_stage, data_dir=args.data_dir, work=Path(tmp),
+                          negatives=args.negatives, holdout=args.holdout)  # fmt: skip
+            payload["two_stage"] = []
+            for name in args.datasets:
+                chosen, weight = None, args.tower_score_weights[0]
+                if len(args.label_horizons) > 1 or len(args.tower_score_weights) > 1:
+                    # Chosen once per dataset, on validation; every seed runs the choice.
+                    chosen = choose_settings(name, args.data_dir, options,
+                                             tuple(args.label_horizons),
+                                             tuple(args.tower_score_weights))  # fmt: skip
+                    weight = chosen["tower_score_weight"]
+                horizon = chosen["label_horizon"] if chosen else options.label_horizon
+                payload["two_stage"] += [
+                    run(
+                        name,
+                        options=replace(options, seed=seed, label_horizon=horizon),
+                        tower_score_weight=weight,
+                        chosen=chosen,
+                    )
+                    for seed in args.seeds
+                ]
         if args.only in (None, "ratings"):
             payload["ratings"] = ratings(args.data_dir)
     if args.only and (args.output is None or Path(args.output).exists()):
