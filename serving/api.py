@@ -97,6 +97,13 @@ class Query:
     stats: Mapping[str, float] | None = None  # rating_count, rating_mean, last_timestamp
 
 
+def distinct_history(history: Sequence[object]) -> list[str]:
+    """``history`` (oldest first) with each repeated item kept at its last position only, as a
+    stored user's history is folded (:mod:`serving.histories`): the same watches give the same
+    recommendations whether they come from the store or in a request."""
+    return list(dict.fromkeys(str(i) for i in reversed(history)))[::-1]
+
+
 def _check_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -249,7 +256,7 @@ class Recommender:
         if query.history is not None:
             if isinstance(query.history, str):
                 raise ValueError("history must be a sequence of item IDs, not one string")
-            history = [str(i) for i in query.history]
+            history = distinct_history(query.history)
             stats["rating_count"] = float(len(history))
         if query.stats is not None:
             stats.update({str(k): float(v) for k, v in query.stats.items()})
@@ -375,13 +382,19 @@ class Recommender:
         Raises
         ------
         UnknownItemError
-            If ``item_id`` is not in the catalogue.
+            If ``item_id`` is not in the catalogue, or has no item vector (a catalogue item that
+            nobody watched in the training data, until ``POST /v1/items`` places it).
         """
         k = _check_k(k)
         item_id = str(item_id)
         try:
             vector = self.retriever.index.vector(item_id)
         except KeyError:
+            if item_id in self._titles:  # in the catalogue, but nobody watched it in training
+                raise UnknownItemError(
+                    f"item_id {item_id!r} has no item vector in model {self.version}: nobody "
+                    "watched it in the training data (POST /v1/items places it from metadata)"
+                ) from None
             raise UnknownItemError(f"item_id {item_id!r} is not in the catalogue") from None
         vector[-1] = 0.0  # drop the bias term from the score
         got = self.retriever.search(vector[None, :], k, [{item_id}])[0]

@@ -52,14 +52,18 @@ def with_user(state: UserState, user: UserRecord | None) -> UserState:
 def user_state(events: Sequence[Event], user: UserRecord | None) -> UserState:
     """Fold a user's stored events (oldest first) into a history and rating stats.
 
-    A re-watched or re-rated item counts once, at its latest event, with its latest rating.
-    Watches without a rating join the history but not the rating mean.
+    A re-watched or re-rated item counts once, at its latest event, with its latest rating (a
+    later watch without a rating keeps the rating). Items never rated join the history but not
+    the rating mean.
     """
     latest: dict[str, Event] = {}
+    rating: dict[str, float] = {}
     for event in events:
         latest.pop(event.item_id, None)  # re-insert: dict order is by latest event
         latest[event.item_id] = event
-    ratings = [e.rating for e in latest.values() if e.rating is not None]
+        if event.rating is not None:
+            rating[event.item_id] = event.rating
+    ratings = list(rating.values())
     stats: dict[str, float] = {"rating_count": float(len(latest))}
     if ratings:
         stats["rating_mean"] = float(sum(ratings) / len(ratings))
@@ -80,12 +84,35 @@ class _Entry:
     items: np.ndarray  # object: item IDs
     timestamps: np.ndarray  # float64
     seqs: np.ndarray  # int64
-    ratings: np.ndarray  # float64, NaN for a watch
+    ratings: np.ndarray  # float64: the item's latest rating (NaN: never rated)
+    rated_at: np.ndarray  # float64: that rating's timestamp (-inf: never rated)
+    rated_seqs: np.ndarray  # int64: that rating's sequence number (-1: never rated)
     state: UserState  # folded, without the user row
 
 
 _EMPTY = _Entry(0, 0, np.empty(0, object), np.empty(0), np.empty(0, np.int64), np.empty(0),
+                np.empty(0), np.empty(0, np.int64),
                 UserState([], {"rating_count": 0.0}, {}, 0, False))  # fmt: skip
+
+
+def _latest_ratings(
+    items: np.ndarray, ratings: np.ndarray, rated_at: np.ndarray, rated_seqs: np.ndarray,
+    kept: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """For each item of ``kept``, its latest rating among the rows ``items``/``ratings`` (by
+    ``(rated_at, rated_seqs)``), with that rating's time and sequence number."""
+    out = (np.full(len(kept), np.nan), np.full(len(kept), -np.inf), np.full(len(kept), -1))
+    rows = np.flatnonzero(~np.isnan(ratings))
+    if not len(rows) or not len(kept):
+        return out
+    rows = rows[np.lexsort((rated_seqs[rows], rated_at[rows]))]  # oldest rating first
+    rated, last = np.unique(items[rows][::-1], return_index=True)  # sorted IDs, latest rating
+    best = rows[len(rows) - 1 - last]
+    pos = np.minimum(np.searchsorted(rated, kept), len(rated) - 1)
+    hit = rated[pos] == kept
+    for target, source in zip(out, (ratings, rated_at, rated_seqs), strict=True):
+        target[hit] = source[best[pos[hit]]]
+    return out[0], out[1], out[2].astype(np.int64)
 
 
 def _fold(entry: _Entry, new: Sequence[tuple[int, Event]]) -> _Entry:
@@ -96,11 +123,19 @@ def _fold(entry: _Entry, new: Sequence[tuple[int, Event]]) -> _Entry:
     ratings = np.concatenate(
         [entry.ratings, [np.nan if e.rating is None else e.rating for _, e in new]]
     )
+    rated_at = np.concatenate(
+        [entry.rated_at, [-np.inf if e.rating is None else e.timestamp for _, e in new]]
+    )
+    rated_seqs = np.concatenate(
+        [entry.rated_seqs, np.array([-1 if e.rating is None else q for q, e in new], np.int64)]
+    )
     order = np.lexsort((seqs, timestamps))  # by (timestamp, seq): unique, the log's order
-    items, timestamps, seqs, ratings = (a[order] for a in (items, timestamps, seqs, ratings))
-    _, last = np.unique(items[::-1], return_index=True)  # each item's latest event
-    keep = np.sort(len(items) - 1 - last)
-    items, timestamps, seqs, ratings = (a[keep] for a in (items, timestamps, seqs, ratings))
+    _, last = np.unique(items[order][::-1], return_index=True)  # each item's latest event
+    keep = order[np.sort(len(order) - 1 - last)]
+    ratings, rated_at, rated_seqs = _latest_ratings(
+        items, ratings, rated_at, rated_seqs, items[keep]
+    )
+    items, timestamps, seqs = items[keep], timestamps[keep], seqs[keep]
     count = entry.count + len(new)
     stats: dict[str, float] = {"rating_count": float(len(items))}
     rated = ratings[~np.isnan(ratings)]
@@ -110,7 +145,7 @@ def _fold(entry: _Entry, new: Sequence[tuple[int, Event]]) -> _Entry:
         stats["last_timestamp"] = float(timestamps.max())
     state = UserState(items.tolist(), stats, {}, count, False)
     sequence = max(entry.sequence, max(seq for seq, _ in new))
-    return _Entry(sequence, count, items, timestamps, seqs, ratings, state)
+    return _Entry(sequence, count, items, timestamps, seqs, ratings, rated_at, rated_seqs, state)
 
 
 class HistoryCache:

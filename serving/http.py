@@ -29,6 +29,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -36,10 +37,12 @@ from starlette.routing import Match
 from serving.api import UnknownItemError
 from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.schemas import (
+    EVENT_SHAPES,
     ID_PATTERN,
+    ID_RULE,
     MAX_K,
     EventBatch,
-    EventIn,
+    EventBody,
     EventsAccepted,
     Health,
     ItemAdded,
@@ -55,6 +58,7 @@ from serving.schemas import (
     SimilarOut,
     UserIn,
     UserOut,
+    check_id,
 )
 from serving.service import (
     ONBOARDING_DIVERSITY,
@@ -69,9 +73,14 @@ from towers.content import metadata_tokens
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
+USER_FIELDS = ("age", "gender", "occupation", "zip_prefix")  # what POST /v1/users sets
 
-UserId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
-ItemId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=ID_PATTERN)]
+UserId = Annotated[
+    str, PathParam(min_length=1, max_length=128, description=ID_RULE), AfterValidator(check_id)
+]
+ItemId = Annotated[
+    str, PathParam(min_length=1, max_length=128, description=ID_RULE), AfterValidator(check_id)
+]
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K})")]
 ListParam = Annotated[
     list[Annotated[str, Query(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]],
@@ -103,8 +112,12 @@ class HttpSettings:
 
 
 def field_name(loc: list[str | int]) -> str:
-    """``["body", "events", 1, "rating"]`` -> ``events[1].rating``; ``["query", "k"]`` -> ``k``."""
+    """``["body", "events", 1, "rating"]`` -> ``events[1].rating``; ``["query", "k"]`` -> ``k``.
+
+    The event body's shape tag (``["body", "batch", "events", ...]``) is left out."""
     parts = loc[1:] if len(loc) > 1 and loc[0] in ("body", "query", "path", "header") else loc
+    if loc[:1] == ["body"] and parts and parts[0] in EVENT_SHAPES:
+        parts = parts[1:]
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -142,11 +155,16 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]],
-             "msg": str(e["msg"]), "type": str(e["type"])}
-            for e in exc.errors()
-        ]  # fmt: skip
+        errors = []
+        for e in exc.errors():
+            loc = [str(p) if not isinstance(p, int) else p for p in e["loc"]]
+            msg = str(e["msg"])
+            if e["type"] == "json_invalid":  # loc is ["body", character position]
+                msg = f"invalid JSON at character {loc[-1]}: {e.get('ctx', {}).get('error', msg)}"
+                loc = ["body"]
+            elif loc[:1] == ["body"] and len(loc) > 1 and loc[1] in EVENT_SHAPES:
+                loc = ["body", *loc[2:]]
+            errors.append({"loc": loc, "msg": msg, "type": str(e["type"])})
         detail = "; ".join(f"{field_name(e['loc'])}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
@@ -162,6 +180,9 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
                     allowed |= set(route.methods)
             headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
             return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body it cannot decode (e.g. not UTF-8): say what is wrong.
+            return JSONResponse({"detail": "body: not valid JSON text (UTF-8)"}, status_code=400)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(StoreUnavailable)
@@ -211,7 +232,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         responses={200: {"model": EventsAccepted, "description": "a replayed request"}},
     )
     async def post_events(
-        body: EventIn | EventBatch,
+        body: EventBody,
         response: Response,
         idempotency_key: Annotated[
             str | None,
@@ -276,13 +297,14 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         responses={200: {"model": UserOut, "description": "an existing user, updated"}},
     )
     async def post_user(body: UserIn, response: Response) -> dict:
-        """Register a user (optional demographics), or update an existing user's."""
+        """Register a user (optional demographics), or update an existing user's: only the fields
+        sent change (``null`` clears one); the others keep their stored values."""
         user_id = body.user_id or uuid.uuid4().hex
-        existed = service.store.get_user(user_id) is not None
-        service.store.upsert_user(
-            UserRecord(user_id, body.age, body.gender, body.occupation, body.zip_prefix)
-        )
-        if existed:
+        stored = service.store.get_user(user_id)
+        fields = {f: getattr(stored, f, None) for f in USER_FIELDS}
+        fields.update({f: getattr(body, f) for f in body.model_fields_set & set(USER_FIELDS)})
+        service.store.upsert_user(UserRecord(user_id, **fields))
+        if stored is not None:
             response.status_code = 200
         return _user_out(user_id)
 

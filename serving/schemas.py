@@ -8,17 +8,48 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+)
 
 MAX_K = 500  # largest k a request may ask for
 MAX_EVENTS = 1000  # largest event batch
 MAX_LIST = 1000  # largest history / exclude list in a body
 MAX_TIMESTAMP = 1e11  # year 5138: anything larger is a unit error (ms or µs since the epoch)
 
-# IDs are printable text: no control characters (PostgreSQL cannot store NUL, and logs must
-# not be forged with newlines).
+# Header values (the idempotency key): no control characters (PostgreSQL cannot store NUL, and
+# logs must not be forged with newlines).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+ID_RULE = "1 to 128 printable characters, with no leading or trailing whitespace"
+
+
+def check_id(value: str) -> str:
+    """An ID as stored: printable (no control, format or separator characters: ``str.isprintable``)
+    and without surrounding whitespace, so that ``"alice "`` cannot become a second Alice.
+
+    Raises
+    ------
+    ValueError
+        Naming the rule, for pydantic to report against the field.
+    """
+    if not value.isprintable() or value.strip() != value:
+        raise ValueError(f"must be {ID_RULE}, got {value!r}")
+    return value
+
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128),
+    AfterValidator(check_id),
+    Field(description=f"an ID: {ID_RULE}"),
+]
 Label = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
@@ -84,6 +115,21 @@ class EventIn(Strict):
 
 class EventBatch(Strict):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+def _event_shape(body: object) -> str:
+    """``batch`` for a body with an ``events`` key, else ``event``: a bad body is reported
+    against the shape it was meant to have, not against both."""
+    if isinstance(body, dict):
+        return "batch" if "events" in body else "event"
+    return "batch" if hasattr(body, "events") else "event"
+
+
+EventBody = Annotated[
+    Annotated[EventIn, Tag("event")] | Annotated[EventBatch, Tag("batch")],
+    Discriminator(_event_shape),
+]
+EVENT_SHAPES = ("event", "batch")  # the tags, which error locations leave out
 
 
 class EventsAccepted(BaseModel):
@@ -195,7 +241,10 @@ class ModelOut(BaseModel):
 
 class ReloadIn(Strict):
     artefact: str | None = Field(
-        None, max_length=4096, description="artefact directory; default: the registry's current"
+        None,
+        min_length=1,
+        max_length=4096,
+        description="artefact directory; default: the registry's current",
     )
 
 
@@ -211,7 +260,11 @@ class Health(BaseModel):
 
 
 __all__ = [
+    "EVENT_SHAPES",
     "ID_PATTERN",
+    "ID_RULE",
+    "EventBody",
+    "check_id",
     "FieldError",
     "Problem",
     "MAX_EVENTS",

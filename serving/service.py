@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from serving.api import Query, UnknownItemError
+from serving.api import Query, UnknownItemError, distinct_history
 from serving.explain import because
 from serving.histories import HistoryCache, UserState, user_state, with_user
 from serving.served import (
@@ -183,7 +183,8 @@ class LiveService:
             merged = {**state.features, **dict(features or {})}
             known, stats = state.history, state.stats
         else:
-            state, merged, known, stats = None, dict(features or {}), list(history or []), None
+            known = distinct_history(history or [])
+            state, merged, stats = None, dict(features or {}), None
         query = Query(
             history=known, features=merged, k=k, exclude=tuple(exclude), genres=tuple(genres),
             rank=rank, stats=stats,

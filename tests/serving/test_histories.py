@@ -112,3 +112,14 @@ def test_incremental_folds_equal_whole_folds_on_random_logs():
             assert got.stats.keys() == want.stats.keys()
             for key, value in want.stats.items():
                 assert got.stats[key] == pytest.approx(value, rel=1e-12)
+
+
+def test_a_later_watch_keeps_the_latest_rating_through_the_cache(store):
+    cache = HistoryCache(store)
+    store.append([rating("u", "a", 10, 5.0), Event("u", "a", "watch", None, 20)])
+    assert cache.state("u").stats["rating_mean"] == 5.0
+    # A rating stored late, timed between the two: it is now the latest rating of "a".
+    store.append([rating("u", "a", 15, 3.0)])
+    state = cache.state("u")
+    assert state.history == ["a"] and state.stats["rating_mean"] == 3.0
+    assert state == user_state(store.history("u"), None)

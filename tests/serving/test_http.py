@@ -59,6 +59,13 @@ def test_user_state_folds_repeats_and_watches():
     assert state.features == {"gender": "F"} and state.events == 3
 
 
+def test_a_later_watch_keeps_the_items_rating():
+    events = [Event("u", "a", "rating", 5.0, 1.0), Event("u", "a", "watch", None, 2.0)]
+    state = user_state(events, None)
+    assert state.history == ["a"]
+    assert state.stats == {"rating_count": 1.0, "rating_mean": 5.0, "last_timestamp": 2.0}
+
+
 def test_a_rating_changes_the_next_recommendation_at_once(client):
     before = _ids(client.get("/v1/users/newbie/recommendations", params={"k": 3}))
     r = client.post(
@@ -90,6 +97,21 @@ def test_anonymous_recommendations_and_filters(client):
     assert r.json()["ignored_history"] == ["nope"]
 
 
+def test_an_anonymous_history_counts_a_repeat_once_as_a_stored_one_does(client):
+    for n, item in enumerate(["C", "A", "A", "A"]):
+        event = {"user_id": "rep", "item_id": item, "rating": 4, "timestamp": 1000 + n}
+        assert client.post("/v1/events", json=event, headers=KEY).status_code == 201
+    # The generator's order and scores (the ranker also reads the stored rating stats).
+    stored = client.get("/v1/users/rep/recommendations", params={"k": 8, "rank": False}).json()
+    body = {"history": ["C", "A", "A", "A"], "k": 8, "rank": False}
+    anonymous = client.post("/v1/recommendations", json=body)
+    assert anonymous.json()["history_length"] == stored["history_length"] == 2
+    assert _ids(anonymous) == [i["item_id"] for i in stored["items"]]
+    assert [i["score"] for i in anonymous.json()["items"]] == pytest.approx(
+        [i["score"] for i in stored["items"]]
+    )
+
+
 def test_events_are_idempotent_by_key(client, store):
     body = {"events": [{"user_id": "x", "item_id": "C", "rating": 4, "timestamp": 100}]}
     headers = {**KEY, "Idempotency-Key": "k1"}
@@ -114,6 +136,10 @@ def test_events_are_idempotent_by_key(client, store):
         ({"user_id": "x", "item_id": "A", "rating": 3, "timestamp": -1}, "timestamp"),
         ({"user_id": "", "item_id": "A", "rating": 3}, "user_id"),
         ({"user_id": "x\u0000y", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "x ", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "   ", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "x\u2028y", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "\u200b", "item_id": "A", "rating": 3}, "user_id"),
         ({"user_id": "x", "item_id": "A", "rating": 3, "colour": "red"}, "colour"),
     ],
 )
@@ -122,6 +148,30 @@ def test_bad_events_get_422_naming_the_field(client, store, event, field):
     assert r.status_code == 422, r.text
     assert field in str(r.json()["detail"])
     assert store.history("x") == []
+
+
+def test_a_bad_body_is_reported_against_the_shape_it_has(client):
+    single = client.post("/v1/events", json={"user_id": "x", "item_id": "A", "rating": "5"},
+                         headers=KEY)  # fmt: skip
+    assert single.status_code == 422
+    assert single.json()["detail"] == "rating: Input should be a valid number"
+    batch = {"events": [{"user_id": "x", "item_id": "A", "rating": 3},
+                        {"user_id": "x", "item_id": "A", "rating": "5"}]}  # fmt: skip
+    r = client.post("/v1/events", json=batch, headers=KEY)
+    assert r.json()["detail"] == "events[1].rating: Input should be a valid number"
+    assert r.json()["errors"][0]["loc"] == ["body", "events", 1, "rating"]
+    json_type = {**KEY, "Content-Type": "application/json"}
+    broken = client.post("/v1/events", content=b'{"user_id": "x",', headers=json_type)
+    assert broken.status_code == 422
+    assert broken.json()["detail"].startswith("body: invalid JSON at character 16")
+    binary = client.post("/v1/events", content=b'{"user_id": "\xff"}', headers=json_type)
+    assert binary.status_code in (400, 422) and binary.json()["detail"].startswith("body")
+
+
+def test_path_ids_follow_the_same_rule(client):
+    r = client.get("/v1/users/x%20/recommendations")
+    assert r.status_code == 422 and r.json()["detail"].startswith("user_id: Value error")
+    assert client.get("/v1/items/%E2%80%8B").status_code == 422
 
 
 def test_a_bad_event_in_a_batch_stores_nothing(client, store):
@@ -158,6 +208,9 @@ def test_users_register_update_and_read(client):
     created = r.json()["created_at"]
     r = client.post("/v1/users", json={"user_id": "n", "age": 31}, headers=KEY)
     assert r.status_code == 200 and r.json()["age"] == 31 and r.json()["created_at"] == created
+    assert client.get("/v1/users/n").json()["gender"] == "F"  # not sent: kept
+    r = client.post("/v1/users", json={"user_id": "n", "gender": None}, headers=KEY)
+    assert r.json()["gender"] is None and r.json()["age"] == 31  # an explicit null clears
     assert client.get("/v1/users/n").json()["events"] == 0
     assert client.get("/v1/users/u0").json()["recent"] == ["E", "B", "A"]
     assert client.get("/v1/users/ghost").status_code == 404
@@ -187,6 +240,8 @@ def test_model_health_metrics_and_reload(client, planted_artefact):
     assert not model["ranker"] and model["swaps"] == 1
     r = client.post("/v1/admin/reload", json={"artefact": "/no/such/dir"}, headers=KEY)
     assert r.status_code == 422 and "artefact" in r.json()["detail"]
+    r = client.post("/v1/admin/reload", json={"artefact": ""}, headers=KEY)
+    assert r.status_code == 422 and r.json()["detail"].startswith("artefact")
     assert client.get("/v1/model").json()["artefact"] == model["artefact"]
     text = client.get("/metrics").text
     assert "nextwatch_model_swaps_total 1.0" in text
