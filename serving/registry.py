@@ -65,22 +65,49 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
+def _owner_alive(name: str) -> bool:
+    """Whether the staging directory ``name`` belongs to another process that is running."""
+    pid = name[len(STAGING_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 class Registry:
     """Immutable model versions in ``root`` and a pointer to the serving one.
 
     Parameters
     ----------
     root : str or Path
-        The registry directory (created if missing).
+        The registry directory.
+    create : bool
+        Create ``root`` if it is missing (False: a missing ``root`` is an error, for commands
+        that only act on an existing registry, such as a rollback).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` is missing and ``create`` is False.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root} is not a model registry (no such directory)")
 
     def staging(self) -> Path:
         """A fresh directory inside the registry to train a new version into."""
-        return Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
+        # The name carries the training process's ID, so that a cleanup by another run can
+        # tell a live run's directory from a dead one's.
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
 
     def publish(self, staging: str | Path) -> Path:
         """Move a finished artefact from ``staging`` to ``root/<version>`` and return that path.
@@ -135,8 +162,11 @@ class Registry:
         if current is not None and (not history or history[-1] != current.name):
             history.append(current.name)
         history.append(version)
-        write_atomic(self.root / HISTORY, "\n".join(history) + "\n")
+        # The pointer first: a crash before the history is written leaves the new version
+        # serving and missing from the history, which the next promote or rollback repairs
+        # (both treat a current version that is not the history's last as the newest).
         write_atomic(self.root / CURRENT, version + "\n")
+        write_atomic(self.root / HISTORY, "\n".join(history) + "\n")
         return self.root / version
 
     def history(self) -> list[str]:
@@ -155,6 +185,8 @@ class Registry:
             If a file was changed, added or removed since publication.
         """
         directory = self.root / version
+        if not (directory / "config.json").is_file():
+            raise CorruptVersion(f"version {version} is no longer published: {directory} is gone")
         path = directory / CHECKSUMS
         if not path.exists():
             return  # published before checksums existed
@@ -175,9 +207,14 @@ class Registry:
         ------
         LookupError
             If no earlier version was ever promoted.
+        CorruptVersion
+            If that version's directory is gone or its files changed; nothing is switched.
         """
         current = self.current()
         history = self.history()
+        if current is not None and current.name in history:
+            # Whatever was appended after the serving version never served.
+            history = history[: len(history) - history[::-1].index(current.name)]
         while history and current is not None and history[-1] == current.name:
             history.pop()
         if not history:
@@ -188,8 +225,12 @@ class Registry:
         return self.root / history[-1]
 
     def clean_staging(self) -> list[str]:
-        """Remove staging directories left by training runs that died; returns their names."""
-        left = [p for p in self.root.iterdir() if p.name.startswith(STAGING_PREFIX)]
+        """Remove staging directories left by training runs that died (not those of other
+        processes still running: two retrains may overlap); returns their names."""
+        left = [
+            p for p in self.root.iterdir()
+            if p.name.startswith(STAGING_PREFIX) and not _owner_alive(p.name)
+        ]  # fmt: skip
         for path in left:
             shutil.rmtree(path, ignore_errors=True)
         return [p.name for p in left]

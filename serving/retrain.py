@@ -96,7 +96,7 @@ def retrain_home(
     # New events are those after the serving version's training data. At most half of them are
     # held out, so that the candidate always has new events to learn from.
     window_end = json.loads((parent / "config.json").read_text())["time_window"][1]
-    since = (plan.since if plan and plan.since is not None else None) or window_end + 1
+    since = plan.since if plan is not None and plan.since is not None else window_end + 1
     new_events = int((data.interactions["timestamp"] >= since).sum())
     if new_events < 2:
         raise ValueError(

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from serving import registry as registry_module
 from serving.api import Recommender
 from serving.promotion import guarded_promote, recent_holdout
 from serving.registry import CorruptVersion, Registry
@@ -91,6 +92,73 @@ def test_rollback_restores_the_previous_outputs_exactly(registry, planted_artefa
     with pytest.raises(LookupError, match="no earlier"):
         registry.rollback()
     assert guarded_promote(registry, first.name, holdout, k=2).promoted  # still servable
+
+
+def _bare_version(registry: Registry, name: str):
+    """Publish a stand-in version (a config and one file): enough for the registry's pointers."""
+    staging = registry.staging()
+    (staging / "config.json").write_text(json.dumps({"version": name}))
+    (staging / "weights.bin").write_bytes(name.encode())
+    return registry.publish(staging)
+
+
+def test_a_promotion_that_dies_between_its_writes_rolls_back_to_what_served(registry):
+    for name in ("v1", "v2"):
+        registry.promote(_bare_version(registry, name).name)
+    _bare_version(registry, "v3")
+    real = registry_module.write_atomic
+
+    def dies_on_the_history(path, text):
+        if path.name == registry_module.HISTORY:
+            raise OSError("disk full")
+        real(path, text)
+
+    registry_module.write_atomic = dies_on_the_history
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            registry.promote("v3")
+    finally:
+        registry_module.write_atomic = real
+    assert registry.current().name == "v3" and registry.history() == ["v1", "v2"]
+    assert registry.rollback().name == "v2"  # what served before v3, not v3 itself
+    assert registry.rollback().name == "v1"
+
+
+def test_rollback_ignores_history_written_after_the_serving_version(registry):
+    for name in ("v1", "v2", "v3"):
+        _bare_version(registry, name)
+    registry.promote("v1")
+    registry.promote("v2")
+    (registry.root / registry_module.HISTORY).write_text("v1\nv2\nv3\n")  # v3 never served
+    assert registry.rollback().name == "v1"
+
+
+def test_rollback_to_a_deleted_version_switches_nothing(registry, tmp_path):
+    for name in ("v1", "v2"):
+        registry.promote(_bare_version(registry, name).name)
+    shutil.rmtree(registry.root / "v1")
+    with pytest.raises(CorruptVersion, match="v1 is no longer published"):
+        registry.rollback()
+    assert registry.current().name == "v2" and registry.history() == ["v1", "v2"]
+    with pytest.raises(FileNotFoundError, match="not a model registry"):
+        Registry(tmp_path / "typo", create=False)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_cleanup_keeps_a_running_retrains_staging_directory(registry):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        running = registry.root / f".staging-{live.pid}-abc"
+        running.mkdir()
+        dead = registry.root / ".staging-999999999-abc"  # no such process
+        dead.mkdir()
+        mine = registry.staging()  # this process's own leftover
+        assert sorted(registry.clean_staging()) == sorted([dead.name, mine.name])
+        assert running.exists() and not dead.exists() and not mine.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert registry.clean_staging() == [running.name]
 
 
 def _home_with_new_events(tmp_path, planted_artefact):
