@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,15 +85,41 @@ def file_checksum(paths: Sequence[Path]) -> str:
 
 
 def _example_row(frame: pd.DataFrame, mask: np.ndarray | pd.Series) -> str:
-    bad = frame[np.asarray(mask)]
+    """Describe the first row where ``mask`` is true by its position among the data rows.
+
+    The number counts data rows from 1: the header and (in a CSV) blank lines are not counted, so
+    it is not a line number.
+    """
+    positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if positions.size == 0:
+        return ""
+    first = int(positions[0])
     return (
-        ""
-        if bad.empty
-        else f"; first bad row (line {int(bad.index[0]) + 2}): {bad.iloc[0].to_dict()}"
+        f"; first bad row: data row {first + 1} (counting from 1, header and blank lines not "
+        f"counted): {frame.iloc[first].to_dict()}"
     )
 
 
-def _read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, sep: str | None = None, names: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read a CSV (all cells as text) or Parquet file, with a fresh 0..n-1 index.
+
+    Parameters
+    ----------
+    path : Path
+        ``.parquet``/``.pq`` is read as Parquet, anything else as delimited text.
+    sep : str, optional
+        Field separator of a text file; defaults to ``","``.
+    names : sequence of str, optional
+        Column names of a text file without a header line.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, empty, has no rows or cannot be parsed (e.g. a row with more
+        fields than the header).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -102,12 +129,57 @@ def _read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep=sep or ",", dtype=str, keep_default_na=False)
+            with warnings.catch_warnings():
+                # A first row longer than the header would otherwise be truncated silently.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(
+                    path,
+                    sep=sep or ",",
+                    dtype=str,
+                    keep_default_na=False,
+                    index_col=False,
+                    on_bad_lines="error",
+                    header=None if names is not None else "infer",
+                    names=list(names) if names is not None else None,
+                )
+    except pd.errors.ParserWarning as exc:
+        raise DataError(
+            f"{path}: cannot be read as a table: a row has more fields than the header ({exc})"
+        ) from exc
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot be read as a table: {exc}") from exc
     if frame.empty:
         raise DataError(f"{path}: file has a header but no rows")
-    return frame
+    return frame.reset_index(drop=True)
+
+
+def _id_text(values: pd.Series) -> pd.Series:
+    """IDs as stripped text; integer-valued floats become integer text (``10.0`` -> ``"10"``).
+
+    Missing values stay missing (so the caller can refuse them). Non-integer floats keep their
+    ``str`` form.
+    """
+    missing = values.isna().to_numpy()
+    if pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
+        text = np.array([str(v) for v in values.to_numpy(dtype=object)], dtype=object)
+        text[whole] = [str(int(v)) for v in numbers[whole]]
+    else:
+        text = values.astype(str).to_numpy(dtype=object)
+    out = pd.Series(text, index=values.index, dtype=object)
+    out[missing] = np.nan
+    return out.astype(str).str.strip()
+
+
+def _check_ids(ids: pd.Series, path: Path, column: str, role: str, frame: pd.DataFrame) -> None:
+    """Refuse missing (null/NaN) or blank IDs, naming the file, the column and the first bad row."""
+    empty = (ids.isna() | (ids == "")).to_numpy(dtype=bool)
+    if empty.any():
+        raise DataError(
+            f"{path}: column {column!r} has empty {role} IDs (blank or null)"
+            f"{_example_row(frame, empty)}"
+        )
 
 
 def _require(frame: pd.DataFrame, path: Path, columns: dict[str, str]) -> None:
@@ -132,9 +204,26 @@ def parse_timestamps(values: pd.Series, path: Path, column: str, frame: pd.DataF
         If any value is neither, naming the file, the column and the first bad row.
     """
     if pd.api.types.is_datetime64_any_dtype(values):  # Parquet timestamp columns
-        return _epoch_seconds(pd.to_datetime(values, utc=True))
+        times = pd.to_datetime(values, utc=True)
+        missing = times.isna().to_numpy()
+        if missing.any():
+            raise DataError(
+                f"{path}: column {column!r} has missing timestamps{_example_row(frame, missing)}"
+            )
+        return _epoch_seconds(times)
     text = values.astype(str).str.strip()
+    missing = (values.isna() | (text == "")).to_numpy(dtype=bool)
+    if missing.any():
+        raise DataError(
+            f"{path}: column {column!r} has missing timestamps{_example_row(frame, missing)}"
+        )
     seconds = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    out_of_range = np.isinf(seconds) | (np.abs(np.nan_to_num(seconds)) >= 2.0**63)
+    if out_of_range.any():
+        raise DataError(
+            f"{path}: column {column!r} has infinite or out-of-range timestamps"
+            f"{_example_row(frame, out_of_range)}"
+        )
     needs_date = np.isnan(seconds)
     if needs_date.any():
         parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="mixed")
@@ -147,6 +236,72 @@ def parse_timestamps(values: pd.Series, path: Path, column: str, frame: pd.DataF
             )
         seconds[needs_date] = _epoch_seconds(parsed)
     return seconds.astype(np.int64)
+
+
+def parse_ratings(values: pd.Series, path: Path, column: str, frame: pd.DataFrame) -> np.ndarray:
+    """Parse a rating column into float64.
+
+    Raises
+    ------
+    DataError
+        If any value is missing, non-numeric or not finite (``inf``), naming the file, the column
+        and the first bad row.
+    """
+    ratings = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
+    ratings = ratings.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(ratings)
+    if bad.any():
+        raise DataError(
+            f"{path}: column {column!r} has non-numeric or non-finite ratings"
+            f"{_example_row(frame, bad)}"
+        )
+    return ratings
+
+
+def validate_interactions(
+    frame: pd.DataFrame,
+    path: Path,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None,
+    timestamp_col: str,
+) -> pd.DataFrame:
+    """Check and convert a raw event table into the interaction columns of a :class:`Dataset`.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The table as read (e.g. by ``read_table``), with a 0..n-1 index.
+    path : Path
+        The file it came from, named in errors.
+    user_col, item_col, timestamp_col : str
+        Column names of the user ID, item ID and timestamp (epoch seconds or ISO-8601).
+    rating_col : str or None
+        Column name of the rating; when None or absent the ratings are NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``user_id``, ``item_id`` (str), ``rating`` (float64), ``timestamp`` (int64), after the
+        duplicate policy (:func:`clean_interactions`).
+
+    Raises
+    ------
+    DataError
+        For missing columns, empty or missing IDs, non-numeric or non-finite ratings and missing,
+        infinite or unparseable timestamps, naming the file, the column and the first bad row.
+    """
+    _require(frame, path, {"user": user_col, "item": item_col, "timestamp": timestamp_col})
+    out = pd.DataFrame({"user_id": _id_text(frame[user_col]), "item_id": _id_text(frame[item_col])})
+    for role, col in (("user", user_col), ("item", item_col)):
+        _check_ids(out[f"{role}_id"], path, col, role, frame)
+    if rating_col is not None and rating_col in frame:
+        out["rating"] = parse_ratings(frame[rating_col], path, rating_col, frame)
+    else:
+        out["rating"] = np.nan
+    out["timestamp"] = parse_timestamps(frame[timestamp_col], path, timestamp_col, frame)
+    return clean_interactions(out)
 
 
 def clean_interactions(frame: pd.DataFrame) -> pd.DataFrame:
@@ -209,38 +364,21 @@ def load_interactions(
     Raises
     ------
     DataError
-        For a missing or empty file, missing columns, non-numeric ratings or unparseable timestamps.
+        For a missing, empty or unparseable file, missing columns, empty or missing IDs,
+        non-numeric or non-finite ratings, or missing, infinite or unparseable timestamps.
     """
     path = Path(path)
-    frame = _read_table(path)
-    _require(frame, path, {"user": user_col, "item": item_col, "timestamp": timestamp_col})
-    out = pd.DataFrame(
-        {
-            "user_id": frame[user_col].astype(str).str.strip(),
-            "item_id": frame[item_col].astype(str).str.strip(),
-        }
+    interactions = validate_interactions(
+        read_table(path),
+        path,
+        user_col=user_col,
+        item_col=item_col,
+        rating_col=rating_col,
+        timestamp_col=timestamp_col,
     )
-    for role, col in (("user", user_col), ("item", item_col)):
-        empty = (out[f"{role}_id"] == "").to_numpy()
-        if empty.any():
-            raise DataError(
-                f"{path}: column {col!r} has empty {role} IDs{_example_row(frame, empty)}"
-            )
-    if rating_col is not None and rating_col in frame:
-        ratings = pd.to_numeric(frame[rating_col].astype(str).str.strip(), errors="coerce")
-        bad = ratings.isna().to_numpy()
-        if bad.any():
-            raise DataError(
-                f"{path}: column {rating_col!r} has non-numeric ratings{_example_row(frame, bad)}"
-            )
-        out["rating"] = ratings.astype(np.float64)
-    else:
-        out["rating"] = np.nan
-    out["timestamp"] = parse_timestamps(frame[timestamp_col], path, timestamp_col, frame)
     items = _load_item_metadata(Path(items_path)) if items_path else None
     users = _load_user_metadata(Path(users_path)) if users_path else None
     sources = [p for p in (path, items_path, users_path) if p]
-    interactions = clean_interactions(out)
     if items is None:
         items = empty_item_metadata(interactions["item_id"].unique())
     return Dataset(name or path.stem, interactions, items, users, file_checksum(sources))
@@ -270,17 +408,25 @@ def split_list(value: object) -> list[str]:
     return [part.strip() for part in str(value).split("|") if part.strip()]
 
 
-def year_from_title(title: str) -> float:
-    """The trailing ``(YYYY)`` of a MovieLens title as a float, or NaN."""
+def year_from_title(title: object) -> float:
+    """The trailing ``(YYYY)`` of a MovieLens title as a float, or NaN (also for a non-string)."""
+    if not isinstance(title, str):
+        return float("nan")
     match = _YEAR.search(title)
     return float(match.group(1)) if match else float("nan")
 
 
 def _load_item_metadata(path: Path) -> pd.DataFrame:
-    frame = _read_table(path)
+    frame = read_table(path)
     _require(frame, path, {"item": "item_id"})
-    out = pd.DataFrame({"item_id": frame["item_id"].astype(str).str.strip()})
-    out["title"] = frame["title"].astype(str) if "title" in frame else out["item_id"]
+    out = pd.DataFrame({"item_id": _id_text(frame["item_id"])})
+    _check_ids(out["item_id"], path, "item_id", "item", frame)
+    if "title" in frame:
+        # A missing title falls back to the item ID, as when the file has no title column.
+        titles = frame["title"].astype(str)
+        out["title"] = titles.where(frame["title"].notna(), out["item_id"])
+    else:
+        out["title"] = out["item_id"]
     if "year" in frame:
         out["year"] = pd.to_numeric(frame["year"], errors="coerce").astype(np.float64)
     else:
@@ -291,9 +437,10 @@ def _load_item_metadata(path: Path) -> pd.DataFrame:
 
 
 def _load_user_metadata(path: Path) -> pd.DataFrame:
-    frame = _read_table(path)
+    frame = read_table(path)
     _require(frame, path, {"user": "user_id"})
-    out = pd.DataFrame({"user_id": frame["user_id"].astype(str).str.strip()})
+    out = pd.DataFrame({"user_id": _id_text(frame["user_id"])})
+    _check_ids(out["user_id"], path, "user_id", "user", frame)
     out["age"] = pd.to_numeric(frame["age"], errors="coerce") if "age" in frame else np.nan
     for col in ("gender", "occupation", "zip_prefix"):
         out[col] = frame[col].astype(str).str.strip() if col in frame else ""

@@ -8,9 +8,12 @@ official archive only when the dataset is absent there.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import logging
 import os
+import shutil
+import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -21,9 +24,10 @@ import pandas as pd
 from towers.data import (
     DataError,
     Dataset,
-    clean_interactions,
     file_checksum,
+    read_table,
     split_list,
+    validate_interactions,
     year_from_title,
 )
 
@@ -52,26 +56,50 @@ def default_data_dir() -> Path:
 def download(name: str, data_dir: Path, url: str | None = None) -> Path:
     """Download and unpack the GroupLens archive ``name`` into ``data_dir``, checking its SHA-256.
 
+    The archive is unpacked into a temporary folder inside ``data_dir`` and renamed to
+    ``data_dir/name`` only once complete, so an interrupted run never leaves a partial dataset
+    folder that a later run would trust.
+
     Raises
     ------
     ValueError
         If ``name`` is not a known MovieLens dataset.
     DataError
-        If the archive's checksum differs from the official one (nothing is unpacked then).
+        If the download fails (network error, connection dropped mid-transfer), the archive's
+        checksum differs from the official one (nothing is unpacked then) or it lacks the
+        ``name`` folder.
     """
     if name not in ARCHIVES:
         raise ValueError(f"name must be one of {sorted(ARCHIVES)}, got {name!r}")
     url = url or f"{GROUPLENS}/{name}.zip"
     log.info("downloading %s from %s", name, url)
-    with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 (fixed https URL)
-        payload = response.read()
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 (fixed https URL)
+            payload = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise DataError(f"{url}: download failed ({type(exc).__name__}: {exc})") from exc
     digest = hashlib.sha256(payload).hexdigest()
     if digest != ARCHIVES[name]:
         raise DataError(f"{url}: SHA-256 {digest} differs from the official {ARCHIVES[name]}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
-        archive.extractall(data_dir)
-    return data_dir / name
+    target = data_dir / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=data_dir))
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            archive.extractall(staging)
+        unpacked = staging / name
+        if not unpacked.is_dir():
+            raise DataError(f"{url}: the archive has no {name}/ folder")
+        try:
+            os.replace(unpacked, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another run finished first; its complete folder is as good as ours.
+            log.info("%s appeared while unpacking; keeping it", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def load_movielens(
@@ -111,16 +139,13 @@ def _load_small(folder: Path) -> Dataset:
     for path in (ratings_path, movies_path):
         if not path.exists():
             raise DataError(f"{path}: file not found")
-    ratings = pd.read_csv(ratings_path, dtype={"userId": str, "movieId": str})
-    interactions = clean_interactions(
-        pd.DataFrame(
-            {
-                "user_id": ratings["userId"],
-                "item_id": ratings["movieId"],
-                "rating": ratings["rating"].astype(np.float64),
-                "timestamp": ratings["timestamp"].astype(np.int64),
-            }
-        )
+    interactions = validate_interactions(
+        read_table(ratings_path),
+        ratings_path,
+        user_col="userId",
+        item_col="movieId",
+        rating_col="rating",
+        timestamp_col="timestamp",
     )
     movies = pd.read_csv(movies_path, dtype={"movieId": str})
     tags_by_item: dict[str, list[str]] = {}
@@ -183,8 +208,12 @@ def _load_100k(folder: Path) -> Dataset:
 
 def read_100k_ratings(path: Path) -> pd.DataFrame:
     """Read a tab-separated ml-100k ratings file (``u.data``, ``u1.base``, ...)."""
-    raw = pd.read_csv(
-        path, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"],
-        dtype={"user_id": str, "item_id": str, "rating": np.float64, "timestamp": np.int64},
-    )  # fmt: skip
-    return clean_interactions(raw)
+    columns = ["user_id", "item_id", "rating", "timestamp"]
+    return validate_interactions(
+        read_table(path, sep="\t", names=columns),
+        path,
+        user_col="user_id",
+        item_col="item_id",
+        rating_col="rating",
+        timestamp_col="timestamp",
+    )
