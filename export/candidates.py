@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from serving.registry import write_atomic
 from towers.catalogue import USERS_FILE, UserTable
 from towers.features import query_inputs
 from towers.retrieval import Retriever
@@ -189,6 +190,27 @@ def _users_hash(user_ids: list[str]) -> str:
     return digest.hexdigest()
 
 
+def _read_manifest(path: Path) -> dict:
+    """The settings of the export already in ``path.parent``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a JSON object (damaged, or not written by this exporter).
+    """
+    remedy = (
+        f"it is damaged or was not written by this exporter: delete {path.parent} to start the "
+        "export over, or choose another output directory"
+    )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"export manifest {path} is not valid JSON ({exc}); {remedy}") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"export manifest {path} is not a JSON object; {remedy}")
+    return manifest
+
+
 def export_candidates(
     artefact: str | Path,
     output: str | Path,
@@ -230,7 +252,8 @@ def export_candidates(
     Raises
     ------
     ValueError
-        On a bad argument, or if ``output`` holds an export made with other settings.
+        On a bad argument, if ``output`` holds an export made with other settings, or if its
+        ``_manifest.json`` is damaged.
     FileNotFoundError
         If the artefact or user table is missing.
     """
@@ -277,7 +300,7 @@ def export_candidates(
     }
     manifest_path = output / "_manifest.json"
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
+        previous = _read_manifest(manifest_path)
         changed = {key for key in manifest if previous.get(key) != manifest[key]}
         if changed:
             raise ValueError(
@@ -285,7 +308,7 @@ def export_candidates(
                 "use a new output directory"
             )
     else:
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        write_atomic(manifest_path, json.dumps(manifest, indent=2))
     (output / "_SUCCESS").unlink(missing_ok=True)
     for leftover in output.glob("_tmp-*"):  # shards a crashed run did not finish
         leftover.unlink()
@@ -336,5 +359,5 @@ def export_candidates(
         seconds=round(seconds, 3),
         users_per_second=round(done_users / seconds, 1) if seconds > 0 else 0.0,
     )
-    (output / "_SUCCESS").write_text(json.dumps(asdict(summary), indent=2))
+    write_atomic(output / "_SUCCESS", json.dumps(asdict(summary), indent=2))
     return summary

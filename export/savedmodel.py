@@ -28,6 +28,9 @@ Directory layout (TF Serving's ``<model_base_path>/<numeric version>``)::
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -165,17 +168,62 @@ class _ScannModule(_IndexModule):
         return self.outputs(request, tf.cast(rows, tf.int32), scores)
 
 
-def _save(module: _QueryModule, fn, path: Path, spec: dict | None = None, **options) -> Path:
+def _save(
+    module: _QueryModule,
+    fn,
+    path: Path,
+    spec: dict | None = None,
+    *,
+    overwrite: bool = True,
+    **options,
+) -> Path:
+    """Save ``module`` as the SavedModel ``path`` (``<base>/<name>/<version>``), all or nothing.
+
+    The model is written into a temporary sibling ``<base>/<name>/.tmp-<version>-...`` (which
+    TF Serving ignores: not a numeric name) and renamed to ``path`` only when complete, so a
+    failed save leaves no partial version for TF Serving to load.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    OSError
+        If TensorFlow fails to write the model (the message names ``path``).
+    """
     spec = spec or _signature(module.model)
+    if path.exists() and not overwrite:
+        raise FileExistsError(_exists_message(path))
     signature = tf.function(fn, input_signature=[spec]).get_concrete_function()
-    path.mkdir(parents=True, exist_ok=True)
-    tf.saved_model.save(
-        module,
-        str(path),
-        signatures={"serving_default": signature},
-        options=tf.saved_model.SaveOptions(**options),
-    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-{os.getpid()}-"))
+    try:
+        tf.saved_model.save(
+            module,
+            str(tmp),
+            signatures={"serving_default": signature},
+            options=tf.saved_model.SaveOptions(**options),
+        )
+        if path.exists():
+            if not overwrite:  # appeared while saving
+                raise FileExistsError(_exists_message(path))
+            old = path.with_name(f".old-{tmp.name}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except tf.errors.OpError as exc:
+        raise OSError(f"could not write the SavedModel {path}: {exc.message}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return path
+
+
+def _exists_message(path: Path) -> str:
+    return (
+        f"SavedModel version {path} already exists: choose another serving version (the next "
+        "one for TF Serving to pick up), or overwrite it (--overwrite)"
+    )
 
 
 def export_savedmodels(
@@ -184,8 +232,12 @@ def export_savedmodels(
     k: int = 100,
     models: tuple[str, ...] = MODEL_NAMES,
     serving_version: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Export the artefact's models under ``output/<name>/<serving_version>``.
+
+    Each model is saved into a temporary directory beside its version directory and renamed into
+    place when complete, so TF Serving never sees a partial version.
 
     Parameters
     ----------
@@ -199,11 +251,23 @@ def export_savedmodels(
         Which of :data:`MODEL_NAMES` to export.
     serving_version : int
         TF Serving's numeric version directory.
+    overwrite : bool
+        Replace version directories that already exist (default: refuse).
 
     Returns
     -------
     dict of str to Path
         Each exported model's directory.
+
+    Raises
+    ------
+    ValueError
+        On a bad argument.
+    FileExistsError
+        If a model's version directory exists and ``overwrite`` is false (checked for every
+        model before any is written).
+    OSError
+        If TensorFlow fails to write a model; the models written before it stay.
     """
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
@@ -216,6 +280,11 @@ def export_savedmodels(
         or (serving_version < 1)
     ):
         raise ValueError(f"serving_version must be a positive integer, got {serving_version!r}")
+    output = Path(output)
+    if not overwrite:
+        for name in models:
+            if (output / name / str(serving_version)).exists():
+                raise FileExistsError(_exists_message(output / name / str(serving_version)))
     model = load_artefact(artefact)
     version = artefact_version(artefact)
     index_dir = Path(artefact) / "index"
@@ -224,7 +293,6 @@ def export_savedmodels(
         if (index_dir / "index.json").exists()
         else ItemIndex.build(model.item_ids, model.item_matrix())
     )
-    output = Path(output)
     out: dict[str, Path] = {}
     for name in models:
         path = output / name / str(serving_version)
@@ -237,13 +305,15 @@ def export_savedmodels(
                     "model_version": module.versions(request),
                 }
 
-            out[name] = _save(module, fn, path)
+            out[name] = _save(module, fn, path, overwrite=overwrite)
         elif name == "retrieval_brute_force":
             module = _BruteForceModule(model, version, k, index)
-            out[name] = _save(module, module.top_k, path)
+            out[name] = _save(module, module.top_k, path, overwrite=overwrite)
         else:
             module = _ScannModule(model, version, k, index)
-            out[name] = _save(module, module.top_k, path, namespace_whitelist=["Scann"])
+            out[name] = _save(
+                module, module.top_k, path, overwrite=overwrite, namespace_whitelist=["Scann"]
+            )
     return out
 
 

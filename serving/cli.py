@@ -30,6 +30,7 @@ from ranking.model import RankerConfig
 from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions
 from serving.api import Recommender, UnknownItemError
+from towers._tf import tf
 from towers.data import DataError
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
@@ -262,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--k", type=int, default=100, help="items per retrieval response")
     models.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     models.add_argument("--serving-version", type=int, default=1, help="numeric version dir")
+    models.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the version directories if they exist (default: refuse)",
+    )  # fmt: skip
 
     serve = sub.add_parser("serve", help="the live HTTP service (trains a model on first run)")
     _add_source(serve)
@@ -304,21 +309,34 @@ def _split(value: str) -> list[str]:
 def read_user_list(path: str) -> list[str]:
     """User IDs from a text file (one per line) or a CSV/Parquet file with a ``user_id`` column.
 
+    IDs are stripped of surrounding whitespace; a text file's blank lines are skipped.
+
     Raises
     ------
     FileNotFoundError, ValueError
-        If the file is missing, or a table lacks ``user_id``.
+        If the file is missing, a table lacks ``user_id``, or a table row's ``user_id`` is
+        empty (the message names the file and the row, counting data rows from 1).
     """
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"users file {file} does not exist")
     if file.suffix.lower() in (".csv", ".parquet"):
         frame = pd.read_parquet(file) if file.suffix.lower() == ".parquet" else pd.read_csv(
-            file, dtype=str
+            file, dtype=str, keep_default_na=False  # an empty cell is "", not the user "nan"
         )  # fmt: skip
         if "user_id" not in frame.columns:
             raise ValueError(f"{file} has no user_id column (columns: {list(frame.columns)})")
-        return frame["user_id"].astype(str).tolist()
+        column = frame["user_id"]
+        ids = [
+            "" if null else str(u).strip() for u, null in zip(column, column.isna(), strict=True)
+        ]
+        empty = [row for row, user in enumerate(ids, 1) if not user]
+        if empty:
+            raise ValueError(
+                f"users file {file} has an empty user_id in data row {empty[0]} "
+                f"({len(empty)} empty in all); every row needs a user ID"
+            )
+        return ids
     return [line.strip() for line in file.read_text().splitlines() if line.strip()]
 
 
@@ -431,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from serving.serve import default_home, write_pointer
 
             home = Path(args.home) if args.home else default_home()
-            previous = Registry(home / "models").rollback()
+            previous = Registry(home / "models", create=False).rollback()
             write_pointer(home, previous)  # running workers follow it
             print(json.dumps({"serving": previous.name, "artefact": str(previous)}))
         elif args.command == "evaluate":
@@ -462,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export-savedmodels":
             paths = export_savedmodels(
                 args.artefact, args.output, k=args.k, models=tuple(args.models),
-                serving_version=args.serving_version,
+                serving_version=args.serving_version, overwrite=args.overwrite,
             )  # fmt: skip
             print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
         elif args.command == "serve":
@@ -478,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 history_cache_users=args.history_cache_users,
             )  # fmt: skip
             serve(options, _source(args), args.host, args.port, args.workers)
-    except (DataError, ValueError, OSError, UnknownItemError, LookupError) as exc:
+    except (DataError, ValueError, OSError, UnknownItemError, LookupError,
+            tf.errors.OpError) as exc:  # fmt: skip
         log.error("%s", exc)
         return 2
     return 0

@@ -59,6 +59,23 @@ def save_catalogue(directory: str | Path, data: Dataset) -> None:
     user_table(data.interactions, data.users).to_parquet(directory / USERS_FILE, index=False)
 
 
+def _check_history_type(kind: pa.DataType) -> None:
+    """Refuse a ``history`` column that is not a list of item IDs (strings, or integers, which
+    are read as their decimal strings): a plain string such as ``"12|13|30"`` would otherwise be
+    read one character at a time."""
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        raise ValueError(
+            f"user table column 'history' must be a list of item IDs (list<string>), got "
+            f"{kind}; write each history as a list, e.g. ['12', '13', '30']"
+        )
+    value = kind.value_type
+    if not (
+        pa.types.is_string(value) or pa.types.is_large_string(value)
+        or pa.types.is_integer(value) or pa.types.is_null(value)
+    ):  # fmt: skip
+        raise ValueError(f"user table column 'history' must hold string item IDs, got {kind}")
+
+
 class UserTable:
     """Histories and demographics by raw user ID, kept in Arrow (compact for millions of users).
 
@@ -70,7 +87,7 @@ class UserTable:
     Raises
     ------
     ValueError
-        If a column is missing or a user ID repeats.
+        If a column is missing, ``history`` is not a list column, or a user ID repeats.
     """
 
     def __init__(self, table: pa.Table | pd.DataFrame) -> None:
@@ -79,6 +96,7 @@ class UserTable:
         missing = {"user_id", "history"} - set(table.column_names)
         if missing:
             raise ValueError(f"user table lacks columns {sorted(missing)}")
+        _check_history_type(table.schema.field("history").type)
         ids = pd.Index(table.column("user_id").cast(pa.string()).to_pandas())
         if ids.has_duplicates:
             raise ValueError(f"user table repeats user ids, e.g. {ids[ids.duplicated()][0]!r}")
@@ -107,11 +125,16 @@ class UserTable:
         ------
         FileNotFoundError
             If ``path`` does not exist.
+        ValueError
+            If the table is not a valid user table (the message names ``path``).
         """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"user table {path} does not exist")
-        return cls(pq.read_table(path))
+        try:
+            return cls(pq.read_table(path))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     def __len__(self) -> int:
         return len(self._row)

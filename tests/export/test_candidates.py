@@ -1,7 +1,9 @@
 import json
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from export.candidates import export_candidates
@@ -88,3 +90,36 @@ def test_bad_arguments_are_named(planted_artefact, tmp_path):
         export_candidates(planted_artefact, tmp_path, users=[])
     with pytest.raises(FileNotFoundError, match="user table"):
         export_candidates(planted_artefact, tmp_path, user_table=tmp_path / "none.parquet")
+
+
+def test_the_manifest_is_written_whole_and_a_damaged_one_is_named(planted_artefact, tmp_path):
+    out = tmp_path / "out"
+    export_candidates(planted_artefact, out, k=2, users=["u1", "u2"])
+    # write_atomic leaves no temporary file beside the manifest
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_SUCCESS", "_manifest.json", "part-00000.parquet"
+    ]  # fmt: skip
+    assert json.loads((out / "_manifest.json").read_text())["users"] == 2
+    (out / "_manifest.json").write_text('{"model_version": ')  # a torn write
+    with pytest.raises(ValueError, match=r"manifest .*_manifest.json is not valid JSON") as info:
+        export_candidates(planted_artefact, out, k=2, users=["u1", "u2"])
+    assert f"delete {out}" in str(info.value) and "another output directory" in str(info.value)
+    (out / "_manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"_manifest.json is not a JSON object"):
+        export_candidates(planted_artefact, out, k=2, users=["u1", "u2"])
+
+
+def test_a_history_column_of_plain_strings_is_refused(planted_artefact, tmp_path):
+    # "A|B" would otherwise be read as the items "A", "|", "B"
+    table = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"user_id": ["u1"], "history": ["A|B"]}), table)
+    with pytest.raises(ValueError, match=r"users.parquet: .*'history' must be a list .*got string"):
+        export_candidates(planted_artefact, tmp_path / "out", user_table=table)
+    pq.write_table(pa.table({"user_id": ["u1"], "history": [[1.5]]}), table)
+    with pytest.raises(ValueError, match=r"must hold string item IDs, got list<element: double>"):
+        export_candidates(planted_artefact, tmp_path / "out", user_table=table)
+    # a list of strings is what the exporter reads
+    pq.write_table(pa.table({"user_id": ["u1"], "history": [["A", "B"]]}), table)
+    summary = export_candidates(planted_artefact, tmp_path / "out", k=2, user_table=table)
+    assert summary.users == 1
+    assert not {"A", "B"} & set(pd.read_parquet(tmp_path / "out")["item_id"])  # seen: excluded

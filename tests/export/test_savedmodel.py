@@ -146,3 +146,39 @@ def test_bad_arguments_are_named(planted_artefact, tmp_path):
         export_savedmodels(planted_artefact, tmp_path, models=("onnx",))
     with pytest.raises(ValueError, match="k must be"):
         export_savedmodels(planted_artefact, tmp_path, k=0)
+
+
+def test_exports_leave_only_version_directories(exported):
+    for name in ("query_tower", "retrieval_brute_force", "retrieval_scann"):
+        assert [p.name for p in (exported / name).iterdir()] == ["1"]  # no .tmp-* left
+
+
+def test_an_existing_version_is_refused_unless_overwrite(planted_artefact, tmp_path):
+    first = export_savedmodels(planted_artefact, tmp_path, models=("query_tower",))
+    pb = first["query_tower"] / "saved_model.pb"
+    before = pb.stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match=r"version .*query_tower/1 already exists"):
+        export_savedmodels(planted_artefact, tmp_path, models=("query_tower",))
+    assert pb.stat().st_mtime_ns == before  # untouched
+    # checked for every model before any is written: retrieval_brute_force/1 is not created
+    with pytest.raises(FileExistsError, match=r"query_tower/1 already exists"):
+        export_savedmodels(
+            planted_artefact, tmp_path, models=("retrieval_brute_force", "query_tower")
+        )
+    assert not (tmp_path / "retrieval_brute_force").exists()
+    again = export_savedmodels(planted_artefact, tmp_path, models=("query_tower",), overwrite=True)
+    assert (again["query_tower"] / "saved_model.pb").exists()
+    assert [p.name for p in (tmp_path / "query_tower").iterdir()] == ["1"]  # no .old-* left
+
+
+def test_a_failed_save_leaves_no_version_directory(planted_artefact, tmp_path, monkeypatch):
+    from towers._tf import tf
+
+    def full_disk(module, export_dir, **kwargs):
+        (Path(export_dir) / "saved_model.pb").write_bytes(b"partial")
+        raise tf.errors.OutOfRangeError(None, None, "File too large")
+
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write the SavedModel .*query_tower/1: File too"):
+        export_savedmodels(planted_artefact, tmp_path, models=("query_tower",))
+    assert list((tmp_path / "query_tower").iterdir()) == []  # no partial "1", no .tmp-*

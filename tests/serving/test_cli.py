@@ -174,3 +174,43 @@ def test_train_ranker_flags_reach_the_config_and_options():
     plain = parser.parse_args(["train-ranker", "--artefact", "a"])
     assert _build(RankerConfig, plain) == RankerConfig()
     assert _build(RankerOptions, plain) == RankerOptions()
+
+
+def test_a_users_csv_with_an_empty_id_is_refused_by_row(planted_artefact, tmp_path, caplog):
+    from serving.cli import read_user_list
+
+    good = tmp_path / "good.csv"
+    good.write_text("user_id,x\n u1 ,a\nNA,b\n")
+    assert read_user_list(str(good)) == ["u1", "NA"]  # stripped; "NA" is an ID, not missing
+    bad = tmp_path / "users.csv"
+    bad.write_text("user_id,x\nu1,a\n,b\nu2,c\n")
+    art = str(planted_artefact)
+    args = ["export-candidates", "--artefact", art, "--output", str(tmp_path / "out")]
+    assert main([*args, "--users", str(bad)]) == 2
+    assert f"users file {bad} has an empty user_id in data row 2" in caplog.text
+    assert not (tmp_path / "out").exists()  # nothing exported for a user "nan"
+    parquet = tmp_path / "users.parquet"
+    pd.DataFrame({"user_id": ["u1", "  ", None]}).to_parquet(parquet)
+    assert main([*args, "--users", str(parquet)]) == 2
+    assert "has an empty user_id in data row 2 (2 empty in all)" in caplog.text
+
+
+def test_export_savedmodels_refuses_an_existing_version_and_maps_tf_errors(
+    planted_artefact, tmp_path, caplog, monkeypatch
+):
+    import export.savedmodel
+    from towers._tf import tf
+
+    args = ["export-savedmodels", "--artefact", str(planted_artefact), "--output",
+            str(tmp_path), "--models", "query_tower"]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 2
+    assert f"{tmp_path / 'query_tower' / '1'} already exists" in caplog.text
+    assert main([*args, "--overwrite"]) == 0
+
+    def damaged(artefact):
+        raise tf.errors.DataLossError(None, None, "weights checksum mismatch")
+
+    monkeypatch.setattr(export.savedmodel, "load_artefact", damaged)
+    assert main([*args, "--overwrite"]) == 2  # a TensorFlow error: a message, no traceback
+    assert "weights checksum mismatch" in caplog.text
