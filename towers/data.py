@@ -1,4 +1,4 @@
-"""Interaction logs, item and user metadata: containers, validation and the generic file loader.
+"""Interaction logs, item and user metadata: containers and the generic file loader.
 
 Every loader returns a :class:`Dataset` with raw string IDs. Mapping IDs to indices happens inside
 the model (Keras lookup layers), never here.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from towers.tables import (
+    DataError,  # noqa: F401  (re-exported: towers.data.DataError is public API)
+    check_ids,
+    id_text,
+    read_table,
+    require_columns,
+    validate_interactions,
+)
+
 log = logging.getLogger(__name__)
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "year", "genres", "tags")
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_prefix")
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
-
-
-class DataError(ValueError):
-    """A data file is missing, empty or malformed. The message names the file, column and a row."""
 
 
 @dataclass(frozen=True)
@@ -82,249 +86,6 @@ def file_checksum(paths: Sequence[Path]) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _example_row(frame: pd.DataFrame, mask: np.ndarray | pd.Series) -> str:
-    """Describe the first row where ``mask`` is true by its position among the data rows.
-
-    The number counts data rows from 1: the header and (in a CSV) blank lines are not counted, so
-    it is not a line number.
-    """
-    positions = np.flatnonzero(np.asarray(mask, dtype=bool))
-    if positions.size == 0:
-        return ""
-    first = int(positions[0])
-    return (
-        f"; first bad row: data row {first + 1} (counting from 1, header and blank lines not "
-        f"counted): {frame.iloc[first].to_dict()}"
-    )
-
-
-def read_table(
-    path: Path, sep: str | None = None, names: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Read a CSV (all cells as text) or Parquet file, with a fresh 0..n-1 index.
-
-    Parameters
-    ----------
-    path : Path
-        ``.parquet``/``.pq`` is read as Parquet, anything else as delimited text.
-    sep : str, optional
-        Field separator of a text file; defaults to ``","``.
-    names : sequence of str, optional
-        Column names of a text file without a header line.
-
-    Raises
-    ------
-    DataError
-        If the file is missing, empty, has no rows or cannot be parsed (e.g. a row with more
-        fields than the header).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            with warnings.catch_warnings():
-                # A first row longer than the header would otherwise be truncated silently.
-                warnings.simplefilter("error", pd.errors.ParserWarning)
-                frame = pd.read_csv(
-                    path,
-                    sep=sep or ",",
-                    dtype=str,
-                    keep_default_na=False,
-                    index_col=False,
-                    on_bad_lines="error",
-                    header=None if names is not None else "infer",
-                    names=list(names) if names is not None else None,
-                )
-    except pd.errors.ParserWarning as exc:
-        raise DataError(
-            f"{path}: cannot be read as a table: a row has more fields than the header ({exc})"
-        ) from exc
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot be read as a table: {exc}") from exc
-    if frame.empty:
-        raise DataError(f"{path}: file has a header but no rows")
-    return frame.reset_index(drop=True)
-
-
-def _id_text(values: pd.Series) -> pd.Series:
-    """IDs as stripped text; integer-valued floats become integer text (``10.0`` -> ``"10"``).
-
-    Missing values stay missing (so the caller can refuse them). Non-integer floats keep their
-    ``str`` form.
-    """
-    missing = values.isna().to_numpy()
-    if pd.api.types.is_float_dtype(values.dtype):
-        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
-        text = np.array([str(v) for v in values.to_numpy(dtype=object)], dtype=object)
-        text[whole] = [str(int(v)) for v in numbers[whole]]
-    else:
-        text = values.astype(str).to_numpy(dtype=object)
-    out = pd.Series(text, index=values.index, dtype=object)
-    out[missing] = np.nan
-    return out.astype(str).str.strip()
-
-
-def _check_ids(ids: pd.Series, path: Path, column: str, role: str, frame: pd.DataFrame) -> None:
-    """Refuse missing (null/NaN) or blank IDs, naming the file, the column and the first bad row."""
-    empty = (ids.isna() | (ids == "")).to_numpy(dtype=bool)
-    if empty.any():
-        raise DataError(
-            f"{path}: column {column!r} has empty {role} IDs (blank or null)"
-            f"{_example_row(frame, empty)}"
-        )
-
-
-def _require(frame: pd.DataFrame, path: Path, columns: dict[str, str]) -> None:
-    missing = [f"{role} (column {col!r})" for role, col in columns.items() if col not in frame]
-    if missing:
-        raise DataError(
-            f"{path}: missing {', '.join(missing)}; the file has columns {list(frame.columns)}"
-        )
-
-
-def _epoch_seconds(times: pd.Series) -> np.ndarray:
-    # Independent of the datetime unit (pandas may store ns or us).
-    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-
-
-def parse_timestamps(values: pd.Series, path: Path, column: str, frame: pd.DataFrame) -> np.ndarray:
-    """Parse epoch seconds or ISO-8601 date-times into int64 epoch seconds.
-
-    Raises
-    ------
-    DataError
-        If any value is neither, naming the file, the column and the first bad row.
-    """
-    if pd.api.types.is_datetime64_any_dtype(values):  # Parquet timestamp columns
-        times = pd.to_datetime(values, utc=True)
-        missing = times.isna().to_numpy()
-        if missing.any():
-            raise DataError(
-                f"{path}: column {column!r} has missing timestamps{_example_row(frame, missing)}"
-            )
-        return _epoch_seconds(times)
-    text = values.astype(str).str.strip()
-    missing = (values.isna() | (text == "")).to_numpy(dtype=bool)
-    if missing.any():
-        raise DataError(
-            f"{path}: column {column!r} has missing timestamps{_example_row(frame, missing)}"
-        )
-    seconds = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
-    out_of_range = np.isinf(seconds) | (np.abs(np.nan_to_num(seconds)) >= 2.0**63)
-    if out_of_range.any():
-        raise DataError(
-            f"{path}: column {column!r} has infinite or out-of-range timestamps"
-            f"{_example_row(frame, out_of_range)}"
-        )
-    needs_date = np.isnan(seconds)
-    if needs_date.any():
-        parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="mixed")
-        bad = np.zeros(len(text), dtype=bool)
-        bad[needs_date] = parsed.isna().to_numpy()
-        if bad.any():
-            raise DataError(
-                f"{path}: column {column!r} has values that are neither epoch seconds nor ISO "
-                f"date-times{_example_row(frame, bad)}"
-            )
-        seconds[needs_date] = _epoch_seconds(parsed)
-    return seconds.astype(np.int64)
-
-
-def parse_ratings(values: pd.Series, path: Path, column: str, frame: pd.DataFrame) -> np.ndarray:
-    """Parse a rating column into float64.
-
-    Raises
-    ------
-    DataError
-        If any value is missing, non-numeric or not finite (``inf``), naming the file, the column
-        and the first bad row.
-    """
-    ratings = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
-    ratings = ratings.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(ratings)
-    if bad.any():
-        raise DataError(
-            f"{path}: column {column!r} has non-numeric or non-finite ratings"
-            f"{_example_row(frame, bad)}"
-        )
-    return ratings
-
-
-def validate_interactions(
-    frame: pd.DataFrame,
-    path: Path,
-    *,
-    user_col: str,
-    item_col: str,
-    rating_col: str | None,
-    timestamp_col: str,
-) -> pd.DataFrame:
-    """Check and convert a raw event table into the interaction columns of a :class:`Dataset`.
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        The table as read (e.g. by ``read_table``), with a 0..n-1 index.
-    path : Path
-        The file it came from, named in errors.
-    user_col, item_col, timestamp_col : str
-        Column names of the user ID, item ID and timestamp (epoch seconds or ISO-8601).
-    rating_col : str or None
-        Column name of the rating; when None or absent the ratings are NaN.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``user_id``, ``item_id`` (str), ``rating`` (float64), ``timestamp`` (int64), after the
-        duplicate policy (:func:`clean_interactions`).
-
-    Raises
-    ------
-    DataError
-        For missing columns, empty or missing IDs, non-numeric or non-finite ratings and missing,
-        infinite or unparseable timestamps, naming the file, the column and the first bad row.
-    """
-    _require(frame, path, {"user": user_col, "item": item_col, "timestamp": timestamp_col})
-    out = pd.DataFrame({"user_id": _id_text(frame[user_col]), "item_id": _id_text(frame[item_col])})
-    for role, col in (("user", user_col), ("item", item_col)):
-        _check_ids(out[f"{role}_id"], path, col, role, frame)
-    if rating_col is not None and rating_col in frame:
-        out["rating"] = parse_ratings(frame[rating_col], path, rating_col, frame)
-    else:
-        out["rating"] = np.nan
-    out["timestamp"] = parse_timestamps(frame[timestamp_col], path, timestamp_col, frame)
-    return clean_interactions(out)
-
-
-def clean_interactions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Apply the duplicate policy, keeping file order.
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        Columns ``user_id``, ``item_id``, ``rating``, ``timestamp`` in file order.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Without (user, item, timestamp) repeats (the last row kept), with a fresh index.
-    """
-    before = len(frame)
-    frame = frame.drop_duplicates(["user_id", "item_id", "timestamp"], keep="last")
-    dropped = before - len(frame)
-    if dropped:
-        log.warning(
-            "dropped %d duplicate (user, item, timestamp) rows; kept the last of each", dropped
-        )
-    return frame.reset_index(drop=True)
 
 
 def load_interactions(
@@ -418,9 +179,9 @@ def year_from_title(title: object) -> float:
 
 def _load_item_metadata(path: Path) -> pd.DataFrame:
     frame = read_table(path)
-    _require(frame, path, {"item": "item_id"})
-    out = pd.DataFrame({"item_id": _id_text(frame["item_id"])})
-    _check_ids(out["item_id"], path, "item_id", "item", frame)
+    require_columns(frame, path, {"item": "item_id"})
+    out = pd.DataFrame({"item_id": id_text(frame["item_id"])})
+    check_ids(out["item_id"], path, "item_id", "item", frame)
     if "title" in frame:
         # A missing title falls back to the item ID, as when the file has no title column.
         titles = frame["title"].astype(str)
@@ -438,9 +199,9 @@ def _load_item_metadata(path: Path) -> pd.DataFrame:
 
 def _load_user_metadata(path: Path) -> pd.DataFrame:
     frame = read_table(path)
-    _require(frame, path, {"user": "user_id"})
-    out = pd.DataFrame({"user_id": _id_text(frame["user_id"])})
-    _check_ids(out["user_id"], path, "user_id", "user", frame)
+    require_columns(frame, path, {"user": "user_id"})
+    out = pd.DataFrame({"user_id": id_text(frame["user_id"])})
+    check_ids(out["user_id"], path, "user_id", "user", frame)
     out["age"] = pd.to_numeric(frame["age"], errors="coerce") if "age" in frame else np.nan
     for col in ("gender", "occupation", "zip_prefix"):
         out[col] = frame[col].astype(str).str.strip() if col in frame else ""

@@ -21,15 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from towers.data import (
-    DataError,
-    Dataset,
-    file_checksum,
-    read_table,
-    split_list,
-    validate_interactions,
-    year_from_title,
-)
+from towers.data import Dataset, file_checksum, split_list, year_from_title
+from towers.tables import DataError, read_table, validate_interactions
 
 log = logging.getLogger(__name__)
 
