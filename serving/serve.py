@@ -93,12 +93,16 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
 
 
 def seed_store(store: EventStore, source: DataSource) -> int:
-    """Import ``source``'s ratings and demographics into an empty store; returns rows written."""
+    """Import ``source``'s ratings and demographics into an empty store; returns rows written.
+
+    The events go in as one transaction (nothing serves yet, so no live write waits on it): a
+    seed interrupted part-way leaves no events, and the next start seeds again, instead of
+    serving a partial log because the store is no longer empty."""
     data = source.load()
     if data.users is not None and not data.users.empty:
         store.import_users(data.users)
     frame = data.interactions[["user_id", "item_id", "rating", "timestamp"]]
-    return store.import_events(frame)
+    return store.import_events(frame, batch_size=max(len(frame), 1))
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ class PointerWatcher:
         How often the pointer's modification time is checked (one ``stat``).
     on_swap : callable, optional
         Called with the new model after a swap (the metrics' model version).
+    retry_s : float
+        Wait before retrying a load that failed (doubled after each failure, up to 60 s).
     """
 
     def __init__(
@@ -153,6 +159,7 @@ class PointerWatcher:
         slot: ModelSlot,
         interval_s: float = 0.5,
         on_swap: Callable[[Served], None] | None = None,
+        retry_s: float = 2.0,
     ) -> None:
         self.home = home
         self.slot = slot
@@ -163,6 +170,9 @@ class PointerWatcher:
         # 0, not the pointer's current time: a swap may have landed while this worker was
         # loading the model it read from the pointer, and the first check must catch it.
         self._seen = 0
+        self.retry_s = retry_s
+        self._backoff_s = retry_s
+        self._retry_at = 0.0
 
     def _mtime(self) -> int:
         try:
@@ -171,19 +181,28 @@ class PointerWatcher:
             return 0
 
     def check(self) -> bool:
-        """Load the pointed-to artefact if the pointer changed; True if a swap happened."""
+        """Load the pointed-to artefact if the pointer changed; True if a swap happened.
+
+        A load that fails is retried on later checks (after ``retry_s``, doubling up to a
+        minute), so a worker that hit a transient error does not stay on the old model."""
         mtime = self._mtime()
-        if mtime == self._seen:
+        if mtime == self._seen or time.monotonic() < self._retry_at:
             return False
-        self._seen = mtime
         target = read_pointer(self.home)
         if target is None or target == self.slot.current.artefact:
+            self._seen, self._backoff_s = mtime, self.retry_s
             return False
         try:
             _, new = self.slot.reload(target)
         except Exception:  # noqa: BLE001  (a bad artefact must not end the watcher)
-            log.exception("could not follow the serving pointer to %s", target)
+            log.exception(
+                "could not follow the serving pointer to %s; retrying in %.0f s",
+                target, self._backoff_s,
+            )  # fmt: skip
+            self._retry_at = time.monotonic() + self._backoff_s
+            self._backoff_s = min(2 * self._backoff_s, 60.0)
             return False
+        self._seen, self._backoff_s = mtime, self.retry_s
         if self.on_swap is not None:
             self.on_swap(new)
         return True

@@ -203,6 +203,9 @@ class ModelSlot:
         self.collect_after_s = collect_after_s
         self._swap_lock = threading.Lock()
         self.swaps = 0
+        # Called with a loaded model before it is swapped in; raising refuses it (the
+        # service checks that the model can serve the items added from metadata).
+        self.admit: Callable[[Served], None] | None = None
 
     @property
     def current(self) -> Served:
@@ -217,8 +220,8 @@ class ModelSlot:
         Raises
         ------
         Exception
-            Whatever loading raises (missing files, a bad checkpoint); the current model keeps
-            serving.
+            Whatever loading or :attr:`admit` raises (missing files, a bad checkpoint, a model
+            that cannot serve the added items); the current model keeps serving.
         """
         with self._swap_lock:
             old = self._served
@@ -226,6 +229,8 @@ class ModelSlot:
             with short_switch_interval(self.switch_interval_s):
                 new = self._loader(target)
                 new.warm()
+            if self.admit is not None:
+                self.admit(new)
             self._served = new
             self.swaps += 1
             # Collect the old model's reference cycles once requests in flight have let go of

@@ -101,8 +101,27 @@ class LiveService:
         # from running numpy in many threads at once, which passes the GIL back and forth on
         # every call and collapsed throughput under load.
         self.compute = threading.Lock()
+        slot.admit = self._admit
 
     # ---------------------------------------------------------------------------- new items
+    def _admit(self, served: Served) -> None:
+        """Refuse to swap in a model that could not serve the items added from metadata.
+
+        Raises
+        ------
+        NewItemsUnsupported
+            If the store holds added items and ``served`` has no content projection.
+        """
+        if served.projection is not None:
+            return
+        added = [r for r in self.store.items_since(0) if not served.trained(r.item_id)]
+        if added:
+            raise NewItemsUnsupported(
+                f"model {served.version} has no content projection ({CONTENT_FILE}), so it "
+                f"could not serve the {len(added)} item(s) added from metadata (e.g. "
+                f"{added[0].item_id!r}); retrain it, or serve a model that has one"
+            )
+
     def sync_items(self, force: bool = False) -> Served:
         """Apply items that were added to the store (by any server process) since the serving
         model last caught up, and return that model. Checks the store at most every
@@ -112,17 +131,19 @@ class LiveService:
         if not force and served.added.checked and now < self._next_item_sync:
             return served
         self._next_item_sync = now + self.item_sync_interval_s
-        records = self.store.items_since(served.added.sequence)
-        if records:
-            with self.compute:
+        placed = []
+        # Read and apply under one lock: two threads syncing at once must not apply an older
+        # read of an item's metadata after a newer one.
+        with self.compute:
+            records = self.store.items_since(served.added.sequence)
+            if records:
                 try:
                     placed = served.add_items(records)
                 except NewItemsUnsupported as exc:
                     log.warning("%s", exc)
-                    placed = []
                 served.added.sequence = max(served.added.sequence, records[-1].sequence)
-            if placed:
-                log.info("placed %d new item(s) from metadata: %s", len(placed), placed[:5])
+        if placed:
+            log.info("placed %d new item(s) from metadata: %s", len(placed), placed[:5])
         served.added.checked = True
         return served
 

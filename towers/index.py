@@ -156,6 +156,21 @@ def _scann():
     return scann_ops_pybind
 
 
+def _id_list(item_ids: Sequence[str]) -> list[str]:
+    """``item_ids`` as a list of str; one string is refused (it would be read as its letters)."""
+    if isinstance(item_ids, str | bytes):
+        raise TypeError(f"item_ids must be a sequence of IDs, not one string: {item_ids!r}")
+    return [str(i) for i in item_ids]
+
+
+def _check_finite(vectors: np.ndarray, ids: Sequence[str] | None, what: str) -> None:
+    """Raise ``ValueError`` naming the first rows of ``vectors`` with NaN or inf values."""
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        named = [ids[i] for i in bad[:5]] if ids is not None else bad[:5].tolist()
+        raise ValueError(f"{what} has NaN or infinite values in {len(bad)} row(s): {named}")
+
+
 class ItemIndex:
     """Maximum-inner-product search over item vectors, keyed by raw item ID; thread-safe.
 
@@ -185,6 +200,7 @@ class ItemIndex:
             _check_unique(self._ids)
         if len(self._vectors) != len(self._ids):
             raise ValueError(f"{len(self._ids)} item ids but {len(self._vectors)} vectors")
+        _check_finite(self._vectors, self._ids, "the index's vectors")
         self.params = params
         self.dim = int(self._vectors.shape[1])
         self._lock = _ReadWriteLock()
@@ -199,10 +215,13 @@ class ItemIndex:
         Raises
         ------
         ValueError
-            If the shapes disagree, the catalogue is empty, or an ID repeats.
+            If the shapes disagree, the catalogue is empty, an ID repeats, or a vector has NaN
+            or infinite values.
+        TypeError
+            If ``item_ids`` is one string.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids = [str(i) for i in item_ids]
+        ids = _id_list(item_ids)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise ValueError(
                 f"vectors must have shape (len(item_ids), d) = ({len(ids)}, d), got {vectors.shape}"
@@ -210,6 +229,7 @@ class ItemIndex:
         if not ids:
             raise ValueError("item_ids is empty: an index needs at least one item")
         _check_unique(ids)
+        _check_finite(vectors, ids, "vectors")
         params = params or IndexParams.for_size(len(ids))
         builder = configure(_scann().builder(vectors, 10, "dot_product"), params)
         return cls(builder.build().searcher, ids, vectors, params)
@@ -296,6 +316,7 @@ class ItemIndex:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        _check_finite(queries, None, "queries")
         with self._lock.read():
             k = min(k, len(self._ids))
             pre, leaves = -1, -1
@@ -324,7 +345,7 @@ class ItemIndex:
             If ``vectors`` is not ``(len(item_ids), dim)`` or an ID repeats.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids = [str(i) for i in item_ids]
+        ids = _id_list(item_ids)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
         if vectors.shape != (len(ids), self.dim):
@@ -332,8 +353,7 @@ class ItemIndex:
                 f"vectors must have shape ({len(ids)}, {self.dim}), got {vectors.shape}"
             )
         _check_unique(ids)
-        if not np.all(np.isfinite(vectors)):
-            raise ValueError("vectors has NaN or infinite values")
+        _check_finite(vectors, ids, "vectors")
         with self._lock.write():
             rows = [self._position.get(i) for i in ids]
             self._searcher.upsert(rows, vectors, 1)  # new rows are appended in order
@@ -360,7 +380,7 @@ class ItemIndex:
         ValueError
             If it would delete every item.
         """
-        ids = [str(i) for i in item_ids]
+        ids = _id_list(item_ids)
         with self._lock.write():
             missing = [i for i in ids if i not in self._position]
             if missing:

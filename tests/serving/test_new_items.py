@@ -103,6 +103,20 @@ def test_a_model_without_a_projection_refuses_new_items(store, planted_ranked_ar
     assert store.items_since(0) == []
 
 
+def test_a_swap_to_a_model_that_cannot_place_the_added_items_is_refused(
+    client, store, planted_ranked_artefact, tmp_path
+):
+    assert client.post("/v1/items", json=COMEDY, headers=KEY).status_code == 201
+    old = tmp_path / "old-artefact"
+    shutil.copytree(planted_ranked_artefact, old)
+    (old / "content.npz").unlink()
+    r = client.post("/v1/admin/reload", json={"artefact": str(old)}, headers=KEY)
+    assert r.status_code == 422 and "could not serve the 1 item(s)" in r.json()["detail"]
+    assert "N" in _candidates(client, ["A"])  # the old model keeps serving it
+    event = {"user_id": "x", "item_id": "N", "rating": 4}
+    assert client.post("/v1/events", json=event, headers=KEY).status_code == 201
+
+
 def test_every_worker_and_every_swapped_in_model_gets_the_stored_items(
     store, planted_ranked_artefact, planted_artefact
 ):

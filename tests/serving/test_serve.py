@@ -13,7 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.registry import Registry
-from serving.serve import PointerWatcher, ServeOptions, api_key, build_service, write_pointer
+from serving.serve import (
+    PointerWatcher,
+    ServeOptions,
+    api_key,
+    build_service,
+    seed_store,
+    write_pointer,
+)
 from serving.service import ModelSlot, Served
 from tests.conftest import planted_dataset
 from towers.pipeline import DataSource
@@ -92,6 +99,44 @@ def test_a_worker_that_loaded_before_a_swap_follows_it(tmp_path, planted_artefac
     watcher = PointerWatcher(tmp_path, slot)
     assert watcher.check() and slot.current.artefact == other.resolve()
     assert not watcher.check()  # nothing new
+
+
+def test_a_worker_retries_a_swap_whose_load_failed(tmp_path, planted_artefact, monkeypatch):
+    slot = ModelSlot(Served.load(planted_artefact))
+    other = tmp_path / "other"
+    shutil.copytree(planted_artefact, other)
+    write_pointer(tmp_path, other)
+    watcher = PointerWatcher(tmp_path, slot, retry_s=0.0)
+    real, calls = slot._loader, []
+
+    def fails_once(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("transient: file busy")
+        return real(path)
+
+    monkeypatch.setattr(slot, "_loader", fails_once)
+    assert not watcher.check() and slot.current.artefact == planted_artefact.resolve()
+    assert watcher.check() and slot.current.artefact == other.resolve()  # retried
+    assert not watcher.check() and len(calls) == 2
+
+
+def test_the_seed_goes_in_as_one_transaction(tmp_path):
+    class Recording:
+        def import_users(self, frame):
+            return len(frame)
+
+        def import_events(self, frame, batch_size=50_000):
+            self.batch_size, self.rows = batch_size, len(frame)
+            return len(frame)
+
+    store = Recording()
+    log = tmp_path / "log.csv"
+    planted_dataset().interactions.to_csv(log, index=False)
+    source = DataSource(dataset=None, interactions=str(log), user_col="user_id",
+                        item_col="item_id")  # fmt: skip
+    assert seed_store(store, source) == 240
+    assert store.batch_size >= store.rows  # an interrupted seed leaves nothing half-imported
 
 
 def test_the_old_model_is_freed_after_a_swap(planted_artefact):

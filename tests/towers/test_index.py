@@ -131,6 +131,20 @@ def test_bad_input_is_named(index):
         ItemIndex.load("/nonexistent")
 
 
+def test_one_string_is_not_a_list_of_ids_and_nan_is_refused_everywhere(index):
+    with pytest.raises(TypeError, match="not one string"):
+        index.delete("ab")  # would otherwise delete "a" and "b"
+    with pytest.raises(TypeError, match="not one string"):
+        index.upsert("z", np.zeros((1, 3), np.float32))
+    assert all(i in index for i in IDS)
+    rows = np.ones((3, 3), np.float32)
+    rows[1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 row\(s\): \['y'\]"):
+        ItemIndex.build(["x", "y", "w"], rows)
+    with pytest.raises(ValueError, match="queries has NaN"):
+        index.search(np.full((1, 3), np.nan, np.float32), 1)
+
+
 def test_concurrent_searches_and_upserts_are_safe(index):
     errors: list[BaseException] = []
 
