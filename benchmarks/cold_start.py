@@ -33,7 +33,7 @@ from towers._tf import keras, tf
 from towers.coldstart import cold_item_metrics, cold_item_split, cold_user_split, onboarding_order
 from towers.content import ContentProjection, frame_tokens
 from towers.evaluate import evaluate_retrieval
-from towers.examples import build_examples, example_age
+from towers.examples import build_examples, example_age, latest_histories
 from towers.features import UserFeatures, query_inputs
 from towers.metrics import retrieval_metrics, top_k
 from towers.movielens import load_movielens
@@ -57,10 +57,22 @@ def _user_vectors(model, histories, times, users: UserFeatures | None, user_ids)
     return np.concatenate([vectors, np.ones((len(vectors), 1), np.float32)], axis=1)
 
 
+def relevant_sets(index: dict, relevant) -> list[set[int]]:
+    """Each user's relevant items as row indices. Items nobody watched in training (not in
+    ``index``) stay relevant, as placeholders that no ranking can hit (indices below -1; -1 is
+    :func:`top_k`'s padding): protocol cold-user-k makes *all* the rest relevant."""
+    out = []
+    for items in relevant:
+        distinct = set(map(str, items))
+        known = {index[i] for i in distinct if i in index}
+        out.append(known | {-2 - j for j in range(len(distinct) - len(known))})
+    return out
+
+
 def _rank(scores: np.ndarray, index: dict, histories, relevant) -> dict:
     exclude = [np.array([index[i] for i in h if i in index], np.int64) for h in histories]
     ranked = top_k(scores.astype(np.float64), 50, exclude)
-    rel = [{index[i] for i in r if i in index} for r in relevant]
+    rel = relevant_sets(index, relevant)
     out = retrieval_metrics(ranked, rel, ks=(10, 50))
     return {k: round(v, 4) for k, v in out.items() if k != "hr@10"}
 
@@ -108,7 +120,9 @@ def cold_users(data, presets: dict | None = None, onboarding: bool = True) -> di
         bags = np.zeros((len(ids), len(items)))
         for r, h in enumerate(hist):
             bags[r, [index[i] for i in h if i in index]] = 1.0
-        row = {"k": k, "users": len(ids)}
+        unknown = sum(len({str(i) for i in r} - index.keys()) for r in rel)
+        row = {"k": k, "users": len(ids), "relevant_not_in_train": unknown,
+               "relevant": sum(len({str(i) for i in r}) for r in rel)}  # fmt: skip
         for name, scorer in scorers.items():
             row[name] = _rank(scorer(histories, k)[1], index, hist, rel)
         row["most-popular"] = _rank(np.tile(counts, (len(ids), 1)), index, hist, rel)
@@ -278,8 +292,7 @@ def cold_items(data) -> dict:
     row_of = {u: n for n, u in enumerate(test_users)}
     for u, i in zip(held["user_id"].astype(str), held["item_id"].astype(str), strict=True):
         positives[row_of[u], col[i]] = True
-    ordered = train_frame.sort_values(["timestamp", "item_id"], kind="stable")
-    history = ordered.groupby("user_id")["item_id"].apply(lambda s: s.astype(str).tolist()[-50:])
+    history = latest_histories(train_frame, 50)  # (timestamp, numeric item ID) order
     hist = [history.get(u, []) for u in test_users]
     end = train_frame["timestamp"].max()
     vectors = _user_vectors(

@@ -33,7 +33,9 @@ class Examples:
     timestamp : numpy.ndarray of int64, shape (n,)
         When the label was watched.
     example_age : numpy.ndarray of float32, shape (n,)
-        ``(t_end - timestamp) / (t_end - t_start)`` over the log, in [0, 1]; 0 at serving time.
+        ``(t_end - t) / (t_end - t_start)`` over the log, in [0, 1], 0 at serving time, where
+        ``t`` is the time of the example's position: the label's time for a next watch, the
+        event right after the history when the label lies further ahead.
     time_window : tuple of int
         ``(t_start, t_end)`` of the log, to compute example ages at query time.
     """
@@ -190,7 +192,10 @@ def build_examples(
         label=items[codes[label_pos]].astype(object),
         user_id=users[label_pos].astype(object),
         timestamp=times[label_pos],
-        example_age=example_age(times[label_pos], (t_start, t_end)),
+        # The request's time is the example's position (the event right after its history),
+        # not a later label's: with a label horizon or a new-user example the label may lie
+        # further ahead, and its time would tell the features when it was watched.
+        example_age=example_age(times[ends], (t_start, t_end)),
         time_window=(t_start, t_end),
     )
 

@@ -47,7 +47,10 @@ def ndcg_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> float
 
 
 def top_k(scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
-    """Indices of the ``k`` highest scores per row, best first (ties broken by lower index).
+    """Indices of the ``k`` highest scores per row, best first; ties within the returned ``k``
+    are ordered by lower index. Which of several items tied *at* the ``k``-th score make the cut
+    is ``numpy.argpartition``'s choice (deterministic for given input; a full stable sort of
+    every row would cost O(n log n) per user on million-item catalogues).
 
     Parameters
     ----------

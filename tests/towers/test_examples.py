@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 
 from towers.examples import PAD, build_examples, latest_histories, pad_histories
 
@@ -86,3 +87,19 @@ def test_new_user_examples_are_a_first_items_prefix_and_a_later_label(three_user
         seen_lengths.add(len(items))
     assert seen_lengths == {0, 1, 2}  # every prefix a user with 3 events can give
     assert ex.example_age.shape == (len(ex),) and ex.timestamp.shape == (len(ex),)
+
+
+def test_the_example_age_is_the_positions_time_not_a_later_labels():
+    frame = pd.DataFrame(
+        {"user_id": ["u"] * 6, "item_id": list("abcdef"), "timestamp": [0, 10, 20, 30, 40, 50]}
+    )
+    window = (0, 100)
+    ahead = build_examples(frame, label_horizon=4, time_window=window, seed=3)
+    # Position p's request happens at p's event (10 p), whatever later label was drawn.
+    positions = (ahead.history != "").sum(axis=1)
+    np.testing.assert_allclose(ahead.example_age, (100 - 10 * positions) / 100, rtol=1e-6)
+    cold = build_examples(frame, max_examples_per_user=1, cold_examples_per_user=20,
+                          time_window=window, seed=5)  # fmt: skip
+    m = (cold.history != "").sum(axis=1)[1:]  # the new-user examples: the first m items
+    np.testing.assert_allclose(cold.example_age[1:], (100 - 10 * m) / 100, rtol=1e-6)
+    assert (cold.timestamp[1:] >= 10 * m).all()  # their labels may lie further ahead
