@@ -104,9 +104,11 @@ def id_text(values: pd.Series) -> pd.Series:
         text[whole] = [str(int(v)) for v in numbers[whole]]
     else:
         text = values.astype(str).to_numpy(dtype=object)
-    out = pd.Series(text, index=values.index, dtype=object)
+    # Missing values are set after the text conversion: pandas 2's astype(str) would turn them
+    # into the text "nan" (pandas 3 keeps them missing).
+    out = pd.Series(text, index=values.index, dtype=object).astype(str).str.strip()
     out[missing] = np.nan
-    return out.astype(str).str.strip()
+    return out
 
 
 def check_ids(ids: pd.Series, path: Path, column: str, role: str, frame: pd.DataFrame) -> None:
