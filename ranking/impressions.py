@@ -301,7 +301,6 @@ def rating_examples(
     else:
         users = ordered["user_id"].astype(str).to_numpy()
         by_user = pd.Series(np.arange(len(ordered))).groupby(users).agg(list).to_dict()
-        user_sum = pd.Series(ordered["rating"].to_numpy(np.float64)).groupby(users).sum()
         train_ratings = ordered["rating"].to_numpy(np.float32)
         history = np.full((len(targets), max_history), PAD, dtype=object)
         history_rating = np.full((len(targets), max_history), np.nan, np.float32)
@@ -314,12 +313,19 @@ def rating_examples(
                 history[n, max_history - len(recent) :] = items[recent]
                 history_rating[n, max_history - len(recent) :] = train_ratings[recent]
             counts[n] = len(rows)
-            if rows:
-                total = user_sum[user] - (ratings[n] if own else 0.0)
-                means[n] = total / len(rows)
+            if rows:  # the user's other items only: every rating of this one is left out
+                means[n] = float(train_ratings[rows].astype(np.float64).mean())
         numeric = {"user_count": counts, "user_mean": means}
         item_counts = pd.Series(items).value_counts()
-        popularity = item_counts.reindex(t_items).fillna(0).to_numpy() - (1.0 if own else 0.0)
+        popularity = item_counts.reindex(t_items).fillna(0).to_numpy()
+        if own:  # leave out the user's own ratings of the item (all of them, if rated twice)
+            pairs = pd.Series(1, index=pd.MultiIndex.from_arrays([users, items])).groupby(
+                level=[0, 1]
+            ).sum()  # fmt: skip
+            key = pd.MultiIndex.from_arrays(
+                [np.asarray(t_users, object), np.asarray(t_items, object)]
+            )
+            popularity = popularity - pairs.reindex(key).fillna(0).to_numpy()
     n_rows = len(targets)
     nan = np.full(n_rows, np.nan)
     return RankingExamples(

@@ -82,6 +82,22 @@ class RankerConfig:
     tower_score_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.max_history < 1 or self.num_quantiles < 1:
+            raise ValueError(
+                f"max_history and num_quantiles must be >= 1, got {self.max_history}, "
+                f"{self.num_quantiles}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if any(u < 1 for u in (*self.hidden_units, *self.rating_units)):
+            raise ValueError(
+                f"hidden_units and rating_units must be >= 1, got {self.hidden_units}, "
+                f"{self.rating_units}"
+            )
+        if not (np.isfinite(self.rating_weight) and self.rating_weight >= 0):
+            raise ValueError(
+                f"rating_weight must be a finite number >= 0, got {self.rating_weight}"
+            )
         if not (np.isfinite(self.tower_score_weight) and self.tower_score_weight >= 0):
             raise ValueError(
                 f"tower_score_weight must be a finite number >= 0, got {self.tower_score_weight}"

@@ -104,7 +104,23 @@ def train_ranker_job(
     Impressions come from the tower itself (in-sample). With ``holdout``, they are simulated on
     the last 20 % of each user's training events by a copy of the tower trained on the first
     80 % (see :func:`holdout_tower`), which measured worse on ml-100k (NDCG@10 0.194 against
-    0.206 in-sample), so it is off by default."""
+    0.206 in-sample), so it is off by default.
+
+    Raises
+    ------
+    ValueError
+        If ``num_candidates`` < 1 or ``events_per_user`` < 1 (None: every event).
+    """
+    if (
+        isinstance(num_candidates, bool)
+        or not isinstance(num_candidates, int)
+        or num_candidates < 1
+    ):
+        raise ValueError(f"num_candidates must be an int >= 1, got {num_candidates!r}")
+    if events_per_user is not None and events_per_user < 1:
+        raise ValueError(
+            f"events_per_user must be >= 1 or None (every event), got {events_per_user}"
+        )
     config = config or RankerConfig()
     options = options or RankerOptions()
     retriever = Retriever.from_artefact(tower_artefact)
@@ -125,7 +141,8 @@ def train_ranker_job(
     ranker, metrics = train_ranker(
         examples, retriever.index.item_ids, train.items, config, options, train.users
     )
-    save_ranker(ranker, output, metrics, artefact_version(tower_artefact), options)
+    impressions = {"num_candidates": num_candidates, "events_per_user": events_per_user}
+    save_ranker(ranker, output, metrics, artefact_version(tower_artefact), options, impressions)
     return metrics
 
 

@@ -51,9 +51,21 @@ class RankerOptions:
     def __post_init__(self) -> None:
         if self.label_horizon < 1:
             raise ValueError(f"label_horizon must be >= 1, got {self.label_horizon}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
+
+# Impressions a ranker learns from, unless told otherwise: the generator's top 100 at up to 20
+# events per user (ranking.pipeline.train_ranker_job).
+IMPRESSION_DEFAULTS = {"num_candidates": 100, "events_per_user": 20}
 
 # The serving settings benchmarks/ranking.py picked for each MovieLens dataset on a
 # temporal-user-20 split carved from train (results/ranking.json, ``serving_validation``): the
@@ -245,9 +257,16 @@ def train_ranker(
 
 
 def save_ranker(
-    ranker: Ranker, directory: str | Path, metrics: dict, tower_version: str, options: RankerOptions
+    ranker: Ranker,
+    directory: str | Path,
+    metrics: dict,
+    tower_version: str,
+    options: RankerOptions,
+    impressions: dict | None = None,
 ) -> Path:
-    """Write the ranker artefact directory (see the module docstring)."""
+    """Write the ranker artefact directory (see the module docstring); ``impressions`` are the
+    settings of the simulated impressions it learned from (``num_candidates``,
+    ``events_per_user``), which a retrain reuses."""
     directory = Path(directory)
     vocab = directory / "vocab"
     vocab.mkdir(parents=True, exist_ok=True)
@@ -266,6 +285,7 @@ def save_ranker(
         "tower_version": tower_version,
         "ranker": ranker.config.to_dict(),
         "options": asdict(options),
+        "impressions": dict(impressions or {}),
         "normalizers": {k: v.to_dict() for k, v in ranker.normalizers.items()},
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -301,6 +321,13 @@ def ranker_settings(directory: str | Path) -> tuple[RankerConfig, RankerOptions]
     known = {f.name for f in fields(RankerOptions)}
     saved = {k: v for k, v in meta.get("options", {}).items() if k in known}
     return meta["ranker"], RankerOptions(**saved)
+
+
+def ranker_impressions(directory: str | Path) -> dict:
+    """``num_candidates`` and ``events_per_user`` of the impressions a saved ranker learned from
+    (the defaults for an artefact that predates them), for a retrain to reuse."""
+    saved = _ranker_meta(Path(directory)).get("impressions", {})
+    return {**IMPRESSION_DEFAULTS, **{k: v for k, v in saved.items() if k in IMPRESSION_DEFAULTS}}
 
 
 def load_ranker(directory: str | Path) -> Ranker:

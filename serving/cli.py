@@ -28,7 +28,7 @@ from export.candidates import FORMATS, export_candidates
 from export.savedmodel import MODEL_NAMES, export_savedmodels
 from ranking.model import RankerConfig
 from ranking.pipeline import train_ranker_for_artefact
-from ranking.train import RankerOptions
+from ranking.train import RankerOptions, ranker_impressions, ranker_settings
 from serving.api import Recommender, UnknownItemError
 from towers._tf import tf
 from towers.data import DataError
@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextwatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # dest "debug": the training commands' own --verbose (Keras progress) must not override it.
+    parser.add_argument("-v", "--verbose", dest="debug", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train-candidates", help="train the candidate-generation tower")
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nextwatch`` console script. Returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -440,8 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _source(args), args.parent, args.output, _build(TrainOptions, args),
                 WarmStart(args.since, args.replay_fraction),
             )  # fmt: skip
-            if not args.no_ranker and (Path(args.parent) / "ranker" / "config.json").exists():
-                train_ranker_for_artefact(_source(args), args.output)
+            parent_ranker = Path(args.parent) / "ranker"
+            if not args.no_ranker and (parent_ranker / "config.json").exists():
+                # The parent ranker's settings (rated bag, label horizon, impressions, ...).
+                ranker_config, ranker_options = ranker_settings(parent_ranker)
+                train_ranker_for_artefact(
+                    _source(args), args.output, None, ranker_config, ranker_options,
+                    **ranker_impressions(parent_ranker),
+                )  # fmt: skip
             log.info("artefact written to %s", args.output)
             print(json.dumps(metrics["lineage"], indent=2))
         elif args.command == "rollback":

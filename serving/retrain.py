@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ranking.pipeline import train_ranker_job
-from ranking.train import ranker_settings
+from ranking.train import ranker_impressions, ranker_settings
 from serving.promotion import Decision, guarded_promote, recent_holdout
 from serving.registry import Registry
 from serving.serve import write_pointer
@@ -111,7 +111,10 @@ def retrain_home(
         if ranker and (parent / "ranker" / "config.json").exists():
             # The parent ranker's configuration and options (rated bag, label horizon, ...).
             ranker_config, ranker_options = ranker_settings(parent / "ranker")
-            train_ranker_job(staging, train, staging / "ranker", ranker_config, ranker_options)
+            train_ranker_job(
+                staging, train, staging / "ranker", ranker_config, ranker_options,
+                **ranker_impressions(parent / "ranker"),
+            )  # fmt: skip
         version = registry.publish(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -91,6 +91,16 @@ def test_rating_rows_leave_the_target_out():
         rating_examples(LOG, context="later")
 
 
+def test_an_item_rated_twice_leaves_both_ratings_out_of_its_rows():
+    log = pd.DataFrame([("u1", "a", 5.0, 1), ("u1", "a", 5.0, 2), ("u1", "b", 1.0, 3)],
+                       columns=["user_id", "item_id", "rating", "timestamp"])  # fmt: skip
+    rows = rating_examples(log, max_history=3, context="all")
+    for j in (0, 1):  # the two ratings of a: the user's other items are b alone
+        assert rows.numeric["user_count"][j] == 1 and rows.numeric["user_mean"][j] == 1.0
+        assert rows.numeric["item_popularity"][j] == 0  # nobody else rated a
+    assert rows.numeric["user_mean"][2] == 5.0 and rows.numeric["item_popularity"][2] == 0
+
+
 def test_subsampled_negatives_are_reweighted_to_keep_the_expected_loss():
     ex = simulate_impressions(
         LOG, fake_tower, num_candidates=4, max_history=3, events_per_user=None,

@@ -217,3 +217,23 @@ def test_bad_ranker_settings_name_the_setting():
         RankerOptions(label_horizon=0)
     with pytest.raises(ValueError, match="schedule"):
         RankerOptions(schedule="linear")
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: RankerConfig(max_history=0), "max_history"),
+        (lambda: RankerConfig(dropout=1.5), "dropout"),
+        (lambda: RankerConfig(num_quantiles=0), "num_quantiles"),
+        (lambda: RankerConfig(rating_weight=float("nan")), "rating_weight"),
+        (lambda: RankerConfig(hidden_units=(8, 0)), "hidden_units"),
+        (lambda: RankerOptions(learning_rate=float("nan")), "learning_rate"),
+        (lambda: RankerOptions(learning_rate=-1.0), "learning_rate"),
+        (lambda: RankerOptions(epochs=0), "epochs"),
+        (lambda: RankerOptions(batch_size=0), "batch_size"),
+        (lambda: RankerOptions(weight_decay=float("inf")), "weight_decay"),
+    ],
+)
+def test_bad_ranker_settings_are_refused_by_name(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()

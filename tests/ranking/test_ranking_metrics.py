@@ -25,3 +25,9 @@ def test_weighted_pairwise_loss_by_hand():
     # a tie counts one half: a (2) against b (2) and d (0)
     tie = weighted_pairwise_loss(["a", "b", "d"], np.array([2.0, 2.0, 0.0]), {"a": 1.0})
     assert tie == pytest.approx(0.25)
+
+
+def test_repeats_count_once_and_nan_scores_count_as_wrong():
+    assert graded_ndcg(["a", "a", "b"], {"a": 5.0}) == pytest.approx(1.0)
+    loss = weighted_pairwise_loss(["p", "n"], np.array([np.nan, 1.0]), {"p": 1.0})
+    assert loss == 1.0

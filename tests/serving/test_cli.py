@@ -118,6 +118,18 @@ def test_train_ranker_then_recommend_ranks(tmp_path, capsys):
     other.write_text("user,item,rating,timestamp\nx,A,4,1\nx,B,4,2\n")
     bad = ["train-ranker", "--interactions", str(other), "--artefact", str(out)]
     assert main(bad) == 2  # not the data the tower was trained on
+    # A warm start retrains the ranker with the parent's settings, impressions included.
+    frame = pd.read_csv(log)
+    new = pd.DataFrame([(f"u{u}", "B", 5.0, 10_000 + u) for u in range(10)],
+                       columns=["user", "item", "rating", "timestamp"])  # fmt: skip
+    pd.concat([frame, new]).to_csv(log, index=False)
+    child = tmp_path / "child"
+    retrain = ["retrain", "--interactions", str(log), "--from", str(out), "--output", str(child),
+               "--epochs", "1", "--batch-size", "16", "--verbose", "0"]  # fmt: skip
+    assert main(retrain) == 0
+    saved = json.loads((child / "ranker" / "config.json").read_text())
+    assert saved["ranker"]["num_quantiles"] == 5 and saved["options"]["epochs"] == 1
+    assert saved["impressions"] == {"num_candidates": 3, "events_per_user": 2}
 
 
 def test_retrain_defaults_to_the_warm_start_learning_rate():
@@ -171,6 +183,7 @@ def test_train_ranker_flags_reach_the_config_and_options():
         rated_bag=True, max_history=200, tower_score_weight=0.2
     )
     assert _build(RankerOptions, args) == RankerOptions(schedule="cosine", label_horizon=30)
+    assert parser.parse_args(["-v", "train-ranker", "--artefact", "a"]).debug  # not overridden
     plain = parser.parse_args(["train-ranker", "--artefact", "a"])
     assert _build(RankerConfig, plain) == RankerConfig()
     assert _build(RankerOptions, plain) == RankerOptions()
