@@ -6,7 +6,9 @@
                ``prev_impressions``, ``user_count``, ``user_mean``, ``item_popularity`` (float),
                and ``gender``, ``occupation``, ``zip_prefix`` for models with demographics;
                for rankers with a rated bag (``RankerConfig.rated_bag``) also
-               ``history_rating`` (float ``[batch, n]``, each history item's rating).
+               ``history_rating`` (float ``[batch, n]``, each history item's rating). As in the
+               service, the newest ``max_history`` known history items form the bag, a repeated
+               item counting once, at its last position (with that position's rating).
                Outputs ``score`` (``exp(logit)``, the serving score), ``logit`` (the serving
                logit: the ranking head plus ``tower_score_weight`` times ``tower_score``),
                ``rating`` and ``model_version``.
@@ -28,7 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from export.savedmodel import NO_ITEM_SCORE, _BruteForceModule, _save, _signature
+from export.savedmodel import (
+    NO_ITEM_SCORE,
+    _BruteForceModule,
+    _save,
+    _signature,
+    compact,
+    distinct_known,
+)
 from ranking.impressions import NUMERIC
 from ranking.model import Ranker
 from ranking.train import load_ranker
@@ -45,14 +54,6 @@ def _unknown_if_negative(x: tf.Tensor) -> tf.Tensor:
     return tf.where(x < 0, tf.fill(tf.shape(x), float("nan")), x)
 
 
-def _compact(history: tf.Tensor, known: tf.Tensor, width: int) -> tf.Tensor:
-    """Known items moved right in order, the newest ``width`` kept, left-padded with ""."""
-    order = tf.argsort(tf.cast(known, tf.int32), axis=1, stable=True)
-    history = tf.gather(tf.where(known, history, ""), order, batch_dims=1)
-    history = history[:, tf.maximum(tf.shape(history)[1] - width, 0) :]
-    return tf.pad(history, [[0, 0], [width - tf.shape(history)[1], 0]], constant_values="")
-
-
 class _RankerModule(tf.Module):
     def __init__(self, ranker: Ranker, version: str) -> None:
         super().__init__()
@@ -63,8 +64,14 @@ class _RankerModule(tf.Module):
         inputs = dict(request)
         for name in UNKNOWN_IF_NEGATIVE:
             inputs[name] = _unknown_if_negative(request[name])
+        # The service's bag: a repeated item once, at its last position, and the newest
+        # max_history known items; history_rating compacted alike, so it stays aligned.
+        history, width = request["history"], self.ranker.config.max_history
+        keep = distinct_known(history, self.ranker.item_lookup(history) >= 2)
+        inputs["history"] = compact(history, keep, width, "")
         if "history_rating" in request:
-            inputs["history_rating"] = _unknown_if_negative(request["history_rating"])
+            rating = compact(request["history_rating"], keep, width, -1.0)
+            inputs["history_rating"] = _unknown_if_negative(rating)
         out = self.ranker(inputs)
         return {
             "score": tf.exp(out["serving_logit"]),
@@ -100,11 +107,9 @@ class _TwoStageModule(_BruteForceModule):
         retrieved = self.top_k(request)  # [B, N] unseen candidates by tower logit
         ids, tower_scores = retrieved["item_ids"], retrieved["scores"]
         batch, n = tf.shape(ids)[0], tf.shape(ids)[1]
-        history = _compact(
-            request["history"],
-            self.model.item_lookup(request["history"]) >= 2,
-            self.ranker.config.max_history,
-        )
+        history = request["history"]
+        keep = distinct_known(history, self.model.item_lookup(history) >= 2)
+        history = compact(history, keep, self.ranker.config.max_history, "")
 
         def per_row(x: tf.Tensor) -> tf.Tensor:  # [B] -> [B * N]
             return tf.reshape(tf.repeat(x[:, None], n, axis=1), [-1])

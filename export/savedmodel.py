@@ -3,7 +3,8 @@
 Each model has one ``serving_default`` signature on raw inputs:
 
 ``history``   string ``[batch, n]``: watched item IDs, oldest first; ``""`` pads anywhere, and
-              unknown IDs are ignored. Any ``n``: the newest ``max_history`` items form the bag.
+              unknown IDs are ignored. Any ``n``: the newest ``max_history`` known items form
+              the bag, a repeated item counting once, at its last position (as the Python API).
 ``age``, ``gender``, ``occupation``, ``zip_prefix``
               only when the model was trained with demographics (ml-100k): float ``[batch]``
               (-1 or NaN if unknown) and strings ``[batch]`` (``""`` if unknown).
@@ -45,6 +46,55 @@ MODEL_NAMES = ("query_tower", "retrieval_brute_force", "retrieval_scann")
 NO_ITEM_SCORE = float(np.finfo(np.float32).min)
 
 
+def distinct_known(history: tf.Tensor, known: tf.Tensor) -> tf.Tensor:
+    """The known items of each row less those repeated later in it.
+
+    Parameters
+    ----------
+    history : tf.Tensor
+        String ``[batch, n]``, oldest first.
+    known : tf.Tensor
+        Bool ``[batch, n]``: which positions hold a known item (never a pad).
+
+    Returns
+    -------
+    tf.Tensor
+        Bool ``[batch, n]``: ``known`` without every position whose item appears again, known,
+        at a later position of its row, so a repeated item counts once, at its last position
+        (as ``serving.api.distinct_history``).
+    """
+    position = tf.range(tf.shape(history)[1])
+    later = position[None, :] > position[:, None]  # [j, k]: k comes after j
+    again = tf.equal(history[:, :, None], history[:, None, :]) & later & known[:, None, :]
+    return known & ~tf.reduce_any(again, axis=2)
+
+
+def compact(values: tf.Tensor, keep: tf.Tensor, width: int, pad) -> tf.Tensor:
+    """The kept ``values`` of each row moved right in order, the newest ``width`` of them.
+
+    Parameters
+    ----------
+    values : tf.Tensor
+        ``[batch, n]``, oldest first (history items, or values aligned with them).
+    keep : tf.Tensor
+        Bool ``[batch, n]``.
+    width : int
+        Columns of the result.
+    pad
+        The value of the dropped positions and of the left padding.
+
+    Returns
+    -------
+    tf.Tensor
+        ``[batch, width]``, left-padded with ``pad``. Rows compacted with the same ``keep``
+        stay aligned.
+    """
+    order = tf.argsort(tf.cast(keep, tf.int32), axis=1, stable=True)  # dropped ones first
+    values = tf.gather(tf.where(keep, values, pad), order, batch_dims=1)
+    values = values[:, tf.maximum(tf.shape(values)[1] - width, 0) :]
+    return tf.pad(values, [[0, 0], [width - tf.shape(values)[1], 0]], constant_values=pad)
+
+
 def _signature(model: CandidateTower) -> dict[str, tf.TensorSpec]:
     spec = {"history": tf.TensorSpec([None, None], tf.string, name="history")}
     if model.demographic_vocabularies:
@@ -65,15 +115,10 @@ class _QueryModule(tf.Module):
 
     def _model_inputs(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         history = request["history"]
-        # Move pads and unknown IDs to the front keeping the known items' order (a stable sort
-        # on "is a known item"), then keep the newest max_history: the same left-padded bag of
-        # known items as serving.api (unknown IDs never push known ones out of the bag).
-        known = self.model.item_lookup(history) >= 2
-        order = tf.argsort(tf.cast(known, tf.int32), axis=1, stable=True)
-        history = tf.gather(history, order, batch_dims=1)
-        history = history[:, tf.maximum(tf.shape(history)[1] - self.max_history, 0) :]
-        pad = self.max_history - tf.shape(history)[1]
-        history = tf.pad(history, [[0, 0], [pad, 0]], constant_values="")
+        # The same left-padded bag of known items as serving.api: a repeated item counts once,
+        # at its last position, and unknown IDs never push known ones out of the bag.
+        keep = distinct_known(history, self.model.item_lookup(history) >= 2)
+        history = compact(history, keep, self.max_history, "")
         batch = tf.shape(history)[0]
         inputs = {"history": history, "example_age": tf.zeros([batch], tf.float32)}
         for name in DEMOGRAPHIC_COLUMNS:

@@ -10,9 +10,19 @@ import pytest
 
 from export.ranking_savedmodel import export_ranking_savedmodels
 from ranking.scorer import RankScorer
-from serving.api import Recommender
+from serving.api import Recommender, distinct_history
 
 HISTORIES = [["A", "", ""], ["C", "zzz", "D"]]
+# max_history is 3: a repeat (the service's bag is B, A), a repeat in a history longer than
+# max_history with an unknown ID (bag C, D, A), and a history longer than max_history (C, D, E)
+LONG_HISTORIES = [
+    ["A", "B", "A", "", "", ""], ["B", "A", "C", "zzz", "D", "A"], ["A", "B", "C", "D", "E", ""],
+]  # fmt: skip
+LONG_RATINGS = [[1.0, 2.0, 5.0, -1.0, -1.0, -1.0], [4.0, 1.0, 3.0, -1.0, 2.0, 5.0],
+                [5.0, -1.0, 1.0, 2.0, 4.0, -1.0]]  # fmt: skip
+CANDIDATES, TOWER_SCORES = ["F", "G", "H"], [1.0, 0.5, 0.2]
+CLOCK, LAST_WATCH, USER_MEAN = 1000.0, 900.0, 3.5
+DEMOGRAPHICS = {"gender": "F", "occupation": "student", "zip_prefix": "1"}
 LOADER = textwrap.dedent(
     """
     import json, sys
@@ -20,16 +30,18 @@ LOADER = textwrap.dedent(
         sys.modules[name] = None
     import tensorflow as tf
     base, request = sys.argv[1], json.load(open(sys.argv[2]))
-    out = {}
-    for name in ("ranker", "two_stage"):
+    out, models = {}, {}
+    for key, inputs in request.items():  # key: "<model>" or "<model>:<what>"
+        name = key.split(":")[0]
+        if name not in models:
+            models[name] = tf.saved_model.load(f"{base}/{name}/1").signatures["serving_default"]
         leaf = lambda v: leaf(v[0]) if isinstance(v, list) else v
         feed = {k: tf.constant(v, tf.string if isinstance(leaf(v), str) else tf.float32)
-                for k, v in request[name].items()}
-        result = tf.saved_model.load(f"{base}/{name}/1").signatures["serving_default"](**feed)
-        out[name] = {k: v.numpy().tolist() for k, v in result.items()}
-        out[name]["model_version"] = [b.decode() for b in out[name]["model_version"]]
-        if "item_ids" in out[name]:
-            out[name]["item_ids"] = [[b.decode() for b in row] for row in out[name]["item_ids"]]
+                for k, v in inputs.items()}
+        out[key] = {k: v.numpy().tolist() for k, v in models[name](**feed).items()}
+        out[key]["model_version"] = [b.decode() for b in out[key]["model_version"]]
+        if "item_ids" in out[key]:
+            out[key]["item_ids"] = [[b.decode() for b in row] for row in out[key]["item_ids"]]
     print(json.dumps(out))
     """
 )
@@ -53,6 +65,12 @@ def outputs(planted_ranked_artefact, tmp_path_factory):
         "two_stage": {"history": HISTORIES, **features, "user_count": [1.0, 3.0],
                       "user_mean": [-1.0, -1.0], "time_since_last": [-1.0, -1.0]},
     }  # fmt: skip
+    request["two_stage:long"] = {
+        "history": LONG_HISTORIES, "age": [-1.0] * 3, "gender": [""] * 3, "occupation": [""] * 3,
+        "zip_prefix": [""] * 3, "user_mean": [-1.0] * 3, "time_since_last": [-1.0] * 3,
+        "user_count": [_count(row) for row in LONG_HISTORIES],
+    }  # fmt: skip
+    request["ranker:long"] = _long_ranker_request(planted_ranked_artefact)
     (base / "request.json").write_text(json.dumps(request))
     (base / "load.py").write_text(LOADER)
     done = subprocess.run(
@@ -61,6 +79,39 @@ def outputs(planted_ranked_artefact, tmp_path_factory):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return request, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _count(history: list[str]) -> float:
+    """The API's rating count for a request ``history``: its distinct items."""
+    return float(len(distinct_history([h for h in history if h])))
+
+
+def _long_ranker_request(artefact) -> dict[str, list]:
+    """One row per (history of ``LONG_HISTORIES``, candidate), as the service would score it."""
+    popularity = Recommender.load(artefact).reranker.popularity
+    rows = [(h, r, c) for h, r in zip(LONG_HISTORIES, LONG_RATINGS, strict=True)
+            for c in CANDIDATES]  # fmt: skip
+    n = len(rows)
+    return {
+        "item_id": [c for _, _, c in rows], "history": [h for h, _, _ in rows],
+        "history_rating": [r for _, r, _ in rows],
+        "tower_score": TOWER_SCORES * len(LONG_HISTORIES),
+        "tower_rank": [1.0, 2.0, 3.0] * len(LONG_HISTORIES),
+        "time_since_last": [CLOCK - LAST_WATCH] * n, "prev_impressions": [0.0] * n,
+        "user_count": [_count(row) for row, _, _ in rows],
+        "user_mean": [USER_MEAN] * n,
+        "item_popularity": [popularity.get(c, 0.0) for _, _, c in rows],
+        **{col: [value] * n for col, value in DEMOGRAPHICS.items()},
+    }  # fmt: skip
+
+
+def _served_bag(history: list[str], ratings: list[float], rec: Recommender, width: int):
+    """The service's ranker bag of ``history`` (a repeat once, at its last position; the newest
+    ``width`` known items) and those positions' ratings (NaN if unknown), left-padded."""
+    last = {item: rating for item, rating in zip(history, ratings, strict=True) if item}
+    bag = rec.retriever.encoder.known_only(distinct_history([h for h in history if h]))[-width:]
+    pad = width - len(bag)
+    return [""] * pad + bag, [np.nan] * pad + [last[i] if last[i] >= 0 else np.nan for i in bag]
 
 
 def test_two_stage_savedmodel_equals_the_ranked_api(planted_ranked_artefact, outputs):
@@ -91,3 +142,46 @@ def test_ranker_savedmodel_equals_the_numpy_scorer(planted_ranked_artefact, outp
     np.testing.assert_allclose(got["ranker"]["logit"], want["serving_logit"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["ranker"]["score"], np.exp(want["serving_logit"]), rtol=1e-4)
     np.testing.assert_allclose(got["ranker"]["rating"], want["rating"], rtol=1e-4)
+
+
+def test_two_stage_savedmodel_counts_a_repeat_once_and_the_newest_max_history(
+    planted_ranked_artefact, outputs
+):
+    rec = Recommender.load(planted_ranked_artefact)
+    rec.num_candidates = 5
+    assert rec.reranker.max_history == 3
+    got = outputs[1]["two_stage:long"]
+    for row, history in enumerate(LONG_HISTORIES):
+        api = rec.recommend(history=[h for h in history if h], k=3)
+        assert got["item_ids"][row] == api.item_ids
+        np.testing.assert_allclose(got["scores"][row], [r.score for r in api], rtol=1e-4)
+
+
+def test_ranker_savedmodel_counts_a_repeat_once_and_the_newest_max_history(
+    planted_ranked_artefact, outputs
+):
+    request, got = outputs
+    rec = Recommender.load(planted_ranked_artefact)
+    reranker = rec.reranker
+    reranker.clock = lambda: CLOCK
+    stats = {"rating_mean": USER_MEAN, "last_timestamp": LAST_WATCH}
+    scores = np.reshape(got["ranker:long"]["score"], (len(LONG_HISTORIES), len(CANDIDATES)))
+    for row, history in enumerate(LONG_HISTORIES):
+        distinct = distinct_history([h for h in history if h])
+        ids, want = reranker.rerank(
+            CANDIDATES, TOWER_SCORES, rec.retriever.encoder.known_only(distinct),
+            {**stats, "rating_count": float(len(distinct))}, DEMOGRAPHICS, k=len(CANDIDATES),
+        )  # fmt: skip
+        served = dict(zip(CANDIDATES, scores[row], strict=True))
+        np.testing.assert_allclose([served[i] for i in ids], want, rtol=1e-4)
+    # the ratings follow their items: the rating head sees the service's bag and its ratings
+    inputs = {k: np.array(v, dtype=object if isinstance(np.ravel(v)[0], str) else np.float32)
+              for k, v in request["ranker:long"].items()}  # fmt: skip
+    bags = [_served_bag(h, r, rec, reranker.max_history) for h, r in zip(
+        inputs["history"], inputs["history_rating"], strict=True)]  # fmt: skip
+    inputs["history"] = np.array([b for b, _ in bags], dtype=object)
+    inputs["history_rating"] = np.array([r for _, r in bags], np.float32)
+    assert inputs["history"][0].tolist() == ["", "B", "A"]
+    assert inputs["history_rating"][3].tolist() == [3.0, 2.0, 5.0]  # C, D, A (its last rating)
+    np.testing.assert_allclose(got["ranker:long"]["rating"], reranker.scorer(inputs)["rating"],
+                               rtol=1e-4)  # fmt: skip

@@ -11,16 +11,23 @@ import numpy as np
 import pytest
 
 from export.savedmodel import NO_ITEM_SCORE, export_savedmodels
-from serving.api import Recommender
+from serving.api import Recommender, distinct_history
 from towers.features import query_inputs
 
 K = 6
-HISTORIES = [["A", "", ""], ["", "", ""], ["zzz", "", "C"], ["A", "B", "C"]]  # pads anywhere
+# pads anywhere; max_history is 3: then a repeat (the API's bag is B, A), a repeat in a history
+# longer than max_history with an unknown ID (bag C, D, A), a longer history (bag C, D, E)
+HISTORIES = [
+    ["A", "", "", "", "", ""], ["", "", "", "", "", ""], ["zzz", "", "C", "", "", ""],
+    ["A", "B", "C", "", "", ""], ["A", "B", "A", "", "", ""], ["B", "A", "C", "zzz", "D", "A"],
+    ["A", "B", "C", "D", "E", ""],
+]  # fmt: skip
+BAGS = {4: ["B", "A"], 5: ["C", "D", "A"], 6: ["C", "D", "E"]}  # the API's, by row
 FEATURES = {
-    "age": [20.0, float("nan"), 55.0, -1.0],  # NaN or negative: unknown
-    "gender": ["M", "", "F", "other"],
-    "occupation": ["artist", "", "student", "student"],
-    "zip_prefix": ["0", "", "3", "9"],
+    "age": [20.0, float("nan"), 55.0, -1.0, 30.0, 41.0, -1.0],  # NaN or negative: unknown
+    "gender": ["M", "", "F", "other", "F", "M", ""],
+    "occupation": ["artist", "", "student", "student", "artist", "student", ""],
+    "zip_prefix": ["0", "", "3", "9", "1", "2", ""],
 }
 
 LOADER = textwrap.dedent(
@@ -75,15 +82,21 @@ def outputs(exported, tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _features(row: int) -> dict[str, object]:
+    """Row ``row`` of ``FEATURES`` as the API's ``features`` (unknown ones left out)."""
+    features = {name: values[row] for name, values in FEATURES.items()}
+    if not features["age"] >= 0:
+        features["age"] = None
+    return {k: v for k, v in features.items() if v not in ("", None)}
+
+
 def _api(planted_artefact):
     rec = Recommender.load(planted_artefact)
     results = []
     for row, history in enumerate(HISTORIES):
-        features = {name: values[row] for name, values in FEATURES.items()}
-        if not features["age"] >= 0:
-            features["age"] = None
-        features = {k: v for k, v in features.items() if v not in ("", None)}
-        results.append(rec.recommend(history=[h for h in history if h], features=features, k=K))
+        results.append(
+            rec.recommend(history=[h for h in history if h], features=_features(row), k=K)
+        )
     return rec, results
 
 
@@ -100,7 +113,7 @@ def test_brute_force_savedmodel_equals_the_api_exactly(planted_artefact, outputs
         assert got["item_ids"][row][n:] == [""] * (K - n)
         assert got["scores"][row][n:] == [NO_ITEM_SCORE] * (K - n)
     assert len(expected[3]) == 5  # A, B, C seen: 5 of 8 left
-    assert got["model_version"] == [rec.version] * 4
+    assert got["model_version"] == [rec.version] * len(HISTORIES)
 
 
 def test_scann_savedmodel_overlaps_the_api(planted_artefact, outputs):
@@ -113,8 +126,9 @@ def test_scann_savedmodel_overlaps_the_api(planted_artefact, outputs):
 
 def test_query_tower_savedmodel_equals_the_encoder(planted_artefact, outputs):
     rec, _ = _api(planted_artefact)
+    known_only = rec.retriever.encoder.known_only
     inputs = query_inputs(
-        [[h for h in history if h] for history in HISTORIES],
+        [known_only(distinct_history([h for h in history if h])) for history in HISTORIES],
         max_history=rec.max_history,
         demographics={
             **{k: np.array(v, dtype=object) for k, v in FEATURES.items() if k != "age"},
@@ -124,6 +138,23 @@ def test_query_tower_savedmodel_equals_the_encoder(planted_artefact, outputs):
     np.testing.assert_allclose(
         outputs["query_tower"]["user_vector"], rec.retriever.encoder(inputs), rtol=1e-5, atol=1e-5
     )
+
+
+def test_a_repeat_counts_once_and_the_newest_max_history_known_items_form_the_bag(
+    planted_artefact, outputs
+):
+    rec, expected = _api(planted_artefact)
+    assert rec.max_history == 3
+    rows = sorted(BAGS)
+    want = rec.encode([BAGS[r] for r in rows], [_features(r) for r in rows])[:, :-1]
+    got = np.array(outputs["query_tower"]["user_vector"])[rows]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for row in rows:  # and retrieval ranks by that vector, excluding every history item
+        result, brute = expected[row], outputs["retrieval_brute_force"]
+        assert brute["item_ids"][row][: len(result)] == result.item_ids
+        np.testing.assert_allclose(
+            brute["scores"][row][: len(result)], [r.score for r in result], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_saved_model_cli_runs_the_brute_force_model(planted_artefact, exported, tmp_path):
