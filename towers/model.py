@@ -85,6 +85,24 @@ class TowerConfig:
     hidden_units: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        positive = ("embedding_dim", "token_dim", "output_dim", "max_history",
+                    "max_tokens_per_item", "num_negatives", "full_softmax_max_items",
+                    "label_horizon")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("depth", "cold_examples_per_user", "recent_history"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.recent_history > self.max_history:
+            raise ValueError(
+                f"recent_history ({self.recent_history}) must be <= max_history "
+                f"({self.max_history})"
+            )
+        for name in ("dropout", "history_dropout"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         # Paper Fig. 6: depth 1 is 256 ReLU, depth 2 is 512 -> 256, ... (halving to the output).
         units = tuple(self.output_dim * 2 ** (self.depth - 1 - i) for i in range(self.depth))
         object.__setattr__(self, "hidden_units", units)

@@ -22,7 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import resource
+import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -70,6 +74,14 @@ class TrainOptions:
     seed: int = 0
     verbose: int = 1
     log_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
 
 
 @dataclass
@@ -256,8 +268,47 @@ def save_artefact(
     lineage : dict, optional
         Where a warm-started model came from (parent version, data range, new items), recorded
         in ``config.json``.
+
+    The artefact is written into a temporary sibling directory and renamed to ``directory`` when
+    complete (replacing what was there), so a crash never leaves a mix of two models.
     """
-    directory = Path(directory)
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        directory.chmod(0o755)
+        _write_artefact(result, directory, extra_metrics, data, index_params, lineage)
+        _replace_directory(directory, final)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace_directory(source: Path, target: Path, keep: tuple[str, ...] = ("logs",)) -> None:
+    """Rename ``source`` to ``target``; an existing ``target`` is moved aside first, then
+    removed, so that ``target`` is always either the old directory or the new one. Entries named
+    in ``keep`` (the TensorBoard logs this training run wrote there) move into ``source``."""
+    if target.exists():
+        for name in keep:
+            if (target / name).exists() and not (source / name).exists():
+                (target / name).rename(source / name)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        source.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        source.rename(target)
+
+
+def _write_artefact(
+    result: TrainResult,
+    directory: Path,
+    extra_metrics: dict | None,
+    data: Dataset | None,
+    index_params: IndexParams | None,
+    lineage: dict | None,
+) -> None:
     vocab = directory / "vocab"
     vocab.mkdir(parents=True, exist_ok=True)
     model = result.model
@@ -295,7 +346,6 @@ def save_artefact(
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     metrics = {**result.metrics, **(extra_metrics or {})}
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return directory
 
 
 def variables_only(model: CandidateTower) -> CandidateTower:

@@ -98,3 +98,59 @@ def test_bad_arguments_are_named():
         train_tower(planted_log(), SMALL, TrainOptions(epochs=0))
     with pytest.raises(FileNotFoundError, match="not a nextwatch artefact"):
         load_artefact("/nonexistent")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"output_dim": 0}, "output_dim"),
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"num_negatives": -5}, "num_negatives"),
+        ({"label_horizon": 0}, "label_horizon"),
+        ({"depth": -1}, "depth"),
+        ({"cold_examples_per_user": -1}, "cold_examples_per_user"),
+        ({"recent_history": 100}, "recent_history"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"history_dropout": 1.0}, "history_dropout"),
+    ],
+)
+def test_bad_tower_settings_are_refused_by_name(overrides, name):
+    with pytest.raises(ValueError, match=name):
+        TowerConfig(**overrides)
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_bad_learning_rate_is_refused(rate):
+    from towers.train import TrainOptions
+
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainOptions(learning_rate=rate)
+
+
+def test_a_save_that_dies_leaves_the_previous_artefact_whole(
+    planted_artefact, tmp_path, monkeypatch
+):
+    import json
+    import shutil
+
+    import towers.train as train_module
+    from towers.train import TrainOptions, TrainResult, load_artefact, save_artefact
+
+    target = tmp_path / "artefact"
+    shutil.copytree(planted_artefact, target)
+    before = (target / "config.json").read_text()
+    model = load_artefact(target)
+    result = TrainResult(model, model.config, TrainOptions(), "planted", "x" * 64)
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_module, "save_arrays", dies)
+    with pytest.raises(OSError, match="disk full"):
+        save_artefact(result, target)
+    assert (target / "config.json").read_text() == before  # the old artefact, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artefact"]  # no partial directory
+    monkeypatch.undo()
+    save_artefact(result, target)
+    assert json.loads((target / "config.json").read_text())["data_checksum"] == "x" * 64
+    assert not (target / "ranker").exists() and load_artefact(target).num_items == model.num_items
