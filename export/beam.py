@@ -39,7 +39,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from export.candidates import SCHEMA, candidate_table
-from towers.catalogue import UserTable
+from towers.catalogue import UserTable, check_history_type
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.retrieval import Retriever
 
@@ -143,6 +143,10 @@ def _users_schema(users: str) -> pa.Schema:
     missing = sorted({"user_id", "history"} - set(schema.names))
     if missing:
         raise ValueError(f"users file {files[0].path} lacks columns {missing}")
+    try:  # checked here, before the job starts, as the single-process exporter does
+        check_history_type(schema.field("history").type)
+    except ValueError as exc:
+        raise ValueError(f"{files[0].path}: {exc}") from None
     demographics = all(c in schema.names for c in _DEMOGRAPHICS)
     names = ["user_id", "history", *(_DEMOGRAPHICS if demographics else ())]
     return pa.schema([schema.field(name) for name in names])

@@ -384,6 +384,9 @@ def _train_shards(args: argparse.Namespace) -> dict:
     strategy = strategy_for(role)  # before any other TensorFlow op
     from towers.stream import save_on_chief, train_shards
 
+    for flag in ("backup_every", "shuffle_buffer"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     items_path = Path(args.items) if args.items else Path(args.shards) / ITEMS_FILE
     items = pd.read_parquet(items_path) if items_path.exists() else None
     if args.items and items is None:

@@ -59,7 +59,7 @@ def save_catalogue(directory: str | Path, data: Dataset) -> None:
     user_table(data.interactions, data.users).to_parquet(directory / USERS_FILE, index=False)
 
 
-def _check_history_type(kind: pa.DataType) -> None:
+def check_history_type(kind: pa.DataType) -> None:
     """Refuse a ``history`` column that is not a list of item IDs (strings, or integers, which
     are read as their decimal strings): a plain string such as ``"12|13|30"`` would otherwise be
     read one character at a time."""
@@ -96,7 +96,7 @@ class UserTable:
         missing = {"user_id", "history"} - set(table.column_names)
         if missing:
             raise ValueError(f"user table lacks columns {sorted(missing)}")
-        _check_history_type(table.schema.field("history").type)
+        check_history_type(table.schema.field("history").type)
         ids = pd.Index(table.column("user_id").cast(pa.string()).to_pandas())
         if ids.has_duplicates:
             raise ValueError(f"user table repeats user ids, e.g. {ids[ids.duplicated()][0]!r}")

@@ -80,6 +80,9 @@ def item_token_table(
     return vocabulary, table
 
 
+NO_VALUES = "(no values)"  # the vocabulary of a demographic column the data leaves empty
+
+
 @dataclass(frozen=True)
 class UserFeatures:
     """Demographics by raw user ID, for datasets that have them (ml-100k).
@@ -97,7 +100,14 @@ class UserFeatures:
         return cls(users.set_index("user_id"))
 
     def vocabularies(self) -> dict[str, list[str]]:
-        return {c: sorted(set(self.table[c].astype(str)) - {""}) for c in DEMOGRAPHIC_COLUMNS}
+        """Each categorical column's values. A column the users file lacks (or leaves empty)
+        gets the placeholder :data:`NO_VALUES`, which no user has: every user is then "unknown"
+        there, and the model keeps the same inputs whichever columns the file had."""
+        out = {}
+        for c in DEMOGRAPHIC_COLUMNS:
+            values = self.table[c].dropna().astype(str)
+            out[c] = sorted(set(values) - {""}) or [NO_VALUES]
+        return out
 
     def lookup(self, user_ids: Sequence[str] | np.ndarray) -> dict[str, np.ndarray]:
         """Columns ``age`` (float32) and the categorical columns (object str) for ``user_ids``."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -82,10 +83,14 @@ class ShardScan:
 def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
     """One pass over ``paths`` reading only the ID and time columns.
 
+    Empty shards are skipped. IDs are read as text, as :func:`read_shard` reads them. (Each
+    user's events are expected in one shard, as ``generate-synthetic`` writes them; a user
+    split over shards is trained without their history from the other shards.)
+
     Raises
     ------
     ValueError
-        If there are no shards, a shard lacks a column, or a user appears in two shards.
+        If there are no shards, a shard lacks a column, or every shard is empty.
     """
     if not paths:
         raise ValueError("paths is empty: there are no shards to train on")
@@ -97,10 +102,15 @@ def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
             table = pq.read_table(path, columns=_COLUMNS)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"shard {path} lacks one of the columns {_COLUMNS}: {exc}") from exc
-        vc = pc.value_counts(table.column("item_id")).flatten()
+        if table.num_rows == 0:
+            continue
+        ids = {c: pc.cast(table.column(c), pa.string()) for c in ("item_id", "user_id")}
+        if any(v.null_count for v in ids.values()) or table.column("timestamp").null_count:
+            raise ValueError(f"shard {path} has missing user IDs, item IDs or timestamps")
+        vc = pc.value_counts(ids["item_id"]).flatten()
         shard_counts = pd.Series(vc[1].to_numpy(), index=vc[0].to_numpy(zero_copy_only=False))
         counts = shard_counts if counts is None else counts.add(shard_counts, fill_value=0)
-        per_user = pc.value_counts(table.column("user_id")).flatten()[1].to_numpy()
+        per_user = pc.value_counts(ids["user_id"]).flatten()[1].to_numpy()
         users += len(per_user)
         events += table.num_rows
         examples += int(np.minimum(per_user, cap).sum() if cap else per_user.sum())
@@ -108,7 +118,8 @@ def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
         lo, hi = pc.min_max(table.column("timestamp")).values()
         t_min = lo.as_py() if t_min is None else min(t_min, lo.as_py())
         t_max = hi.as_py() if t_max is None else max(t_max, hi.as_py())
-    assert counts is not None
+    if counts is None:
+        raise ValueError(f"all {len(paths)} shard(s) are empty: there is nothing to train on")
     order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ShardScan(
         [str(p) for p in paths],
@@ -271,6 +282,8 @@ def train_shards(
         raise ValueError(
             f"epochs and batch_size must be >= 1, got {options.epochs}, {options.batch_size}"
         )
+    if steps_per_epoch is not None and steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1 (or None), got {steps_per_epoch}")
     role = role or cluster_role()
     strategy = strategy or strategy_for(role)
     keras.utils.set_random_seed(options.seed)

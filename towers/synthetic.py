@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,8 +98,18 @@ class SyntheticConfig:
             raise ValueError(f"max_events ({self.max_events}) < min_events ({self.min_events})")
         if not 0.0 <= self.stickiness < 1.0:
             raise ValueError(f"stickiness must be in [0, 1), got {self.stickiness}")
-        if self.events_per_user <= 0 or self.topic_concentration <= 0:
-            raise ValueError("events_per_user and topic_concentration must be > 0")
+        for name in ("events_per_user", "topic_concentration"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("item_zipf", "activity_sigma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.span_days < 1 or self.start < 0:
+            raise ValueError(
+                f"span_days must be >= 1 and start >= 0, got {self.span_days}, {self.start}"
+            )
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,10 @@ def test_bad_input_is_named(planted_artefact, users, tmp_path):
     pq.write_table(pa.table({"user_id": ["u1"]}), no_history)
     with pytest.raises(ValueError, match="ids.parquet lacks columns \\['history'\\]"):
         beam_export(planted_artefact, no_history, tmp_path / "o")
+    text_history = tmp_path / "text.parquet"
+    pq.write_table(pa.table({"user_id": ["u1"], "history": ["A|B"]}), text_history)
+    with pytest.raises(ValueError, match="text.parquet: user table column 'history' must be"):
+        beam_export(planted_artefact, text_history, tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="artefact .* is not a nextwatch artefact"):
         beam_export(tmp_path, good, tmp_path / "o")
     (tmp_path / "o").mkdir()

@@ -227,3 +227,23 @@ def test_export_savedmodels_refuses_an_existing_version_and_maps_tf_errors(
     monkeypatch.setattr(export.savedmodel, "load_artefact", damaged)
     assert main([*args, "--overwrite"]) == 2  # a TensorFlow error: a message, no traceback
     assert "weights checksum mismatch" in caplog.text
+
+
+def test_a_users_file_with_some_demographic_columns_trains(tmp_path, capsys):
+    log, out = _tiny_log(tmp_path / "log.csv"), tmp_path / "art"
+    users = sorted(pd.read_csv(log)["user"].astype(str).unique())
+    (tmp_path / "users.csv").write_text(
+        "user_id,age,gender\n"
+        + "".join(f"{u},{20 + n},{'MF'[n % 2]}\n" for n, u in enumerate(users))
+    )
+    args = ["train-candidates", "--interactions", str(log), "--users", str(tmp_path / "users.csv"),
+            "--output", str(out), *TINY.split()]  # fmt: skip
+    assert main(args) == 0
+    vocab = json.loads((out / "vocab" / "demographics.json").read_text())
+    assert vocab["gender"] == ["F", "M"] and vocab["occupation"] == ["(no values)"]
+    capsys.readouterr()
+    # A known user (their demographics are looked up; they have watched every item).
+    assert main(["recommend", "--artefact", str(out), "--user", users[0], "--k", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == []
+    assert main(["recommend", "--artefact", str(out), "--history", "A", "--k", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 2

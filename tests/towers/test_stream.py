@@ -51,6 +51,23 @@ def test_scan_rejects_no_shards_and_missing_columns(tmp_path):
         scan_shards([str(bad)], TowerConfig())
 
 
+def test_scan_skips_empty_shards_and_reads_ids_as_text(tmp_path):
+    empty = tmp_path / "empty.parquet"
+    frame = pd.DataFrame({"user_id": pd.Series([], dtype=str), "item_id": pd.Series([], dtype=str),
+                          "timestamp": pd.Series([], dtype="int64")})  # fmt: skip
+    frame.to_parquet(empty)
+    with pytest.raises(ValueError, match="all 1 shard"):
+        scan_shards([str(empty)], TowerConfig())
+    ints = tmp_path / "ints.parquet"
+    pd.DataFrame({"user_id": [1, 1], "item_id": [7, 10], "timestamp": [5, 6]}).to_parquet(ints)
+    text = tmp_path / "text.parquet"
+    pd.DataFrame({"user_id": ["2"], "item_id": ["7"], "timestamp": [9]}).to_parquet(text)
+    scan = scan_shards([str(ints), str(empty), str(text)], TowerConfig())
+    assert scan.item_ids == ["7", "10"] and scan.time_window == (5, 9) and scan.events == 3
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        train_shards([str(ints)], TowerConfig(), steps_per_epoch=-1)
+
+
 def test_stream_examples_see_only_the_past_with_global_ages(two_shards):
     config = TowerConfig(max_history=3, max_examples_per_user=None)
     ds = shard_dataset(two_shards, config, (10, 60), batch_size=6, shuffle_buffer=2)

@@ -81,6 +81,11 @@ def test_popularity_is_heavy_tailed():
         ("stickiness", 1.0),
         ("events_per_user", 0),
         ("num_topics", 20_000),
+        ("events_per_user", float("nan")),
+        ("topic_concentration", float("nan")),
+        ("item_zipf", float("nan")),
+        ("activity_sigma", -1.0),
+        ("span_days", 0),
     ],
 )
 def test_bad_config_names_the_field(field, value):
