@@ -40,7 +40,7 @@ from towers._tf import tf
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.index import ItemIndex, configure
 from towers.model import CandidateTower
-from towers.train import artefact_version, load_artefact
+from towers.train import artefact_version, load_artefact, replace_directory
 
 MODEL_NAMES = ("query_tower", "retrieval_brute_force", "retrieval_scann")
 NO_ITEM_SCORE = float(np.finfo(np.float32).min)
@@ -248,15 +248,9 @@ def _save(
             signatures={"serving_default": signature},
             options=tf.saved_model.SaveOptions(**options),
         )
-        if path.exists():
-            if not overwrite:  # appeared while saving
-                raise FileExistsError(_exists_message(path))
-            old = path.with_name(f".old-{tmp.name}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        if path.exists() and not overwrite:  # appeared while saving
+            raise FileExistsError(_exists_message(path))
+        replace_directory(tmp, path)
     except tf.errors.OpError as exc:
         raise OSError(f"could not write the SavedModel {path}: {exc.message}") from exc
     finally:

@@ -278,17 +278,17 @@ def save_artefact(
     try:
         directory.chmod(0o755)
         _write_artefact(result, directory, extra_metrics, data, index_params, lineage)
-        _replace_directory(directory, final)
+        replace_directory(directory, final, keep=("logs",))
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return final
 
 
-def _replace_directory(source: Path, target: Path, keep: tuple[str, ...] = ("logs",)) -> None:
+def replace_directory(source: Path, target: Path, keep: tuple[str, ...] = ()) -> None:
     """Rename ``source`` to ``target``; an existing ``target`` is moved aside first, then
     removed, so that ``target`` is always either the old directory or the new one. Entries named
-    in ``keep`` (the TensorBoard logs this training run wrote there) move into ``source``."""
+    in ``keep`` (e.g. the TensorBoard logs a training run wrote there) move into ``source``."""
     if target.exists():
         for name in keep:
             if (target / name).exists() and not (source / name).exists():
