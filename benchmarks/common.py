@@ -113,9 +113,9 @@ def serving_artefact(
     also its ranker, with the settings ``nextwatch serve`` trains it with
     (:func:`ranking.train.validated_settings`). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
+    from towers.artefact import FORMAT_VERSION
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
-    from towers.train import FORMAT_VERSION
 
     default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
     path = Path(path) if path else ROOT / "artefacts" / default
@@ -142,10 +142,10 @@ def add_serving_arrays(artefact: Path) -> None:
     """Give an artefact cached before ``serving.npz`` existed its serving arrays (tower and
     ranker), so that servers load it without Keras, as they load a freshly trained one."""
     from ranking import train as ranking_train
-    from towers import train as towers_train
+    from towers import artefact as towers_artefact
 
-    if not (artefact / towers_train.SERVING_FILE).exists():
-        towers_train.write_serving_arrays(artefact)
+    if not (artefact / towers_artefact.SERVING_FILE).exists():
+        towers_artefact.write_serving_arrays(artefact)
     ranker = artefact / "ranker"
-    if (ranker / "config.json").exists() and not (ranker / towers_train.SERVING_FILE).exists():
+    if (ranker / "config.json").exists() and not (ranker / towers_artefact.SERVING_FILE).exists():
         ranking_train.write_serving_arrays(ranker)

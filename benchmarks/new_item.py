@@ -44,9 +44,9 @@ import numpy as np
 from common import latency_ms, serving_artefact, write_results
 from live import API_KEY, start_server
 
+from towers.artefact import fit_content_projection
 from towers.content import ContentProjection, frame_tokens, metadata_tokens
 from towers.movielens import load_movielens
-from towers.train import fit_content_projection
 
 log = logging.getLogger("new_item")
 TIMEOUT_S = 5.0

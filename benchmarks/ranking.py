@@ -44,10 +44,11 @@ from ranking.metrics import graded_ndcg, weighted_pairwise_loss
 from ranking.model import RankerConfig
 from ranking.pipeline import candidate_examples, predict, tower_retrieve, train_ranker_job
 from ranking.train import RankerOptions, load_ranker, train_ranker
+from towers.artefact import save_artefact
 from towers.movielens import default_data_dir, load_movielens
 from towers.presets import benchmark_config, benchmark_options
 from towers.splits import chronological, make_split, ml100k_fold
-from towers.train import save_artefact, train_tower
+from towers.train import train_tower
 
 log = logging.getLogger("ranking")
 # Impression label horizons the two-stage benchmark chooses from, per dataset, on validation.

@@ -39,8 +39,8 @@ from live import start_server
 
 from serving.registry import Registry
 from serving.retrain import background_priority
+from towers.artefact import fit_content_projection
 from towers.movielens import load_movielens
-from towers.train import fit_content_projection
 
 log = logging.getLogger("retrain_load")
 WINDOW_S = 30

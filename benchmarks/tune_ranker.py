@@ -38,10 +38,11 @@ from ranking.metrics import graded_ndcg
 from ranking.model import RankerConfig
 from ranking.pipeline import candidate_examples, predict, ranking_training_set, tower_retrieve
 from ranking.train import RankerOptions, train_ranker
+from towers.artefact import save_artefact
 from towers.movielens import load_movielens
 from towers.presets import benchmark_config, benchmark_options
 from towers.splits import chronological, make_split, random_80_20
-from towers.train import save_artefact, train_tower
+from towers.train import train_tower
 
 log = logging.getLogger("tune_ranker")
 # Weights of the generator's score in the served score (logit + weight * tower score).

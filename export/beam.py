@@ -11,7 +11,10 @@ Pipeline::
                                    process(): one encoder pass and one ScaNN search per batch
     | WriteToParquetBatched        output/part-SSSSS-of-NNNNN.parquet (export.candidates.SCHEMA)
 
-then ``output/_manifest.json`` (model version, k, users, runner, seconds, users/s).
+then ``output/_manifest.json`` (model version, k, users, runner, seconds, users/s). A second
+branch counts each user ID (``Count.PerElement``): user IDs must be unique, as the single-process
+exporter requires, and a table that repeats one (within a shard or across shards) fails the run
+with the IDs named, and its part files are removed, since they hold some users twice.
 
 Each user's rows are computed by :func:`export.candidates.candidate_table`, as in the
 single-process exporter, from the history and demographics that the user's row of ``users``
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 DIRECT_ARGS = ("--runner=DirectRunner", "--direct_num_workers=2",
                "--direct_running_mode=multi_processing")  # fmt: skip
 _DEMOGRAPHICS = ("age", *DEMOGRAPHIC_COLUMNS)
+REPEATS = "_repeated_user_ids"  # the repeat check's output: a JSON list of up to 3 IDs
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,11 @@ class _TopK(beam.DoFn):
             shutil.rmtree(self.local, ignore_errors=True)
 
     def process(self, batch):  # untyped: Beam would type-check BatchElements' output against it
+        # A repeated user ID fails the run after it (the "Count ids" branch names it); within a
+        # batch its first row stands in meanwhile, as UserTable refuses repeats.
+        firsts = {row["user_id"]: row for row in reversed(batch)}
+        if len(firsts) < len(batch):
+            batch = list(reversed(firsts.values()))
         users = UserTable(pa.Table.from_pylist(batch, schema=self.schema))
         rows = np.arange(len(users))
         self.users.inc(len(users))
@@ -116,13 +125,48 @@ class _TopK(beam.DoFn):
         )  # fmt: skip
 
 
+class _Repeated(beam.DoFn):
+    """``(user_id, count)`` with count > 1 -> the ID, counted in ``repeated_user_ids``."""
+
+    def __init__(self) -> None:
+        self.repeated = Metrics.counter("nextwatch", "repeated_user_ids")
+
+    def process(self, pair):
+        user_id, count = pair
+        if count > 1:
+            self.repeated.inc()
+            yield str(user_id)
+
+
+def _counter(result, name: str) -> int | None:
+    counters = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+    if not counters:
+        return None
+    return int(sum((c.committed if c.committed is not None else c.attempted) for c in counters))
+
+
+def _refuse_repeats(output: str, users: str, repeated: int) -> None:
+    """Remove the run's part files and raise, naming up to three repeated IDs."""
+    examples: list[str] = []
+    for meta in FileSystems.match([FileSystems.join(output, REPEATS + "*")])[0].metadata_list:
+        with FileSystems.open(meta.path, compression_type="uncompressed") as f:
+            examples += json.loads(f.read() or b"[]")
+    parts = FileSystems.match([FileSystems.join(output, "part-*")])[0].metadata_list
+    if parts:
+        FileSystems.delete([m.path for m in parts])
+    raise ValueError(
+        f"users {users} repeats user ids ({repeated} repeated, e.g. {sorted(examples)!r}); "
+        "each user must appear once: no candidates were kept"
+    )
+
+
 def _positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _model_version(artefact: str) -> str:
-    # towers.train.artefact_version reads through pathlib, which cannot open gs:// URLs.
+    # towers.artefact.artefact_version reads through pathlib, which cannot open gs:// URLs.
     config = FileSystems.join(artefact, "config.json")
     if not FileSystems.exists(config):
         raise FileNotFoundError(f"artefact {artefact} is not a nextwatch artefact (no config.json)")
@@ -199,8 +243,9 @@ def beam_export(
     Raises
     ------
     ValueError
-        If ``k`` or ``batch_size`` is not a positive integer, ``users`` lacks a column,
-        or ``output`` already holds part files.
+        If ``k`` or ``batch_size`` is not a positive integer, ``users`` lacks a column or
+        repeats a user ID (the run's part files are then removed), or ``output`` already holds
+        part files.
     FileNotFoundError
         If ``artefact`` is not an artefact or ``users`` matches no file.
     """
@@ -215,9 +260,9 @@ def beam_export(
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
+    rows = pipeline | "Read users" >> beam.io.ReadFromParquet(users, columns=schema.names)
     _ = (
-        pipeline
-        | "Read users" >> beam.io.ReadFromParquet(users, columns=schema.names)
+        rows
         | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
         | "Spread" >> beam.Reshuffle()
         | "Top k" >> beam.ParDo(_TopK(artefact, schema, k, exclude_seen, version))
@@ -226,12 +271,26 @@ def beam_export(
             file_name_suffix=".parquet",
         )
     )  # fmt: skip
+    _ = (
+        rows
+        | "User ids" >> beam.Map(lambda row: row["user_id"])
+        | "Count ids" >> beam.combiners.Count.PerElement()
+        | "Repeated" >> beam.ParDo(_Repeated())
+        | "Examples" >> beam.combiners.Top.Smallest(3)
+        | "As JSON" >> beam.Map(json.dumps)
+        | "Write repeats"
+        >> beam.io.WriteToText(FileSystems.join(output, REPEATS), shard_name_template="")
+    )
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.perf_counter() - start
-    counters = result.metrics().query(MetricsFilter().with_name("users"))["counters"]
-    done = sum((c.committed if c.committed is not None else c.attempted) for c in counters)
-    done = int(done) if counters else None
+    repeated = _counter(result, "repeated_user_ids")
+    if repeated:
+        _refuse_repeats(output, users, repeated)
+    leftovers = FileSystems.match([FileSystems.join(output, REPEATS + "*")])[0].metadata_list
+    if leftovers:
+        FileSystems.delete([m.path for m in leftovers])
+    done = _counter(result, "users")
     shards = len(FileSystems.match([FileSystems.join(output, "part-*")])[0].metadata_list)
     summary = BeamExportSummary(
         output=output, engine="beam", runner=str(runner), model_version=version, k=k,

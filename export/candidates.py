@@ -39,10 +39,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.registry import write_atomic
+from towers.artefact import artefact_version
 from towers.catalogue import USERS_FILE, UserTable
 from towers.features import query_inputs
 from towers.retrieval import Retriever
-from towers.train import artefact_version
 
 log = logging.getLogger(__name__)
 FORMATS = ("parquet", "csv")

@@ -42,9 +42,9 @@ from ranking.impressions import NUMERIC
 from ranking.model import Ranker
 from ranking.train import load_ranker
 from towers._tf import tf
+from towers.artefact import artefact_version, load_artefact
 from towers.catalogue import ITEMS_FILE
 from towers.index import ItemIndex
-from towers.train import artefact_version, load_artefact
 
 RANKING_MODELS = ("ranker", "two_stage")
 UNKNOWN_IF_NEGATIVE = ("time_since_last", "user_mean")

@@ -29,18 +29,17 @@ Directory layout (TF Serving's ``<model_base_path>/<numeric version>``)::
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from towers._tf import tf
+from towers.artefact import artefact_version, load_artefact, replace_directory
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.index import ItemIndex, configure
+from towers.leftovers import remove_dead, work_dir
 from towers.model import CandidateTower
-from towers.train import artefact_version, load_artefact, replace_directory
 
 MODEL_NAMES = ("query_tower", "retrieval_brute_force", "retrieval_scann")
 NO_ITEM_SCORE = float(np.finfo(np.float32).min)
@@ -240,7 +239,8 @@ def _save(
         raise FileExistsError(_exists_message(path))
     signature = tf.function(fn, input_signature=[spec]).get_concrete_function()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-{os.getpid()}-"))
+    remove_dead(path.parent, f".tmp-{path.name}-")  # left by a save that was killed
+    tmp = work_dir(path.parent, f".tmp-{path.name}-")
     try:
         tf.saved_model.save(
             module,

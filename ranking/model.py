@@ -114,21 +114,27 @@ class RankerConfig:
 
 
 def tf_cdf(x: tf.Tensor, normalizer: QuantileNormalizer) -> tf.Tensor:
-    """:class:`ranking.normalize.QuantileNormalizer` in TensorFlow (stock ops only)."""
-    x = tf.cast(tf.reshape(x, [-1]), tf.float32)
-    knots = tf.constant(normalizer.knots, tf.float32)
-    levels = tf.constant(normalizer.levels, tf.float32)
+    """:class:`ranking.normalize.QuantileNormalizer` in TensorFlow (stock ops only), float32 out.
+
+    Computed in float64, as numpy does at serving time: in float32, knots closer than its
+    resolution (64 s apart at epoch-second magnitudes, or nearby tower scores) would collapse,
+    and the network would be trained on other values than it is served."""
+    x = tf.cast(tf.reshape(x, [-1]), tf.float64)
+    knots = tf.constant(normalizer.knots, tf.float64)
+    levels = tf.constant(normalizer.levels, tf.float64)
+    top = tf.constant(ONE_BELOW, tf.float64)
+    zero = tf.constant(0.0, tf.float64)
     if len(normalizer.knots) == 1:
-        out = tf.where(x < knots[0], 0.0, tf.where(x > knots[0], ONE_BELOW, 0.5))
+        out = tf.where(x < knots[0], zero, tf.where(x > knots[0], top, 0.5))
     else:
         idx = tf.searchsorted(knots[None, :], x[None, :], side="right")[0]
         idx = tf.clip_by_value(idx, 1, len(normalizer.knots) - 1)
         x0, x1 = tf.gather(knots, idx - 1), tf.gather(knots, idx)
         l0, l1 = tf.gather(levels, idx - 1), tf.gather(levels, idx)
-        t = tf.clip_by_value((x - x0) / tf.maximum(x1 - x0, 1e-12), 0.0, 1.0)
+        t = tf.clip_by_value((x - x0) / (x1 - x0), 0.0, 1.0)  # knots strictly increase
         out = l0 + t * (l1 - l0)
-        out = tf.where(x < knots[0], 0.0, tf.where(x > knots[-1], ONE_BELOW, out))
-    return tf.where(tf.math.is_nan(x), 0.0, tf.minimum(out, ONE_BELOW))
+        out = tf.where(x < knots[0], zero, tf.where(x > knots[-1], top, out))
+    return tf.cast(tf.where(tf.math.is_nan(x), zero, tf.minimum(out, top)), tf.float32)
 
 
 def _expand(t: tf.Tensor) -> tf.Tensor:

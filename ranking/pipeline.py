@@ -24,6 +24,7 @@ from ranking.impressions import (
 )
 from ranking.model import RankerConfig
 from ranking.train import RankerOptions, ranker_inputs, save_ranker, train_ranker
+from towers.artefact import artefact_version, save_artefact
 from towers.data import Dataset
 from towers.examples import PAD, example_age
 from towers.features import UserFeatures, query_inputs
@@ -31,7 +32,7 @@ from towers.model import TowerConfig
 from towers.pipeline import DataSource, split_dataset
 from towers.retrieval import Retriever
 from towers.splits import per_user_tail
-from towers.train import TrainOptions, artefact_version, save_artefact, train_tower
+from towers.train import TrainOptions, train_tower
 
 log = logging.getLogger(__name__)
 

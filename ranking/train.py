@@ -23,8 +23,8 @@ from ranking.model import Ranker, RankerConfig
 from ranking.normalize import QuantileNormalizer
 from ranking.scorer import RankScorer
 from towers._tf import keras, tf
+from towers.artefact import SERVING_FILE, load_arrays, save_arrays
 from towers.features import DEMOGRAPHIC_COLUMNS, UserFeatures
-from towers.train import SERVING_FILE, load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

@@ -35,10 +35,10 @@ import pandas as pd
 
 from ranking.train import load_rank_scorer
 from serving.rerank import Reranker
+from towers.artefact import artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.retrieval import Retriever
-from towers.train import artefact_version
 
 FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
 RANKER_DIR = "ranker"  # inside the tower artefact: written by `nextwatch train-ranker`

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
+
+from towers.leftovers import remove_dead, work_dir
 
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
@@ -65,20 +66,6 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def _owner_alive(name: str) -> bool:
-    """Whether the staging directory ``name`` belongs to another process that is running."""
-    pid = name[len(STAGING_PREFIX) :].split("-", 1)[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 class Registry:
     """Immutable model versions in ``root`` and a pointer to the serving one.
 
@@ -107,7 +94,7 @@ class Registry:
         """A fresh directory inside the registry to train a new version into."""
         # The name carries the training process's ID, so that a cleanup by another run can
         # tell a live run's directory from a dead one's.
-        return Path(tempfile.mkdtemp(dir=self.root, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+        return work_dir(self.root, STAGING_PREFIX)
 
     def publish(self, staging: str | Path) -> Path:
         """Move a finished artefact from ``staging`` to ``root/<version>`` and return that path.
@@ -227,10 +214,4 @@ class Registry:
     def clean_staging(self) -> list[str]:
         """Remove staging directories left by training runs that died (not those of other
         processes still running: two retrains may overlap); returns their names."""
-        left = [
-            p for p in self.root.iterdir()
-            if p.name.startswith(STAGING_PREFIX) and not _owner_alive(p.name)
-        ]  # fmt: skip
-        for path in left:
-            shutil.rmtree(path, ignore_errors=True)
-        return [p.name for p in left]
+        return remove_dead(self.root, STAGING_PREFIX, mine_too=True)

@@ -71,8 +71,9 @@ def planted_dataset():
 def planted_artefact(tmp_path_factory) -> Path:
     """A trained artefact of :func:`planted_dataset` with every feature on (history bag, recent
     bag, tokens, demographics, example age), its index and its catalogue files."""
+    from towers.artefact import save_artefact
     from towers.model import TowerConfig
-    from towers.train import TrainOptions, save_artefact, train_tower
+    from towers.train import TrainOptions, train_tower
 
     config = TowerConfig(
         embedding_dim=8, token_dim=4, output_dim=8, depth=1, max_history=3, recent_history=2,

@@ -287,7 +287,7 @@ class CandidateTower(keras.Model):
         )  # fmt: skip
 
     def get_config(self) -> dict:
-        # Rebuilt from the artefact (towers.train.load_artefact), not from this config; it only
+        # Rebuilt from the artefact (towers.artefact.load_artefact), not from this config; it only
         # describes the model in SavedModel metadata.
         return {"tower": self.config.to_dict(), "num_items": self.num_items}
 

@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from towers.data import Dataset, file_checksum, split_list, year_from_title
+from towers.leftovers import remove_dead, work_dir
 from towers.tables import DataError, read_table, validate_interactions
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def download(name: str, data_dir: Path, url: str | None = None) -> Path:
         raise DataError(f"{url}: SHA-256 {digest} differs from the official {ARCHIVES[name]}")
     data_dir.mkdir(parents=True, exist_ok=True)
     target = data_dir / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=data_dir))
+    remove_dead(data_dir, f".{name}.partial-")  # left by an unpack that was killed
+    staging = work_dir(data_dir, f".{name}.partial-")
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             archive.extractall(staging)

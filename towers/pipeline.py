@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from towers.artefact import artefact_version, load_artefact, save_artefact
 from towers.content import CONTENT_FILE, ContentProjection
 from towers.data import Dataset, load_interactions
 from towers.evaluate import (
@@ -21,14 +22,7 @@ from towers.evaluate import (
 from towers.model import CandidateTower
 from towers.movielens import ARCHIVES, load_movielens
 from towers.splits import Split, make_split
-from towers.train import (
-    TowerConfig,
-    TrainOptions,
-    artefact_version,
-    load_artefact,
-    save_artefact,
-    train_tower,
-)
+from towers.train import TowerConfig, TrainOptions, train_tower
 from towers.warmstart import WarmStart, warm_start
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ class QueryEncoder:
     """User vectors from the raw query dict of :func:`towers.features.query_inputs`.
 
     Built from a trained tower (:meth:`from_model`) or from the plain arrays it was saved as
-    (:attr:`arrays`; ``towers.train`` writes them into every artefact), so that a server can load
+    (:attr:`arrays`; ``towers.artefact`` writes them into every artefact), so that a server can load
     a model without TensorFlow building anything.
 
     Parameters

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from towers.artefact import load_query_encoder
 from towers.index import ItemIndex
 from towers.query import QueryEncoder
-from towers.train import load_query_encoder
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from towers._tf import keras, tf
+from towers.artefact import fit_content_projection, save_artefact, variables_only
 from towers.catalogue import ITEMS_FILE
 from towers.content import NoMetadataError
 from towers.data import Dataset
@@ -41,15 +42,7 @@ from towers.examples import build_examples
 from towers.features import item_token_table, query_inputs
 from towers.index import IndexParams
 from towers.model import CandidateTower, TowerConfig
-from towers.train import (
-    TrainOptions,
-    TrainResult,
-    fit_content_projection,
-    optimizer_for,
-    peak_rss_mb,
-    save_artefact,
-    variables_only,
-)
+from towers.train import TrainOptions, TrainResult, optimizer_for, peak_rss_mb
 
 log = logging.getLogger(__name__)
 _COLUMNS = ["user_id", "item_id", "timestamp"]

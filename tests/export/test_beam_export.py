@@ -116,6 +116,31 @@ def test_bad_input_is_named(planted_artefact, users, tmp_path):
         beam_export(planted_artefact, good, tmp_path / "o")
 
 
+def test_a_repeated_user_id_fails_the_run_and_keeps_no_part_files(
+    planted_artefact, users, tmp_path
+):
+    table = pd.read_parquet(users / "all.parquet")
+    folder = tmp_path / "users"
+    folder.mkdir()
+    table.iloc[:50].to_parquet(folder / "part-0.parquet", index=False)
+    # "ghost" twice in one shard, and the first user again in the other shard
+    pd.concat([table.iloc[50:], table.iloc[[0, -2]]]).to_parquet(folder / "part-1.parquet")
+    assert table["user_id"].iloc[0] == "u0"
+    with pytest.raises(ValueError, match=r"repeats user ids \(2 repeated, e.g. \['ghost', 'u0'\]"):
+        beam_export(planted_artefact, folder / "part-*.parquet", tmp_path / "o", k=2,
+                    batch_size=16, pipeline_args=IN_PROCESS)  # fmt: skip
+    assert (
+        not list((tmp_path / "o").glob("part-*"))
+        and not (tmp_path / "o" / "_manifest.json").exists()
+    )
+    # A clean table leaves no trace of the check in the output.
+    beam_export(planted_artefact, users / "all.parquet", tmp_path / "ok", k=2,
+                pipeline_args=IN_PROCESS)  # fmt: skip
+    assert sorted(
+        p.name for p in (tmp_path / "ok").iterdir() if not p.name.startswith("part-")
+    ) == ["_manifest.json"]
+
+
 def test_command_line_beam_engine_with_a_remote_artefact(planted_artefact, tmp_path, capsys):
     art = f"nwtest://{planted_artefact}"  # copied to a local folder by each worker
     out = tmp_path / "cands"

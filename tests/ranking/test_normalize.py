@@ -39,3 +39,11 @@ def test_tensorflow_cdf_equals_numpy():
         np.testing.assert_allclose(tf_cdf(x, cdf).numpy(), cdf(x), atol=1e-6)
     back = QuantileNormalizer.from_dict(QuantileNormalizer.fit(values).to_dict())
     np.testing.assert_allclose(back(x), QuantileNormalizer.fit(values)(x))
+
+
+def test_tensorflow_cdf_keeps_knots_that_float32_cannot_tell_apart():
+    # Epoch seconds: float32 steps by 64 here, so these knots would collapse into one.
+    cdf = QuantileNormalizer(np.array([1.7e9, 1.7e9 + 10, 1.7e9 + 20]), np.array([0.0, 0.5, 1.0]))
+    x = np.array([1.7e9 + 5, 1.7e9 + 15])
+    np.testing.assert_allclose(cdf(x), [0.25, 0.75], atol=1e-6)
+    np.testing.assert_allclose(tf_cdf(x, cdf).numpy(), [0.25, 0.75], atol=1e-6)

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 
 from tests.conftest import planted_dataset
+from towers.artefact import load_artefact
 from towers.evaluate import HistoryIndex, TowerScorer, evaluate_top_k_accuracy_at_events
 from towers.examples import example_age
 from towers.features import UserFeatures, query_inputs
 from towers.splits import Split
-from towers.train import load_artefact
 
 
 def _log(rows) -> pd.DataFrame:

@@ -2,10 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from towers.artefact import load_artefact, save_artefact
 from towers.data import Dataset, empty_item_metadata
 from towers.features import query_inputs
 from towers.model import TowerConfig
-from towers.train import TrainOptions, load_artefact, save_artefact, train_tower
+from towers.train import TrainOptions, train_tower
 
 SMALL = TowerConfig(
     embedding_dim=8, token_dim=4, output_dim=8, depth=1, max_history=3, max_examples_per_user=None
@@ -133,8 +134,9 @@ def test_a_save_that_dies_leaves_the_previous_artefact_whole(
     import json
     import shutil
 
-    import towers.train as train_module
-    from towers.train import TrainOptions, TrainResult, load_artefact, save_artefact
+    import towers.artefact as artefact_module
+    from towers.artefact import load_artefact, save_artefact
+    from towers.train import TrainOptions, TrainResult
 
     target = tmp_path / "artefact"
     shutil.copytree(planted_artefact, target)
@@ -145,7 +147,7 @@ def test_a_save_that_dies_leaves_the_previous_artefact_whole(
     def dies(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_module, "save_arrays", dies)
+    monkeypatch.setattr(artefact_module, "save_arrays", dies)
     with pytest.raises(OSError, match="disk full"):
         save_artefact(result, target)
     assert (target / "config.json").read_text() == before  # the old artefact, untouched
@@ -154,3 +156,27 @@ def test_a_save_that_dies_leaves_the_previous_artefact_whole(
     save_artefact(result, target)
     assert json.loads((target / "config.json").read_text())["data_checksum"] == "x" * 64
     assert not (target / "ranker").exists() and load_artefact(target).num_items == model.num_items
+
+
+def test_a_save_removes_what_a_killed_save_left_and_keeps_a_running_ones(
+    planted_artefact, tmp_path
+):
+    import os
+    import shutil
+
+    from towers.artefact import load_artefact, save_artefact
+    from towers.train import TrainOptions, TrainResult
+
+    target = tmp_path / "artefact"
+    shutil.copytree(planted_artefact, target)
+    dead = 2**22 + 1  # above Linux's default pid_max: no such process
+    for name in (f".artefact.partial-{dead}-x1", f".artefact.old-{dead}-x2",
+                 f".artefact.partial-{os.getppid()}-x3", ".artefact.partial-junk"):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights").write_text("half")
+    model = load_artefact(target)
+    save_artefact(TrainResult(model, model.config, TrainOptions(), "planted", "x" * 64), target)
+    # The dead process's and the unnamed leftovers are gone; the live parent process's stays.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".artefact.partial-{os.getppid()}-x3", "artefact"
+    ]  # fmt: skip

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+from towers.artefact import load_artefact
 from towers.distribute import ClusterRole, cluster_role
 from towers.pipeline import evaluate_tower
 from towers.splits import make_split
 from towers.stream import shards_dataset
 from towers.synthetic import SyntheticConfig, generate, shard_paths
-from towers.train import load_artefact
 
 
 def _tf_config(ports: list[int], index: int, kind: str = "worker") -> str:

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-import towers.train
+import towers.artefact
+from towers.artefact import SERVING_FILE, load_artefact, load_query_encoder, write_serving_arrays
 from towers.features import query_inputs
 from towers.query import QueryEncoder
-from towers.train import SERVING_FILE, load_artefact, load_query_encoder, write_serving_arrays
 
 
 def test_numpy_encoder_equals_the_keras_tower(planted_artefact):
@@ -40,7 +40,7 @@ def test_artefacts_serve_from_arrays_without_keras(planted_artefact, tmp_path, m
     model = load_artefact(planted_artefact)
     inputs = query_inputs([["A", "B"], []], max_history=model.config.max_history)
     want = model(inputs).numpy()
-    monkeypatch.setattr(towers.train, "load_artefact", lambda _: pytest.fail("built with Keras"))
+    monkeypatch.setattr(towers.artefact, "load_artefact", lambda _: pytest.fail("built with Keras"))
     encoder = load_query_encoder(planted_artefact)
     np.testing.assert_allclose(encoder(inputs), want, rtol=1e-5, atol=1e-6)
     assert encoder.knows("A") and encoder.max_history == model.config.max_history

@@ -14,9 +14,10 @@ import pytest
 from export.savedmodel import export_savedmodels
 from serving.api import Recommender
 from tests.conftest import planted_dataset
+from towers.artefact import load_artefact, save_artefact
 from towers.content import ContentProjection
 from towers.features import query_inputs
-from towers.train import TrainOptions, load_artefact, save_artefact
+from towers.train import TrainOptions
 from towers.warmstart import WarmStart, grow, warm_start
 
 NEW_SINCE = 10_000
