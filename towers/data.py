@@ -24,6 +24,7 @@ from towers.tables import (
     DataError,  # noqa: F401  (re-exported: towers.data.DataError is public API)
     check_ids,
     id_text,
+    parse_numbers,
     read_table,
     require_columns,
     validate_interactions,
@@ -35,6 +36,8 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "year", "genres", "tags")
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_prefix")
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
+AGE_BOUNDS = (0.0, 130.0)  # as the service accepts (serving.schemas)
+YEAR_BOUNDS = (0.0, 9999.0)
 
 
 @dataclass(frozen=True)
@@ -183,13 +186,13 @@ def _load_item_metadata(path: Path) -> pd.DataFrame:
     out = pd.DataFrame({"item_id": id_text(frame["item_id"])})
     check_ids(out["item_id"], path, "item_id", "item", frame)
     if "title" in frame:
-        # A missing title falls back to the item ID, as when the file has no title column.
-        titles = frame["title"].astype(str)
-        out["title"] = titles.where(frame["title"].notna(), out["item_id"])
+        # A missing or blank title falls back to the item ID, as when the file has no title.
+        titles = frame["title"].astype(str).str.strip()
+        out["title"] = titles.where(frame["title"].notna() & (titles != ""), out["item_id"])
     else:
         out["title"] = out["item_id"]
     if "year" in frame:
-        out["year"] = pd.to_numeric(frame["year"], errors="coerce").astype(np.float64)
+        out["year"] = parse_numbers(frame["year"], path, "year", frame, YEAR_BOUNDS)
     else:
         out["year"] = [year_from_title(t) for t in out["title"]]
     for col in ("genres", "tags"):
@@ -202,7 +205,10 @@ def _load_user_metadata(path: Path) -> pd.DataFrame:
     require_columns(frame, path, {"user": "user_id"})
     out = pd.DataFrame({"user_id": id_text(frame["user_id"])})
     check_ids(out["user_id"], path, "user_id", "user", frame)
-    out["age"] = pd.to_numeric(frame["age"], errors="coerce") if "age" in frame else np.nan
+    if "age" in frame:
+        out["age"] = parse_numbers(frame["age"], path, "age", frame, AGE_BOUNDS)
+    else:
+        out["age"] = np.nan
     for col in ("gender", "occupation", "zip_prefix"):
         out[col] = frame[col].astype(str).str.strip() if col in frame else ""
     return out.drop_duplicates("user_id", keep="last").reset_index(drop=True)

@@ -20,9 +20,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from towers.data import Dataset, file_checksum, split_list, year_from_title
+from towers.data import (
+    AGE_BOUNDS,
+    USER_COLUMNS,
+    Dataset,
+    file_checksum,
+    split_list,
+    year_from_title,
+)
 from towers.leftovers import remove_dead, work_dir
-from towers.tables import DataError, read_table, validate_interactions
+from towers.tables import (
+    DataError,
+    check_ids,
+    example_row,
+    id_text,
+    parse_numbers,
+    read_table,
+    require_columns,
+    validate_interactions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +157,30 @@ def _load_small(folder: Path) -> Dataset:
         rating_col="rating",
         timestamp_col="timestamp",
     )
-    movies = pd.read_csv(movies_path, dtype={"movieId": str})
+    movies = read_table(movies_path)
+    require_columns(movies, movies_path, {"item": "movieId", "title": "title", "genres": "genres"})
+    movie_ids = id_text(movies["movieId"])
+    check_ids(movie_ids, movies_path, "movieId", "item", movies)
+    titles = movies["title"].astype(str)
+    titles = titles.where(titles.str.strip() != "", movie_ids)  # a blank title: the ID
     tags_by_item: dict[str, list[str]] = {}
     sources = [ratings_path, movies_path]
     if tags_path.exists():
         sources.append(tags_path)
-        tags = pd.read_csv(tags_path, dtype={"movieId": str, "tag": str}).dropna(subset=["tag"])
-        for item, group in tags.groupby("movieId"):
-            tags_by_item[str(item)] = sorted({t.strip().lower() for t in group["tag"] if t.strip()})
+        tags = read_table(tags_path)
+        require_columns(tags, tags_path, {"item": "movieId", "tag": "tag"})
+        tag_items = id_text(tags["movieId"])
+        check_ids(tag_items, tags_path, "movieId", "item", tags)
+        for item, group in tags["tag"].astype(str).groupby(tag_items.to_numpy()):
+            tags_by_item[str(item)] = sorted({t.strip().lower() for t in group if t.strip()})
     genres = [[g for g in split_list(v) if g != "(no genres listed)"] for v in movies["genres"]]
     items = pd.DataFrame(
         {
-            "item_id": movies["movieId"],
-            "title": movies["title"].astype(str),
-            "year": [year_from_title(t) for t in movies["title"].astype(str)],
+            "item_id": movie_ids,
+            "title": titles,
+            "year": [year_from_title(t) for t in titles],
             "genres": genres,
-            "tags": [tags_by_item.get(i, []) for i in movies["movieId"]],
+            "tags": [tags_by_item.get(i, []) for i in movie_ids],
         }
     )
     return Dataset("ml-latest-small", interactions, items, None, file_checksum(sources))
@@ -168,14 +192,26 @@ def _load_100k(folder: Path) -> Dataset:
         if not path.exists():
             raise DataError(f"{path}: file not found")
     interactions = read_100k_ratings(data_path)
-    raw = pd.read_csv(item_path, sep="|", header=None, encoding="latin-1", dtype={0: str})
-    flags = raw.iloc[:, 5 : 5 + len(ML100K_GENRES)].to_numpy(dtype=bool)
-    dates = pd.to_datetime(raw[2], format="%d-%b-%Y", errors="coerce")
-    title_years = np.array([year_from_title(str(t)) for t in raw[1]])
+    item_columns = ["item_id", "title", "released", "video_released", "url", *ML100K_GENRES]
+    raw = read_table(item_path, sep="|", names=item_columns, encoding="latin-1")
+    item_ids = id_text(raw["item_id"])
+    check_ids(item_ids, item_path, "item_id (field 1)", "item", raw)
+    flags = raw[list(ML100K_GENRES)].astype(str).apply(lambda c: c.str.strip())
+    bad = ~flags.isin(["0", "1"]).all(axis=1).to_numpy()
+    if bad.any():
+        raise DataError(
+            f"{item_path}: the {len(ML100K_GENRES)} genre fields (6 to {5 + len(ML100K_GENRES)}) "
+            f"must each be 0 or 1 (a row may be short){example_row(raw, bad)}"
+        )
+    flags = (flags == "1").to_numpy()
+    titles = raw["title"].astype(str)
+    titles = titles.where(titles.str.strip() != "", item_ids)
+    dates = pd.to_datetime(raw["released"], format="%d-%b-%Y", errors="coerce")
+    title_years = np.array([year_from_title(t) for t in titles], dtype=np.float64)
     items = pd.DataFrame(
         {
-            "item_id": raw[0],
-            "title": raw[1].astype(str),
+            "item_id": item_ids,
+            "title": titles,
             "year": np.where(
                 np.isnan(title_years), dates.dt.year.to_numpy(np.float64), title_years
             ),
@@ -185,14 +221,17 @@ def _load_100k(folder: Path) -> Dataset:
             "tags": [[] for _ in range(len(raw))],
         }
     )
-    user_raw = pd.read_csv(user_path, sep="|", header=None, dtype=str)
+    user_raw = read_table(user_path, sep="|", names=list(USER_COLUMNS))
+    user_ids = id_text(user_raw["user_id"])
+    check_ids(user_ids, user_path, "user_id (field 1)", "user", user_raw)
     users = pd.DataFrame(
         {
-            "user_id": user_raw[0],
-            "age": user_raw[1].astype(np.float64),
-            "gender": user_raw[2],
-            "occupation": user_raw[3],
-            "zip_prefix": user_raw[4].str[:1],  # first digit: a coarse US region
+            "user_id": user_ids,
+            "age": parse_numbers(user_raw["age"], user_path, "age (field 2)", user_raw, AGE_BOUNDS),
+            "gender": user_raw["gender"].astype(str).str.strip(),
+            "occupation": user_raw["occupation"].astype(str).str.strip(),
+            # first digit: a coarse US region
+            "zip_prefix": user_raw["zip_prefix"].astype(str).str.strip().str[:1],
         }
     )
     return Dataset(

@@ -38,7 +38,10 @@ def example_row(frame: pd.DataFrame, mask: np.ndarray | pd.Series) -> str:
 
 
 def read_table(
-    path: Path, sep: str | None = None, names: Sequence[str] | None = None
+    path: Path,
+    sep: str | None = None,
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
 ) -> pd.DataFrame:
     """Read a CSV (all cells as text) or Parquet file, with a fresh 0..n-1 index.
 
@@ -49,7 +52,10 @@ def read_table(
     sep : str, optional
         Field separator of a text file; defaults to ``","``.
     names : sequence of str, optional
-        Column names of a text file without a header line.
+        Column names of a text file without a header line. A row with fewer fields than the
+        names gets empty cells (the caller's checks then name it); one with more is an error.
+    encoding : str
+        Text encoding of a text file (ml-100k's files are latin-1).
 
     Raises
     ------
@@ -78,6 +84,7 @@ def read_table(
                     on_bad_lines="error",
                     header=None if names is not None else "infer",
                     names=list(names) if names is not None else None,
+                    encoding=encoding,
                 )
     except pd.errors.ParserWarning as exc:
         raise DataError(
@@ -165,7 +172,14 @@ def parse_timestamps(values: pd.Series, path: Path, column: str, frame: pd.DataF
         )
     needs_date = np.isnan(seconds)
     if needs_date.any():
-        parsed = pd.to_datetime(text[needs_date], errors="coerce", utc=True, format="mixed")
+        # ISO-8601 only: "mixed" would also take "now", "today" (a different time on every
+        # read of the same file) and locale-dependent forms such as "01/02/2020".
+        # (pandas still reads "now" and "today" in that format, hence the date check first.)
+        dates = text[needs_date]
+        parsed = pd.to_datetime(
+            dates.where(dates.str.match(r"\d{4}-\d{2}-\d{2}(?:$|[T ])")),
+            errors="coerce", utc=True, format="ISO8601",
+        )  # fmt: skip
         bad = np.zeros(len(text), dtype=bool)
         bad[needs_date] = parsed.isna().to_numpy()
         if bad.any():
@@ -195,6 +209,39 @@ def parse_ratings(values: pd.Series, path: Path, column: str, frame: pd.DataFram
             f"{example_row(frame, bad)}"
         )
     return ratings
+
+
+def parse_numbers(
+    values: pd.Series,
+    path: Path,
+    column: str,
+    frame: pd.DataFrame,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> np.ndarray:
+    """Parse an optional numeric metadata column (a year, an age) into float64; a blank or null
+    cell is NaN (unknown).
+
+    Raises
+    ------
+    DataError
+        If a value is non-numeric, not finite or outside ``bounds`` (inclusive), naming the file,
+        the column and the first bad row.
+    """
+    text = values.astype(str).str.strip()
+    blank = (values.isna() | (text == "")).to_numpy(dtype=bool)
+    numbers = pd.to_numeric(text.where(~blank, "nan"), errors="coerce")
+    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    low, high = bounds
+    with np.errstate(invalid="ignore"):
+        bad = ~blank & ~(np.isfinite(numbers) & (numbers >= low) & (numbers <= high))
+    if bad.any():
+        limits = "" if np.isinf(low) and np.isinf(high) else f" in [{low:g}, {high:g}]"
+        raise DataError(
+            f"{path}: column {column!r} has values that are not numbers{limits}"
+            f"{example_row(frame, bad)}"
+        )
+    numbers[blank] = np.nan
+    return numbers
 
 
 def validate_interactions(

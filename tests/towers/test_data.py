@@ -318,3 +318,75 @@ def test_movielens_empty_timestamp_names_file_column_and_row(tmp_path):
     path = _write(tmp_path, "1\t1\t5\t881250949\n2\t1\tinf\t881250950\n", "u1.base")
     with pytest.raises(DataError, match=r"u1.base: column 'rating'.*data row 2\b"):
         read_100k_ratings(path)
+
+
+def test_only_epoch_seconds_or_iso_timestamps(tmp_path):
+    # "now" would be another time on every read of the same file; 01/02/2020 is ambiguous.
+    for value in ("now", "today", "01/02/2020", "March 5 2020"):
+        path = _write(tmp_path, f"user,item,rating,timestamp\n1,2,4,{value}\n")
+        with pytest.raises(DataError, match=f"neither epoch seconds nor ISO.*{value}"):
+            load_interactions(path)
+    path = _write(tmp_path, "user,item,timestamp\n1,2,2020-01-02\n1,3,2020-01-02 00:00:05+00:00\n")
+    assert load_interactions(path).interactions["timestamp"].tolist() == [1577923200, 1577923205]
+
+
+def test_metadata_numbers_are_checked_and_blank_titles_fall_back(tmp_path):
+    log = _write(tmp_path, "user,item,rating,timestamp\n1,a,4,5\n1,b,4,6\n")
+    items = _write(tmp_path, "item_id,title,year\na, ,\nb,Bee,nineteen-ninety\n", "items.csv")
+    with pytest.raises(DataError, match=r"items.csv: column 'year'.*data row 2\b.*nineteen"):
+        load_interactions(log, items_path=items)
+    items = _write(tmp_path, "item_id,title,year\na, ,\nb,Bee,1990\n", "items.csv")
+    data = load_interactions(log, items_path=items)
+    assert data.items["title"].tolist() == ["a", "Bee"] and np.isnan(data.items["year"].iloc[0])
+    for age in ("twenty", "-40", "131"):
+        users = _write(tmp_path, f"user_id,age\n1,{age}\n", "users.csv")
+        with pytest.raises(DataError, match=r"users.csv: column 'age'.*in \[0, 130\].*data row 1"):
+            load_interactions(log, users_path=users)
+
+
+def _small_folder(tmp_path, movies, tags=None):
+    small = tmp_path / "ml-latest-small"
+    small.mkdir(exist_ok=True)
+    (small / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    (small / "movies.csv").write_text(movies)
+    if tags is not None:
+        (small / "tags.csv").write_text(tags)
+
+
+def test_movielens_metadata_files_are_validated(tmp_path):
+    cases = [
+        ("movieId,title\n1,Toy Story (1995)\n", None, r"movies.csv: missing genres"),
+        ("", None, r"movies.csv: file is empty"),
+        ("movieId,title,genres\n,Toy Story (1995),Animation\n", None,
+         r"movies.csv: column 'movieId' has empty item IDs.*data row 1"),
+        ("movieId,title,genres\n1,Toy Story (1995),Animation\n", "userId,movieId\n1,1\n",
+         r"tags.csv: missing tag"),
+    ]  # fmt: skip
+    for movies, tags, message in cases:
+        _small_folder(tmp_path, movies, tags)
+        if tags is None and (tmp_path / "ml-latest-small" / "tags.csv").exists():
+            (tmp_path / "ml-latest-small" / "tags.csv").unlink()
+        with pytest.raises(DataError, match=message):
+            load_movielens("ml-latest-small", tmp_path, allow_download=False)
+    _small_folder(tmp_path, "movieId,title,genres\n1, ,Animation\n", "userId,movieId,tag\n1,1,\n")
+    items = load_movielens("ml-latest-small", tmp_path, allow_download=False).items
+    assert items["title"].tolist() == ["1"] and items["tags"].tolist() == [[]]
+
+
+def test_movielens_100k_metadata_files_are_validated(tmp_path):
+    folder = tmp_path / "ml-100k"
+    good_item = _ML100K["u.item"]
+    cases = [
+        ({"u.item": "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0\n"}, r"u.item: the 19 genre"),
+        ({"u.item": good_item.replace("|0|0|0|1|1", "|0||0|1|1")}, r"u.item: the 19 genre"),
+        ({"u.user": "1|twenty|M|technician|85711\n"}, r"u.user: column 'age \(field 2\)'.*twenty"),
+        ({"u.user": ""}, r"u.user: file is empty"),
+        ({"u.item": "|Toy Story (1995)|01-Jan-1995||http://x" + "|0" * 19 + "\n"},
+         r"u.item: column 'item_id \(field 1\)' has empty item IDs"),
+    ]  # fmt: skip
+    for change, message in cases:
+        folder.mkdir(exist_ok=True)
+        for name, text in {**_ML100K, **change}.items():
+            (folder / name).write_text(text, encoding="latin-1")
+        with pytest.raises(DataError, match=message):
+            load_movielens("ml-100k", tmp_path, allow_download=False)
