@@ -76,6 +76,13 @@ class EventContext:
     time_since_last: np.ndarray
 
 
+def _before(values: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per row, the sum of ``values`` over the same user's earlier rows (``start``: each row's
+    user's first row)."""
+    cumsum = np.cumsum(values)
+    return cumsum - values - np.where(start > 0, cumsum[np.maximum(start - 1, 0)], 0.0)
+
+
 def event_context(interactions: pd.DataFrame) -> EventContext:
     """Counts, mean ratings and gaps as of each event (before it, never including it)."""
     ordered = chronological(interactions)
@@ -85,10 +92,13 @@ def event_context(interactions: pd.DataFrame) -> EventContext:
     position = np.arange(len(users)) - start
     ratings = ordered["rating"].to_numpy(dtype=np.float64)
     times = ordered["timestamp"].to_numpy(dtype=np.int64)
-    cumsum = np.cumsum(ratings)
-    before_sum = cumsum - ratings - np.where(start > 0, cumsum[np.maximum(start - 1, 0)], 0.0)
+    # The mean is over the rated events before (a watch without a rating has none), as the
+    # service computes it (serving.histories.user_state).
+    rated = np.isfinite(ratings)
+    before_sum = _before(np.where(rated, ratings, 0.0), start)
+    before_rated = _before(rated.astype(np.float64), start)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(position > 0, before_sum / np.maximum(position, 1), np.nan)
+        mean = np.where(before_rated > 0, before_sum / np.maximum(before_rated, 1), np.nan)
     gap = np.where(position > 0, times - np.r_[times[0], times[:-1]], np.nan)
     return EventContext(ordered, start, position, position.astype(np.float64), mean, gap)
 
@@ -223,8 +233,11 @@ def simulate_impressions(
     picked = eligible[event]
     label = np.asarray(rows["label"], dtype=np.float32)
     # A positive's weight and rating are those of its own watch (the next one, or a later one
-    # within the horizon).
-    rating = ordered["rating"].to_numpy(dtype=np.float32)[np.asarray(rows["row"], np.int64)]
+    # within the horizon). A watch without a rating weighs as the log's mean rating.
+    all_ratings = ordered["rating"].to_numpy(dtype=np.float32)
+    finite = all_ratings[np.isfinite(all_ratings)]
+    typical = np.float32(finite.mean()) if finite.size else np.float32(1.0)
+    rating = all_ratings[np.asarray(rows["row"], np.int64)]
     item_ids = np.asarray(rows["item"], dtype=object)
     return RankingExamples(
         user_id=users[event],
@@ -241,7 +254,9 @@ def simulate_impressions(
             "item_popularity": popularity_before(interactions, item_ids, times[event]),
         },
         label=label,
-        weight=np.where(label > 0, rating, rows["neg_weight"]).astype(np.float32),
+        weight=np.where(
+            label > 0, np.where(np.isfinite(rating), rating, typical), rows["neg_weight"]
+        ).astype(np.float32),
         # Positives also carry their rating: the rating loss on impression rows is an auxiliary
         # signal for the shared embeddings (those events count twice in the rating loss, once
         # here and once as rating rows). Dropping it measured worse for ranking: ml-100k
@@ -313,8 +328,10 @@ def rating_examples(
                 history[n, max_history - len(recent) :] = items[recent]
                 history_rating[n, max_history - len(recent) :] = train_ratings[recent]
             counts[n] = len(rows)
-            if rows:  # the user's other items only: every rating of this one is left out
-                means[n] = float(train_ratings[rows].astype(np.float64).mean())
+            # the user's other rated items only: every rating of this one is left out
+            other = train_ratings[rows].astype(np.float64)
+            if np.isfinite(other).any():
+                means[n] = float(np.nanmean(other))
         numeric = {"user_count": counts, "user_mean": means}
         item_counts = pd.Series(items).value_counts()
         popularity = item_counts.reindex(t_items).fillna(0).to_numpy()

@@ -38,6 +38,7 @@ import numpy as np
 from ranking.impressions import NUMERIC
 from ranking.normalize import ONE_BELOW, QuantileNormalizer
 from towers._tf import keras, tf
+from towers.checks import check_field_types
 
 RATING_RANGE = (0.5, 5.5)
 RATING_FEATURES = ("user_count", "user_mean", "item_popularity")
@@ -82,6 +83,7 @@ class RankerConfig:
     tower_score_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.max_history < 1 or self.num_quantiles < 1:
             raise ValueError(
                 f"max_history and num_quantiles must be >= 1, got {self.max_history}, "
@@ -93,6 +95,10 @@ class RankerConfig:
             raise ValueError(
                 f"hidden_units and rating_units must be >= 1, got {self.hidden_units}, "
                 f"{self.rating_units}"
+            )
+        if not (np.isfinite(self.embedding_scale) and self.embedding_scale > 0):
+            raise ValueError(
+                f"embedding_scale must be a finite number > 0, got {self.embedding_scale}"
             )
         if not (np.isfinite(self.rating_weight) and self.rating_weight >= 0):
             raise ValueError(

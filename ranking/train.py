@@ -24,6 +24,7 @@ from ranking.normalize import QuantileNormalizer
 from ranking.scorer import RankScorer
 from towers._tf import keras, tf
 from towers.artefact import SERVING_FILE, load_arrays, save_arrays
+from towers.checks import check_field_types
 from towers.features import DEMOGRAPHIC_COLUMNS, UserFeatures
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class RankerOptions:
     label_horizon: int = 1
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.label_horizon < 1:
             raise ValueError(f"label_horizon must be >= 1, got {self.label_horizon}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -245,6 +247,12 @@ def train_ranker(
     ))  # fmt: skip
     history = trainer.fit(ds, epochs=options.epochs, verbose=options.verbose)
     seconds = time.perf_counter() - start
+    losses = history.history["loss"]
+    if not np.all(np.isfinite(losses)):
+        raise ValueError(
+            f"the ranker's training loss is not finite ({losses}): a non-finite label, weight "
+            "or feature in the examples; no ranker is kept"
+        )
     metrics = {
         "examples": len(examples),
         "impression_rows": int(np.isfinite(examples.label).sum()),

@@ -31,6 +31,7 @@ from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions, ranker_impressions, ranker_settings
 from serving.api import Recommender, UnknownItemError
 from towers._tf import tf
+from towers.artefact import check_output
 from towers.data import DataError
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
@@ -402,6 +403,12 @@ def _train_shards(args: argparse.Namespace) -> dict:
     return {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
 
 
+def _check_writable(path: str) -> None:
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--output {path}: directory {parent} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nextwatch`` console script. Returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -410,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command in ("train-candidates", "retrain") and getattr(args, "output", None):
+            check_output(args.output)  # before training, not after
+        if args.command == "evaluate" and args.output:
+            _check_writable(args.output)
         if args.command == "train-candidates" and args.shards:
             print(json.dumps(_train_shards(args), indent=2))
         elif args.command == "generate-synthetic":

@@ -77,6 +77,7 @@ def save_artefact(
     complete (replacing what was there), so a crash never leaves a mix of two models.
     """
     final = Path(directory)
+    check_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     # Left by a run killed mid-write (its own cleanup below never ran).
     remove_dead(final.parent, f".{final.name}.partial-")
@@ -90,6 +91,41 @@ def save_artefact(
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return final
+
+
+def check_output(path: str | Path) -> None:
+    """Refuse an artefact output path that holds something other than an artefact.
+
+    An existing artefact is replaced (atomically, by :func:`save_artefact`); so is an empty
+    directory, or one that holds only a training run's ``logs/``. Anything else would be lost.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` is a file, or a directory with other content, naming it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir():
+        entries = {p.name for p in path.iterdir()}
+        if entries <= {"logs"} or _is_artefact(path):
+            return
+        what = f"a directory that is not a nextwatch artefact (it holds {sorted(entries)[:5]})"
+    else:
+        what = "a file"
+    raise FileExistsError(
+        f"output {path} is {what}: writing the artefact there would replace it; choose a new "
+        "directory, or an existing artefact to replace"
+    )
+
+
+def _is_artefact(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == "candidate-tower"
 
 
 def replace_directory(source: Path, target: Path, keep: tuple[str, ...] = ()) -> None:
@@ -220,14 +256,51 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is not a readable array file: {exc}") from exc
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If it is not a JSON object (naming the file).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not readable as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _artefact_meta(directory: Path) -> dict:
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
-    meta = json.loads(config_path.read_text())
+    meta = read_json(config_path)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory}: unsupported artefact format {meta.get('format_version')}")
     return meta
+
+
+def tower_config(directory: Path, meta: dict) -> TowerConfig:
+    """The artefact's :class:`TowerConfig`, from its ``config.json`` contents ``meta``.
+
+    Raises
+    ------
+    ValueError
+        If the ``tower`` entry is missing, has unknown keys or invalid values (naming the file).
+    """
+    try:
+        return TowerConfig(**meta["tower"])
+    except KeyError:
+        raise ValueError(f"{directory / 'config.json'}: no 'tower' entry") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{directory / 'config.json'}: invalid 'tower' entry: {exc}") from exc
 
 
 def load_artefact(directory: str | Path) -> CandidateTower:
@@ -242,7 +315,7 @@ def load_artefact(directory: str | Path) -> CandidateTower:
     """
     directory = Path(directory)
     meta = _artefact_meta(directory)
-    config = TowerConfig(**meta["tower"])
+    config = tower_config(directory, meta)
     vocab = directory / "vocab"
     demographics = json.loads((vocab / "demographics.json").read_text()) or None
     model = CandidateTower(
@@ -279,7 +352,7 @@ def load_query_encoder(directory: str | Path) -> QueryEncoder:
     vocab = directory / "vocab"
     try:
         return QueryEncoder(
-            TowerConfig(**meta["tower"]),
+            tower_config(directory, meta),
             _read_lines(vocab / "items.txt"),
             load_arrays(directory / SERVING_FILE),
             json.loads((vocab / "demographics.json").read_text()),

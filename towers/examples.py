@@ -170,8 +170,10 @@ def build_examples(
                 ::-1
             ]
         )
-        ahead = np.random.default_rng(seed + 1).integers(0, label_horizon, len(chosen))
-        label_pos = np.minimum(chosen + ahead, run_end[chosen])
+        # Uniform over the next min(h, watches left) of the user's own sequence.
+        span = np.minimum(label_horizon, run_end[chosen] - chosen + 1)
+        draw = np.random.default_rng(seed + 1).random(len(chosen))
+        label_pos = chosen + np.minimum((draw * span).astype(np.int64), span - 1)
     pad_code = len(items)
     starts, ends = run_start[chosen], chosen
     if cold_examples_per_user > 0 and n:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from towers._tf import keras, tf
+from towers.checks import check_field_types
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.losses import full_softmax_loss, sampled_softmax_loss
 
@@ -85,6 +86,7 @@ class TowerConfig:
     hidden_units: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         positive = ("embedding_dim", "token_dim", "output_dim", "max_history",
                     "max_tokens_per_item", "num_negatives", "full_softmax_max_items",
                     "label_horizon")  # fmt: skip

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from towers.artefact import artefact_version, load_artefact, save_artefact
+from towers.artefact import artefact_version, load_artefact, read_json, save_artefact
 from towers.content import CONTENT_FILE, ContentProjection
 from towers.data import Dataset, load_interactions
 from towers.evaluate import (
@@ -53,6 +53,19 @@ class DataSource:
     item_col: str = "item"
     rating_col: str | None = "rating"
     timestamp_col: str = "timestamp"
+
+    def __post_init__(self) -> None:
+        if self.interactions:
+            return
+        columns = (self.user_col, self.item_col, self.rating_col, self.timestamp_col)
+        given = [name for name, value in (("items", self.items), ("users", self.users)) if value]
+        if columns != ("user", "item", "rating", "timestamp"):
+            given.append("column names")
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} apply to your own interactions file only "
+                "(--interactions); a MovieLens dataset brings its own"
+            )
 
     def load(self) -> Dataset:
         if self.interactions:
@@ -179,15 +192,24 @@ def evaluate_artefact(
         If the artefact was trained on other data or another protocol (its numbers would be
         leaked or meaningless), unless ``force``.
     """
-    meta = json.loads((Path(artefact) / "metrics.json").read_text())
-    trained_on = meta.get("protocol", "none")
+    artefact = Path(artefact)
+    config = read_json(artefact / "config.json")
+    trained_on = read_json(artefact / "metrics.json").get("protocol", "none")
+    checksum = config.get("data_checksum")
+    if not checksum:
+        raise ValueError(f"{artefact / 'config.json'} has no data_checksum: retrain the artefact")
     data = source.load()
-    config = json.loads((Path(artefact) / "config.json").read_text())
-    if not force and (trained_on != protocol or config["data_checksum"] != data.checksum):
+    if not force and trained_on != protocol:
         raise ValueError(
-            f"artefact {artefact} was trained on {config['dataset']} with protocol {trained_on!r}; "
-            f"evaluating it on {data.name} with {protocol!r} would test on training data "
-            "(pass force=True / --force to do it anyway)"
+            f"artefact {artefact} was trained with protocol {trained_on!r}; evaluating it with "
+            f"{protocol!r} would test on training data (pass force=True / --force to do it anyway)"
+        )
+    if not force and checksum != data.checksum:
+        raise ValueError(
+            f"artefact {artefact} was trained on other data than {data.name} as read now (data "
+            f"checksum {checksum[:12]}… vs {data.checksum[:12]}…: other files, other contents or "
+            "other columns), so its test split may overlap its training data (pass force=True / "
+            "--force to do it anyway)"
         )
     train, split = split_dataset(data, protocol)
     if split is None:

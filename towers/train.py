@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from towers._tf import keras, tf
+from towers.checks import check_field_types
 from towers.data import Dataset
 from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
@@ -48,6 +49,7 @@ class TrainOptions:
     log_dir: str | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"

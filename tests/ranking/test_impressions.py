@@ -131,3 +131,19 @@ def test_a_label_horizon_makes_every_shown_later_watch_a_positive():
     assert ex.history[1].tolist() == ["", "", "a"]
     with pytest.raises(ValueError, match="label_horizon"):
         simulate_impressions(LOG, fake_tower, label_horizon=0)
+
+
+def test_a_watch_without_a_rating_is_left_out_of_means_and_weighs_as_the_mean_rating():
+    # u1's b is a watch with no rating (as the service stores a "watch" event).
+    log = LOG.assign(rating=[5.0, np.nan, 2.0, 4.0, 3.0])
+    ex = simulate_impressions(
+        log, fake_tower, num_candidates=4, max_history=3, events_per_user=None
+    )
+    assert ex.numeric["user_mean"][3] == 5.0  # u1 at t30: a's 5 alone, b has no rating
+    assert ex.numeric["user_count"][3] == 2  # both events count as watches
+    assert np.isnan(ex.rating[0]) and ex.weight[0] == pytest.approx((5 + 2 + 4 + 3) / 4)
+    assert np.isfinite(ex.weight).all() and np.isfinite(ex.numeric["user_mean"][3:]).all()
+    rows = rating_examples(log, max_history=3, context="all")
+    assert rows.numeric["user_mean"][2] == 5.0  # u1's c: the other rated item is a alone
+    before = rating_examples(log, max_history=3, context="before")
+    assert before.numeric["user_mean"][2] == 5.0

@@ -247,3 +247,34 @@ def test_a_users_file_with_some_demographic_columns_trains(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["items"] == []
     assert main(["recommend", "--artefact", str(out), "--history", "A", "--k", "2"]) == 0
     assert len(json.loads(capsys.readouterr().out)["items"]) == 2
+
+
+def test_output_and_source_mistakes_are_refused_before_training(tmp_path, caplog):
+    log = _tiny_log(tmp_path / "log.csv")
+    # The folder holding the data is not an artefact: nothing is trained, nothing is lost.
+    assert _run("train-candidates", log, tmp_path, TINY) == 2
+    assert "is a directory that is not a nextwatch artefact" in caplog.text
+    assert log.exists() and not (tmp_path / "config.json").exists()
+    assert main(["train-candidates", "--users", "u.csv", "--output", str(tmp_path / "a")]) == 2
+    assert "users apply to your own interactions file only" in caplog.text
+    assert main(["train-candidates", "--user-col", "who", "--output", str(tmp_path / "a")]) == 2
+    assert "column names apply to your own interactions file only" in caplog.text
+
+
+def test_evaluate_names_other_data_and_a_missing_output_folder(tmp_path, caplog):
+    log, out = _tiny_log(tmp_path / "log.csv"), tmp_path / "art"
+    assert _run("train-candidates", log, out, f"--protocol leave-last-one {TINY}") == 0
+    # The same bytes read with other columns are other data.
+    assert main(["evaluate", "--interactions", str(log), "--user-col", "item", "--item-col",
+                 "user", "--protocol", "leave-last-one", "--artefact", str(out)]) == 2  # fmt: skip
+    assert "was trained on other data than log as read now" in caplog.text
+    assert (
+        _run(
+            "evaluate",
+            log,
+            out,
+            f"--protocol leave-last-one --output {tmp_path / 'nodir' / 'm.json'}",
+        )
+        == 2
+    )
+    assert "nodir does not exist" in caplog.text

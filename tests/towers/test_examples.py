@@ -43,6 +43,18 @@ def test_horizon_labels_stay_ahead_of_the_history(three_user_log):
         assert all(when[(user, h)] < t for h in history if h != PAD)
 
 
+def test_horizon_labels_are_uniform_over_the_watches_left():
+    # 2,000 users who watch A then B: the example at A (empty history) draws its label from the
+    # next min(4, 2) watches, A or B, with equal chance (not B for every draw past the end).
+    frame = pd.DataFrame(
+        [(f"u{u}", item, 1.0, t) for u in range(2000) for t, item in enumerate("AB")],
+        columns=["user_id", "item_id", "rating", "timestamp"],
+    )
+    ex = build_examples(frame, max_examples_per_user=None, label_horizon=4, seed=0)
+    first = ex.label[np.array([h[-1] == PAD for h in ex.history])]
+    assert len(first) == 2000 and abs((first == "A").mean() - 0.5) < 0.05
+
+
 def test_example_age_is_zero_at_the_end_and_one_at_the_start(three_user_log):
     ex = build_examples(three_user_log, max_history=2, max_examples_per_user=None)
     ages = dict(zip(ex.timestamp.tolist(), ex.example_age.tolist(), strict=True))

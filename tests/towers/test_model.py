@@ -180,3 +180,30 @@ def test_a_save_removes_what_a_killed_save_left_and_keeps_a_running_ones(
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f".artefact.partial-{os.getppid()}-x3", "artefact"
     ]  # fmt: skip
+
+
+def test_an_output_that_is_not_an_artefact_is_refused_and_kept(planted_artefact, tmp_path):
+    import shutil
+
+    from towers.artefact import check_output, load_artefact, save_artefact
+    from towers.train import TrainOptions, TrainResult
+
+    model = load_artefact(planted_artefact)
+    result = TrainResult(model, model.config, TrainOptions(), "planted", "x" * 64)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "log.csv").write_text("user,item\n")
+    (tmp_path / "report.txt").write_text("mine")
+    for target in (data, tmp_path / "report.txt"):
+        with pytest.raises(FileExistsError, match="would replace it; choose a new directory"):
+            save_artefact(result, target)
+    assert (data / "log.csv").read_text() == "user,item\n"
+    assert (tmp_path / "report.txt").read_text() == "mine"
+    # An artefact, an empty directory and one with only a run's logs/ may be written over.
+    shutil.copytree(planted_artefact, tmp_path / "old")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "logs-only" / "logs").mkdir(parents=True)
+    for target in ("old", "empty", "logs-only", "new"):
+        check_output(tmp_path / target)
+    save_artefact(result, tmp_path / "logs-only")
+    assert (tmp_path / "logs-only" / "logs").is_dir() and load_artefact(tmp_path / "logs-only")

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from ranking.model import RankerConfig
+from ranking.train import RankerOptions
+from towers.checks import FieldTypeError
+from towers.model import TowerConfig
+from towers.train import TrainOptions
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TowerConfig(embedding_dim=4.5), "TowerConfig.embedding_dim must be int, got 4.5"),
+        (lambda: TowerConfig(dropout="0.1"), "TowerConfig.dropout must be float, got '0.1'"),
+        (lambda: TowerConfig(use_tokens=1), "TowerConfig.use_tokens must be bool, got 1"),
+        (
+            lambda: TowerConfig(max_examples_per_user=2.5),
+            "max_examples_per_user must be int | None",
+        ),
+        (lambda: TrainOptions(epochs=1.5), "TrainOptions.epochs must be int"),
+        (lambda: TrainOptions(verbose="loud"), "TrainOptions.verbose must be int"),
+        (lambda: RankerConfig(num_quantiles=2.5), "RankerConfig.num_quantiles must be int"),
+        (lambda: RankerConfig(hidden_units=(8, "4")), r"RankerConfig.hidden_units must be tuple"),
+        (lambda: RankerOptions(seed=None), "RankerOptions.seed must be int"),
+    ],
+)
+def test_a_wrong_type_is_refused_by_name(make, message):
+    with pytest.raises(FieldTypeError, match=message):
+        make()
+    assert issubclass(FieldTypeError, ValueError) and issubclass(FieldTypeError, TypeError)
+
+
+def test_numbers_of_other_types_and_lists_are_accepted():
+    config = TowerConfig(embedding_dim=np.int64(8), dropout=0, max_examples_per_user=None)
+    assert config.embedding_dim == 8 and TrainOptions(learning_rate=1).learning_rate == 1
+    assert RankerConfig(hidden_units=[8, 4]).hidden_units == [8, 4]  # as read from JSON
+    for bad in (np.nan, -3.0, 0.0):
+        with pytest.raises(ValueError, match="embedding_scale must be a finite number > 0"):
+            RankerConfig(embedding_scale=bad)
