@@ -178,22 +178,35 @@ def _model_version(artefact: str) -> str:
 
 
 def _users_schema(users: str) -> pa.Schema:
-    """The columns of ``users`` that the export reads, checked on its first file."""
+    """The columns of ``users`` that the export reads, checked in every file (their footers
+    only) before the job starts: each must have them, of the same types."""
     files = FileSystems.match([users])[0].metadata_list
     if not files:
         raise FileNotFoundError(f"users {users!r} matches no file")
-    with FileSystems.open(files[0].path, compression_type="uncompressed") as f:
-        schema = pq.read_schema(f)
-    missing = sorted({"user_id", "history"} - set(schema.names))
-    if missing:
-        raise ValueError(f"users file {files[0].path} lacks columns {missing}")
-    try:  # checked here, before the job starts, as the single-process exporter does
-        check_history_type(schema.field("history").type)
-    except ValueError as exc:
-        raise ValueError(f"{files[0].path}: {exc}") from None
-    demographics = all(c in schema.names for c in _DEMOGRAPHICS)
-    names = ["user_id", "history", *(_DEMOGRAPHICS if demographics else ())]
-    return pa.schema([schema.field(name) for name in names])
+    first: pa.Schema | None = None
+    for meta in files:
+        with FileSystems.open(meta.path, compression_type="uncompressed") as f:
+            schema = pq.read_schema(f)
+        missing = sorted({"user_id", "history"} - set(schema.names))
+        if missing:
+            raise ValueError(f"users file {meta.path} lacks columns {missing}")
+        try:  # checked here, before the job starts, as the single-process exporter does
+            check_history_type(schema.field("history").type)
+        except ValueError as exc:
+            raise ValueError(f"{meta.path}: {exc}") from None
+        demographics = all(c in schema.names for c in _DEMOGRAPHICS)
+        names = ["user_id", "history", *(_DEMOGRAPHICS if demographics else ())]
+        read = pa.schema([schema.field(name).with_nullable(True) for name in names])
+        if first is None:
+            first, first_path = read, meta.path
+        elif not read.equals(first, check_metadata=False):
+            raise ValueError(
+                f"users files disagree: {first_path} has columns {first.to_string()!r}, "
+                f"{meta.path} has {read.to_string()!r}; every shard needs the same columns "
+                "and types"
+            )
+    assert first is not None
+    return first
 
 
 def _pipeline_options(pipeline_args: list[str] | None) -> PipelineOptions:

@@ -273,6 +273,8 @@ def export_candidates(
         )
     version = artefact_version(artefact)
     table = UserTable.read(table_path)
+    if isinstance(users, str | bytes):
+        raise ValueError(f"users must be a list of user IDs, not one string ({users!r})")
     user_ids = list(dict.fromkeys(str(u) for u in users)) if users is not None else table.user_ids
     if not user_ids:
         raise ValueError("users is empty: there is nobody to export candidates for")

@@ -33,6 +33,7 @@ import pandas as pd
 from export.savedmodel import (
     NO_ITEM_SCORE,
     _BruteForceModule,
+    _exists_message,
     _save,
     _signature,
     compact,
@@ -96,7 +97,8 @@ def _ranker_signature(ranker: Ranker) -> dict[str, tf.TensorSpec]:
 
 class _TwoStageModule(_BruteForceModule):
     def __init__(self, model, version, index: ItemIndex, ranker: Ranker, popularity, n, k):
-        super().__init__(model, version, n, index)
+        # As the API: at least k candidates, so that k > n still returns k items.
+        super().__init__(model, version, max(n, k), index)
         self.ranker = ranker
         self.final_k = min(k, self.k)
         self.popularity = tf.constant(
@@ -147,13 +149,22 @@ def export_ranking_savedmodels(
     k: int = 10,
     num_candidates: int = 100,
     serving_version: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Export ``output/ranker/<v>`` and ``output/two_stage/<v>`` for an artefact with a ranker.
+
+    Each version directory is written beside its place and renamed into it when complete (see
+    :func:`export.savedmodel.export_savedmodels`). ``two_stage`` retrieves
+    ``max(num_candidates, k)`` candidates, as the Python API does.
 
     Raises
     ------
     FileNotFoundError
         If the artefact has no ``ranker/`` (train one with ``nextwatch train-ranker``).
+    FileExistsError
+        If a version directory exists and ``overwrite`` is false (checked before writing).
+    ValueError
+        On a bad argument, or a ranker trained for another version of the tower.
     """
     for name, value in (("k", k), ("num_candidates", num_candidates),
                         ("serving_version", serving_version)):  # fmt: skip
@@ -162,25 +173,30 @@ def export_ranking_savedmodels(
     artefact = Path(artefact)
     if not (artefact / "ranker" / "config.json").exists():
         raise FileNotFoundError(f"{artefact} has no ranker/: run `nextwatch train-ranker` first")
+    output = Path(output)
+    if not overwrite:
+        for name in RANKING_MODELS:
+            if (output / name / str(serving_version)).exists():
+                raise FileExistsError(_exists_message(output / name / str(serving_version)))
     ranker = load_ranker(artefact / "ranker")
-    model = load_artefact(artefact)
     version = artefact_version(artefact)
+    if ranker.tower_version != version:
+        raise ValueError(
+            f"{artefact / 'ranker'} was trained for tower {ranker.tower_version}, not "
+            f"{version}: retrain it (nextwatch train-ranker)"
+        )
+    model = load_artefact(artefact)
     index = ItemIndex.load(artefact / "index")
     items = pd.read_parquet(artefact / ITEMS_FILE)
     popularity = dict(zip(items["item_id"].astype(str), items["popularity"], strict=True))
-    output = Path(output)
     ranker_module = _RankerModule(ranker, version)
-    signature = _ranker_signature(ranker)
     path = output / "ranker" / str(serving_version)
-    path.mkdir(parents=True, exist_ok=True)
-    fn = tf.function(ranker_module.score, input_signature=[signature])
-    tf.saved_model.save(
-        ranker_module, str(path), signatures={"serving_default": fn.get_concrete_function()}
-    )
+    _save(ranker_module, ranker_module.score, path, spec=_ranker_signature(ranker),
+          overwrite=overwrite)  # fmt: skip
     two = _TwoStageModule(model, version, index, ranker, popularity, num_candidates, k)
     spec = _signature(model)
     for name in ("user_count", "user_mean", "time_since_last"):
         spec[name] = tf.TensorSpec([None], tf.float32, name=name)
     two_path = output / "two_stage" / str(serving_version)
-    _save(two, two.two_stage, two_path, spec=spec)
+    _save(two, two.two_stage, two_path, spec=spec, overwrite=overwrite)
     return {"ranker": path, "two_stage": two_path}

@@ -10,9 +10,22 @@ import numpy as np
 def graded_ndcg(order: Sequence[str], gains: Mapping[str, float], k: int = 10) -> float:
     """NDCG@k of ``order`` with graded gains: DCG = sum of ``gains[item] / log2(rank + 1)``
     (rank from 1, gain 0 for items not in ``gains``); the ideal DCG sorts all of ``gains``. An
-    item repeated in ``order`` counts at its first rank only."""
-    order = list(dict.fromkeys(order))
-    dcg = sum(gains.get(item, 0.0) / np.log2(r + 2) for r, item in enumerate(order[:k]))
+    item repeated in ``order`` counts at its first rank only; the repeat keeps its rank, with
+    no gain, so it never pulls a later item into the top ``k``.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not a positive integer.
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    seen: set[str] = set()
+    dcg = 0.0
+    for r, item in enumerate(list(order)[:k]):
+        if item not in seen:
+            seen.add(item)
+            dcg += gains.get(item, 0.0) / np.log2(r + 2)
     ideal = sorted(gains.values(), reverse=True)[:k]
     idcg = sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
     return float(dcg / idcg) if idcg > 0 else 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,9 +24,10 @@ from ranking.model import Ranker, RankerConfig
 from ranking.normalize import QuantileNormalizer
 from ranking.scorer import RankScorer
 from towers._tf import keras, tf
-from towers.artefact import SERVING_FILE, load_arrays, save_arrays
+from towers.artefact import SERVING_FILE, load_arrays, replace_directory, save_arrays
 from towers.checks import check_field_types
 from towers.features import DEMOGRAPHIC_COLUMNS, UserFeatures
+from towers.leftovers import remove_dead, work_dir
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -274,8 +276,48 @@ def save_ranker(
 ) -> Path:
     """Write the ranker artefact directory (see the module docstring); ``impressions`` are the
     settings of the simulated impressions it learned from (``num_candidates``,
-    ``events_per_user``), which a retrain reuses."""
-    directory = Path(directory)
+    ``events_per_user``), which a retrain reuses.
+
+    The directory is written beside its place and renamed into it when complete (replacing a
+    previous ranker whole), so a failed write leaves the previous ranker as it was."""
+    final = Path(directory)
+    if final.exists() and not _replaceable_ranker(final):
+        raise FileExistsError(
+            f"ranker output {final} exists and is not a ranker: writing there would replace it"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead(final.parent, f".{final.name}.partial-")
+    staging = work_dir(final.parent, f".{final.name}.partial-")
+    try:
+        staging.chmod(0o755)
+        _write_ranker(ranker, staging, metrics, tower_version, options, impressions)
+        replace_directory(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _replaceable_ranker(path: Path) -> bool:
+    """An empty directory, or a ranker artefact."""
+    if not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        return json.loads((path / "config.json").read_text()).get("kind") == "ranker"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_ranker(
+    ranker: Ranker,
+    directory: Path,
+    metrics: dict,
+    tower_version: str,
+    options: RankerOptions,
+    impressions: dict | None,
+) -> None:
     vocab = directory / "vocab"
     vocab.mkdir(parents=True, exist_ok=True)
     (vocab / "items.txt").write_text("\n".join(ranker.item_ids) + "\n", encoding="utf-8")
@@ -298,7 +340,6 @@ def save_ranker(
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return directory
 
 
 def _ranker_meta(directory: Path) -> dict:

@@ -36,7 +36,7 @@ import pandas as pd
 from ranking.train import load_rank_scorer
 from serving.rerank import Reranker
 from towers.artefact import artefact_version
-from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable
+from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.retrieval import Retriever
 
@@ -95,13 +95,6 @@ class Query:
     exclude_seen: bool = True
     rank: bool = True
     stats: Mapping[str, float] | None = None  # rating_count, rating_mean, last_timestamp
-
-
-def distinct_history(history: Sequence[object]) -> list[str]:
-    """``history`` (oldest first) with each repeated item kept at its last position only, as a
-    stored user's history is folded (:mod:`serving.histories`): the same watches give the same
-    recommendations whether they come from the store or in a request."""
-    return list(dict.fromkeys(str(i) for i in reversed(history)))[::-1]
 
 
 def _check_k(k: object) -> int:

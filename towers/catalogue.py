@@ -76,6 +76,13 @@ def check_history_type(kind: pa.DataType) -> None:
         raise ValueError(f"user table column 'history' must hold string item IDs, got {kind}")
 
 
+def distinct_history(history: Sequence[object]) -> list[str]:
+    """``history`` (oldest first) as text, each repeated item kept at its last position only,
+    as a stored user's history is folded (:mod:`serving.histories`): the same watches give the
+    same recommendations whether they come from the store, a user table or a request."""
+    return list(dict.fromkeys(str(i) for i in reversed(history)))[::-1]
+
+
 class UserTable:
     """Histories and demographics by raw user ID, kept in Arrow (compact for millions of users).
 
@@ -152,11 +159,13 @@ class UserTable:
         return np.fromiter((get(str(u), -1) for u in user_ids), np.int64, len(user_ids))
 
     def histories(self, rows: np.ndarray) -> list[list[str]]:
-        """Full histories of table ``rows`` (an unknown user's row -1 gives ``[]``)."""
+        """Histories of table ``rows`` (an unknown user's row -1 gives ``[]``), a repeated item
+        kept at its last position only (:func:`distinct_history`), as the service folds a
+        stored user's events."""
         rows = np.asarray(rows)
         valid = rows >= 0
         taken = self._history.take(pa.array(np.where(valid, rows, 0))).to_pylist()
-        return [[str(i) for i in h] if ok and h else [] for h, ok in zip(taken, valid, strict=True)]
+        return [distinct_history(h) if ok and h else [] for h, ok in zip(taken, valid, strict=True)]
 
     def stats(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``rating_count``, ``rating_mean`` and ``last_timestamp`` of table ``rows`` (NaN for

@@ -154,3 +154,18 @@ def test_command_line_beam_engine_with_a_remote_artefact(planted_artefact, tmp_p
                  "--engine", "beam", "--users", str(tmp_path / "ids.txt")]) == 2  # fmt: skip
     assert main(["export-candidates", "--output", str(tmp_path / "y"), "--",
                  "--runner=DirectRunner"]) == 2  # fmt: skip
+
+
+def test_every_shard_is_checked_before_the_job(planted_artefact, users, tmp_path):
+    table = pd.read_parquet(users / "all.parquet")
+    for name, history in (("text", ["A|B"] * 2), ("ints", [[1, 2]] * 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        table.iloc[:50].to_parquet(folder / "part-0.parquet", index=False)
+        odd = table.iloc[50:52].assign(history=history)
+        odd.to_parquet(folder / "part-1.parquet", index=False)
+        message = "history' must be" if name == "text" else "users files disagree"
+        with pytest.raises(ValueError, match=message):
+            beam_export(planted_artefact, folder / "part-*.parquet", tmp_path / f"o-{name}",
+                        pipeline_args=IN_PROCESS)  # fmt: skip
+        assert not (tmp_path / f"o-{name}").exists()

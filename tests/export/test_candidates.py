@@ -88,6 +88,8 @@ def test_bad_arguments_are_named(planted_artefact, tmp_path):
         export_candidates(planted_artefact, tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="users is empty"):
         export_candidates(planted_artefact, tmp_path, users=[])
+    with pytest.raises(ValueError, match="users must be a list of user IDs, not one string"):
+        export_candidates(planted_artefact, tmp_path, users="u12")
     with pytest.raises(FileNotFoundError, match="user table"):
         export_candidates(planted_artefact, tmp_path, user_table=tmp_path / "none.parquet")
 

@@ -185,3 +185,36 @@ def test_ranker_savedmodel_counts_a_repeat_once_and_the_newest_max_history(
     assert inputs["history_rating"][3].tolist() == [3.0, 2.0, 5.0]  # C, D, A (its last rating)
     np.testing.assert_allclose(got["ranker:long"]["rating"], reranker.scorer(inputs)["rating"],
                                rtol=1e-4)  # fmt: skip
+
+
+def test_two_stage_returns_k_items_when_k_exceeds_the_candidates_and_versions_are_kept(
+    planted_ranked_artefact, tmp_path
+):
+    import shutil
+
+    import tensorflow as tf
+
+    base = tmp_path / "models"
+    paths = export_ranking_savedmodels(planted_ranked_artefact, base, k=4, num_candidates=2)
+    model = tf.saved_model.load(str(paths["two_stage"])).signatures["serving_default"]
+    out = model(
+        history=tf.constant([["A"]]), age=tf.constant([-1.0]), gender=tf.constant([""]),
+        occupation=tf.constant([""]), zip_prefix=tf.constant([""]),
+        user_count=tf.constant([1.0]), user_mean=tf.constant([-1.0]),
+        time_since_last=tf.constant([-1.0]),
+    )  # fmt: skip
+    got = [b.decode() for b in out["item_ids"].numpy()[0]]
+    assert len(got) == 4 and "" not in got and "A" not in got  # as the API: max(k, n) fetched
+    (base / "ranker" / "1" / "mine.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_ranking_savedmodels(planted_ranked_artefact, base, k=4, num_candidates=2)
+    assert (base / "ranker" / "1" / "mine.txt").read_text() == "kept"
+    export_ranking_savedmodels(planted_ranked_artefact, base, k=4, num_candidates=2, overwrite=True)
+    assert not (base / "ranker" / "1" / "mine.txt").exists()  # replaced whole, not mixed
+    stale = tmp_path / "stale"
+    shutil.copytree(planted_ranked_artefact, stale)
+    config = json.loads((stale / "ranker" / "config.json").read_text())
+    config["tower_version"] = "20200101T000000Z-00000000"
+    (stale / "ranker" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="was trained for tower 20200101T000000Z-00000000"):
+        export_ranking_savedmodels(stale, tmp_path / "other")

@@ -237,3 +237,25 @@ def test_bad_ranker_settings_name_the_setting():
 def test_bad_ranker_settings_are_refused_by_name(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+def test_a_failed_save_keeps_the_previous_ranker_whole(trained, tmp_path, monkeypatch):
+    import ranking.train as ranking_train
+
+    ranker, metrics = trained
+    directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
+    before = {p.name: p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ranking_train, "save_arrays", dies)
+    with pytest.raises(OSError, match="disk full"):
+        save_ranker(ranker, directory, metrics, "tower-v2", RankerOptions())
+    after = {p.name: p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "log.csv").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a ranker"):
+        save_ranker(ranker, tmp_path / "data", metrics, "tower-v1", RankerOptions())
+    assert (tmp_path / "data" / "log.csv").read_text() == "x"

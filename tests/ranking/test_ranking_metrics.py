@@ -13,6 +13,14 @@ def test_graded_ndcg_by_hand():
     assert graded_ndcg(["b", "c", "a"], gains) == pytest.approx(5.5 / (5 + 3 / math.log2(3)))
     assert graded_ndcg(["c"], gains, k=1) == 0.0
     assert graded_ndcg(["a"], {}) == 0.0
+    # A repeat keeps its rank with no gain: b at rank 3 is outside the top 2.
+    assert graded_ndcg(["x", "x", "b"], gains, k=2) == 0.0
+    assert graded_ndcg(["a", "a", "b"], gains, k=3) == pytest.approx(
+        (5 + 3 / 2) / (5 + 3 / math.log2(3))
+    )
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            graded_ndcg(["a"], gains, k=k)
 
 
 def test_weighted_pairwise_loss_by_hand():

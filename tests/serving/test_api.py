@@ -129,3 +129,27 @@ def test_numpy_numbers_are_valid_features(rec):
     import numpy as np
 
     assert len(rec.recommend(history=[], features={"age": np.float32(30)}, k=2)) == 2
+
+
+def test_a_stored_history_with_a_repeat_counts_it_once_in_the_api_and_the_export(
+    planted_artefact, tmp_path
+):
+    import shutil
+
+    import pandas as pd
+
+    from export.candidates import export_candidates
+
+    art = tmp_path / "art"
+    shutil.copytree(planted_artefact, art)
+    users = pd.read_parquet(art / "users.parquet")
+    row = users.index[users["user_id"] == "u0"][0]
+    users.at[row, "history"] = ["E", "A", "B", "E"]  # E watched again, last
+    users.to_parquet(art / "users.parquet", index=False)
+    rec = Recommender.load(art)
+    stored = rec.recommend("u0", k=4, rank=False)
+    asked = rec.recommend(history=["A", "B", "E"], features=U0_FEATURES, k=4, rank=False)
+    assert _pairs(stored) == _pairs(asked)
+    export_candidates(art, tmp_path / "out", k=4, users=["u0"])
+    exported = pd.read_parquet(tmp_path / "out")
+    assert exported["item_id"].tolist() == asked.item_ids
