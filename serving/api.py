@@ -219,6 +219,8 @@ class Recommender:
         return frozenset().union(*(self._by_genre[str(g).lower()] for g in genres))
 
     def _features(self, features: Mapping[str, object] | None) -> dict[str, object]:
+        if features is not None and not isinstance(features, Mapping):
+            raise ValueError(f"features must be a mapping of name to value, got {features!r}")
         features = dict(features or {})
         unknown = sorted(set(features) - set(FEATURES))
         if unknown:
@@ -294,6 +296,9 @@ class Recommender:
         Recommendations
         """
         # A bare string is one ID or genre, not a sequence of characters.
+        for name, value in (("exclude", exclude), ("genres", genres)):
+            if not isinstance(value, str | Sequence | set | frozenset):
+                raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
         exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         genres = (genres,) if isinstance(genres, str) else tuple(genres)
         query = Query(user_id, history, features, k, exclude, genres, exclude_seen, rank)
@@ -309,6 +314,9 @@ class Recommender:
         histories = [r[0] for r in resolved]
         known_only = self.retriever.encoder.known_only
         queries_matrix = self.encode([known_only(h) for h in histories], [r[1] for r in resolved])
+        for q in queries:
+            if not isinstance(q.exclude, str | Sequence | set | frozenset):
+                raise ValueError(f"exclude must be a sequence of strings, got {q.exclude!r}")
         exclude = [
             ({q.exclude} if isinstance(q.exclude, str) else set(map(str, q.exclude)))
             | (set(h) if q.exclude_seen else set())

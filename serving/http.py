@@ -3,8 +3,8 @@
 Versioned under ``/v1``; OpenAPI at ``/openapi.json`` and ``/docs``; the onboarding page at ``/``.
 Writes (``POST /v1/events``, ``POST /v1/users``, ``POST /v1/items``) and admin calls need the API
 key in the ``X-API-Key`` header: 401 without it, 403 with a wrong one. Bad input is a 4xx whose
-``detail`` names the field; bodies over ``max_body_bytes`` get 413, and ``k`` is capped at
-``MAX_K``.
+``detail`` names the field; bodies over ``max_body_bytes`` get 413, a body that is not sent as
+JSON 415, and ``k`` is capped at ``MAX_K``.
 
 Endpoints that compute (recommendations, similar items, event validation, lookups) are ``async
 def``: they run on the event loop, one after another. A request is a few milliseconds of numpy
@@ -68,7 +68,7 @@ from serving.service import (
     NewItemsUnsupported,
     Served,
 )
-from serving.store import IdempotencyConflict, ItemRecord, StoreUnavailable, UserRecord
+from serving.store import IdempotencyConflict, ItemRecord, StoreUnavailable
 from towers.content import metadata_tokens
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         title="nextwatch",
         version="1",
         description="Next-watch recommendations from live histories (YouTube-DNN design).",
-        responses={code: problem for code in (400, 401, 403, 404, 409, 413, 422, 503)},
+        responses={code: problem for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)},
     )
     metrics = ServiceMetrics()
     metrics.serving(service.slot.current.version)
@@ -155,6 +155,16 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        about_body = any(tuple(e["loc"])[:1] == ("body",) for e in exc.errors())
+        if about_body and "json" not in content_type.split(";")[0].lower():
+            # FastAPI reads a body it does not take for JSON as no object at all, and would
+            # answer "Input should be a valid dictionary": name the real problem.
+            return JSONResponse(
+                {"detail": "body: send JSON with Content-Type: application/json (got "
+                           f"{content_type or 'no Content-Type'!r})"},
+                status_code=415,
+            )  # fmt: skip
         errors = []
         for e in exc.errors():
             loc = [str(p) if not isinstance(p, int) else p for p in e["loc"]]
@@ -254,7 +264,10 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
                 service.store_events, checked, fingerprint, idempotency_key
             )
         except EventRejected as exc:
-            raise HTTPException(422, str(exc)) from None
+            message = str(exc)
+            if not isinstance(body, EventBatch):  # a single event: its fields, not events[0]
+                message = message.removeprefix("events[0].")
+            raise HTTPException(422, message) from None
         except IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
         if replayed:
@@ -300,11 +313,9 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         """Register a user (optional demographics), or update an existing user's: only the fields
         sent change (``null`` clears one); the others keep their stored values."""
         user_id = body.user_id or uuid.uuid4().hex
-        stored = service.store.get_user(user_id)
-        fields = {f: getattr(stored, f, None) for f in USER_FIELDS}
-        fields.update({f: getattr(body, f) for f in body.model_fields_set & set(USER_FIELDS)})
-        service.store.upsert_user(UserRecord(user_id, **fields))
-        if stored is not None:
+        sent = {f: getattr(body, f) for f in body.model_fields_set & set(USER_FIELDS)}
+        _, existed = service.store.update_user(user_id, sent)  # one transaction
+        if existed:
             response.status_code = 200
         return _user_out(user_id)
 

@@ -27,19 +27,21 @@ MAX_TIMESTAMP = 1e11  # year 5138: anything larger is a unit error (ms or µs si
 # Header values (the idempotency key): no control characters (PostgreSQL cannot store NUL, and
 # logs must not be forged with newlines).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-ID_RULE = "1 to 128 printable characters, with no leading or trailing whitespace"
+ID_RULE = "1 to 128 printable characters, no '/', with no leading or trailing whitespace"
 
 
 def check_id(value: str) -> str:
     """An ID as stored: printable (no control, format or separator characters: ``str.isprintable``)
-    and without surrounding whitespace, so that ``"alice "`` cannot become a second Alice.
+    and without surrounding whitespace, so that ``"alice "`` cannot become a second Alice; and
+    without ``/``, which no URL path (``/v1/users/{id}``, ``/v1/items/{id}/similar``) can carry:
+    ``%2F`` is decoded before routing, so ``B%2Fsimilar`` would reach B's similar items.
 
     Raises
     ------
     ValueError
         Naming the rule, for pydantic to report against the field.
     """
-    if not value.isprintable() or value.strip() != value:
+    if not value.isprintable() or value.strip() != value or "/" in value:
         raise ValueError(f"must be {ID_RULE}, got {value!r}")
     return value
 

@@ -100,7 +100,8 @@ def seed_store(store: EventStore, source: DataSource) -> int:
     serving a partial log because the store is no longer empty."""
     data = source.load()
     if data.users is not None and not data.users.empty:
-        store.import_users(data.users)
+        # Users registered before the first seed (a store started with --no-seed) keep theirs.
+        store.import_users(data.users, keep_existing=True)
     frame = data.interactions[["user_id", "item_id", "rating", "timestamp"]]
     return store.import_events(frame, batch_size=max(len(frame), 1))
 
@@ -117,6 +118,19 @@ class ServeOptions:
     retrain_every_events: int | None = None  # run `nextwatch retrain --home` after N events
     retrain_every_seconds: float | None = None  # ... or every S seconds
     history_cache_users: int = 10_000  # folded histories each process keeps (0: none)
+
+    def __post_init__(self) -> None:
+        if self.retrain_every_events is not None and self.retrain_every_events < 1:
+            raise ValueError(
+                f"retrain_every_events must be >= 1 (or None: no event trigger), got "
+                f"{self.retrain_every_events}"
+            )
+        if self.retrain_every_seconds is not None and not self.retrain_every_seconds > 0:
+            raise ValueError(
+                f"retrain_every_seconds must be > 0 (or None), got {self.retrain_every_seconds}"
+            )
+        if self.history_cache_users < 0:
+            raise ValueError(f"history_cache_users must be >= 0, got {self.history_cache_users}")
 
 
 def _serving_pointer(home: Path) -> Path:
@@ -267,7 +281,12 @@ def assemble(
         on_swap=lambda served: write_pointer(home, served.artefact),
     )
     app = create_app(service, settings)
-    watcher.on_swap = lambda served: app.state.metrics.serving(served.version)
+
+    def followed(served: Served) -> None:  # a swap by another worker, retrain or rollback
+        app.state.metrics.serving(served.version)
+        app.state.metrics.swaps.inc()
+
+    watcher.on_swap = followed
     app.router.on_startup.append(watcher.start)
     app.router.on_shutdown.append(watcher.stop)
     app.router.on_shutdown.append(store.close)

@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from serving.api import Query, UnknownItemError, distinct_history
 from serving.explain import because
 from serving.histories import HistoryCache, UserState, user_state, with_user
+from serving.schemas import EventIn
 from serving.served import (
     ONBOARDING_DIVERSITY,
     ONBOARDING_MAX,
@@ -34,6 +37,7 @@ from serving.served import (
     freeze_imports,
 )
 from serving.store import Event, EventStore, ItemRecord
+from towers.checks import check_field_types
 from towers.content import CONTENT_FILE
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,18 @@ class EventRules:
     rating_max: float = 5.0
     max_future_s: float = 300.0
     min_timestamp: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        for name in ("rating_min", "rating_max", "max_future_s", "min_timestamp"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.rating_min > self.rating_max:
+            raise ValueError(
+                f"rating_min ({self.rating_min}) must be <= rating_max ({self.rating_max})"
+            )
+        if self.max_future_s < 0 or self.min_timestamp < 0:
+            raise ValueError("max_future_s and min_timestamp must be >= 0")
 
 
 class LiveService:
@@ -195,8 +211,16 @@ class LiveService:
         Raises
         ------
         ValueError
-            Naming the bad argument (``k``, ``genres``, ``features``).
+            Naming the bad argument (``k``, ``genres``, ``features``, ``exclude``, ``history``,
+            or ``user_id`` and ``history`` both given).
         """
+        for name, value in (("history", history), ("exclude", exclude), ("genres", genres)):
+            if isinstance(value, str | bytes):
+                raise ValueError(f"{name} must be a sequence of strings, not one string")
+        if user_id is not None and history is not None:
+            raise ValueError(
+                "give user_id (their stored history) or history (an anonymous one), not both"
+            )
         served = self.sync_items()
         rec = served.recommender
         if user_id is not None:
@@ -250,17 +274,26 @@ class LiveService:
         EventRejected
             Naming the field and the position of the first bad event.
         """
+        if isinstance(events, Mapping | str | bytes):
+            raise EventRejected("events must be a list of event dicts")
         catalogue = self.sync_items().catalogue
         now = self.clock()
         rules = self.rules
         out = []
         for n, raw in enumerate(events):
             where = f"events[{n}]"
-            kind = raw.get("type", "rating")
-            item = str(raw["item_id"])
+            try:  # the HTTP schema's checks: ID rule, types, ISO timestamps, unknown keys
+                event = EventIn.model_validate(raw)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(part) for part in first["loc"])
+                raise EventRejected(f"{where}.{loc}: {first['msg']}") from None
+            kind, item, rating = event.type, event.item_id, event.rating
+            if item not in catalogue:
+                # Added a moment ago through another worker? Check the store before refusing.
+                catalogue = self.sync_items(force=True).catalogue
             if item not in catalogue:
                 raise EventRejected(f"{where}.item_id {item!r} is not in the catalogue")
-            rating = raw.get("rating")
             if kind == "rating":
                 if rating is None:
                     raise EventRejected(f"{where}.rating is required for a rating event")
@@ -271,22 +304,13 @@ class LiveService:
                     )
             elif rating is not None:
                 raise EventRejected(f"{where}.rating must be absent for a {kind!r} event")
-            ts = raw.get("timestamp")
-            ts = now if ts is None else float(ts)
+            ts = now if event.timestamp is None else float(event.timestamp)
             if not rules.min_timestamp <= ts <= now + rules.max_future_s:
                 raise EventRejected(
                     f"{where}.timestamp {ts} is outside [{rules.min_timestamp}, now + "
                     f"{rules.max_future_s:g} s]"
                 )
-            out.append(
-                Event(
-                    str(raw["user_id"]),
-                    item,
-                    str(kind),
-                    None if rating is None else float(rating),
-                    ts,
-                )  # fmt: skip
-            )
+            out.append(Event(event.user_id, item, kind, rating, ts))
         return out
 
     def prepare_events(self, events: Sequence[Mapping[str, object]]) -> tuple[list[Event], str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Self
 from urllib.parse import urlsplit
@@ -167,6 +167,18 @@ class EventStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def update_user(self, user_id: str, fields: Mapping[str, object]) -> tuple[UserRecord, bool]:
+        """Create a user, or change only ``fields`` (names from ``USER_FIELDS``; a None value
+        clears one) of an existing one, in one transaction: two concurrent updates of different
+        fields both take effect. Returns the stored record and whether the user existed.
+
+        Raises
+        ------
+        ValueError
+            For an unknown field name, or a value :meth:`upsert_user` would refuse.
+        """
+
+    @abc.abstractmethod
     def get_user(self, user_id: str) -> UserRecord | None:
         """The stored record, or None for an unknown user."""
 
@@ -204,11 +216,13 @@ class EventStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def import_users(self, frame: pd.DataFrame) -> int:
+    def import_users(self, frame: pd.DataFrame, keep_existing: bool = False) -> int:
         """Bulk :meth:`upsert_user`: columns ``user_id`` and any of ``age``, ``gender``,
-        ``occupation``, ``zip_prefix`` (missing or NaN: None), in one transaction.
+        ``occupation``, ``zip_prefix`` (missing or NaN: None), in one transaction. With
+        ``keep_existing``, users already stored are left as they are (a seed must not overwrite
+        what users registered).
 
-        Returns the number of distinct users written (a repeated ID keeps its last row).
+        Returns the number of distinct users in ``frame`` (a repeated ID keeps its last row).
         """
 
     @abc.abstractmethod

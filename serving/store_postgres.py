@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import pandas as pd
@@ -38,6 +38,7 @@ from serving.store_rows import (
     event_rows,
     frame_event_rows,
     frame_user_rows,
+    merged_user,
     replay,
     to_event,
     to_item,
@@ -79,6 +80,7 @@ _UPSERT_USERS = """INSERT INTO users (user_id, age, gender, occupation, zip_pref
     SELECT u, a, g, o, z, %s FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[],
     %s::text[]) AS x(u, a, g, o, z) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
     gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
+_INSERT_NEW_USERS = _UPSERT_USERS.split(" ON CONFLICT")[0] + " ON CONFLICT (user_id) DO NOTHING"
 _USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
 _ITEM_COLUMNS = "item_id, title, genres, year, tags, created_at, seq"
 _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created_at, seq)
@@ -210,6 +212,27 @@ class PostgresStore(EventStore):
             ).fetchone()
         return UserRecord(*stored)
 
+    def update_user(self, user_id: str, fields: Mapping[str, object]) -> tuple[UserRecord, bool]:
+        check_user(UserRecord(user_id))
+        with self._write(lock=False) as conn:
+            created = conn.execute(
+                "INSERT INTO users (user_id, created_at) VALUES (%s, %s) "
+                "ON CONFLICT (user_id) DO NOTHING",
+                (user_id, time.time()),
+            ).rowcount
+            # The row exists now; FOR UPDATE holds it until commit, so a concurrent update of
+            # other fields waits and then reads this one's result.
+            stored = conn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s FOR UPDATE", (user_id,)
+            ).fetchone()
+            record = merged_user(stored, user_id, fields)
+            row = check_user(record)
+            conn.execute(_UPSERT_USERS, (time.time(), *([value] for value in row)))
+            stored = conn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s", (user_id,)
+            ).fetchone()
+        return UserRecord(*stored), not created
+
     def get_user(self, user_id: str) -> UserRecord | None:
         with self._connection() as conn:
             row = conn.execute(
@@ -258,13 +281,14 @@ class PostgresStore(EventStore):
                 conn.execute(_INSERT_USERS, (now, unique_users(batch)))
         return len(rows)
 
-    def import_users(self, frame: pd.DataFrame) -> int:
+    def import_users(self, frame: pd.DataFrame, keep_existing: bool = False) -> int:
         rows = frame_user_rows(frame)
         if not rows:
             return 0
         columns = [list(column) for column in zip(*rows, strict=True)]
+        sql = _INSERT_NEW_USERS if keep_existing else _UPSERT_USERS
         with self._write(lock=False) as conn:
-            conn.execute(_UPSERT_USERS, (time.time(), *columns))
+            conn.execute(sql, (time.time(), *columns))
         return len(rows)
 
     def upsert_item(self, item: ItemRecord) -> tuple[ItemRecord, bool]:

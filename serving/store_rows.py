@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,18 @@ def check_user(user: UserRecord) -> UserRow:
         raise ValueError(f"user.age must be a number or None, got {user.age!r}")
     age = None if user.age is None or math.isnan(user.age) else float(user.age)
     return (user.user_id, age, user.gender, user.occupation, user.zip_prefix)
+
+
+def merged_user(stored: Sequence[Any], user_id: str, fields: Mapping[str, object]) -> UserRecord:
+    """The stored user row (``user_id, age, gender, occupation, zip_prefix, created_at``) with
+    ``fields`` replaced, checked as :func:`check_user` checks a record."""
+    unknown = sorted(set(fields) - set(USER_FIELDS))
+    if unknown:
+        raise ValueError(f"fields has unknown user fields {unknown}; known: {list(USER_FIELDS)}")
+    current = dict(zip(("user_id", *USER_FIELDS), stored[:5], strict=True))
+    record = UserRecord(**{**current, **fields, "user_id": user_id})
+    check_user(record)
+    return record
 
 
 def to_event(row: Sequence[Any]) -> Event:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from serving.store_rows import (
     event_rows,
     frame_event_rows,
     frame_user_rows,
+    merged_user,
     replay,
     to_event,
     to_item,
@@ -74,6 +75,7 @@ _INSERT_USER = "INSERT OR IGNORE INTO users (user_id, created_at) VALUES (?, ?)"
 _UPSERT_USER = """INSERT INTO users (user_id, age, gender, occupation, zip_prefix, created_at)
     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
     gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
+_INSERT_NEW_USER = _UPSERT_USER.split(" ON CONFLICT")[0] + " ON CONFLICT (user_id) DO NOTHING"
 _USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
 _ITEM_COLUMNS = "item_id, title, genres, year, tags, created_at, seq"
 _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created_at, seq)
@@ -248,6 +250,20 @@ class SqliteStore(EventStore):
             ).fetchone()
         return UserRecord(*stored)
 
+    def update_user(self, user_id: str, fields: Mapping[str, object]) -> tuple[UserRecord, bool]:
+        check_user(UserRecord(user_id))
+        with self._write() as conn:  # BEGIN IMMEDIATE: one writer at a time
+            created = conn.execute(
+                "INSERT INTO users (user_id, created_at) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO NOTHING",
+                (user_id, time.time()),
+            ).rowcount
+            select = f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?"
+            record = merged_user(conn.execute(select, (user_id,)).fetchone(), user_id, fields)
+            conn.execute(_UPSERT_USER, (*check_user(record), time.time()))
+            stored = conn.execute(select, (user_id,)).fetchone()
+        return UserRecord(*stored), not created
+
     def get_user(self, user_id: str) -> UserRecord | None:
         with self._read() as conn:
             row = conn.execute(
@@ -284,11 +300,12 @@ class SqliteStore(EventStore):
                 conn.executemany(_INSERT_USER, [(user, now) for user in unique_users(batch)])
         return len(rows)
 
-    def import_users(self, frame: pd.DataFrame) -> int:
+    def import_users(self, frame: pd.DataFrame, keep_existing: bool = False) -> int:
         rows = frame_user_rows(frame)
         now = time.time()
+        sql = _INSERT_NEW_USER if keep_existing else _UPSERT_USER
         with self._write() as conn:
-            conn.executemany(_UPSERT_USER, [(*row, now) for row in rows])
+            conn.executemany(sql, [(*row, now) for row in rows])
         return len(rows)
 
     def upsert_item(self, item: ItemRecord) -> tuple[ItemRecord, bool]:

@@ -153,3 +153,11 @@ def test_a_stored_history_with_a_repeat_counts_it_once_in_the_api_and_the_export
     export_candidates(art, tmp_path / "out", k=4, users=["u0"])
     exported = pd.read_parquet(tmp_path / "out")
     assert exported["item_id"].tolist() == asked.item_ids
+
+
+def test_arguments_of_the_wrong_kind_are_named(rec):
+    with pytest.raises(ValueError, match="exclude must be a sequence of strings, got None"):
+        rec.recommend(history=["A"], exclude=None)
+    with pytest.raises(ValueError, match="features must be a mapping"):
+        rec.recommend(history=["A"], features="x")
+    assert rec.recommend(history=["A"], exclude={"B"}, k=2).item_ids[0] != "B"

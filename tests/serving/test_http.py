@@ -140,6 +140,7 @@ def test_events_are_idempotent_by_key(client, store):
         ({"user_id": "   ", "item_id": "A", "rating": 3}, "user_id"),
         ({"user_id": "x\u2028y", "item_id": "A", "rating": 3}, "user_id"),
         ({"user_id": "\u200b", "item_id": "A", "rating": 3}, "user_id"),
+        ({"user_id": "team/alice", "item_id": "A", "rating": 3}, "user_id"),
         ({"user_id": "x", "item_id": "A", "rating": 3, "colour": "red"}, "colour"),
     ],
 )

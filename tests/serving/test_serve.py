@@ -123,7 +123,7 @@ def test_a_worker_retries_a_swap_whose_load_failed(tmp_path, planted_artefact, m
 
 def test_the_seed_goes_in_as_one_transaction(tmp_path):
     class Recording:
-        def import_users(self, frame):
+        def import_users(self, frame, keep_existing=False):
             return len(frame)
 
         def import_events(self, frame, batch_size=50_000):

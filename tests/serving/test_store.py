@@ -221,6 +221,10 @@ def test_import_users_upserts_demographics(store):
     u2 = store.get_user("u2")
     assert (u2.age, u2.gender, u2.occupation, u2.zip_prefix) == (40.0, "F", None, None)
     assert store.user_count() == 2
+    # keep_existing (a seed): stored users keep theirs, new ones are added.
+    seed = pd.DataFrame({"user_id": ["u1", "u3"], "age": [61.0, 19.0]})
+    assert store.import_users(seed, keep_existing=True) == 2
+    assert store.get_user("u1").age == 25.0 and store.get_user("u3").age == 19.0
 
 
 def test_data_survives_close_and_reopen(store_url):
@@ -345,3 +349,30 @@ def test_a_malformed_item_is_refused_naming_the_field(store, bad, field):
     assert store.items_since(0) == []
     with pytest.raises(ValueError, match="sequence"):
         store.items_since(-1)
+
+
+def test_update_user_changes_only_the_fields_given_even_under_concurrent_updates(store):
+    record, existed = store.update_user("u1", {"age": 30.0, "gender": "M"})
+    assert not existed and (record.age, record.gender, record.occupation) == (30.0, "M", None)
+    record, existed = store.update_user("u1", {"occupation": "artist", "gender": None})
+    assert existed and (record.age, record.gender, record.occupation) == (30.0, None, "artist")
+    with pytest.raises(ValueError, match=r"unknown user fields \['created_at'\]"):
+        store.update_user("u1", {"created_at": 1.0})
+    with pytest.raises(ValueError, match="user.age must be a number"):
+        store.update_user("u1", {"age": "old"})
+    assert store.get_user("u1") == record  # nothing changed by a refused update
+
+    def writer(field: str, values: list) -> None:
+        for value in values:
+            store.update_user("u2", {field: value})
+
+    threads = [
+        threading.Thread(target=writer, args=("age", [float(i) for i in range(40)])),
+        threading.Thread(target=writer, args=("zip_prefix", [str(i) for i in range(40)])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = store.get_user("u2")
+    assert (final.age, final.zip_prefix) == (39.0, "39")  # neither update lost the other's
