@@ -148,12 +148,13 @@ def _counter(result, name: str) -> int | None:
 def _refuse_repeats(output: str, users: str, repeated: int) -> None:
     """Remove the run's part files and raise, naming up to three repeated IDs."""
     examples: list[str] = []
-    for meta in FileSystems.match([FileSystems.join(output, REPEATS + "*")])[0].metadata_list:
+    found = FileSystems.match([FileSystems.join(output, REPEATS + "*")])[0].metadata_list
+    for meta in found:
         with FileSystems.open(meta.path, compression_type="uncompressed") as f:
             examples += json.loads(f.read() or b"[]")
     parts = FileSystems.match([FileSystems.join(output, "part-*")])[0].metadata_list
-    if parts:
-        FileSystems.delete([m.path for m in parts])
+    if parts or found:
+        FileSystems.delete([m.path for m in (*parts, *found)])
     raise ValueError(
         f"users {users} repeats user ids ({repeated} repeated, e.g. {sorted(examples)!r}); "
         "each user must appear once: no candidates were kept"

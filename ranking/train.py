@@ -53,6 +53,8 @@ class RankerOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.label_horizon < 1:
             raise ValueError(f"label_horizon must be >= 1, got {self.label_horizon}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,8 +297,10 @@ class Recommender:
         """
         # A bare string is one ID or genre, not a sequence of characters.
         for name, value in (("exclude", exclude), ("genres", genres)):
-            if not isinstance(value, str | Sequence | set | frozenset):
+            if not isinstance(value, Iterable):  # lists, tuples, sets, arrays, Series, ...
                 raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
+        if history is not None and (isinstance(history, str) or not isinstance(history, Iterable)):
+            raise ValueError(f"history must be a sequence of item IDs, got {history!r}")
         exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         genres = (genres,) if isinstance(genres, str) else tuple(genres)
         query = Query(user_id, history, features, k, exclude, genres, exclude_seen, rank)
@@ -315,7 +317,7 @@ class Recommender:
         known_only = self.retriever.encoder.known_only
         queries_matrix = self.encode([known_only(h) for h in histories], [r[1] for r in resolved])
         for q in queries:
-            if not isinstance(q.exclude, str | Sequence | set | frozenset):
+            if not isinstance(q.exclude, Iterable):
                 raise ValueError(f"exclude must be a sequence of strings, got {q.exclude!r}")
         exclude = [
             ({q.exclude} if isinstance(q.exclude, str) else set(map(str, q.exclude)))

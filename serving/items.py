@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 import pandas as pd
@@ -89,8 +90,8 @@ class ItemCatalogue:
         words = _words(query)
         if not words:
             raise ValueError(f"q must contain at least one letter or digit, got {query!r}")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
+            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
         patterns = [re.compile(r"(?:^| )" + re.escape(w)) for w in words]
         out = []
         for row in self._by_popularity:

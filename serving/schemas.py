@@ -27,22 +27,31 @@ MAX_TIMESTAMP = 1e11  # year 5138: anything larger is a unit error (ms or µs si
 # Header values (the idempotency key): no control characters (PostgreSQL cannot store NUL, and
 # logs must not be forged with newlines).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-ID_RULE = "1 to 128 printable characters, no '/', with no leading or trailing whitespace"
+ID_RULE = "1 to 128 printable characters, with no leading or trailing whitespace"
+NEW_ID_RULE = ID_RULE + ", and no '/'"
 
 
 def check_id(value: str) -> str:
     """An ID as stored: printable (no control, format or separator characters: ``str.isprintable``)
-    and without surrounding whitespace, so that ``"alice "`` cannot become a second Alice; and
-    without ``/``, which no URL path (``/v1/users/{id}``, ``/v1/items/{id}/similar``) can carry:
-    ``%2F`` is decoded before routing, so ``B%2Fsimilar`` would reach B's similar items.
+    and without surrounding whitespace, so that ``"alice "`` cannot become a second Alice.
 
     Raises
     ------
     ValueError
         Naming the rule, for pydantic to report against the field.
     """
-    if not value.isprintable() or value.strip() != value or "/" in value:
+    if not value.isprintable() or value.strip() != value:
         raise ValueError(f"must be {ID_RULE}, got {value!r}")
+    return value
+
+
+def check_new_id(value: str) -> str:
+    """:func:`check_id`, and no ``/``, for an ID the service creates (a user, an added item):
+    no URL path (``/v1/users/{id}``, ``/v1/items/{id}/similar``) can carry one, since ``%2F``
+    is decoded before routing (``B%2Fsimilar`` would reach B's similar items). IDs that refer
+    to trained catalogue items may contain one (a catalogue is the user's own data)."""
+    if not value.isprintable() or value.strip() != value or "/" in value:
+        raise ValueError(f"must be {NEW_ID_RULE}, got {value!r}")
     return value
 
 
@@ -51,6 +60,12 @@ Identifier = Annotated[
     StringConstraints(min_length=1, max_length=128),
     AfterValidator(check_id),
     Field(description=f"an ID: {ID_RULE}"),
+]
+NewIdentifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128),
+    AfterValidator(check_new_id),
+    Field(description=f"an ID: {NEW_ID_RULE}"),
 ]
 Label = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
@@ -85,8 +100,8 @@ class Features(Strict):
 class EventIn(Strict):
     """One rating or watch."""
 
-    user_id: Identifier
-    item_id: Identifier
+    user_id: NewIdentifier  # an event's user is created if new
+    item_id: Identifier  # a catalogue item
     type: Literal["rating", "watch"] = "rating"
     rating: float | None = Field(
         None, allow_inf_nan=False, description="required for a rating, absent for a watch"
@@ -141,7 +156,7 @@ class EventsAccepted(BaseModel):
 
 
 class UserIn(Features):
-    user_id: Identifier | None = Field(None, description="default: a new random ID")
+    user_id: NewIdentifier | None = Field(None, description="default: a new random ID")
 
 
 class UserOut(BaseModel):
@@ -198,7 +213,7 @@ class ItemOut(BaseModel):
 
 
 class ItemIn(Strict):
-    item_id: Identifier
+    item_id: NewIdentifier
     title: str = Field(
         min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
     )
@@ -267,6 +282,7 @@ __all__ = [
     "ID_RULE",
     "EventBody",
     "check_id",
+    "check_new_id",
     "FieldError",
     "Problem",
     "MAX_EVENTS",

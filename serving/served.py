@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import math
+import numbers
 import sys
 import threading
 import time
@@ -135,8 +136,10 @@ class Served:
         """The ``n`` items to ask a new user to rate first: popular enough to be known, spread
         across the item space (:func:`towers.coldstart.onboarding_order`, with ``diversity``).
         Trained items only, so that every rating moves the user's vector."""
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if isinstance(diversity, bool) or not isinstance(diversity, numbers.Real):
+            raise ValueError(f"diversity must be a number in [0, 1], got {diversity!r}")
         if not 0 <= diversity <= 1:
             raise ValueError(f"diversity must be in [0, 1], got {diversity}")
         orders = self.__dict__.setdefault("_onboarding", {})  # a cache on a frozen dataclass

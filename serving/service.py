@@ -110,6 +110,8 @@ class LiveService:
         self.slot = slot
         self.rules = rules or EventRules()
         self.clock = clock
+        if not item_sync_interval_s >= 0:
+            raise ValueError(f"item_sync_interval_s must be >= 0, got {item_sync_interval_s!r}")
         self.item_sync_interval_s = item_sync_interval_s
         self._next_item_sync = 0.0
         # One request computes at a time. The HTTP app computes on its event loop (one at a

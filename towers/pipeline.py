@@ -193,6 +193,12 @@ def evaluate_artefact(
         leaked or meaningless), unless ``force``.
     """
     artefact = Path(artefact)
+    if not (artefact / "config.json").exists():
+        raise FileNotFoundError(f"{artefact} is not a nextwatch artefact (no config.json)")
+    if not (artefact / "metrics.json").exists():
+        raise FileNotFoundError(
+            f"{artefact} has no metrics.json, which records the protocol it was trained with"
+        )
     config = read_json(artefact / "config.json")
     trained_on = read_json(artefact / "metrics.json").get("protocol", "none")
     checksum = config.get("data_checksum")

@@ -23,6 +23,7 @@ from towers.train import TrainOptions
         (lambda: RankerConfig(num_quantiles=2.5), "RankerConfig.num_quantiles must be int"),
         (lambda: RankerConfig(hidden_units=(8, "4")), r"RankerConfig.hidden_units must be tuple"),
         (lambda: RankerOptions(seed=None), "RankerOptions.seed must be int"),
+        (lambda: TrainOptions(epochs=True), "TrainOptions.epochs must be int"),
     ],
 )
 def test_a_wrong_type_is_refused_by_name(make, message):
@@ -31,10 +32,24 @@ def test_a_wrong_type_is_refused_by_name(make, message):
     assert issubclass(FieldTypeError, ValueError) and issubclass(FieldTypeError, TypeError)
 
 
-def test_numbers_of_other_types_and_lists_are_accepted():
-    config = TowerConfig(embedding_dim=np.int64(8), dropout=0, max_examples_per_user=None)
-    assert config.embedding_dim == 8 and TrainOptions(learning_rate=1).learning_rate == 1
-    assert RankerConfig(hidden_units=[8, 4]).hidden_units == [8, 4]  # as read from JSON
+def test_numbers_of_other_types_and_lists_are_converted_so_the_config_saves_as_json():
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    config = TowerConfig(embedding_dim=np.int64(8), dropout=np.float32(0), use_tokens=np.True_)
+    assert type(config.embedding_dim) is int and type(config.dropout) is float
+    assert config.use_tokens is True
+    json.dumps(config.to_dict())
+    options = TrainOptions(learning_rate=1, log_dir=Path("logs"))
+    assert options.learning_rate == 1.0 and options.log_dir == "logs"
+    json.dumps(asdict(options))
+    ranker = RankerConfig(hidden_units=[8, np.int64(4)])  # as read from JSON
+    assert ranker.hidden_units == (8, 4) and type(ranker.hidden_units[1]) is int
+    assert RankerConfig(hidden_units=np.array([8, 4])).hidden_units == (8, 4)
+    for make in (lambda: TrainOptions(seed=-1), lambda: RankerOptions(seed=2**32)):
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):
+            make()
     for bad in (np.nan, -3.0, 0.0):
         with pytest.raises(ValueError, match="embedding_scale must be a finite number > 0"):
             RankerConfig(embedding_scale=bad)
