@@ -60,12 +60,22 @@ def distinct_known(history: tf.Tensor, known: tf.Tensor) -> tf.Tensor:
     tf.Tensor
         Bool ``[batch, n]``: ``known`` without every position whose item appears again, known,
         at a later position of its row, so a repeated item counts once, at its last position
-        (as ``serving.api.distinct_history``).
+        (as ``towers.catalogue.distinct_history``).
     """
-    position = tf.range(tf.shape(history)[1])
-    later = position[None, :] > position[:, None]  # [j, k]: k comes after j
-    again = tf.equal(history[:, :, None], history[:, None, :]) & later & known[:, None, :]
-    return known & ~tf.reduce_any(again, axis=2)
+    # Linear in the batch's size (one hash pass), not quadratic in the history length: key each
+    # position by (row, item), find every key's last known position, keep a known position
+    # only where it is its key's last.
+    batch, n = tf.shape(history)[0], tf.shape(history)[1]
+    rows = tf.strings.as_string(tf.repeat(tf.range(batch)[:, None], n, axis=1))
+    keys = tf.reshape(tf.strings.join([rows, history], separator="\x1f"), [-1])
+    _, segment = tf.unique(keys)
+    position = tf.reshape(tf.tile(tf.range(n)[None, :], [batch, 1]), [-1])
+    flat_known = tf.reshape(known, [-1])
+    last = tf.math.unsorted_segment_max(
+        tf.where(flat_known, position, -1), segment, num_segments=tf.size(keys)
+    )
+    is_last = tf.equal(position, tf.gather(last, segment))
+    return known & tf.reshape(is_last, [batch, n])
 
 
 def compact(values: tf.Tensor, keep: tf.Tensor, width: int, pad) -> tf.Tensor:

@@ -213,3 +213,22 @@ def test_a_failed_save_leaves_no_version_directory(planted_artefact, tmp_path, m
     with pytest.raises(OSError, match=r"could not write the SavedModel .*query_tower/1: File too"):
         export_savedmodels(planted_artefact, tmp_path, models=("query_tower",))
     assert list((tmp_path / "query_tower").iterdir()) == []  # no partial "1", no .tmp-*
+
+
+def test_in_graph_dedupe_keeps_each_known_item_at_its_last_known_position():
+    import tensorflow as tf
+
+    from export.savedmodel import distinct_known
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        b, n = int(rng.integers(1, 4)), int(rng.integers(0, 10))
+        history = rng.choice(list("ABCD") + [""], size=(b, n))
+        known = (rng.random((b, n)) < 0.8) & (history != "")
+        expected = np.zeros((b, n), bool)
+        for r in range(b):
+            for j in range(n):  # kept: known, and no known repeat of the item after it
+                later = [known[r, k] and history[r, k] == history[r, j] for k in range(j + 1, n)]
+                expected[r, j] = known[r, j] and not any(later)
+        got = distinct_known(tf.constant(history.astype(str)), tf.constant(known)).numpy()
+        np.testing.assert_array_equal(got, expected)
