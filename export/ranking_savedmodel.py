@@ -186,9 +186,16 @@ def export_ranking_savedmodels(
             f"{version}: retrain it (nextwatch train-ranker)"
         )
     model = load_artefact(artefact)
-    index = ItemIndex.load(artefact / "index")
-    items = pd.read_parquet(artefact / ITEMS_FILE)
-    popularity = dict(zip(items["item_id"].astype(str), items["popularity"], strict=True))
+    index = (  # as export_savedmodels and the API: an artefact without index/ gets one built
+        ItemIndex.load(artefact / "index")
+        if (artefact / "index" / "index.json").exists()
+        else ItemIndex.build(model.item_ids, model.item_matrix())
+    )
+    popularity: dict[str, float] = {}
+    if (artefact / ITEMS_FILE).exists():
+        items = pd.read_parquet(artefact / ITEMS_FILE)
+        if "popularity" in items:  # else 0 for every item, as the API does
+            popularity = dict(zip(items["item_id"].astype(str), items["popularity"], strict=True))
     ranker_module = _RankerModule(ranker, version)
     path = output / "ranker" / str(serving_version)
     _save(ranker_module, ranker_module.score, path, spec=_ranker_signature(ranker),

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from export.ranking_savedmodel import export_ranking_savedmodels
@@ -218,3 +219,12 @@ def test_two_stage_returns_k_items_when_k_exceeds_the_candidates_and_versions_ar
     (stale / "ranker" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="was trained for tower 20200101T000000Z-00000000"):
         export_ranking_savedmodels(stale, tmp_path / "other")
+    bare = tmp_path / "bare"  # no index/ and no popularity column: built and 0, as the API does
+    shutil.copytree(planted_ranked_artefact, bare)
+    shutil.rmtree(bare / "index")
+    items = pd.read_parquet(bare / "items.parquet").drop(columns="popularity")
+    items.to_parquet(bare / "items.parquet", index=False)
+    assert set(export_ranking_savedmodels(bare, tmp_path / "bare-models")) == {
+        "ranker",
+        "two_stage",
+    }
