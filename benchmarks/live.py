@@ -74,7 +74,7 @@ def start_server(
     if data_dir:
         cmd += ["--data-dir", data_dir]
     log = home / f"server-{port}.log"
-    env = {**os.environ, "NEXTWATCH_API_KEY": API_KEY}
+    env = {**os.environ, "NEXTWATCH_API_KEY": API_KEY, "NEXTWATCH_ADMIN_KEY": API_KEY}
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

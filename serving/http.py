@@ -2,7 +2,9 @@
 
 Versioned under ``/v1``; OpenAPI at ``/openapi.json`` and ``/docs``; the onboarding page at ``/``.
 Writes (``POST /v1/events``, ``POST /v1/users``, ``POST /v1/items``) and admin calls need the API
-key in the ``X-API-Key`` header: 401 without it, 403 with a wrong one. Bad input is a 4xx whose
+key in the ``X-API-Key`` header: 401 without it, 403 with a wrong one. With an admin key
+configured, catalogue changes and admin calls need it, and the write key (the one the web page
+holds) only writes events and users. Bad input is a 4xx whose
 ``detail`` names the field; bodies over ``max_body_bytes`` get 413, a body that is not sent as
 JSON 415, and ``k`` is capped at ``MAX_K``.
 
@@ -95,7 +97,12 @@ class HttpSettings:
     Parameters
     ----------
     api_key : str
-        The key that writes and admin calls must send in ``X-API-Key``.
+        The key that writes (events, users) must send in ``X-API-Key``: the one the web page
+        holds.
+    admin_key : str, optional
+        The key that catalogue changes (``POST /v1/items``) and admin calls
+        (``POST /v1/admin/reload``) must send; it is accepted for writes too. None: ``api_key``
+        does both (one key).
     max_body_bytes : int
         Largest request body accepted.
     current_artefact : callable, optional
@@ -106,6 +113,7 @@ class HttpSettings:
     """
 
     api_key: str
+    admin_key: str | None = None
     max_body_bytes: int = 1 << 20
     current_artefact: Callable[[], Path | None] | None = None
     on_swap: Callable[[Served], None] | None = None
@@ -145,13 +153,28 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     app.state.metrics = metrics
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
+    admin_key = settings.admin_key or settings.api_key
+
+    def _matches(key: str, expected: str) -> bool:
+        return hmac.compare_digest(key.encode(), expected.encode())
+
     def require_key(key: Annotated[str | None, Depends(key_header)]) -> None:
         if not key:
             raise HTTPException(401, "X-API-Key header is required for this endpoint")
-        if not hmac.compare_digest(key.encode(), settings.api_key.encode()):
+        if not (_matches(key, settings.api_key) or _matches(key, admin_key)):
             raise HTTPException(403, "X-API-Key is not valid")
 
+    def require_admin(key: Annotated[str | None, Depends(key_header)]) -> None:
+        if not key:
+            raise HTTPException(401, "X-API-Key header is required for this endpoint")
+        if not _matches(key, admin_key):
+            detail = "X-API-Key is not valid"
+            if _matches(key, settings.api_key):
+                detail += ": this endpoint needs the admin key, not the write key"
+            raise HTTPException(403, detail)
+
     Auth = Depends(require_key)
+    Admin = Depends(require_admin)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -343,7 +366,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         "/v1/items",
         response_model=ItemAdded,
         status_code=201,
-        dependencies=[Auth],
+        dependencies=[Admin],
         responses={200: {"model": ItemAdded, "description": "an added item, updated"}},
     )
     async def post_item(body: ItemIn, response: Response) -> dict:
@@ -420,7 +443,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
             "swaps": service.slot.swaps, "metrics": served.metrics,
         }  # fmt: skip
 
-    @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=[Auth])
+    @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=[Admin])
     def reload(body: ReloadIn | None = None) -> dict:
         """Load a model version and swap it in; requests in flight finish on the old one."""
         target = body.artefact if body is not None and body.artefact else None

@@ -11,7 +11,8 @@ Everything lives in one home directory (``--home``, ``$NEXTWATCH_HOME``, else
 
     HOME/models/        the model registry (serving.registry)
     HOME/events.db      the SQLite event store (unless --store names PostgreSQL)
-    HOME/api_key        the API key for writes and admin calls (created on first run, 0600)
+    HOME/api_key        the write key: events and users, what the web page holds (0600)
+    HOME/admin_key      the admin key: POST /v1/items, POST /v1/admin/reload, and writes (0600)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 HOME_ENV = "NEXTWATCH_HOME"
 API_KEY_ENV = "NEXTWATCH_API_KEY"
+ADMIN_KEY_ENV = "NEXTWATCH_ADMIN_KEY"
 WORKER_ENV = "NEXTWATCH_WORKER"
 POINTER = "serving.json"  # the artefact every worker process serves
 
@@ -50,20 +52,37 @@ def default_home() -> Path:
     return Path(base) / "nextwatch"
 
 
-def api_key(home: Path) -> tuple[str, str]:
-    """The API key and where it came from: ``$NEXTWATCH_API_KEY``, else ``HOME/api_key``
-    (created with a random key, readable by the owner only)."""
-    if os.environ.get(API_KEY_ENV):
-        return os.environ[API_KEY_ENV], f"${API_KEY_ENV}"
-    path = home / "api_key"
+def _key(home: Path, env: str, name: str) -> tuple[str, str]:
+    """A key and where it came from: ``$env``, else ``HOME/name`` (created with a random key,
+    readable by the owner only)."""
+    if os.environ.get(env):
+        return os.environ[env], f"${env}"
+    path = home / name
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another worker created it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
     key = path.read_text().strip()
     if not key:
-        raise ValueError(f"api key file {path} is empty")
+        raise ValueError(f"key file {path} is empty")
     return key, str(path)
+
+
+def api_key(home: Path) -> tuple[str, str]:
+    """The write key (events and users; the web page's) and where it came from:
+    ``$NEXTWATCH_API_KEY``, else ``HOME/api_key``."""
+    return _key(home, API_KEY_ENV, "api_key")
+
+
+def admin_key(home: Path) -> tuple[str, str]:
+    """The admin key (``POST /v1/items``, ``POST /v1/admin/reload``, and writes) and where it
+    came from: ``$NEXTWATCH_ADMIN_KEY``, else ``HOME/admin_key``. The web page never holds it."""
+    return _key(home, ADMIN_KEY_ENV, "admin_key")
 
 
 def train_first_model(registry: Registry, source: DataSource) -> Path:
@@ -254,6 +273,7 @@ def prepare(options: ServeOptions, source: DataSource) -> tuple[Path, str, dict]
             "users": store.user_count(),
         }
     info["api_key"] = api_key(home)[1]
+    info["admin_key"] = admin_key(home)[1]
     write_pointer(home, artefact)
     return Path(artefact), store_url, info
 
@@ -277,6 +297,7 @@ def assemble(
     watcher = PointerWatcher(home, slot)
     settings = HttpSettings(
         api_key=api_key(home)[0],
+        admin_key=admin_key(home)[0],
         current_artefact=registry.current if registry_reload else None,
         on_swap=lambda served: write_pointer(home, served.artefact),
     )

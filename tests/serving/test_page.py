@@ -7,8 +7,10 @@ CI), when they fail. Screenshots go to ``$NEXTWATCH_TEST_ARTIFACTS`` (default ``
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -309,3 +311,51 @@ def test_rating_without_a_valid_key_asks_for_one_and_stores_nothing(browser, bas
     # The one expected error: chromium logs the refused POST (403) on the console.
     assert [e for e in errors if "status of 403" not in e] == [], errors
     assert len(errors) == 1, errors
+
+
+def test_keyboard_rating_two_tabs_and_a_hot_swap(
+    browser, base_url, store, service, planted_artefact, tmp_path
+):
+    context = browser.new_context(**DESKTOP)
+    page = context.new_page()
+    errors = _watch_errors(page)
+    page.goto(f"{base_url}/#key={KEY}")
+    _wait_for_recs(page, 1)
+    user_id = page.evaluate("localStorage.getItem('nextwatch.user')")
+
+    # Enter on a star in the list, twice at once: one rating, and the focus stays in the list.
+    first = page.locator(RECS).first
+    item = first.get_attribute("data-item-id")
+    first.get_by_test_id(f"rate-{item}-4").focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Enter")
+    _wait_for_recs(page, 2)
+    assert [(e.item_id, e.rating) for e in store.history(user_id)] == [(item, 4.0)]
+    assert page.evaluate(
+        "document.activeElement.classList.contains('star')"
+        " && document.getElementById('recs').contains(document.activeElement)"
+    )
+
+    # A rating saved in a second tab shows up in the first, and neither loses the other's.
+    other = context.new_page()
+    errors += _watch_errors(other)
+    other.goto(f"{base_url}/#key={KEY}")  # the key is per tab (sessionStorage)
+    _wait_for_recs(other, 1)
+    second = next(i for i in "ABCDEFGH" if i != item)
+    other.get_by_test_id("search-input").fill(f"movie {second}")
+    other.get_by_test_id("search-results").get_by_test_id(f"rate-{second}-5").click()
+    _wait_for_recs(other, 2)
+    expect(other.get_by_test_id("ratings-count")).to_have_text("2")
+    expect(page.get_by_test_id("ratings-count")).to_have_text("2", timeout=TIMEOUT_MS)
+
+    # A hot swap shows on the page without a rating: the tab checks the model when it is shown.
+    swapped = tmp_path / "v2"  # the same model under another version
+    shutil.copytree(planted_artefact, swapped)
+    config = json.loads((swapped / "config.json").read_text())
+    (swapped / "config.json").write_text(json.dumps({**config, "version": "20300101T000000Z-v2"}))
+    _, new = service.slot.reload(swapped)
+    assert new.version == "20300101T000000Z-v2"
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    expect(page.get_by_test_id("model-version")).to_have_text(f"Model {new.version}")
+    context.close()
+    assert errors == []

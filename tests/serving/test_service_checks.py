@@ -109,3 +109,25 @@ def test_only_ids_the_service_creates_refuse_a_slash():
                  lambda: ItemIn(item_id="new/1", title="New")):  # fmt: skip
         with pytest.raises(ValidationError, match="no '/'"):
             make()
+
+
+def test_the_write_key_rates_and_only_the_admin_key_adds_items_or_reloads(service):
+    settings = HttpSettings(api_key="writer", admin_key="admin")
+    item = {"item_id": "N", "title": "Movie N (2024)", "genres": ["Comedy"]}
+    event = {"user_id": "x", "item_id": "A", "rating": 3}
+    with TestClient(create_app(service, settings)) as client:
+        for path, body in (("/v1/items", item), ("/v1/admin/reload", {})):
+            r = client.post(path, json=body, headers={"X-API-Key": "writer"})
+            assert r.status_code == 403 and "needs the admin key" in r.json()["detail"], r.text
+        assert (
+            client.post("/v1/events", json=event, headers={"X-API-Key": "writer"}).status_code
+            == 201
+        )
+        assert (
+            client.post("/v1/items", json=item, headers={"X-API-Key": "admin"}).status_code == 201
+        )
+        event["item_id"] = "N"
+        assert (
+            client.post("/v1/events", json=event, headers={"X-API-Key": "admin"}).status_code == 201
+        )
+        assert client.post("/v1/events", json=event, headers={"X-API-Key": "x"}).status_code == 403
