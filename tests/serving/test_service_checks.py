@@ -3,6 +3,7 @@ items added by another worker, content types, and a seed that keeps registered u
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -131,3 +132,19 @@ def test_the_write_key_rates_and_only_the_admin_key_adds_items_or_reloads(servic
             client.post("/v1/events", json=event, headers={"X-API-Key": "admin"}).status_code == 201
         )
         assert client.post("/v1/events", json=event, headers={"X-API-Key": "x"}).status_code == 403
+
+
+def test_title_search_ignores_case_and_accents():
+    from serving.items import ItemCatalogue
+
+    catalogue = ItemCatalogue(
+        pd.DataFrame(
+            {
+                "item_id": ["1", "2"],
+                "title": ["Amélie (2001)", "Evil Dead (1981)"],
+                "genres": [[], []],
+            }
+        )  # fmt: skip
+    )
+    assert [r["item_id"] for r in catalogue.search("amelie")] == ["1"]
+    assert [r["item_id"] for r in catalogue.search("ÉVIL")] == ["2"]
