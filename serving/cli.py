@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -31,8 +32,9 @@ from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions, ranker_impressions, ranker_settings
 from serving.api import Recommender, UnknownItemError
 from towers._tf import tf
-from towers.artefact import check_output
+from towers.artefact import check_output, replace_directory
 from towers.data import DataError
+from towers.leftovers import remove_dead, work_dir
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
 from towers.pipeline import DataSource, evaluate_artefact, retrain_candidates, train_candidates
@@ -169,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", help="with --home: the event store URL (default: HOME/events.db)"
     )
     retrain.add_argument(
-        "--tolerance", type=float, default=0.02,
+        "--tolerance", type=float, default=None,
         help="with --home: largest relative regression a candidate may show (default: 0.02)",
     )  # fmt: skip
     retrain.add_argument(
-        "--holdout-fraction", type=float, default=0.05,
+        "--holdout-fraction", type=float, default=None,
         help="with --home: the recent share of events held out to compare on (default: 0.05)",
     )  # fmt: skip
     retrain.add_argument(
@@ -403,6 +405,47 @@ def _train_shards(args: argparse.Namespace) -> dict:
     return {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
 
 
+def _retrain_from(args: argparse.Namespace) -> dict:
+    """``retrain --from PARENT --output DIR``: tower and ranker are built in a work directory
+    beside DIR and renamed into place together, so a run that dies leaves DIR as it was."""
+    if not args.output:
+        raise ValueError("--from needs --output (the artefact directory to write)")
+    home_only = {"--store": args.store, "--tolerance": args.tolerance,
+                 "--holdout-fraction": args.holdout_fraction}  # fmt: skip
+    given = [flag for flag, value in home_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to --home (the guarded promotion) only")
+    parent, output = Path(args.parent).resolve(), Path(args.output).resolve()
+    if output == parent or parent in output.parents:
+        raise ValueError(
+            f"--output {args.output} is the parent artefact or inside it: write the new version "
+            "elsewhere (the parent stays, to compare with and to roll back to)"
+        )
+    check_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead(output.parent, f".{output.name}.partial-")
+    work = work_dir(output.parent, f".{output.name}.partial-")
+    try:
+        built = work / "artefact"
+        metrics = retrain_candidates(
+            _source(args), parent, built, _build(TrainOptions, args),
+            WarmStart(args.since, args.replay_fraction),
+        )  # fmt: skip
+        parent_ranker = parent / "ranker"
+        if not args.no_ranker and (parent_ranker / "config.json").exists():
+            # The parent ranker's settings (rated bag, label horizon, impressions, ...).
+            ranker_config, ranker_options = ranker_settings(parent_ranker)
+            train_ranker_for_artefact(
+                _source(args), built, None, ranker_config, ranker_options,
+                **ranker_impressions(parent_ranker),
+            )  # fmt: skip
+        replace_directory(built, output, keep=("logs",))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("artefact written to %s", output)
+    return metrics
+
+
 def _check_writable(path: str) -> None:
     parent = Path(path).parent
     if not parent.is_dir():
@@ -442,36 +485,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "retrain" and args.home:
             from serving.retrain import retrain_home
 
+            if args.output or args.parent:
+                raise ValueError("--home retrains the home's serving version into its registry: "
+                                 "drop --output and --from (they are for --from mode)")  # fmt: skip
             decision = retrain_home(
                 Path(args.home), _source(args), args.store, _build(TrainOptions, args),
-                WarmStart(args.since, args.replay_fraction), args.holdout_fraction,
-                args.tolerance, ranker=not args.no_ranker,
+                WarmStart(args.since, args.replay_fraction),
+                0.05 if args.holdout_fraction is None else args.holdout_fraction,
+                0.02 if args.tolerance is None else args.tolerance, ranker=not args.no_ranker,
             )  # fmt: skip
             print(json.dumps(asdict(decision), indent=2))
         elif args.command == "retrain":
-            if not args.output:
-                raise ValueError("--from needs --output (the artefact directory to write)")
-            metrics = retrain_candidates(
-                _source(args), args.parent, args.output, _build(TrainOptions, args),
-                WarmStart(args.since, args.replay_fraction),
-            )  # fmt: skip
-            parent_ranker = Path(args.parent) / "ranker"
-            if not args.no_ranker and (parent_ranker / "config.json").exists():
-                # The parent ranker's settings (rated bag, label horizon, impressions, ...).
-                ranker_config, ranker_options = ranker_settings(parent_ranker)
-                train_ranker_for_artefact(
-                    _source(args), args.output, None, ranker_config, ranker_options,
-                    **ranker_impressions(parent_ranker),
-                )  # fmt: skip
-            log.info("artefact written to %s", args.output)
-            print(json.dumps(metrics["lineage"], indent=2))
+            print(json.dumps(_retrain_from(args)["lineage"], indent=2))
         elif args.command == "rollback":
             from serving.registry import Registry
             from serving.serve import default_home, write_pointer
 
             home = Path(args.home) if args.home else default_home()
-            previous = Registry(home / "models", create=False).rollback()
-            write_pointer(home, previous)  # running workers follow it
+            registry = Registry(home / "models", create=False)
+            with registry.lock():  # not between a retrain's promotion and its pointer write
+                previous = registry.rollback()
+                write_pointer(home, previous)  # running workers follow it
             print(json.dumps({"serving": previous.name, "artefact": str(previous)}))
         elif args.command == "evaluate":
             metrics = evaluate_artefact(_source(args), args.artefact, args.protocol, args.force)

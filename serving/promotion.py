@@ -14,6 +14,7 @@ before it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ class Holdout:
     histories : list of list of str
         Each holdout user's items before ``since``, oldest first.
     relevant : list of set of str
-        Each holdout user's items from ``since`` on.
+        Each holdout user's items from ``since`` on that are not in their history: serving
+        leaves history items out of the ranking, so a re-watch could never be hit and would
+        only make the holdout look measurable. Users left with none are dropped.
     """
 
     since: int
@@ -60,7 +63,9 @@ def recent_holdout(
     Raises
     ------
     ValueError
-        If ``fraction`` is not in (0, 1), the log is empty, or ``max_events`` < 1.
+        If ``fraction`` is not in (0, 1), the log is empty, or ``max_events`` < 1. (A holdout
+        with no user left, when every held-out event is a re-watch, is returned empty:
+        :func:`guarded_promote` refuses to decide on it.)
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
@@ -80,8 +85,11 @@ def recent_holdout(
         mask = group["_held"].to_numpy()
         if mask.any():
             items = group["item_id"].astype(str).to_numpy()
-            histories.append(items[~mask].tolist())
-            relevant.append(set(items[mask].tolist()))
+            history = items[~mask].tolist()
+            new = set(items[mask].tolist()) - set(history)
+            if new:
+                histories.append(history)
+                relevant.append(new)
     since = int(interactions["timestamp"].to_numpy()[order[len(order) - size]])
     return Holdout(since, histories, relevant, held)
 
@@ -111,6 +119,15 @@ class Decision:
     serving: dict[str, float] | None
     regressed: list[str]
     tolerance: float
+    reason: str = ""  # why a candidate that did not regress was still refused
+
+
+def check_tolerance(tolerance: float) -> None:
+    """Refuse a tolerance that is not a finite number in [0, 1] (naming it)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+        raise ValueError(f"tolerance must be a finite number in [0, 1], got {tolerance!r}")
+    if not (math.isfinite(tolerance) and 0 <= tolerance <= 1):
+        raise ValueError(f"tolerance must be a finite number in [0, 1], got {tolerance}")
 
 
 def guarded_promote(
@@ -129,12 +146,17 @@ def guarded_promote(
     KeyError
         If ``version`` is not published.
     ValueError
-        If ``tolerance`` is negative or the holdout is empty.
+        If ``tolerance`` is not a number in [0, 1] or the holdout is empty.
+
+    A candidate is also refused when the holdout cannot tell the versions apart (both score 0
+    on every metric): a broken model must not pass on a holdout that measures nothing.
     """
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    check_tolerance(tolerance)
     if len(holdout) == 0:
-        raise ValueError("holdout has no users: cannot compare versions")
+        raise ValueError(
+            "holdout has no users with a new item (every held-out event re-watches an item "
+            "of the user's history): cannot compare versions"
+        )
     if version not in registry.versions():
         raise KeyError(f"version {version!r} is not published in {registry.root}")
     metrics = list(metrics or (f"recall@{k}", "ndcg@10"))
@@ -147,6 +169,15 @@ def guarded_promote(
         else [m for m in metrics if candidate[m] < serving[m] * (1 - tolerance)]
     )
     numbers = {m: (round(candidate[m], 4), serving and round(serving[m], 4)) for m in metrics}
+    if (
+        serving is not None
+        and not regressed
+        and all(candidate[m] == 0 and serving[m] == 0 for m in metrics)
+    ):
+        reason = "the holdout cannot tell the versions apart (both score 0 on every metric)"
+        log.warning("promotion of %s refused: %s, on %d holdout users: %s",
+                    version, reason, len(holdout), numbers)  # fmt: skip
+        return Decision(version, False, candidate, serving, [], tolerance, reason)
     if regressed:
         log.warning(
             "promotion of %s refused: %s regressed beyond %.1f %% against %s on %d holdout "

@@ -17,10 +17,13 @@ renamed over the old one. A version is checked against its checksums before it i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from towers.leftovers import remove_dead, work_dir
@@ -214,4 +217,20 @@ class Registry:
     def clean_staging(self) -> list[str]:
         """Remove staging directories left by training runs that died (not those of other
         processes still running: two retrains may overlap); returns their names."""
-        return remove_dead(self.root, STAGING_PREFIX, mine_too=True)
+        # Also what a save into a staging directory left beside it when killed
+        # (``..staging-<pid>-….partial-…``, see towers.artefact.save_artefact).
+        return remove_dead(self.root, STAGING_PREFIX, mine_too=True) + remove_dead(
+            self.root, "." + STAGING_PREFIX, mine_too=True
+        )
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the registry's lock (``flock`` on ``root/.lock``) while deciding and switching
+        what serves: two retrains, or a retrain and a rollback, then cannot interleave their
+        promotion and pointer writes."""
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ import pandas as pd
 
 from ranking.pipeline import train_ranker_job
 from ranking.train import ranker_impressions, ranker_settings
-from serving.promotion import Decision, guarded_promote, recent_holdout
+from serving.promotion import Decision, check_tolerance, guarded_promote, recent_holdout
 from serving.registry import Registry
 from serving.serve import write_pointer
 from serving.store import EventStore, open_store
@@ -62,6 +63,27 @@ def store_dataset(store: EventStore, base: Dataset) -> Dataset:
     return Dataset(base.name, frame, items, base.users, digest.hexdigest())
 
 
+def check_metadata_covers(parent: Path, base: Dataset, share: float = 0.5) -> None:
+    """Refuse metadata that does not describe the parent's catalogue: a retrain run with another
+    dataset's flags would otherwise train on the right events with the wrong titles and genres
+    (and fit no content projection).
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``share`` of the parent's items are in ``base``'s item metadata.
+    """
+    items = (parent / "vocab" / "items.txt").read_text(encoding="utf-8").split()
+    if not items:
+        return
+    known = len(set(items) & set(base.items["item_id"].astype(str)))
+    if known < share * len(items):
+        raise ValueError(
+            f"the data source's item metadata ({base.name}) describes {known} of the serving "
+            f"version's {len(items)} items: pass the source the home was trained on"
+        )
+
+
 def retrain_home(
     home: str | Path,
     source: DataSource,
@@ -83,6 +105,9 @@ def retrain_home(
     FileNotFoundError
         If HOME's registry has no serving version.
     """
+    check_tolerance(tolerance)  # before hours of training, not after
+    if not (isinstance(holdout_fraction, int | float) and 0 < holdout_fraction < 1):
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
     home = Path(home)
     registry = Registry(home / "models")
     left = registry.clean_staging()
@@ -91,8 +116,11 @@ def retrain_home(
     parent = registry.current()
     if parent is None:
         raise FileNotFoundError(f"{registry.root} has no serving version to retrain from")
+    registry.verify(parent.name)  # a damaged parent (e.g. its content projection) is refused
+    base = source.load()
+    check_metadata_covers(parent, base)
     with open_store(store_url or f"sqlite:///{home / 'events.db'}") as store:
-        data = store_dataset(store, source.load())
+        data = store_dataset(store, base)
     # New events are those after the serving version's training data. At most half of them are
     # held out, so that the candidate always has new events to learn from.
     window_end = json.loads((parent / "config.json").read_text())["time_window"][1]
@@ -119,9 +147,15 @@ def retrain_home(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    decision = guarded_promote(registry, version.name, holdout, tolerance)
-    if decision.promoted:
-        write_pointer(home, version)  # every worker process follows it
+    with registry.lock():  # another retrain or a rollback may be deciding too
+        now = registry.current()
+        if now != parent:
+            log.warning("the serving version changed during the retrain (%s -> %s): the "
+                        "candidate is compared against %s", parent.name,
+                        now.name if now else None, now.name if now else None)  # fmt: skip
+        decision = guarded_promote(registry, version.name, holdout, tolerance)
+        if decision.promoted:
+            write_pointer(home, version)  # every worker process follows it
     log.info("retrained %s -> %s: %s", parent.name, version.name, metrics["lineage"])
     return decision
 
@@ -157,7 +191,7 @@ class RetrainScheduler:
         if not every_events and not every_seconds:
             raise ValueError("set every_events or every_seconds (or both) to schedule retraining")
         if (every_events is not None and every_events < 1) or (
-            every_seconds is not None and every_seconds <= 0
+            every_seconds is not None and not 0 < every_seconds < math.inf
         ):
             raise ValueError(
                 f"every_events must be >= 1 and every_seconds > 0, got {every_events}, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,18 +244,23 @@ class ContentProjection:
         ------
         FileNotFoundError
             If the artefact has none (it was trained before content projections existed).
+        ValueError
+            If the file is damaged (naming it).
         """
         path = Path(directory) / CONTENT_FILE
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} does not exist: retrain the artefact to add new items from metadata"
             )
-        with np.load(path) as data:
-            vocabulary = json.loads(data["vocabulary"].tobytes().decode())
-            return cls(
-                vocabulary, data["weights"], data["intercept"], float(data["l2"]),
-                float(data["spread"]), data["center"],
-            )  # fmt: skip
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                vocabulary = json.loads(data["vocabulary"].tobytes().decode())
+                return cls(
+                    vocabulary, data["weights"], data["intercept"], float(data["l2"]),
+                    float(data["spread"]), data["center"],
+                )  # fmt: skip
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is damaged (not a content projection: {exc})") from exc
 
 
 class _Ridge:

@@ -22,6 +22,7 @@ from towers.data import Dataset
 from towers.examples import Examples
 from towers.features import item_tokens, query_inputs
 from towers.model import CandidateTower
+from towers.presets import warm_start_options
 from towers.train import TrainOptions, TrainResult, train_tower
 
 
@@ -149,12 +150,16 @@ def warm_start(
     dict
         Its lineage: ``new_items``, ``new_events``, ``replayed_examples``, ``since``.
 
+    ``options`` default to :func:`towers.presets.warm_start_options` (those of
+    ``nextwatch retrain``), not to a fresh training's.
+
     Raises
     ------
     ValueError
         If ``data`` has no event at or after ``since``.
     """
     plan = plan or WarmStart()
+    options = options or warm_start_options(verbose=0)
     since = plan.since if plan.since is not None else parent.time_window[1] + 1
     times = data.interactions["timestamp"].to_numpy()
     new_events = int((times >= since).sum())
@@ -167,7 +172,7 @@ def warm_start(
         return model
 
     def select(examples: Examples) -> np.ndarray:
-        rng = np.random.default_rng((options or TrainOptions()).seed)
+        rng = np.random.default_rng(options.seed)
         new = examples.timestamp >= since
         replay = ~new & (rng.random(len(examples)) < plan.replay_fraction)
         grown["replayed_examples"] = int(replay.sum())

@@ -168,6 +168,19 @@ def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, cap
     # Nothing new since the parent: a clean error, no artefact.
     assert main([*args[:-1], str(tmp_path / "again"), "--since", "20000"]) == 2
     assert "no events at or after" in caplog.text and not (tmp_path / "again").exists()
+    # The parent itself (or a folder in it) as the output, and --home's flags: refused.
+    before = (parent / "config.json").read_text()
+    for output in (parent, parent / "next"):
+        assert main([*args[:-1], str(output)]) == 2
+        assert "is the parent artefact or inside it" in caplog.text
+    assert (parent / "config.json").read_text() == before and not (parent / "next").exists()
+    assert main([*args[:-1], str(tmp_path / "x"), "--tolerance", "0.5"]) == 2
+    assert "--tolerance apply to --home (the guarded promotion) only" in caplog.text
+    home_args = ["retrain", "--interactions", str(log), "--home", str(tmp_path / "h")]
+    assert main([*home_args, "--output", str(tmp_path / "x")]) == 2
+    assert "drop --output and --from" in caplog.text
+    assert not (tmp_path / "x").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_train_ranker_flags_reach_the_config_and_options():

@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serving import registry as registry_module
@@ -77,6 +78,27 @@ def test_a_broken_candidate_is_refused_and_a_sound_one_promoted(registry, plante
     decision = guarded_promote(registry, sound.name, holdout, k=2)
     assert decision.promoted and decision.candidate == decision.serving
     assert registry.current() == sound
+
+
+def test_a_holdout_of_rewatches_measures_nothing_and_decides_nothing(registry, planted_artefact):
+    log = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2", "u2"],
+                        "item_id": ["A", "B", "C", "D", "C"],
+                        "timestamp": [1, 2, 3, 4, 5]})  # fmt: skip
+    holdout = recent_holdout(log, 0.2)  # u2's C again at t5: already in u2's history
+    assert len(holdout) == 0
+    first = _version_of(planted_artefact, registry, "20260101T000000Z-first")
+    with pytest.raises(ValueError, match="no users with a new item"):
+        guarded_promote(registry, first.name, holdout)
+    registry.promote(first.name)
+    for bad in (float("nan"), 1.5, -0.1, float("inf")):
+        with pytest.raises(ValueError, match="tolerance must be"):
+            guarded_promote(registry, first.name, recent_holdout(log, 0.5), tolerance=bad)
+    # Items no version ranks anywhere: both score 0, so the candidate is refused, not waved on.
+    nowhere = recent_holdout(log.assign(item_id=["A", "B", "C", "X", "Y"]), 0.5)
+    broken = _version_of(planted_artefact, registry, "20260102T000000Z-broken", shuffle=True)
+    decision = guarded_promote(registry, broken.name, nowhere, k=2)
+    assert not decision.promoted and "cannot tell the versions apart" in decision.reason
+    assert registry.current() == first
 
 
 def test_rollback_restores_the_previous_outputs_exactly(registry, planted_artefact):
@@ -163,7 +185,8 @@ def test_cleanup_keeps_a_running_retrains_staging_directory(registry):
 
 def _home_with_new_events(tmp_path, planted_artefact):
     """A service home serving the planted model, whose store has the planted log plus new
-    events (30 users watch B again later, 10 watch new item I), and the metadata files."""
+    events (10 users watch new item I, then 30 users each watch an item new to them), and the
+    metadata files."""
     from serving.store import Event, ItemRecord, open_store
 
     home = tmp_path / "home"
@@ -171,13 +194,15 @@ def _home_with_new_events(tmp_path, planted_artefact):
     serving = _version_of(planted_artefact, registry, "20260101T000000Z-serving")
     registry.promote(serving.name)
     data = planted_dataset()
+    seen = data.interactions.groupby("user_id")["item_id"].agg(set).to_dict()
+    unseen = {u: next(i for i in "ABCDEFGH" if i not in items) for u, items in seen.items()}
     with open_store(f"sqlite:///{home / 'events.db'}") as store:
         store.import_users(data.users)
         store.import_events(data.interactions)
         store.upsert_item(ItemRecord("I", "Movie I (1990)", ("Comedy",), 1990))
         store.append(
             [Event(f"u{u}", "I", "rating", 5.0, 5_000 + u) for u in range(10)]
-            + [Event(f"u{u}", "B", "rating", 4.0, 6_000 + u) for u in range(30)]
+            + [Event(f"u{u}", unseen[f"u{u}"], "rating", 4.0, 6_000 + u) for u in range(30)]
         )
     files = tmp_path / "meta"
     files.mkdir()
@@ -348,3 +373,34 @@ def test_a_retrain_keeps_the_parent_rankers_configuration(tmp_path, planted_rank
     assert (child / "ranker" / "config.json").exists()
     # The parent's ranker has a rated bag, small towers and 5 epochs: none of them defaults.
     assert ranker_settings(child / "ranker") == ranker_settings(serving / "ranker")
+
+
+def test_a_retrain_refuses_a_damaged_parent_foreign_metadata_and_a_bad_tolerance(
+    tmp_path, planted_artefact
+):
+    from serving.retrain import retrain_home
+    from towers.pipeline import DataSource
+
+    home, registry, serving, flags = _home_with_new_events(tmp_path, planted_artefact)
+    files = dict(zip(flags[::2], flags[1::2], strict=True))
+    source = DataSource(dataset=None, interactions=files["--interactions"],
+                        items=files["--items"], users=files["--users"])  # fmt: skip
+    for bad in (float("nan"), 1.5):
+        with pytest.raises(ValueError, match="tolerance must be a finite number in"):
+            retrain_home(home, source, tolerance=bad)
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("item_id,title\nX1,Other (2000)\nX2,Else (2001)\n")
+    with pytest.raises(ValueError, match="describes 0 of the serving version's"):
+        retrain_home(home, DataSource(dataset=None, interactions=files["--interactions"],
+                                      items=str(foreign)))  # fmt: skip
+    # A version whose files differ from its checksums is not retrained from.
+    (serving / "content.npz").write_bytes(b"damaged")
+    with pytest.raises(CorruptVersion, match="content.npz"):
+        retrain_home(home, source)
+    assert registry.versions() == [serving.name]
+    # What a killed save into a staging directory left beside it is cleaned up.
+    dead = 2**22 + 1
+    left = registry.root / f"..staging-{dead}-abc.partial-{dead}-def"
+    left.mkdir()
+    assert f"..staging-{dead}-abc.partial-{dead}-def" in registry.clean_staging()
+    assert not left.exists()

@@ -88,3 +88,12 @@ def test_predictions_are_stretched_to_the_learned_rows_spread():
     user = rng.normal(size=3)
     plain = ContentProjection(fit.vocabulary, fit.weights, fit.intercept, fit.l2)
     assert (np.argsort(predicted @ user) == np.argsort(plain.predict(tokens) @ user)).all()
+
+
+def test_a_damaged_projection_file_is_named(tmp_path):
+    from towers.content import CONTENT_FILE
+
+    for payload in (b"", b"garbage bytes", b"PK\x03\x04truncated"):
+        (tmp_path / CONTENT_FILE).write_bytes(payload)
+        with pytest.raises(ValueError, match=f"{CONTENT_FILE} is damaged"):
+            ContentProjection.load(tmp_path)
