@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 
 def _start(artefact: Path, home: Path, store: str, port: int, workers: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "NEXTWATCH_API_KEY": KEY}
+    env = {**os.environ, "NEXTWATCH_API_KEY": KEY, "NEXTWATCH_ADMIN_KEY": KEY}
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--artefact", str(artefact),
         "--home", str(home), "--store", store, "--port", str(port), "--no-seed",
