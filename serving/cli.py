@@ -387,6 +387,13 @@ def _train_shards(args: argparse.Namespace) -> dict:
     strategy = strategy_for(role)  # before any other TensorFlow op
     from towers.stream import save_on_chief, train_shards
 
+    ignored = [flag for flag, given in (
+        ("--protocol", args.protocol != "none"), ("--interactions", args.interactions),
+        ("--users", args.users),
+    ) if given]  # fmt: skip
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} do not apply to --shards (streaming training "
+                         "reads the shards and, optionally, --items)")  # fmt: skip
     for flag in ("backup_every", "shuffle_buffer"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ def save_artefact(
     data: Dataset | None = None,
     index_params: IndexParams | None = None,
     lineage: dict | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``result`` as a self-describing artefact directory (see the module docstring).
 
@@ -72,6 +74,10 @@ def save_artefact(
     lineage : dict, optional
         Where a warm-started model came from (parent version, data range, new items), recorded
         in ``config.json``.
+    extra : callable, optional
+        Called with the directory being written, after everything else and before it is renamed
+        into place: more files that belong to the artefact (a failure there leaves the previous
+        artefact as it was).
 
     The artefact is written into a temporary sibling directory and renamed to ``directory`` when
     complete (replacing what was there), so a crash never leaves a mix of two models.
@@ -86,6 +92,8 @@ def save_artefact(
     try:
         directory.chmod(0o755)
         _write_artefact(result, directory, extra_metrics, data, index_params, lineage)
+        if extra is not None:
+            extra(directory)
         replace_directory(directory, final, keep=("logs",))
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)

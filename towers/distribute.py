@@ -39,20 +39,35 @@ def cluster_role(environ: dict[str, str] | None = None) -> ClusterRole:
     Raises
     ------
     ValueError
-        If ``TF_CONFIG`` is not valid JSON or lacks ``cluster`` / ``task``.
+        If ``TF_CONFIG`` is not valid JSON, its cluster is not an object of host lists, or its
+        task's type or index is not in the cluster.
     """
     raw = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
     if not raw:
         return ClusterRole()
+
+    def invalid(reason: str) -> ValueError:
+        return ValueError(f"TF_CONFIG is not a valid cluster spec ({reason}): {raw[:200]}")
+
     try:
         config = json.loads(raw)
-        cluster, task = config["cluster"], config["task"]
-        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-        return ClusterRole(
-            str(task["type"]), int(task["index"]), max(workers, 1), bool(cluster.get("chief"))
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"TF_CONFIG is not a valid cluster spec ({exc}): {raw[:200]}") from exc
+    except ValueError as exc:
+        raise invalid(f"not JSON: {exc}") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
+        raise invalid("'cluster' must be an object of task type -> list of host:port")
+    cluster, task = config["cluster"], config.get("task")
+    for kind, hosts in cluster.items():
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise invalid(f"cluster[{kind!r}] must be a list of 'host:port' strings")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise invalid("'task' must be an object with 'type' and 'index'")
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise invalid(f"task type {kind!r} is not in the cluster ({sorted(cluster)})")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise invalid(f"task index {index!r} is not in [0, {len(cluster[kind])})")
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    return ClusterRole(str(kind), index, max(workers, 1), bool(cluster.get("chief")))
 
 
 def strategy_for(role: ClusterRole) -> tf.distribute.Strategy:

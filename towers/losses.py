@@ -56,7 +56,8 @@ def sampled_softmax_loss(
     user_vectors, labels, item_vectors, item_bias :
         As in :func:`full_softmax_loss`.
     num_sampled : int
-        Negatives per batch (shared by all examples in the batch).
+        Negatives per batch (shared by all examples in the batch); at least the catalogue's
+        size gives the full softmax.
     unigrams : numpy.ndarray, shape (num_items,), optional
         Item frequencies for the proposal ``Q ∝ unigrams ** distortion``; uniform when None.
     distortion : float
@@ -70,6 +71,11 @@ def sampled_softmax_loss(
     tf.Tensor, scalar float32
     """
     num_items = int(item_vectors.shape[0])
+    if sampled_values is None and num_sampled >= num_items:
+        # Every item is drawn exactly once: the loss is the full softmax. (The sampler would
+        # still report expected counts below 1 for rare items under a skewed proposal, and
+        # its logQ correction would then bias the loss.)
+        return full_softmax_loss(user_vectors, labels, item_vectors, item_bias)
     labels_2d = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
     if sampled_values is None:
         if unigrams is None:

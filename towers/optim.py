@@ -13,7 +13,19 @@ from towers._tf import keras, tf
 
 
 class LazyAdam(keras.optimizers.Adam):
-    """Adam with row-sparse updates for ``IndexedSlices`` gradients (same hyperparameters)."""
+    """Adam with row-sparse updates for ``IndexedSlices`` gradients (Adam's hyperparameters
+    but ``amsgrad``, which the sparse update does not implement).
+
+    Raises
+    ------
+    ValueError
+        If ``amsgrad`` is asked for.
+    """
+
+    def __init__(self, *args, amsgrad: bool = False, **kwargs) -> None:
+        if amsgrad:
+            raise ValueError("amsgrad is not supported by LazyAdam's sparse update")
+        super().__init__(*args, amsgrad=False, **kwargs)
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,7 +38,7 @@ from towers._tf import keras, tf
 from towers.artefact import fit_content_projection, save_artefact, variables_only
 from towers.catalogue import ITEMS_FILE
 from towers.content import NoMetadataError
-from towers.data import Dataset
+from towers.data import Dataset, split_list
 from towers.distribute import ClusterRole, cluster_role, strategy_for
 from towers.examples import build_examples
 from towers.features import item_token_table, query_inputs
@@ -90,16 +92,22 @@ def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
     counts: pd.Series | None = None
     t_min, t_max, users, events, examples = None, None, 0, 0, 0
     cap = config.max_examples_per_user
+    kept = []
     for path in paths:
         try:
             table = pq.read_table(path, columns=_COLUMNS)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, OSError) as exc:
             raise ValueError(f"shard {path} lacks one of the columns {_COLUMNS}: {exc}") from exc
+        _check_types(table.schema, path)
         if table.num_rows == 0:
-            continue
+            continue  # left out of the paths too: a worker must never get only empty shards
+        kept.append(str(path))
         ids = {c: pc.cast(table.column(c), pa.string()) for c in ("item_id", "user_id")}
         if any(v.null_count for v in ids.values()) or table.column("timestamp").null_count:
             raise ValueError(f"shard {path} has missing user IDs, item IDs or timestamps")
+        for column, values in ids.items():
+            if pc.any(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py():
+                raise ValueError(f"shard {path} has blank values in {column}")
         vc = pc.value_counts(ids["item_id"]).flatten()
         shard_counts = pd.Series(vc[1].to_numpy(), index=vc[0].to_numpy(zero_copy_only=False))
         counts = shard_counts if counts is None else counts.add(shard_counts, fill_value=0)
@@ -115,7 +123,7 @@ def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
         raise ValueError(f"all {len(paths)} shard(s) are empty: there is nothing to train on")
     order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ShardScan(
-        [str(p) for p in paths],
+        kept,
         [str(i) for i, _ in order],
         np.array([c for _, c in order], dtype=np.float64),
         (int(t_min), int(t_max)),
@@ -123,6 +131,31 @@ def scan_shards(paths: Sequence[str | Path], config: TowerConfig) -> ShardScan:
         events,
         examples,
     )
+
+
+def metadata_lists(items: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``items`` with ``genres`` and ``tags`` as lists of str: a null cell is an empty list and
+    a ``|``-separated text cell is split (as the file loaders read them)."""
+    if items is None:
+        return None
+    items = items.copy()
+    for column in ("genres", "tags"):
+        if column in items:
+            items[column] = items[column].map(split_list)
+    return items
+
+
+def _check_types(schema: pa.Schema, path: object) -> None:
+    """IDs as text or integers (a float ID reads as "7.0" in one place and "7" in another) and
+    timestamps as integer epoch seconds, named by shard."""
+    for column in ("user_id", "item_id"):
+        kind = schema.field(column).type
+        if not (pa.types.is_integer(kind) or pa.types.is_string(kind)
+                or pa.types.is_large_string(kind)):  # fmt: skip
+            raise ValueError(f"shard {path}: {column} must be text or integers, got {kind}")
+    kind = schema.field("timestamp").type
+    if not pa.types.is_integer(kind):
+        raise ValueError(f"shard {path}: timestamp must be integer epoch seconds, got {kind}")
 
 
 def read_shard(path: str | Path) -> pd.DataFrame:
@@ -282,6 +315,7 @@ def train_shards(
     keras.utils.set_random_seed(options.seed)
     start = time.perf_counter()
     scan = scan or scan_shards([str(p) for p in paths], config)
+    items = metadata_lists(items)
     steps = steps_per_epoch or max(1, scan.examples // options.batch_size)
     token_vocab, token_table = (
         item_token_table(items, scan.item_ids, config.max_tokens_per_item)
@@ -309,6 +343,10 @@ def train_shards(
 
     callbacks = list(callbacks)
     if backup_dir is not None:
+        _claim_backup(Path(backup_dir), {
+            "shards": _shards_checksum(scan), "items": len(scan.item_ids),
+            "tower": config.to_dict(), "batch_size": options.batch_size,
+        })  # fmt: skip
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=save_freq))
     if options.log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.log_dir, profile_batch=0))
@@ -343,6 +381,32 @@ def train_shards(
     return TrainResult(model, config, options, "shards", _shards_checksum(scan), metrics)
 
 
+BACKUP_RUN = "nextwatch-run.json"  # what a backup directory's checkpoints were trained on
+
+
+def _claim_backup(directory: Path, run: dict) -> None:
+    """Record which run a backup directory belongs to, or refuse one that belongs to another
+    (its checkpoints would be resumed on other data or another model: silently wrong, or a
+    shape error that does not mention the backup)."""
+    path = directory / BACKUP_RUN
+    if path.exists():
+        try:
+            mine = json.loads(path.read_text())
+        except ValueError:
+            mine = None
+        if mine != json.loads(json.dumps(run)):
+            raise ValueError(
+                f"backup directory {directory} holds the checkpoints of another run (other "
+                f"shards, catalogue or settings; see {BACKUP_RUN}): give a new --backup-dir, "
+                "or delete this one to start over"
+            )
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{BACKUP_RUN}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(run, indent=2))
+    partial.replace(path)
+
+
 def _shards_checksum(scan: ShardScan) -> str:
     digest = hashlib.sha256()
     for path in scan.paths:
@@ -368,20 +432,23 @@ def save_on_chief(
         with tempfile.TemporaryDirectory(prefix=f"worker{role.task_index}-") as tmp:
             variables_only(result.model).save_weights(str(Path(tmp) / "tower"))
         return None
-    directory = save_artefact(result, output, index_params=index_params)
-    if items is not None:
-        model = result.model
-        frame = items[["item_id", "title", "year", "genres"]].copy()
-        frame["item_id"] = frame["item_id"].astype(str)
-        frame["genres"] = frame["genres"].map(list)
-        counts = pd.Series(model.item_counts, index=model.item_ids)
-        frame["popularity"] = counts.reindex(frame["item_id"]).fillna(0).to_numpy()
+    if items is None:
+        return save_artefact(result, output, index_params=index_params)
+    model = result.model
+    items = metadata_lists(items)
+    frame = items[["item_id", "title", "year", "genres"]].copy()
+    frame["item_id"] = frame["item_id"].astype(str)
+    counts = pd.Series(model.item_counts, index=model.item_ids)
+    frame["popularity"] = counts.reindex(frame["item_id"]).fillna(0).to_numpy()
+
+    def catalogue(directory: Path) -> None:  # inside the artefact before it is renamed in
         frame.to_parquet(directory / ITEMS_FILE, index=False)
         try:
             fit_content_projection(directory, items)
         except NoMetadataError as exc:
             log.warning("no content projection: %s", exc)
-    return directory
+
+    return save_artefact(result, output, index_params=index_params, extra=catalogue)
 
 
 def shards_dataset(paths: Sequence[str | Path], items: pd.DataFrame | None = None) -> Dataset:

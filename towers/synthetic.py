@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from towers.checks import check_field_types
+from towers.leftovers import remove_dead, work_dir
 
 log = logging.getLogger(__name__)
 EVENTS_DIR = "events"
@@ -87,6 +91,9 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         for name in ("num_users", "num_items", "num_topics", "users_per_shard", "min_events"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -256,11 +263,31 @@ def generate(config: SyntheticConfig, output: str | Path) -> dict:
     Raises
     ------
     FileExistsError
-        If ``output`` already holds a generated world (nothing is overwritten).
+        If ``output`` exists and is not an empty directory (nothing is overwritten).
+
+    The world is written into a sibling work directory and renamed to ``output`` when complete,
+    so an interrupted run leaves no partial world (and a rerun does not mix in its shards).
     """
-    output = Path(output)
-    if (output / MANIFEST).exists():
-        raise FileExistsError(f"{output} already holds a synthetic world ({MANIFEST})")
+    final = Path(output)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        what = f"a synthetic world ({MANIFEST})" if (final / MANIFEST).exists() else "other files"
+        raise FileExistsError(f"{final} already holds {what}: choose a new directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead(final.parent, f".{final.name}.partial-")
+    output = work_dir(final.parent, f".{final.name}.partial-")
+    try:
+        manifest = _write_world(config, output)
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        output.rename(final)
+    except BaseException:
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_world(config: SyntheticConfig, output: Path) -> dict:
+    output.chmod(0o755)
     (output / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
     (output / USERS_DIR).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -303,7 +330,8 @@ def shard_paths(directory: str | Path, kind: str = EVENTS_DIR) -> list[Path]:
     """
     directory = Path(directory)
     base = directory / kind if (directory / kind).is_dir() else directory
-    paths = sorted(base.glob("*.parquet"))
+    # items.parquet is item metadata, also when it sits beside flat shards
+    paths = sorted(p for p in base.glob("*.parquet") if p.name != ITEMS_FILE)
     if not paths:
         raise FileNotFoundError(f"no Parquet shards in {base}")
     return paths

@@ -291,3 +291,11 @@ def test_evaluate_names_other_data_and_a_missing_output_folder(tmp_path, caplog)
         == 2
     )
     assert "nodir does not exist" in caplog.text
+
+
+def test_shards_refuse_the_flags_they_would_ignore(tmp_path, caplog):
+    args = ["train-candidates", "--shards", str(tmp_path), "--output", str(tmp_path / "a")]
+    assert main([*args, "--protocol", "temporal-user-20"]) == 2
+    assert "--protocol do not apply to --shards" in caplog.text
+    assert main([*args, "--interactions", "log.csv"]) == 2
+    assert "--interactions do not apply to --shards" in caplog.text

@@ -56,3 +56,13 @@ def test_drawn_samples_give_a_finite_loss():
     users, items, bias, labels = _case()
     loss = sampled_softmax_loss(users, labels, items, bias, num_sampled=3, unigrams=np.arange(1, 7))
     assert np.isfinite(loss.numpy())
+
+
+def test_drawing_the_whole_catalogue_is_the_full_softmax_under_any_proposal():
+    users, items, bias, labels = _case()
+    full = full_softmax_loss(users, labels, items, bias).numpy()
+    for seed in range(3):  # a skewed proposal: the sampler's counts would be below 1
+        tf.random.set_seed(seed)
+        drawn = sampled_softmax_loss(users, labels, items, bias, num_sampled=6,
+                                     unigrams=np.array([100, 50, 10, 5, 1, 1]))  # fmt: skip
+        assert drawn.numpy() == pytest.approx(full, rel=1e-6)

@@ -43,6 +43,17 @@ def test_cluster_role_from_tf_config():
         cluster_role({"TF_CONFIG": "{not json"})
     with pytest.raises(ValueError, match="TF_CONFIG"):
         cluster_role({"TF_CONFIG": json.dumps({"cluster": {}})})
+    bad = [
+        ({"cluster": ["w:1"], "task": {"type": "worker", "index": 0}}, "'cluster' must be"),
+        ({"cluster": {"worker": "w:1"}, "task": {"type": "worker", "index": 0}}, "list of"),
+        ({"cluster": {"worker": ["w:1"]}, "task": {"type": "worker", "index": 3}}, "index 3"),
+        ({"cluster": {"worker": ["w:1"]}, "task": {"type": "worker", "index": -1}}, "index -1"),
+        ({"cluster": {"worker": ["w:1"]}, "task": {"type": "wroker", "index": 0}}, "'wroker'"),
+        ({"cluster": {"worker": ["w:1"]}, "task": {"type": "chief", "index": 0}}, "'chief'"),
+    ]  # fmt: skip
+    for spec, message in bad:
+        with pytest.raises(ValueError, match=message):
+            cluster_role({"TF_CONFIG": json.dumps(spec)})
 
 
 def _free_ports(n: int) -> list[int]:

@@ -146,8 +146,64 @@ def test_backup_and_restore_resumes_after_a_crash(tmp_path):
         train_shards(shard_paths(world), config, options, steps_per_epoch=3,
                      backup_dir=backup, callbacks=[_Crash()])  # fmt: skip
     assert any(backup.iterdir())  # epoch 0 was backed up
+    # Another model (or other shards) must not resume from these checkpoints.
+    other = TowerConfig(embedding_dim=8, output_dim=16, token_dim=4, max_history=5)
+    with pytest.raises(ValueError, match="holds the checkpoints of another run"):
+        train_shards(shard_paths(world), other, options, steps_per_epoch=3, backup_dir=backup)
     # The rerun continues at epoch 1: it runs epochs 1 and 2 only, then cleans up.
     result = train_shards(shard_paths(world), config, options, steps_per_epoch=3,
                           backup_dir=backup)  # fmt: skip
     assert result.metrics["epochs_run"] == 2
     assert result.model.optimizer.iterations.numpy() == 9
+
+
+def _shard(path, **columns):
+    frame = {"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "a"], "timestamp": [1, 2, 3]}
+    pd.DataFrame({**frame, **columns}).to_parquet(path, index=False)
+    return str(path)
+
+
+def test_the_scan_drops_empty_shards_and_names_bad_ones(tmp_path):
+    good = _shard(tmp_path / "good.parquet")
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}).astype(
+        {"user_id": str, "item_id": str, "timestamp": "int64"}
+    ).to_parquet(empty, index=False)
+    # An empty shard is not shared out: a worker given only it would never yield a batch.
+    assert scan_shards([str(empty), good], TowerConfig()).paths == [good]
+    bad = [
+        (dict(item_id=[7.0, 8.0, 7.0]), "item_id must be text or integers, got double"),
+        (dict(item_id=["a", " ", "a"]), "blank values in item_id"),
+        (
+            dict(timestamp=["1", "2", "3"]),
+            "timestamp must be integer epoch seconds, got (large_)?string",
+        ),
+    ]
+    for n, (columns, message) in enumerate(bad):
+        path = _shard(tmp_path / f"bad{n}.parquet", **columns)
+        with pytest.raises(ValueError, match=f"shard {path}.*{message}"):
+            scan_shards([good, path], TowerConfig())
+
+
+def test_a_failed_save_on_the_chief_keeps_the_previous_artefact(tmp_path, monkeypatch):
+    from towers import stream
+    from towers.distribute import ClusterRole
+
+    world = tmp_path / "world"
+    generate(SyntheticConfig(num_users=40, num_items=12, num_topics=3, users_per_shard=20), world)
+    items = pd.read_parquet(world / "items.parquet")
+    items.loc[0, "genres"] = None  # a null cell is an item without genres, not a crash
+    config = TowerConfig(embedding_dim=8, output_dim=8, token_dim=4, max_history=5)
+    result = train_shards(shard_paths(world), config, TrainOptions(epochs=1, batch_size=16,
+                          verbose=0), items=items, steps_per_epoch=2)  # fmt: skip
+    out = stream.save_on_chief(result, tmp_path / "art", ClusterRole(), items=items)
+    before = sorted(p.name for p in out.iterdir())
+    assert "items.parquet" in before and "content.npz" in before
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stream, "fit_content_projection", dies)
+    with pytest.raises(OSError, match="disk full"):
+        stream.save_on_chief(result, out, ClusterRole(), items=items)
+    assert sorted(p.name for p in out.iterdir()) == before

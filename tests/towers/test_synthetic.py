@@ -86,6 +86,9 @@ def test_popularity_is_heavy_tailed():
         ("item_zipf", float("nan")),
         ("activity_sigma", -1.0),
         ("span_days", 0),
+        ("seed", -1),
+        ("users_per_shard", 2.5),
+        ("num_users", True),
     ],
 )
 def test_bad_config_names_the_field(field, value):
@@ -109,3 +112,29 @@ def test_cli_writes_a_world_and_refuses_to_overwrite_it(tmp_path, capsys):
     assert len(shard_paths(tmp_path)) == 3
     assert main(argv) == 2  # exists: a clear error, nothing overwritten
     assert len(shard_paths(tmp_path)) == 3
+
+
+def test_generate_is_all_or_nothing_and_keeps_other_files(tmp_path, monkeypatch):
+    from towers import synthetic
+
+    config = SyntheticConfig(num_users=30, num_items=12, num_topics=3, users_per_shard=10)
+    real, calls = synthetic.draw_events, []
+
+    def dies_on_the_second_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "draw_events", dies_on_the_second_shard)
+    with pytest.raises(OSError, match="disk full"):
+        generate(config, tmp_path / "world")
+    assert list(tmp_path.iterdir()) == []  # no partial world, no work directory
+    monkeypatch.undo()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "items.parquet").write_text("someone's own")
+    with pytest.raises(FileExistsError, match="already holds other files"):
+        generate(config, mine)
+    assert (mine / "items.parquet").read_text() == "someone's own"
+    assert generate(config, tmp_path / "world")["shards"] == 3
