@@ -104,6 +104,11 @@ def retrain_home(
     ------
     FileNotFoundError
         If HOME's registry has no serving version.
+    CorruptVersion
+        If the serving version's files differ from its checksums.
+    ValueError
+        For a tolerance or holdout fraction out of range, metadata that does not describe the
+        serving version's catalogue, or too few new events.
     """
     check_tolerance(tolerance)  # before hours of training, not after
     if not (isinstance(holdout_fraction, int | float) and 0 < holdout_fraction < 1):
