@@ -141,11 +141,11 @@ def serving_artefact(
 def add_serving_arrays(artefact: Path) -> None:
     """Give an artefact cached before ``serving.npz`` existed its serving arrays (tower and
     ranker), so that servers load it without Keras, as they load a freshly trained one."""
-    from ranking import train as ranking_train
+    from ranking import artefact as ranking_artefact
     from towers import artefact as towers_artefact
 
     if not (artefact / towers_artefact.SERVING_FILE).exists():
         towers_artefact.write_serving_arrays(artefact)
     ranker = artefact / "ranker"
     if (ranker / "config.json").exists() and not (ranker / towers_artefact.SERVING_FILE).exists():
-        ranking_train.write_serving_arrays(ranker)
+        ranking_artefact.write_serving_arrays(ranker)

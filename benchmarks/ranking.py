@@ -39,11 +39,12 @@ from rating_baselines import embedding_dot_bias
 from tune_ranker import TOWER_SCORE_WEIGHTS
 from tune_ranker import two_stage as tune_two_stage
 
+from ranking.artefact import load_ranker
 from ranking.impressions import rating_examples
 from ranking.metrics import graded_ndcg, weighted_pairwise_loss
 from ranking.model import RankerConfig
 from ranking.pipeline import candidate_examples, predict, tower_retrieve, train_ranker_job
-from ranking.train import RankerOptions, load_ranker, train_ranker
+from ranking.train import RankerOptions, train_ranker
 from towers.artefact import save_artefact
 from towers.movielens import default_data_dir, load_movielens
 from towers.presets import benchmark_config, benchmark_options

@@ -39,9 +39,9 @@ from export.savedmodel import (
     compact,
     distinct_known,
 )
+from ranking.artefact import load_ranker
 from ranking.impressions import NUMERIC
 from ranking.model import Ranker
-from ranking.train import load_ranker
 from towers._tf import tf
 from towers.artefact import artefact_version, load_artefact
 from towers.catalogue import ITEMS_FILE

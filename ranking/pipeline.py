@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranking.artefact import save_ranker
 from ranking.impressions import (
     RankingExamples,
     RetrieveFn,
@@ -23,7 +24,7 @@ from ranking.impressions import (
     simulate_impressions,
 )
 from ranking.model import RankerConfig
-from ranking.train import RankerOptions, ranker_inputs, save_ranker, train_ranker
+from ranking.train import RankerOptions, ranker_inputs, train_ranker
 from towers.artefact import artefact_version, save_artefact
 from towers.data import Dataset
 from towers.examples import PAD, example_age

@@ -32,7 +32,7 @@ class RankScorer:
     """Ranking logits and predicted ratings for raw candidate rows.
 
     Built from a trained ranker (:meth:`from_model`) or from the plain arrays it was saved as
-    (:attr:`arrays`; ``ranking.train.save_ranker`` writes them), without Keras.
+    (:attr:`arrays`; ``ranking.artefact.save_ranker`` writes them), without Keras.
 
     Parameters
     ----------

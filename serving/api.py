@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ranking.train import load_rank_scorer
+from ranking.artefact import load_rank_scorer
 from serving.rerank import Reranker
 from towers.artefact import artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history

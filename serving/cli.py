@@ -18,9 +18,10 @@ import pandas as pd
 
 from export.candidates import export_candidates
 from export.savedmodel import export_savedmodels
+from ranking.artefact import ranker_impressions, ranker_settings
 from ranking.model import RankerConfig
 from ranking.pipeline import train_ranker_for_artefact
-from ranking.train import RankerOptions, ranker_impressions, ranker_settings
+from ranking.train import RankerOptions
 from serving.api import Recommender, UnknownItemError
 from serving.cli_args import _build, _source, build_parser
 from towers._tf import tf

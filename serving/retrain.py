@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ranking.artefact import ranker_impressions, ranker_settings
 from ranking.pipeline import train_ranker_job
-from ranking.train import ranker_impressions, ranker_settings
 from serving.promotion import Decision, check_tolerance, guarded_promote, recent_holdout
 from serving.registry import Registry
 from serving.serve import write_pointer

@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ranking.artefact import load_ranker, ranker_settings, save_ranker
 from ranking.impressions import NUMERIC, RankingExamples
 from ranking.model import RankerConfig
 from ranking.pipeline import predict
-from ranking.train import RankerOptions, load_ranker, ranker_settings, save_ranker, train_ranker
+from ranking.train import RankerOptions, train_ranker
 from towers.data import empty_item_metadata
 
 ITEMS = ["A", "B", "C", "D"]
@@ -80,12 +81,13 @@ def test_a_saved_ranker_gives_back_its_settings_for_a_retrain(trained, tmp_path)
 
 
 def test_the_serving_scorer_loads_from_arrays_without_keras(trained, tmp_path, monkeypatch):
-    import ranking.train
-    from ranking.train import load_rank_scorer, ranker_inputs
+    import ranking.artefact
+    from ranking.artefact import load_rank_scorer
+    from ranking.train import ranker_inputs
 
     ranker, metrics = trained
     directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
-    monkeypatch.setattr(ranking.train, "load_ranker", lambda _: pytest.fail("built with Keras"))
+    monkeypatch.setattr(ranking.artefact, "load_ranker", lambda _: pytest.fail("built with Keras"))
     scorer, tower_version = load_rank_scorer(directory)
     assert tower_version == "tower-v1"
     ex = planted(3)
@@ -189,7 +191,8 @@ def test_the_numpy_scorer_equals_the_keras_ranker_with_a_rated_bag():
 
 
 def test_a_tower_score_weight_adds_the_generator_score_to_the_served_logit(trained, tmp_path):
-    from ranking.train import load_rank_scorer, ranker_inputs
+    from ranking.artefact import load_rank_scorer
+    from ranking.train import ranker_inputs
 
     ranker, metrics = trained
     directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
@@ -240,7 +243,7 @@ def test_bad_ranker_settings_are_refused_by_name(make, name):
 
 
 def test_a_failed_save_keeps_the_previous_ranker_whole(trained, tmp_path, monkeypatch):
-    import ranking.train as ranking_train
+    import ranking.artefact as ranking_artefact
 
     ranker, metrics = trained
     directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
@@ -249,7 +252,7 @@ def test_a_failed_save_keeps_the_previous_ranker_whole(trained, tmp_path, monkey
     def dies(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ranking_train, "save_arrays", dies)
+    monkeypatch.setattr(ranking_artefact, "save_arrays", dies)
     with pytest.raises(OSError, match="disk full"):
         save_ranker(ranker, directory, metrics, "tower-v2", RankerOptions())
     after = {p.name: p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}

@@ -358,7 +358,7 @@ def test_serve_retrains_on_schedule_and_swaps_the_promoted_version_in(tmp_path, 
 
 
 def test_a_retrain_keeps_the_parent_rankers_configuration(tmp_path, planted_ranked_artefact):
-    from ranking.train import ranker_settings
+    from ranking.artefact import ranker_settings
     from serving.retrain import retrain_home
     from towers.pipeline import DataSource
     from towers.train import TrainOptions
