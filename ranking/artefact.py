@@ -44,10 +44,7 @@ def save_ranker(
     The directory is written beside its place and renamed into it when complete (replacing a
     previous ranker whole), so a failed write leaves the previous ranker as it was."""
     final = Path(directory)
-    if final.exists() and not _replaceable_ranker(final):
-        raise FileExistsError(
-            f"ranker output {final} exists and is not a ranker: writing there would replace it"
-        )
+    check_ranker_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead(final.parent, f".{final.name}.partial-")
     staging = work_dir(final.parent, f".{final.name}.partial-")
@@ -59,6 +56,21 @@ def save_ranker(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def check_ranker_output(path: Path) -> None:
+    """Refuse a ranker output that exists and is neither empty nor a ranker (it would be
+    replaced).
+
+    Raises
+    ------
+    FileExistsError
+        Naming ``path``.
+    """
+    if path.exists() and not _replaceable_ranker(path):
+        raise FileExistsError(
+            f"ranker output {path} exists and is not a ranker: writing there would replace it"
+        )
 
 
 def _replaceable_ranker(path: Path) -> bool:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from export.candidates import export_candidates
 from export.savedmodel import export_savedmodels
-from ranking.artefact import ranker_impressions, ranker_settings
+from ranking.artefact import check_ranker_output, ranker_impressions, ranker_settings
 from ranking.model import RankerConfig
 from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions
@@ -79,8 +79,13 @@ def read_user_list(path: str) -> list[str]:
 
 
 def _recommend(args: argparse.Namespace) -> dict:
+    if args.similar_to is not None:
+        ignored = [flag for flag, given in (("--genres", args.genres), ("--exclude", args.exclude),
+                                            ("--no-rank", args.no_rank)) if given]  # fmt: skip
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} do not apply to --similar-to")
     recommender = Recommender.load(args.artefact)
-    if args.similar_to:
+    if args.similar_to is not None:
         items = recommender.similar_items(args.similar_to, args.k)
         return {"item_id": args.similar_to, "items": [asdict(i) for i in items]}
     result = recommender.recommend(
@@ -188,6 +193,8 @@ def _retrain_from(args: argparse.Namespace) -> dict:
 
 
 def _check_writable(path: str) -> None:
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--output {path} is a directory: give a file name")
     parent = Path(path).parent
     if not parent.is_dir():
         raise FileNotFoundError(f"--output {path}: directory {parent} does not exist")
@@ -254,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(args.output).write_text(json.dumps(metrics, indent=2))
             print(json.dumps(metrics, indent=2))
         elif args.command == "train-ranker":
+            check_ranker_output(Path(args.output or Path(args.artefact) / "ranker"))  # up front
             metrics = train_ranker_for_artefact(
                 _source(args), args.artefact, args.output, _build(RankerConfig, args),
                 _build(RankerOptions, args), args.num_candidates, args.events_per_user,

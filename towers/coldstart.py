@@ -198,6 +198,11 @@ def cold_item_metrics(scores: np.ndarray, positives: np.ndarray, k: int = 10) ->
     positives = np.asarray(positives, dtype=bool)
     if scores.shape != positives.shape:
         raise ValueError(f"scores {scores.shape} and positives {positives.shape} differ")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if positives.ndim == 2 and len(positives) and not positives.any(axis=1).all():
+        empty = int(np.flatnonzero(~positives.any(axis=1))[0])
+        raise ValueError(f"positives row {empty} has no positive: each user needs at least one")
     aucs = [per_user_auc(s, p) for s, p in zip(scores, positives, strict=True)]
     order = np.lexsort((np.arange(scores.shape[1])[None, :].repeat(len(scores), 0), -scores))
     top = order[:, :k]

@@ -179,14 +179,30 @@ class ContentProjection:
         Raises
         ------
         ValueError
-            If the shapes disagree.
+            If the shapes disagree, ``counts`` are not finite non-negative numbers (or all 0),
+            or ``l2`` is not a number >= 0 or a non-empty list of them.
         NoMetadataError
             If no token occurs ``min_count`` times.
         """
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2 or len(targets) != len(tokens):
             raise ValueError(f"targets must be (len(tokens), d), got {targets.shape}")
-        weight = np.ones(len(tokens)) if counts is None else np.log1p(np.asarray(counts, float))
+        if counts is not None:
+            counts = np.asarray(counts, dtype=float)
+            if counts.shape != (len(tokens),) or not np.all(np.isfinite(counts) & (counts >= 0)):
+                raise ValueError(
+                    f"counts must be {len(tokens)} finite non-negative numbers, got shape "
+                    f"{counts.shape}"
+                )
+            if not counts.any():
+                raise ValueError("counts are all 0: no item has a weight to fit on")
+        weight = np.ones(len(tokens)) if counts is None else np.log1p(counts)
+        grid = [l2] if isinstance(l2, int | float) else list(l2)
+        if not grid or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
+            for v in grid
+        ):
+            raise ValueError(f"l2 must be a number >= 0 or a non-empty list of them, got {l2!r}")
         freq = Counter(t for bag in tokens for t in set(bag))
         common = sorted((t for t, c in freq.items() if c >= min_count), key=lambda t: (-freq[t], t))
         vocabulary = sorted(common[:max_features])

@@ -314,9 +314,12 @@ class ItemIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         _check_finite(queries, None, "queries")
+        if queries.shape[0] == 0:  # ScaNN refuses an empty batch
+            width = min(int(k), len(self._ids))
+            return np.full((0, width), "", dtype=object), np.full((0, width), -np.inf, np.float32)
         with self._lock.read():
             k = min(k, len(self._ids))
             pre, leaves = -1, -1

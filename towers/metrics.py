@@ -14,8 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
 def recall_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> float:
     """Mean over users of ``|top-k ∩ relevant| / |relevant|``."""
+    k = _check_k(k)
     values = [
         len(set(row[:k].tolist()) & rel) / len(rel)
         for row, rel in zip(ranked, relevant, strict=True)
@@ -26,6 +33,7 @@ def recall_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> flo
 
 def hit_rate_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> float:
     """Fraction of users with at least one relevant item in the top ``k``."""
+    k = _check_k(k)
     values = [
         bool(set(row[:k].tolist()) & rel) for row, rel in zip(ranked, relevant, strict=True) if rel
     ]
@@ -34,13 +42,18 @@ def hit_rate_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> f
 
 def ndcg_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> float:
     """Mean NDCG@k with binary gains: ``DCG = sum_{r<k} rel_r / log2(r + 2)``, divided by the DCG of
-    an ideal list with ``min(|relevant|, k)`` hits first."""
+    an ideal list with ``min(|relevant|, k)`` hits first. An item repeated in a row gains at
+    its first rank only (so NDCG stays <= 1)."""
+    k = _check_k(k)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     values = []
     for row, rel in zip(ranked, relevant, strict=True):
         if not rel:
             continue
-        gains = np.array([item in rel for item in row[:k].tolist()], dtype=float)
+        items = row[:k].tolist()
+        gains = np.array(
+            [item in rel and item not in items[:r] for r, item in enumerate(items)], dtype=float
+        )
         ideal = discounts[: min(len(rel), k)].sum()
         values.append(float(gains @ discounts[: len(gains)]) / ideal)
     return float(np.mean(values)) if values else 0.0
@@ -60,7 +73,19 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = Non
         Clipped to ``n_items``.
     exclude : sequence of int arrays, optional
         Per row, item indices that may not be returned (the user's training history).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_users, min(k, n_items))
+        Item indices; -1 where a row has fewer than ``k`` items with a score above -inf (an
+        excluded item fills no slot, so it can never count as a hit).
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not a positive integer.
     """
+    k = _check_k(k)
     if exclude is not None:
         for row, items in enumerate(exclude):
             scores[row, items] = -np.inf
@@ -69,7 +94,9 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = Non
     part_scores = np.take_along_axis(scores, part, axis=1)
     # lexsort: primary key score descending, secondary the item index ascending
     order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    ranked = np.take_along_axis(part, order, axis=1)
+    ranked[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
+    return ranked
 
 
 def retrieval_metrics(

@@ -299,3 +299,19 @@ def test_shards_refuse_the_flags_they_would_ignore(tmp_path, caplog):
     assert "--protocol do not apply to --shards" in caplog.text
     assert main([*args, "--interactions", "log.csv"]) == 2
     assert "--interactions do not apply to --shards" in caplog.text
+
+
+def test_recommend_and_train_ranker_refuse_mistakes_before_working(
+    planted_artefact, tmp_path, caplog
+):
+    art = str(planted_artefact)
+    assert main(["recommend", "--artefact", art, "--similar-to", "A", "--genres", "X"]) == 2
+    assert "--genres do not apply to --similar-to" in caplog.text
+    assert main(["recommend", "--artefact", art, "--similar-to", ""]) == 2  # not a new user
+    (tmp_path / "notranker").mkdir()
+    (tmp_path / "notranker" / "x.txt").write_text("mine")
+    assert main(["train-ranker", "--artefact", art, "--output", str(tmp_path / "notranker")]) == 2
+    assert "exists and is not a ranker" in caplog.text
+    assert "ranker trained" not in caplog.text  # refused before any training
+    assert main(["evaluate", "--artefact", art, "--output", str(tmp_path)]) == 2
+    assert "is a directory: give a file name" in caplog.text

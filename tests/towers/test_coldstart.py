@@ -93,3 +93,11 @@ def test_cold_item_metrics_average_over_users():
     # User 1: AUC 1, recall@1 1. User 2: positives 1 and 3 vs negative 2: AUC 1/2; top-1 is
     # item 3, a hit: recall 1/2.
     assert out == {"auc": 0.75, "recall@1": 0.75, "users": 2.0}
+
+
+def test_cold_item_metrics_refuse_a_user_without_positives_and_a_bad_k():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(ValueError, match="positives row 1 has no positive"):
+        cold_item_metrics(scores, np.array([[True, False], [False, False]]))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        cold_item_metrics(scores, np.array([[True, False], [False, True]]), k=-1)

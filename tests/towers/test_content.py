@@ -97,3 +97,15 @@ def test_a_damaged_projection_file_is_named(tmp_path):
         (tmp_path / CONTENT_FILE).write_bytes(payload)
         with pytest.raises(ValueError, match=f"{CONTENT_FILE} is damaged"):
             ContentProjection.load(tmp_path)
+
+
+def test_fit_names_bad_counts_and_l2():
+    tokens = [["g:a"], ["g:a"], ["g:b"], ["g:b"]]
+    targets = np.arange(8.0).reshape(4, 2)
+    for counts, message in (([1, 2], "counts must be 4"), ([0, 0, 0, 0], "all 0"),
+                            ([1, np.nan, 1, 1], "counts must be 4")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            ContentProjection.fit(tokens, targets, counts, min_count=1)
+    for l2 in ([], float("nan"), -1.0, "1"):
+        with pytest.raises(ValueError, match="l2 must be a number >= 0"):
+            ContentProjection.fit(tokens, targets, l2=l2, min_count=1)

@@ -166,3 +166,12 @@ def test_concurrent_searches_and_upserts_are_safe(index):
         t.join()
     assert not errors
     assert len(index) == 5 + 51
+
+
+def test_k_of_the_wrong_kind_is_named_and_an_empty_batch_is_empty(index):
+    query = np.ones((1, index.dim), np.float32)
+    for k in (0, 2.5, "3", True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            index.search(query, k)
+    ids, scores = index.search(np.zeros((0, index.dim), np.float32), 3)
+    assert ids.shape == (0, 3) and scores.shape == (0, 3)

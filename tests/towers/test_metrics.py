@@ -35,3 +35,19 @@ def test_top_k_excludes_and_breaks_ties_by_index():
 
 def test_top_k_accuracy():
     assert top_k_accuracy(RANKED, np.array([3, 9])) == 0.5
+
+
+def test_an_excluded_item_fills_no_slot_and_repeats_gain_once():
+    from towers.metrics import retrieval_metrics
+
+    # 5 items; the user's history A, B, C is excluded; the test item is A again (a re-watch).
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    ranked = top_k(scores, 10, [np.array([0, 1, 2])])
+    assert ranked.tolist() == [[3, 4, -1, -1, -1]]
+    assert retrieval_metrics(ranked, [{0}], ks=(10,))["recall@10"] == 0.0
+    assert ndcg_at_k(np.array([[7, 7, 8]]), [{7}], 10) == 1.0  # not 1 + 1/log2(3)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            top_k(scores, bad)
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            ndcg_at_k(ranked, [{0}], bad)
