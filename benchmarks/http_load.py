@@ -4,8 +4,10 @@ A real ``nextwatch serve --workers 2`` (benchmark artefact with its ranker, SQLi
 seeded with ml-latest-small, two uvicorn worker processes sharing the port) is loaded by wrk
 (Debian's ``wrk``, script ``benchmarks/load.lua``): 80 % ``GET
 /v1/users/{id}/recommendations?k=10`` (ranked, with explanations), 10 % ``GET
-/v1/items/{id}/similar``, 10 % ``POST /v1/events``; every connection paced at 4 requests/s,
-so that the offered rate is fixed (connections x 4).
+/v1/items/{id}/similar``, 10 % ``POST /v1/events``; every connection paced at 4 requests/s
+(connections x 4 in all). The load is closed-loop: a connection waits for its answer before
+its pause and next request, so while the service stalls fewer requests are sent, and a stall
+is counted once per connection rather than for every request that would have arrived in it.
 
 1. **Warm-up**: 10 s at 100/s, not reported (as before joining a load balancer).
 2. **Fixed rate**: 200 requests/s for 60 s, twice: without a swap, and with ``POST

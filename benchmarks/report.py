@@ -246,6 +246,9 @@ def scale() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        raise SystemExit(0)
     if sys.argv[1:] == ["serving"]:
         serving()
     elif sys.argv[1:] == ["scale"]:

@@ -179,14 +179,19 @@ def step_costs(fixed_repeats: int = 5) -> dict:
     return {"step_cost": out, "profile": profiles}
 
 
+USAGE = "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS (one measurement per process)"
+
+
 def main() -> None:
+    if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
+        raise SystemExit(f"{USAGE}\n\n{__doc__}" if len(sys.argv) > 1 else USAGE)
     what, items, *rest = sys.argv[1:]
     if what == "cost":
         print(json.dumps(step_cost(int(items), *rest)))
     elif what == "profile":
         print(json.dumps(step_profile(int(items))))
     else:
-        raise SystemExit(f"usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS, not {what}")
+        raise SystemExit(f"{USAGE}, not {what}")
 
 
 if __name__ == "__main__":
