@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from towers.checks import positive_int
+
 
 def graded_ndcg(order: Sequence[str], gains: Mapping[str, float], k: int = 10) -> float:
     """NDCG@k of ``order`` with graded gains: DCG = sum of ``gains[item] / log2(rank + 1)``
@@ -18,8 +20,7 @@ def graded_ndcg(order: Sequence[str], gains: Mapping[str, float], k: int = 10) -
     ValueError
         If ``k`` is not a positive integer.
     """
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = positive_int("k", k)
     seen: set[str] = set()
     dcg = 0.0
     for r, item in enumerate(list(order)[:k]):

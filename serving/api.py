@@ -37,6 +37,7 @@ from ranking.artefact import load_rank_scorer
 from serving.rerank import Reranker
 from towers.artefact import artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
+from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.retrieval import Retriever
 
@@ -98,9 +99,7 @@ class Query:
 
 
 def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    return positive_int("k", k)
 
 
 class Recommender:

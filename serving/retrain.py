@@ -156,8 +156,8 @@ def retrain_home(
         now = registry.current()
         if now != parent:
             log.warning("the serving version changed during the retrain (%s -> %s): the "
-                        "candidate is compared against %s", parent.name,
-                        now.name if now else None, now.name if now else None)  # fmt: skip
+                        "candidate is compared against the new one", parent.name,
+                        now.name if now else None)  # fmt: skip
         decision = guarded_promote(registry, version.name, holdout, tolerance)
         if decision.promoted:
             write_pointer(home, version)  # every worker process follows it

@@ -391,7 +391,7 @@ def artefact_version(directory: str | Path) -> str:
     config_path = Path(directory) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} is not a nextwatch artefact (no config.json)")
-    version = json.loads(config_path.read_text()).get("version")
+    version = read_json(config_path).get("version")
     if not version:
         raise ValueError(f"{directory} has no version (an older artefact format): retrain it")
     return str(version)

@@ -81,3 +81,16 @@ def check_field_types(instance: object) -> None:
             )
         if converted is not value:
             object.__setattr__(instance, field.name, converted)
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int if it is a positive integer (not a bool).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

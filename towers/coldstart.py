@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from towers.checks import positive_int
 from towers.splits import chronological, item_sort_key
 
 
@@ -198,8 +199,7 @@ def cold_item_metrics(scores: np.ndarray, positives: np.ndarray, k: int = 10) ->
     positives = np.asarray(positives, dtype=bool)
     if scores.shape != positives.shape:
         raise ValueError(f"scores {scores.shape} and positives {positives.shape} differ")
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = positive_int("k", k)
     if positives.ndim == 2 and len(positives) and not positives.any(axis=1).all():
         empty = int(np.flatnonzero(~positives.any(axis=1))[0])
         raise ValueError(f"positives row {empty} has no positive: each user needs at least one")

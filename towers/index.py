@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before ScaNN imports TensorFlow)
+from towers.checks import positive_int
 
 INDEX_FORMAT = 1
 
@@ -314,8 +315,7 @@ class ItemIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = positive_int("k", k)
         _check_finite(queries, None, "queries")
         if queries.shape[0] == 0:  # ScaNN refuses an empty batch
             width = min(int(k), len(self._ids))

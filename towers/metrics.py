@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from towers.checks import positive_int
+
 
 def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    return positive_int("k", k)
 
 
 def recall_at_k(ranked: np.ndarray, relevant: Sequence[set[int]], k: int) -> float:
