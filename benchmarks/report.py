@@ -224,8 +224,9 @@ def scale() -> None:
         for group in profiles[0]["groups"]:
             cells = " | ".join(f"{p['groups'][group]:.1f}" for p in profiles)
             print(f"| {group} | {cells} |")
-    print(f"\nSoftmax quality: {soft['date'][:10]}, commit `{soft['commit'][:12]}`")
-    q = soft["quality"]
+    quality = data.get("quality", soft)  # the quality-only part, when it was run after softmax
+    print(f"\nSoftmax quality: {quality['date'][:10]}, commit `{quality['commit'][:12]}`")
+    q = quality["quality"]
     print("\n| softmax | Recall@100 | NDCG@10 | vs full (R@100, NDCG@10) | examples/s |")
     print("|---|---|---|---|---|")
     for name, run in q["runs"].items():

@@ -1,6 +1,6 @@
 """Cost curves past one machine's comfort: users, items, events (issue: scale).
 
-Parts (``--parts``, default ``curves,epoch,softmax,beam``; ``steps`` on request), in this order:
+Parts (``--parts``, default ``curves,epoch,softmax,beam``; ``steps`` and ``quality`` on request):
 
 ``curves``   For 10k / 100k / 1M users (100k items), 10k / 100k / 1M items (100k users) and 1M x 1M,
              each in fresh processes: generate a synthetic world (``towers.synthetic``), train the
@@ -15,6 +15,7 @@ Parts (``--parts``, default ``curves,epoch,softmax,beam``; ``steps`` on request)
 ``steps``    The step cost alone (``benchmarks/step_cost.py``): sampled softmax at 10k / 100k /
              1M / 3M items doing the same work, repeated; with realistic draws; full softmax where
              it fits; and a per-op TF profile of the step at 10k and 1M items.
+``quality``  The softmax quality alone (``softmax`` without the step costs).
 ``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
              1M-user world, with the model trained on it.
 
@@ -231,6 +232,11 @@ def part_steps(work: Path) -> dict:
     return step_costs()
 
 
+def part_quality(work: Path) -> dict:
+    """Only the quality runs (``part_softmax`` without the step costs)."""
+    return {"quality": quality(work)}
+
+
 def part_epoch(work: Path) -> dict:
     """One timed full epoch on the 100k x 100k world, to check the curves' projected epochs."""
     path, meta = world(work, 100_000, 100_000)
@@ -295,7 +301,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def parts_of(results: dict) -> list[str]:
-    return [name for name in ("curves", "softmax", "steps", "beam", "epoch") if name in results]
+    names = ("curves", "softmax", "steps", "quality", "beam", "epoch")
+    return [name for name in names if name in results]
 
 
 def main() -> None:
@@ -303,7 +310,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="curves,epoch,softmax,beam",
-        help="comma-separated: curves, epoch, softmax, steps, beam",
+        help="comma-separated: curves, epoch, softmax, steps, quality, beam",
     )
     parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
                         help="worlds and models (reused between runs)")  # fmt: skip
@@ -323,6 +330,7 @@ def main() -> None:
         results[name].setdefault("date", results["date"])
     parts = {"curves": lambda: part_curves(work, args.max_steps),
              "softmax": lambda: part_softmax(work), "steps": lambda: part_steps(work),
+             "quality": lambda: part_quality(work),
              "beam": lambda: part_beam(work),
              "epoch": lambda: part_epoch(work)}  # fmt: skip
     for name in args.parts.split(","):

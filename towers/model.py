@@ -129,6 +129,23 @@ def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return total / tf.maximum(tf.reduce_sum(weights, axis=-2), 1.0)
 
 
+def _bag_mean(table: tf.Tensor, position: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Each row's mean of ``table[position]`` over the ``True`` entries of ``mask``.
+
+    ``table`` [U, d] holds one vector per distinct item of the batch, ``position`` [B * L] is the
+    row of ``table`` at each flattened history slot, and ``mask`` [B, L] says which slots count;
+    a row with none gets the zero vector. One fused gather and segment mean, whose gradient
+    reaches ``table`` already summed per distinct item instead of as B * L row slices.
+    """
+    flat = tf.where(tf.reshape(mask, [-1]))[:, 0]
+    bag = flat // tf.cast(tf.shape(mask)[1], tf.int64)
+    means = tf.sparse.segment_mean(
+        table, tf.gather(position, flat), bag, num_segments=tf.shape(mask)[0]
+    )
+    means.set_shape([mask.shape[0], table.shape[-1]])
+    return means
+
+
 class CandidateTower(keras.Model):
     """Query tower plus softmax item vectors, on raw string IDs.
 
@@ -219,24 +236,32 @@ class CandidateTower(keras.Model):
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """User vectors, shape ``(batch, output_dim)``, from the raw input dict of
         :func:`towers.features.query_inputs`."""
-        history = self.item_lookup(tf.convert_to_tensor(inputs["history"], tf.string))
+        raw = tf.convert_to_tensor(inputs["history"], tf.string)
+        # Each distinct ID of the batch is looked up, embedded and (in training) updated once:
+        # a batch of 1024 x 50 IDs reaches into the catalogue-sized tables once per distinct
+        # item (a fifth as often on the step-cost benchmark), and memory latency on those
+        # tables is what makes a step slower in a bigger catalogue (docs/scale.md).
+        distinct, position = tf.unique(tf.reshape(raw, [-1]))
+        rows = self.item_lookup(distinct)
+        history = tf.reshape(tf.gather(rows, position), tf.shape(raw))
         known = history >= 2  # pads and unknown items do not count
         if training and self.config.history_dropout > 0:
             keep = tf.random.uniform(tf.shape(history)) >= self.config.history_dropout
             known = tf.logical_and(known, keep)
-        embedded = self.history_embedding(history)
+        embedded = self.history_embedding(rows)  # one row per distinct item
         # How much history there is (log-scaled, in [0, 1]) lets the tower tell a new user's
         # empty bag, whose mean is the zero vector, from an established one.
         count = tf.reduce_sum(tf.cast(known, tf.float32), axis=1, keepdims=True)
         parts = [
-            _masked_mean(embedded, known),
+            _bag_mean(embedded, position, known),
             tf.math.log1p(count) / float(np.log1p(self.config.max_history)),
         ]
         if self.config.recent_history > 0:
-            recent = self.config.recent_history
-            parts.append(_masked_mean(embedded[:, -recent:], known[:, -recent:]))
+            length = tf.shape(known)[1]
+            latest = tf.range(length) >= length - self.config.recent_history
+            parts.append(_bag_mean(embedded, position, tf.logical_and(known, latest[None, :])))
         if self.use_tokens:
-            parts.append(_masked_mean(self._token_bags(history), known))
+            parts.append(_bag_mean(self._token_bags(rows), position, known))
         if self.demographic_vocabularies:
             for col in DEMOGRAPHIC_COLUMNS:
                 ids = self.demographic_lookups[col](tf.convert_to_tensor(inputs[col], tf.string))
@@ -254,21 +279,12 @@ class CandidateTower(keras.Model):
             x = layer(x)
         return x
 
-    def _token_bags(self, history: tf.Tensor) -> tf.Tensor:
-        """Each history item's mean token embedding, shape ``(batch, max_history, token_dim)``.
-
-        The bags are computed once per distinct item in the batch ([U, T, d], U <= batch x
-        history and U <= catalogue) and gathered back, so the work does not grow with the
-        catalogue.
-        """
-        flat = tf.reshape(history, [-1])
-        distinct, position = tf.unique(flat)
-        tokens = tf.gather(self.token_table, distinct)
-        bags = _masked_mean(self.token_embedding(tokens), tokens > 0)
-        dim = self.config.token_dim
-        out = tf.reshape(tf.gather(bags, position), tf.concat([tf.shape(history), [dim]], 0))
-        out.set_shape([*history.shape, dim])
-        return out
+    def _token_bags(self, rows: tf.Tensor) -> tf.Tensor:
+        """The mean token embedding of each of the batch's distinct items ``rows`` (lookup
+        indices), shape ``(len(rows), token_dim)``: the work is bounded by the batch, not the
+        catalogue."""
+        tokens = tf.gather(self.token_table, rows)
+        return _masked_mean(self.token_embedding(tokens), tokens > 0)
 
     def logits(self, user_vectors: tf.Tensor) -> tf.Tensor:
         """Full softmax logits ``u W^T + b``, shape ``(batch, num_items)``."""

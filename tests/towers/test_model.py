@@ -207,3 +207,22 @@ def test_an_output_that_is_not_an_artefact_is_refused_and_kept(planted_artefact,
         check_output(tmp_path / target)
     save_artefact(result, tmp_path / "logs-only")
     assert (tmp_path / "logs-only" / "logs").is_dir() and load_artefact(tmp_path / "logs-only")
+
+
+def test_bag_mean_averages_each_rows_counted_slots_over_distinct_vectors():
+    from towers._tf import tf
+    from towers.model import _bag_mean
+
+    # Distinct vectors a=(1,0), b=(0,2), c=(4,4); histories [a, b, a], [c, c, pad], [pad x 3].
+    table = tf.constant([[1.0, 0.0], [0.0, 2.0], [4.0, 4.0]])
+    position = tf.constant([0, 1, 0, 2, 2, 0, 0, 0, 0])
+    mask = tf.constant([[True, True, True], [True, True, False], [False, False, False]])
+    with tf.GradientTape() as tape:
+        tape.watch(table)
+        means = _bag_mean(table, position, mask)
+        loss = tf.reduce_sum(means * tf.constant([[1.0, 1.0], [3.0, 0.0], [9.0, 9.0]]))
+    np.testing.assert_allclose(means.numpy(), [[2 / 3, 2 / 3], [4.0, 4.0], [0.0, 0.0]], rtol=1e-6)
+    # d loss / d a: row 0 counts a twice, weight 1/3 each, times (1, 1); c: row 1, 2 x 1/2 x (3, 0).
+    np.testing.assert_allclose(
+        tape.gradient(loss, table).numpy(), [[2 / 3, 2 / 3], [1 / 3, 1 / 3], [3.0, 0.0]], rtol=1e-6
+    )

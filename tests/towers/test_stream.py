@@ -120,7 +120,8 @@ def test_token_bags_are_each_items_mean_token_embedding():
     model = CandidateTower(config, ids, ["t1", "t2", "t3", "t4"], table)
     history = np.array([["", "i0", "i2"], ["i5", "i0", "i0"]], dtype=object)
     model(query_inputs(history, max_history=3))
-    bags = model._token_bags(model.item_lookup(tf.constant(history))).numpy()
+    rows = model.item_lookup(tf.constant(history))
+    bags = tf.reshape(model._token_bags(tf.reshape(rows, [-1])), [2, 3, -1]).numpy()
     emb = model.token_embedding.embeddings.numpy()
     # Item i0 has tokens 1, 2; i2 has 3, 3 (mean = token 3); i5 has 4, 2; padding has none.
     np.testing.assert_allclose(bags[0, 1], (emb[1] + emb[2]) / 2, rtol=1e-6)
