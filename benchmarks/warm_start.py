@@ -15,12 +15,18 @@ figures move by several percent with its seed. Each arm is therefore trained wit
 Targets: the warm start loses at most 2 % relative Recall@100 and NDCG@10, in at most 25 % of
 the full retrain's wall time.
 
-``--tune`` picks the warm start's learning rate without the test events: the same protocol
-shifted one tenth earlier (parent on the first 70 %, warm start and full retrain on the first
-80 %, evaluated on the 80-90 % events), for each candidate rate.
+``--tune`` picks the warm start's settings without the test events: the same protocol shifted
+one tenth earlier (parent on the first 70 %, warm start and full retrain on the first 80 %,
+evaluated on the 80-90 % events), for every combination of the candidate learning rates, epochs
+and replay fractions. It records, as ``chosen``, the variant whose worst relative loss (Recall@100
+and NDCG@10 on every dataset) is smallest among those within the time target on every dataset.
 
     python benchmarks/warm_start.py --data-dir ../shared/data          # ~10 min on 2 cores
     python benchmarks/warm_start.py --data-dir ../shared/data --tune   # ~10 min
+    python benchmarks/warm_start.py --data-dir ../shared/data --tune \
+        --learning-rates 1e-3 3e-3 --epochs 2 6 --replay-fraction 0.1 1.0   # 8 variants
+    python benchmarks/warm_start.py --data-dir ../shared/data --tune \
+        --variant 1e-3 6 0.1 --variant 1e-3 1 1.0                          # just these two
 
 Writes ``benchmarks/results/warm_start.json`` (``warm_start_tune.json`` with ``--tune``).
 """
@@ -28,6 +34,7 @@ Writes ``benchmarks/results/warm_start.json`` (``warm_start_tune.json`` with ``-
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import time
 from dataclasses import replace
@@ -49,6 +56,12 @@ KEEP = ("recall@10", "recall@50", "recall@100", "ndcg@10", "users")
 COMPARED = ("recall@100", "ndcg@10", "recall@50")
 TEST_CUTS = (0.8, 0.9, None)  # parent before the first, retrain before the second, test after
 TUNE_CUTS = (0.7, 0.8, 0.9)  # the same, one tenth earlier: test on the 80-90 % events
+TIME_TARGET = 0.25  # of the full retrain's wall time
+
+
+def variant_label(rate: float, epochs: int, replay: float) -> str:
+    """The key of one warm-start variant in the JSON: ``"lr 0.001, 6 epochs, replay 0.1"``."""
+    return f"lr {rate:g}, {epochs} epochs, replay {replay:g}"
 
 
 def cut_times(interactions: pd.DataFrame, quantiles: tuple) -> list[int | None]:
@@ -78,9 +91,9 @@ def _mean(runs: list[dict]) -> dict:
     return {k: round(float(np.mean([r[k] for r in runs])), 4) for k in runs[0]}
 
 
-def run_seed(data, times: list, seed: int, replay_fraction: float, rates: list[float]) -> dict:
-    """Parent, full retrain and one warm start per learning rate, all seeded with ``seed``;
-    ``times`` are the :func:`cut_times`."""
+def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
+    """Parent, full retrain and one warm start per ``(learning rate, epochs, replay fraction)``
+    variant, all seeded with ``seed``; ``times`` are the :func:`cut_times`."""
     t_parent, t_retrain, t_end = times
     frame = data.interactions
     before = data.with_interactions(frame[frame["timestamp"] < t_parent].reset_index(drop=True))
@@ -122,13 +135,13 @@ def run_seed(data, times: list, seed: int, replay_fraction: float, rates: list[f
         "parent": row(parent, parent.metrics["train_seconds"]),
         "warm": {},
     }
-    for rate in rates:
+    for rate, epochs, replay in variants:
         start = time.perf_counter()
         warm, lineage = warm_start(
-            parent.model, retrain, WarmStart(since=t_parent, replay_fraction=replay_fraction),
-            replace(options, learning_rate=rate), projection,
+            parent.model, retrain, WarmStart(since=t_parent, replay_fraction=replay),
+            replace(options, learning_rate=rate, epochs=epochs), projection,
         )  # fmt: skip
-        out["warm"][str(rate)] = row(warm, time.perf_counter() - start)
+        out["warm"][variant_label(rate, epochs, replay)] = row(warm, time.perf_counter() - start)
         out["lineage"] = lineage
     start = time.perf_counter()
     full = train_tower(retrain, config, options)
@@ -137,10 +150,10 @@ def run_seed(data, times: list, seed: int, replay_fraction: float, rates: list[f
     return out
 
 
-def run(data, cuts: tuple, seeds: list[int], replay_fraction: float, rates: list[float]) -> dict:
+def run(data, cuts: tuple, seeds: list[int], variants: list[tuple]) -> dict:
     """Every seed's runs, the means over seeds, and the warm starts against the full retrain."""
     times = cut_times(data.interactions, cuts)
-    runs = [run_seed(data, times, s, replay_fraction, rates) for s in seeds]
+    runs = [run_seed(data, times, s, variants) for s in seeds]
     t_parent, t_retrain, t_end = times
     full = _mean([r["full"] for r in runs])
     out = {
@@ -151,10 +164,10 @@ def run(data, cuts: tuple, seeds: list[int], replay_fraction: float, rates: list
         "warm_vs_full": {},
         "runs": runs,
     }
-    for rate in map(str, rates):
-        warm = _mean([r["warm"][rate] for r in runs])
-        out["mean"][f"warm start (lr {rate})"] = warm
-        out["warm_vs_full"][rate] = {
+    for label in (variant_label(*v) for v in variants):
+        warm = _mean([r["warm"][label] for r in runs])
+        out["mean"][f"warm start ({label})"] = warm
+        out["warm_vs_full"][label] = {
             **{f"{k}_relative_loss": round((full[k] - warm[k]) / full[k], 4) for k in COMPARED},
             "wall_time_ratio": round(warm["wall_seconds"] / full["wall_seconds"], 3),
         }
@@ -162,15 +175,40 @@ def run(data, cuts: tuple, seeds: list[int], replay_fraction: float, rates: list
     return out
 
 
+def choose(datasets: dict) -> dict | None:
+    """The variant with the smallest worst relative loss (Recall@100, NDCG@10, every dataset)
+    among those within ``TIME_TARGET`` of the full retrain's time on every dataset, or None."""
+    best = None
+    for label in next(iter(datasets.values()))["warm_vs_full"]:
+        rows = [d["warm_vs_full"][label] for d in datasets.values()]
+        if any(r["wall_time_ratio"] > TIME_TARGET for r in rows):
+            continue
+        worst = max(r[f"{m}_relative_loss"] for r in rows for m in ("recall@100", "ndcg@10"))
+        if best is None or worst < best["worst_relative_loss"]:
+            best = {"variant": label, "worst_relative_loss": worst}
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="MovieLens (default: $NEXTWATCH_DATA)")
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--replay-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--replay-fraction", nargs="+", type=float, default=[0.1],
+        help="of the warm start, one or more (default: 0.1)",
+    )  # fmt: skip
     parser.add_argument(
         "--learning-rates", nargs="+", type=float,
         help="of the warm start (default: the warm-start preset's; with --tune 3e-4 1e-3 3e-3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--epochs", nargs="+", type=int,
+        help="of the warm start, one or more (default: the warm-start preset's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variant", nargs=3, action="append", metavar=("RATE", "EPOCHS", "REPLAY"),
+        help="one warm start to run (repeatable); replaces the product of the three lists",
     )  # fmt: skip
     parser.add_argument(
         "--tune", action="store_true", help="validation shift: test on the 80-90 %% events"
@@ -180,6 +218,21 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     default = [3e-4, 1e-3, 3e-3] if args.tune else [warm_start_options().learning_rate]
     rates = args.learning_rates or default
+    epochs = args.epochs or [warm_start_options().epochs]
+    variants = list(itertools.product(rates, epochs, args.replay_fraction))
+    if args.variant:
+        try:
+            variants = [(float(r), int(e), float(f)) for r, e, f in args.variant]
+        except ValueError as err:
+            parser.error(f"--variant takes RATE EPOCHS REPLAY, e.g. 1e-3 6 0.1: {err}")
+        rates = sorted({v[0] for v in variants})
+        epochs = sorted({v[1] for v in variants})
+    for rate, count, replay in variants:  # before any training, not after the first parent
+        if not rate > 0 or count < 1 or not 0 <= replay <= 1:
+            parser.error(
+                f"a warm start needs a rate > 0, epochs >= 1 and a replay fraction in [0, 1], "
+                f"got {rate:g}, {count}, {replay:g}"
+            )
     cuts = TUNE_CUTS if args.tune else TEST_CUTS
     start = time.perf_counter()
     payload: dict = {
@@ -187,14 +240,17 @@ def main() -> None:
         "config": benchmark_config().to_dict(),
         "options": benchmark_options().__dict__,
         "seeds": args.seeds,
-        "replay_fraction": args.replay_fraction,
+        "replay_fractions": sorted({v[2] for v in variants}),
+        "variants": [variant_label(*v) for v in variants],
         "warm_start_learning_rates": rates,
+        "warm_start_epochs": epochs,
         "datasets": {},
     }
     for name in args.datasets:
         payload["datasets"][name] = run(
-            load_movielens(name, args.data_dir), cuts, args.seeds, args.replay_fraction, rates
+            load_movielens(name, args.data_dir), cuts, args.seeds, variants
         )
+    payload["chosen"] = choose(payload["datasets"])
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()
     name = "warm_start_tune" if args.tune else "warm_start"

@@ -22,7 +22,8 @@ from ranking.artefact import check_ranker_output, ranker_impressions, ranker_set
 from ranking.model import RankerConfig
 from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions
-from serving.api import Recommender, UnknownItemError
+from serving.api import Recommender
+from serving.api_types import UnknownItemError
 from serving.cli_args import _build, _source, build_parser
 from towers._tf import tf
 from towers.artefact import check_output, replace_directory
@@ -246,8 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "retrain":
             print(json.dumps(_retrain_from(args)["lineage"], indent=2))
         elif args.command == "rollback":
+            from serving.home import default_home
+            from serving.pointer import write_pointer
             from serving.registry import Registry
-            from serving.serve import default_home, write_pointer
 
             home = Path(args.home) if args.home else default_home()
             registry = Registry(home / "models", create=False)
@@ -288,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
             print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
         elif args.command == "serve":
-            from serving.serve import ServeOptions, default_home, serve
+            from serving.home import default_home
+            from serving.serve import ServeOptions, serve
             from serving.service import EventRules
 
             options = ServeOptions(

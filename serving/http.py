@@ -14,80 +14,58 @@ and store work; running them in FastAPI's thread pool instead passed the GIL bet
 every numpy call and measured worse (docs/service.md). Two things wait rather than compute, and
 run in the thread pool so that reads go on meanwhile: the durable commit of ``POST /v1/events``
 (an fsync, awaited before the acknowledgement) and ``POST /v1/admin/reload``.
+
+The item endpoints are :mod:`serving.http_items`, the error answers :mod:`serving.http_errors`,
+and the path and query parameter types :mod:`serving.http_params`.
 """
 
 import hmac
 import logging
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi import Path as PathParam
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Header, HTTPException, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
-from serving.api import UnknownItemError
+from serving.http_errors import (
+    field_name,  # noqa: F401  (re-exported: serving.http.field_name is public API)
+    install_error_handlers,
+)
+from serving.http_items import add_item_routes
+from serving.http_params import (
+    ItemId,  # noqa: F401  (re-exported: serving.http.ItemId is public API)
+    K,
+    ListParam,
+    UserId,
+    split_values,
+)
 from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.schemas import (
-    EVENT_SHAPES,
     ID_PATTERN,
-    ID_RULE,
-    MAX_K,
     EventBatch,
     EventBody,
     EventsAccepted,
     Health,
-    ItemAdded,
-    ItemIn,
-    ItemOut,
     ModelOut,
-    OnboardingOut,
     Problem,
     RecommendationRequest,
     RecommendationsOut,
     ReloadIn,
     ReloadOut,
-    SimilarOut,
     UserIn,
     UserOut,
-    check_id,
 )
-from serving.service import (
-    ONBOARDING_DIVERSITY,
-    ONBOARDING_MAX,
-    EventRejected,
-    LiveService,
-    NewItemsUnsupported,
-    Served,
-)
-from serving.store import IdempotencyConflict, ItemRecord, StoreUnavailable
-from towers.content import metadata_tokens
+from serving.service import EventRejected, LiveService, Served
+from serving.store import IdempotencyConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 USER_FIELDS = ("age", "gender", "occupation", "zip_prefix")  # what POST /v1/users sets
-
-UserId = Annotated[
-    str, PathParam(min_length=1, max_length=128, description=ID_RULE), AfterValidator(check_id)
-]
-ItemId = Annotated[
-    str, PathParam(min_length=1, max_length=128, description=ID_RULE), AfterValidator(check_id)
-]
-K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K})")]
-ListParam = Annotated[
-    list[Annotated[str, Query(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]],
-    Query(max_length=1000, description="repeat the parameter, or separate values by commas"),
-]
 
 
 @dataclass(frozen=True)
@@ -117,23 +95,6 @@ class HttpSettings:
     max_body_bytes: int = 1 << 20
     current_artefact: Callable[[], Path | None] | None = None
     on_swap: Callable[[Served], None] | None = None
-
-
-def field_name(loc: list[str | int]) -> str:
-    """``["body", "events", 1, "rating"]`` -> ``events[1].rating``; ``["query", "k"]`` -> ``k``.
-
-    The event body's shape tag (``["body", "batch", "events", ...]``) is left out."""
-    parts = loc[1:] if len(loc) > 1 and loc[0] in ("body", "query", "path", "header") else loc
-    if loc[:1] == ["body"] and parts and parts[0] in EVENT_SHAPES:
-        parts = parts[1:]
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
-def _split(values: list[str]) -> list[str]:
-    return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
 def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
@@ -176,52 +137,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     Auth = Depends(require_key)
     Admin = Depends(require_admin)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
-        about_body = any(tuple(e["loc"])[:1] == ("body",) for e in exc.errors())
-        if about_body and "json" not in content_type.split(";")[0].lower():
-            # FastAPI reads a body it does not take for JSON as no object at all, and would
-            # answer "Input should be a valid dictionary": name the real problem.
-            return JSONResponse(
-                {"detail": "body: send JSON with Content-Type: application/json (got "
-                           f"{content_type or 'no Content-Type'!r})"},
-                status_code=415,
-            )  # fmt: skip
-        errors = []
-        for e in exc.errors():
-            loc = [str(p) if not isinstance(p, int) else p for p in e["loc"]]
-            msg = str(e["msg"])
-            if e["type"] == "json_invalid":  # loc is ["body", character position]
-                msg = f"invalid JSON at character {loc[-1]}: {e.get('ctx', {}).get('error', msg)}"
-                loc = ["body"]
-            elif loc[:1] == ["body"] and len(loc) > 1 and loc[1] in EVENT_SHAPES:
-                loc = ["body", *loc[2:]]
-            errors.append({"loc": loc, "msg": msg, "type": str(e["type"])})
-        detail = "; ".join(f"{field_name(e['loc'])}: {e['msg']}" for e in errors)
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        # Starlette's 405 lists the methods of the first route that matched the path only; a
-        # path with two routes (GET and POST /v1/items) must list both.
-        if exc.status_code == 405:
-            allowed = set()
-            for route in app.router.routes:
-                match, _ = route.matches({**request.scope, "method": "GET"})
-                if match != Match.NONE and getattr(route, "methods", None):
-                    allowed |= set(route.methods)
-            headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
-            return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
-        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's answer to a body it cannot decode (e.g. not UTF-8): say what is wrong.
-            return JSONResponse({"detail": "body: not valid JSON text (UTF-8)"}, status_code=400)
-        return await http_exception_handler(request, exc)
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        log.error("event store unavailable: %s", exc)
-        return JSONResponse({"detail": f"event store unavailable: {exc}"}, status_code=503)
+    install_error_handlers(app)  # serving.http_errors
 
     # ------------------------------------------------------------------------ recommendations
     def _recommend(**kwargs) -> JSONResponse:
@@ -244,7 +160,11 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
         """Top k for a user, from their stored history and demographics (a user the store does
         not know gets the new-user list)."""
         return _recommend(
-            user_id=user_id, k=k, exclude=_split(exclude), genres=_split(genres), rank=rank
+            user_id=user_id,
+            k=k,
+            exclude=split_values(exclude),
+            genres=split_values(genres),
+            rank=rank,
         )
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut)
@@ -350,86 +270,8 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
             raise HTTPException(404, f"user_id {user_id!r} has no record and no events")
         return out
 
-    # ---------------------------------------------------------------------------------- items
-    @app.get("/v1/items", response_model=list[ItemOut])
-    async def search_items(
-        q: Annotated[str, Query(min_length=1, max_length=200, description="title words")],
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> list[dict]:
-        """Items whose title has every word of ``q`` (prefixes match), most popular first."""
-        try:
-            return service.sync_items().catalogue.search(q, limit)
-        except ValueError as exc:
-            raise HTTPException(422, f"q: {exc}") from None
-
-    @app.post(
-        "/v1/items",
-        response_model=ItemAdded,
-        status_code=201,
-        dependencies=[Admin],
-        responses={200: {"model": ItemAdded, "description": "an added item, updated"}},
-    )
-    async def post_item(body: ItemIn, response: Response) -> dict:
-        """Add an item nobody has watched yet, from its metadata: the content projection places
-        it in the item-vector space, it is stored durably, and it is retrievable from the next
-        request on (on every worker within ``item_sync_interval_s``). Posting an added item
-        again replaces its metadata and vector; a trained item is a 409."""
-        record = ItemRecord(
-            body.item_id, body.title.strip(), tuple(body.genres), body.year, tuple(body.tags)
-        )
-        try:
-            stored, created, served = service.add_item(record)
-        except ValueError as exc:
-            raise HTTPException(409, str(exc)) from None
-        except NewItemsUnsupported as exc:
-            raise HTTPException(409, str(exc)) from None
-        if not created:
-            response.status_code = 200
-        tokens = metadata_tokens(record.title, record.genres, record.year, record.tags)
-        return {
-            **served.catalogue.get(stored.item_id),
-            "created": created,
-            "model_version": served.version,
-            "sequence": stored.sequence,
-            "known_tokens": served.projection.known_tokens(tokens) if served.projection else [],
-        }
-
-    @app.get("/v1/onboarding", response_model=OnboardingOut)
-    async def onboarding(
-        n: Annotated[int, Query(ge=1, le=ONBOARDING_MAX, description="how many items")] = 12,
-        diversity: Annotated[
-            float, Query(ge=0, le=1, description="0: most popular first; 1: most spread out")
-        ] = ONBOARDING_DIVERSITY,
-    ) -> dict:
-        """Items to ask a new user to rate first: well known, and spread across the item space,
-        so that a few ratings tell the model much about the user."""
-        served = service.slot.current
-        with service.compute:
-            ids = served.onboarding(n, diversity)
-        return {"model_version": served.version, "items": [served.catalogue.get(i) for i in ids]}
-
-    @app.get("/v1/items/{item_id}", response_model=ItemOut)
-    async def get_item(item_id: ItemId) -> dict:
-        try:
-            return service.sync_items().catalogue.get(item_id)
-        except UnknownItemError as exc:
-            raise HTTPException(404, str(exc)) from None
-
-    @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut)
-    async def similar(item_id: ItemId, k: K = 10) -> dict:
-        """Items watched by the same users (dot product of item vectors, bias left out)."""
-        served = service.sync_items()
-        try:
-            with service.compute:
-                found = served.recommender.similar_items(item_id, k)
-        except UnknownItemError as exc:
-            raise HTTPException(404, str(exc)) from None
-        items = [
-            {"item_id": r.item_id, "title": r.title, "genres": list(r.genres),
-             "score": r.score if math.isfinite(r.score) else None, "because": None}
-            for r in found
-        ]  # fmt: skip
-        return {"item_id": item_id, "model_version": served.version, "items": items}
+    # ---------------------------------------------------------------- items (serving.http_items)
+    add_item_routes(app, service, Admin)
 
     # ---------------------------------------------------------------------------------- model
     @app.get("/v1/model", response_model=ModelOut)

@@ -9,7 +9,7 @@ import unicodedata
 
 import pandas as pd
 
-from serving.api import UnknownItemError
+from serving.api_types import UnknownItemError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

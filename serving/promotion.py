@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serving.api import Query, Recommender
+from serving.api import Recommender
+from serving.api_types import Query
 from serving.registry import Registry
 from towers.metrics import retrieval_metrics
 

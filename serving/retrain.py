@@ -26,9 +26,9 @@ import pandas as pd
 
 from ranking.artefact import ranker_impressions, ranker_settings
 from ranking.pipeline import train_ranker_job
+from serving.pointer import write_pointer
 from serving.promotion import Decision, check_tolerance, guarded_promote, recent_holdout
 from serving.registry import Registry
-from serving.serve import write_pointer
 from serving.store import EventStore, open_store
 from towers.data import Dataset
 from towers.pipeline import DataSource, retrain_artefact

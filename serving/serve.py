@@ -20,69 +20,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from serving.home import (
+    ADMIN_KEY_ENV,  # noqa: F401  (re-exported: serving.serve.ADMIN_KEY_ENV is public API)
+    API_KEY_ENV,  # noqa: F401  (re-exported: serving.serve.API_KEY_ENV is public API)
+    HOME_ENV,  # noqa: F401  (re-exported: serving.serve.HOME_ENV is public API)
+    admin_key,
+    api_key,
+    default_home,  # noqa: F401  (re-exported: serving.serve.default_home is public API)
+)
 from serving.http import HttpSettings, create_app
-from serving.registry import Registry, write_atomic
+from serving.pointer import POINTER, PointerWatcher, read_pointer, write_pointer
+from serving.registry import Registry
 from serving.service import EventRules, LiveService, ModelSlot, Served, freeze_imports
 from serving.store import EventStore, open_store
 from towers.pipeline import DataSource
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "NEXTWATCH_HOME"
-API_KEY_ENV = "NEXTWATCH_API_KEY"
-ADMIN_KEY_ENV = "NEXTWATCH_ADMIN_KEY"
 WORKER_ENV = "NEXTWATCH_WORKER"
-POINTER = "serving.json"  # the artefact every worker process serves
-
-
-def default_home() -> Path:
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV])
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "nextwatch"
-
-
-def _key(home: Path, env: str, name: str) -> tuple[str, str]:
-    """A key and where it came from: ``$env``, else ``HOME/name`` (created with a random key,
-    readable by the owner only)."""
-    if os.environ.get(env):
-        return os.environ[env], f"${env}"
-    path = home / name
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another worker created it first
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32) + "\n")
-    key = path.read_text().strip()
-    if not key:
-        raise ValueError(f"key file {path} is empty")
-    return key, str(path)
-
-
-def api_key(home: Path) -> tuple[str, str]:
-    """The write key (events and users; the web page's) and where it came from:
-    ``$NEXTWATCH_API_KEY``, else ``HOME/api_key``."""
-    return _key(home, API_KEY_ENV, "api_key")
-
-
-def admin_key(home: Path) -> tuple[str, str]:
-    """The admin key (``POST /v1/items``, ``POST /v1/admin/reload``, and writes) and where it
-    came from: ``$NEXTWATCH_ADMIN_KEY``, else ``HOME/admin_key``. The web page never holds it."""
-    return _key(home, ADMIN_KEY_ENV, "admin_key")
 
 
 def train_first_model(registry: Registry, source: DataSource) -> Path:
@@ -152,105 +113,6 @@ class ServeOptions:
             raise ValueError(f"history_cache_users must be >= 0, got {self.history_cache_users}")
 
 
-def _serving_pointer(home: Path) -> Path:
-    return home / POINTER
-
-
-def write_pointer(home: Path, artefact: Path) -> None:
-    """Record ``artefact`` as what every worker process of this home should serve."""
-    text = json.dumps({"artefact": str(Path(artefact).resolve()), "written_at": time.time()})
-    write_atomic(_serving_pointer(home), text + "\n")
-
-
-def read_pointer(home: Path) -> Path | None:
-    path = _serving_pointer(home)
-    try:
-        return Path(json.loads(path.read_text())["artefact"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-class PointerWatcher:
-    """Follows ``HOME/serving.json`` in a background thread: when another worker process has
-    swapped models, this one loads the same artefact (while serving the old one).
-
-    Parameters
-    ----------
-    home : Path
-    slot : ModelSlot
-    interval_s : float
-        How often the pointer's modification time is checked (one ``stat``).
-    on_swap : callable, optional
-        Called with the new model after a swap (the metrics' model version).
-    retry_s : float
-        Wait before retrying a load that failed (doubled after each failure, up to 60 s).
-    """
-
-    def __init__(
-        self,
-        home: Path,
-        slot: ModelSlot,
-        interval_s: float = 0.5,
-        on_swap: Callable[[Served], None] | None = None,
-        retry_s: float = 2.0,
-    ) -> None:
-        self.home = home
-        self.slot = slot
-        self.interval_s = interval_s
-        self.on_swap = on_swap
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pointer-watcher", daemon=True)
-        # 0, not the pointer's current time: a swap may have landed while this worker was
-        # loading the model it read from the pointer, and the first check must catch it.
-        self._seen = 0
-        self.retry_s = retry_s
-        self._backoff_s = retry_s
-        self._retry_at = 0.0
-
-    def _mtime(self) -> int:
-        try:
-            return _serving_pointer(self.home).stat().st_mtime_ns
-        except OSError:
-            return 0
-
-    def check(self) -> bool:
-        """Load the pointed-to artefact if the pointer changed; True if a swap happened.
-
-        A load that fails is retried on later checks (after ``retry_s``, doubling up to a
-        minute), so a worker that hit a transient error does not stay on the old model."""
-        mtime = self._mtime()
-        if mtime == self._seen or time.monotonic() < self._retry_at:
-            return False
-        target = read_pointer(self.home)
-        if target is None or target == self.slot.current.artefact:
-            self._seen, self._backoff_s = mtime, self.retry_s
-            return False
-        try:
-            _, new = self.slot.reload(target)
-        except Exception:  # noqa: BLE001  (a bad artefact must not end the watcher)
-            log.exception(
-                "could not follow the serving pointer to %s; retrying in %.0f s",
-                target, self._backoff_s,
-            )  # fmt: skip
-            self._retry_at = time.monotonic() + self._backoff_s
-            self._backoff_s = min(2 * self._backoff_s, 60.0)
-            return False
-        self._seen, self._backoff_s = mtime, self.retry_s
-        if self.on_swap is not None:
-            self.on_swap(new)
-        return True
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.check()
-
-
 def prepare(options: ServeOptions, source: DataSource) -> tuple[Path, str, dict]:
     """The once-per-start work: train a first model if the registry has none, seed an empty
     store, create the API key, point the workers at the artefact. Returns ``(artefact,
@@ -288,7 +150,7 @@ def assemble(
     """One worker's app: load the pointed-to artefact, open the store, wire hot swaps."""
     artefact = read_pointer(home)
     if artefact is None:
-        raise FileNotFoundError(f"{_serving_pointer(home)} is missing: run prepare() first")
+        raise FileNotFoundError(f"{home / POINTER} is missing: run prepare() first")
     freeze_imports()
     slot = ModelSlot(Served.load(artefact))
     store = open_store(store_url)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from serving.api import Query, UnknownItemError, distinct_history
+from serving.api import distinct_history
+from serving.api_types import Query, UnknownItemError
 from serving.explain import because
 from serving.histories import HistoryCache, UserState, user_state, with_user
 from serving.schemas import EventIn
