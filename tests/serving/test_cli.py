@@ -140,6 +140,7 @@ def test_retrain_defaults_to_the_warm_start_learning_rate():
     retrain = parser.parse_args(["retrain", "--from", "p", "--output", "o"])
     train = parser.parse_args(["train-candidates", "--output", "o"])
     assert retrain.learning_rate == warm_start_options().learning_rate == 1e-3
+    assert retrain.epochs == warm_start_options().epochs == 4
     assert train.learning_rate == benchmark_options().learning_rate == 3e-3
 
 
