@@ -315,6 +315,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
                         help="worlds and models (reused between runs)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=600, help="training steps per point")
+    parser.add_argument(
+        "--output", default=None,
+        help="JSON path, parts merge into it (default: benchmarks/results/scale.json; the plot "
+        "goes to docs/scale.png, or beside the JSON with --output)",
+    )  # fmt: skip
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -323,7 +328,8 @@ def main() -> None:
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result_path = RESULTS / "scale.json"
+    result_path = Path(args.output) if args.output else RESULTS / "scale.json"
+    plot_path = result_path.with_suffix(".png") if args.output else ROOT / "docs" / "scale.png"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
     for name in parts_of(results):  # parts from an earlier run keep that run's commit and date
         results[name].setdefault("commit", results["commit"])
@@ -342,8 +348,8 @@ def main() -> None:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         keep = {k: v for k, v in results.items() if k in parts}
-        write_results("scale", keep)
-        plot(keep, ROOT / "docs" / "scale.png")
+        write_results("scale", keep, result_path)
+        plot(keep, plot_path)
         log.info("%s done", name)
 
 

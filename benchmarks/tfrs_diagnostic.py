@@ -58,6 +58,7 @@ def per_row_parts(scorer: TowerScorer, split) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     data = load_movielens("ml-100k", args.data_dir)
     split = make_split(data.interactions, "tfrs-80-20")
@@ -95,7 +96,8 @@ def main() -> None:
             "top100_accuracy_seen_filtered": round(hits / len(split.test), 4),
         }
     out["per_row_queries"] = per_row_parts(scorer, split)
-    common.write_results("tfrs_diagnostic", {"protocol": "tfrs-80-20", "models": out})
+    payload = {"protocol": "tfrs-80-20", "models": out}
+    common.write_results("tfrs_diagnostic", payload, args.output)
     print(out)
 
 

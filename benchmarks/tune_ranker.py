@@ -156,13 +156,16 @@ def main() -> None:
     parser.add_argument("args", nargs="+", help="two-stage: DATASET CONFIGS; rating: CONFIGS")
     parser.add_argument("--validation", action="store_true")
     parser.add_argument("--data-dir", help="MovieLens folder (default: $NEXTWATCH_DATA)")
+    parser.add_argument(
+        "--output", default=None, help="JSON path to append to (default: benchmarks/results/)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.sweep == "two-stage":
         results = two_stage(args.args[0], json.loads(args.args[1]), args.validation, args.data_dir)
     else:
         results = rating(json.loads(args.args[0]), args.data_dir)
-    path = RESULTS / "tune_ranker.json"
+    path = Path(args.output) if args.output else RESULTS / "tune_ranker.json"
     history = json.loads(path.read_text()) if path.exists() else []
     commit = git_commit()
     history += [{"commit": commit, **r} for r in results]

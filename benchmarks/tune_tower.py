@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 import baselines as bl
 import common
@@ -34,12 +35,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-latest-small")
     parser.add_argument("--protocol", default="temporal-user-20")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument(
+        "--output", default=None, help="JSON path to append to (default: benchmarks/results/)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data = load_movielens(args.dataset, args.data_dir)
     val = bl.validation_split(make_split(data.interactions, args.protocol))
     train = data.with_interactions(val.train)
-    path = common.RESULTS / "tune_tower.json"
+    path = Path(args.output) if args.output else common.RESULTS / "tune_tower.json"
     trials = json.loads(path.read_text())["trials"] if path.exists() else []
     config_fields = {f.name for f in fields(benchmark_config(args.dataset)) if f.init}
     for spec in args.configs:
