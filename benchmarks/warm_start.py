@@ -225,8 +225,6 @@ def main() -> None:
             variants = [(float(r), int(e), float(f)) for r, e, f in args.variant]
         except ValueError as err:
             parser.error(f"--variant takes RATE EPOCHS REPLAY, e.g. 1e-3 6 0.1: {err}")
-        rates = sorted({v[0] for v in variants})
-        epochs = sorted({v[1] for v in variants})
     for rate, count, replay in variants:  # before any training, not after the first parent
         if not rate > 0 or count < 1 or not 0 <= replay <= 1:
             parser.error(
@@ -240,10 +238,10 @@ def main() -> None:
         "config": benchmark_config().to_dict(),
         "options": benchmark_options().__dict__,
         "seeds": args.seeds,
-        "replay_fractions": sorted({v[2] for v in variants}),
         "variants": [variant_label(*v) for v in variants],
-        "warm_start_learning_rates": rates,
-        "warm_start_epochs": epochs,
+        "warm_start_learning_rates": sorted({v[0] for v in variants}),
+        "warm_start_epochs": sorted({v[1] for v in variants}),
+        "replay_fractions": sorted({v[2] for v in variants}),
         "datasets": {},
     }
     for name in args.datasets:
