@@ -6,7 +6,9 @@ literal of TowerConfig / TrainOptions fields on top of the benchmark preset.
 
     python benchmarks/tune_tower.py --dataset ml-latest-small "{'depth': 2}" "{'dropout': 0.3}"
 
-Writes ``benchmarks/results/tune_tower.json`` (appending to earlier trials).
+Writes ``benchmarks/results/tune_tower.json`` (appending to earlier trials; each trial records the
+commit and date it ran at; the 13 trials before 2026-11-29 did not, and the last of them ran at
+3e4c2ce).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def main() -> None:
             "config": config.to_dict(),
             "options": asdict(options),
             "train_seconds": seconds,
+            "commit": common.git_commit(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "recall@100": round(metrics["recall@100"], 4),
             "ndcg@10": round(metrics["ndcg@10"], 4),
         }
