@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,6 +103,22 @@ def latency_ms(samples_s: list[float]) -> dict:
     }
 
 
+def _is_cached(config: Path, format_version: int, tower: dict, options: dict) -> bool:
+    """Whether the artefact of ``config`` was trained in this format with this tower preset and
+    these training options (verbosity and log directory aside)."""
+    if not config.exists():
+        return False
+    meta = json.loads(config.read_text())
+    ignore = ("verbose", "log_dir")
+    trained = {k: v for k, v in meta.get("train_options", {}).items() if k not in ignore}
+    wanted = {k: v for k, v in options.items() if k not in ignore}
+    return (
+        meta.get("format_version") == format_version
+        and meta.get("tower") == tower
+        and trained == wanted
+    )
+
+
 def serving_artefact(
     path: str | Path | None = None,
     data_dir: str | None = None,
@@ -109,7 +126,8 @@ def serving_artefact(
     seed: int = 0,
 ) -> Path:
     """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
-    serve), trained once and cached at ``artefacts/bench-ml-latest-small``; with ``ranker``,
+    serve), trained once and cached at ``artefacts/bench-ml-latest-small`` (trained again when
+    the preset or its training options change); with ``ranker``,
     also its ranker, with the settings ``nextwatch serve`` trains it with
     (:func:`ranking.train.validated_settings`). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
@@ -120,11 +138,10 @@ def serving_artefact(
     default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
     path = Path(path) if path else ROOT / "artefacts" / default
     config = path / "config.json"
-    if (
-        not config.exists()
-        or json.loads(config.read_text()).get("format_version") != FORMAT_VERSION
-    ):
-        options = replace(benchmark_options(), verbose=0, seed=seed)
+    options = replace(benchmark_options(), verbose=0, seed=seed)
+    if not _is_cached(config, FORMAT_VERSION, benchmark_config().to_dict(), asdict(options)):
+        if config.exists():  # trained with another preset: retrain it, ranker included
+            shutil.rmtree(path)
         train_candidates(DataSource("ml-latest-small", data_dir), path, benchmark_config(), options)
     if ranker and not (path / "ranker" / "config.json").exists():
         from ranking.pipeline import train_ranker_for_artefact
