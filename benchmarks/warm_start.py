@@ -195,8 +195,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--replay-fraction", nargs="+", type=float, default=[0.1],
-        help="of the warm start, one or more (default: 0.1)",
+        "--replay-fraction", nargs="+", type=float, default=[WarmStart().replay_fraction],
+        help="of the warm start, one or more (default: the preset's, %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--learning-rates", nargs="+", type=float,

@@ -16,6 +16,7 @@ from towers.pipeline import DataSource
 from towers.presets import benchmark_config, benchmark_options, warm_start_options
 from towers.splits import SPLITS
 from towers.synthetic import SyntheticConfig
+from towers.warmstart import WarmStart
 
 ENGINES = ("local", "beam")
 COMMANDS = """The nextwatch commands:
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: after the parent's last training event)",
     )  # fmt: skip
     retrain.add_argument(
-        "--replay-fraction", type=float, default=0.1,
+        "--replay-fraction", type=float, default=WarmStart().replay_fraction,
         help="share of older examples replayed (default: %(default)s)",
     )  # fmt: skip
     retrain.add_argument(
