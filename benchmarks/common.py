@@ -127,7 +127,8 @@ def serving_artefact(
 ) -> Path:
     """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
     serve), trained once and cached at ``artefacts/bench-ml-latest-small`` (trained again when
-    the preset or its training options change); with ``ranker``,
+    the preset or its training options change; an artefact the caller names is used as it is,
+    and only trained if it does not exist); with ``ranker``,
     also its ranker, with the settings ``nextwatch serve`` trains it with
     (:func:`ranking.train.validated_settings`). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
@@ -135,14 +136,26 @@ def serving_artefact(
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
 
-    default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
-    path = Path(path) if path else ROOT / "artefacts" / default
-    config = path / "config.json"
     options = replace(benchmark_options(), verbose=0, seed=seed)
-    if not _is_cached(config, FORMAT_VERSION, benchmark_config().to_dict(), asdict(options)):
-        if config.exists():  # trained with another preset: retrain it, ranker included
-            shutil.rmtree(path)
-        train_candidates(DataSource("ml-latest-small", data_dir), path, benchmark_config(), options)
+    if path is not None and (Path(path) / "config.json").exists():
+        # The caller's own artefact is used as it is, never retrained over.
+        path = Path(path)
+        found = json.loads((path / "config.json").read_text()).get("format_version")
+        if found != FORMAT_VERSION:
+            raise ValueError(
+                f"artefact {path} has format version {found}, this code reads {FORMAT_VERSION}: "
+                "train it again with nextwatch train-candidates"
+            )
+    else:
+        default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
+        path = Path(path) if path else ROOT / "artefacts" / default
+        config = path / "config.json"
+        if not _is_cached(config, FORMAT_VERSION, benchmark_config().to_dict(), asdict(options)):
+            if path == ROOT / "artefacts" / default and config.exists():
+                shutil.rmtree(path)  # the cache of another preset, ranker included
+            train_candidates(
+                DataSource("ml-latest-small", data_dir), path, benchmark_config(), options
+            )
     if ranker and not (path / "ranker" / "config.json").exists():
         from ranking.pipeline import train_ranker_for_artefact
         from ranking.train import validated_settings
