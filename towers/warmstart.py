@@ -37,11 +37,11 @@ class WarmStart:
         training timestamp + 1.
     replay_fraction : float
         Share of the older examples replayed alongside the new ones, in [0, 1]. The default,
-        0.3, was picked with the rate and epochs of :func:`towers.presets.warm_start_options`.
+        0.1, was picked with the rate and epochs of :func:`towers.presets.warm_start_options`.
     """
 
     since: int | None = None
-    replay_fraction: float = 0.3
+    replay_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 <= self.replay_fraction <= 1:

@@ -140,10 +140,10 @@ def test_retrain_defaults_to_the_warm_start_preset():
     parser = build_parser()
     retrain = parser.parse_args(["retrain", "--from", "p", "--output", "o"])
     train = parser.parse_args(["train-candidates", "--output", "o"])
-    assert retrain.learning_rate == warm_start_options().learning_rate == 3e-3
-    assert retrain.epochs == warm_start_options().epochs == 2
-    assert retrain.replay_fraction == WarmStart().replay_fraction == 0.3
-    assert train.epochs == benchmark_options().epochs == 6
+    assert retrain.learning_rate == warm_start_options().learning_rate == 1e-3
+    assert retrain.epochs == warm_start_options().epochs == 4
+    assert retrain.replay_fraction == WarmStart().replay_fraction == 0.1
+    assert train.learning_rate == benchmark_options().learning_rate == 3e-3
 
 
 def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, capsys, caplog):
