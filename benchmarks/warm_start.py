@@ -46,6 +46,7 @@ import pandas as pd
 from towers.content import ContentProjection, frame_tokens
 from towers.evaluate import TowerScorer, evaluate_retrieval
 from towers.movielens import load_movielens
+from towers.optim import optimizer_state
 from towers.presets import benchmark_config, benchmark_options, warm_start_options
 from towers.splits import Split
 from towers.train import peak_rss_mb, train_tower
@@ -59,9 +60,10 @@ TUNE_CUTS = (0.7, 0.8, 0.9)  # the same, one tenth earlier: test on the 80-90 % 
 TIME_TARGET = 0.25  # of the full retrain's wall time
 
 
-def variant_label(rate: float, epochs: int, replay: float) -> str:
-    """The key of one warm-start variant in the JSON: ``"lr 0.001, 6 epochs, replay 0.1"``."""
-    return f"lr {rate:g}, {epochs} epochs, replay {replay:g}"
+def variant_label(rate: float, epochs: int, replay: float, continued: bool = False) -> str:
+    """The key of one warm-start variant in the JSON: ``"lr 0.001, 6 epochs, replay 0.1"``,
+    with ``", Adam continued"`` when it continues the parent's optimizer state."""
+    return f"lr {rate:g}, {epochs} epochs, replay {replay:g}" + (", Adam continued" * continued)
 
 
 def cut_times(interactions: pd.DataFrame, quantiles: tuple) -> list[int | None]:
@@ -120,6 +122,7 @@ def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
         }
 
     parent = train_tower(before, config, options)
+    state = optimizer_state(parent.model.optimizer, parent.model.trainable_variables)
     start = time.perf_counter()
     projection = ContentProjection.fit(
         frame_tokens(data.items, parent.model.item_ids),
@@ -135,13 +138,15 @@ def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
         "parent": row(parent, parent.metrics["train_seconds"]),
         "warm": {},
     }
-    for rate, epochs, replay in variants:
+    for rate, epochs, replay, continued in variants:
         start = time.perf_counter()
         warm, lineage = warm_start(
             parent.model, retrain, WarmStart(since=t_parent, replay_fraction=replay),
             replace(options, learning_rate=rate, epochs=epochs), projection,
+            optimizer_state=state if continued else None,
         )  # fmt: skip
-        out["warm"][variant_label(rate, epochs, replay)] = row(warm, time.perf_counter() - start)
+        label = variant_label(rate, epochs, replay, continued)
+        out["warm"][label] = row(warm, time.perf_counter() - start)
         out["lineage"] = lineage
     start = time.perf_counter()
     full = train_tower(retrain, config, options)
@@ -211,6 +216,10 @@ def main() -> None:
         help="one warm start to run (repeatable); replaces the product of the three lists",
     )  # fmt: skip
     parser.add_argument(
+        "--optimizer", choices=("fresh", "continued", "both"), default="fresh",
+        help="a fresh Adam per warm start, the parent's continued, or each variant both ways",
+    )  # fmt: skip
+    parser.add_argument(
         "--tune", action="store_true", help="validation shift: test on the 80-90 %% events"
     )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
@@ -225,7 +234,9 @@ def main() -> None:
             variants = [(float(r), int(e), float(f)) for r, e, f in args.variant]
         except ValueError as err:
             parser.error(f"--variant takes RATE EPOCHS REPLAY, e.g. 1e-3 6 0.1: {err}")
-    for rate, count, replay in variants:  # before any training, not after the first parent
+    modes = {"fresh": (False,), "continued": (True,), "both": (False, True)}[args.optimizer]
+    variants = [(*v, continued) for v in variants for continued in modes]
+    for rate, count, replay, _ in variants:  # before any training, not after the first parent
         if not rate > 0 or count < 1 or not 0 <= replay <= 1:
             parser.error(
                 f"a warm start needs a rate > 0, epochs >= 1 and a replay fraction in [0, 1], "
@@ -242,6 +253,7 @@ def main() -> None:
         "warm_start_learning_rates": sorted({v[0] for v in variants}),
         "warm_start_epochs": sorted({v[1] for v in variants}),
         "replay_fractions": sorted({v[2] for v in variants}),
+        "optimizer": args.optimizer,
         "datasets": {},
     }
     for name in args.datasets:

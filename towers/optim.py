@@ -9,6 +9,8 @@ the gathered rows only; dense gradients get the ordinary Adam update.
 
 from __future__ import annotations
 
+import numpy as np
+
 from towers._tf import keras, tf
 
 
@@ -49,3 +51,67 @@ class LazyAdam(keras.optimizers.Adam):
         variable.scatter_sub(
             tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows)
         )
+
+
+def optimizer_state(
+    optimizer: keras.optimizers.Optimizer, variables: list[tf.Variable]
+) -> dict[str, np.ndarray]:
+    """Adam's first and second moments of each of ``variables`` (``m0``, ``v0``, ``m1``, ...,
+    in that order) and its step count (``iterations``): what a warm start continues from.
+
+    Raises
+    ------
+    ValueError
+        If the optimizer has not been applied to ``variables`` (it has no moments for them).
+    """
+    state = {"iterations": np.asarray(int(optimizer.iterations.numpy()), np.int64)}
+    index = getattr(optimizer, "_index_dict", {})
+    for n, variable in enumerate(variables):
+        key = optimizer._var_key(variable)
+        if key not in index:
+            raise ValueError(f"the optimizer has no moments for variable {variable.name!r}")
+        state[f"m{n}"] = optimizer._momentums[index[key]].numpy()
+        state[f"v{n}"] = optimizer._velocities[index[key]].numpy()
+    return state
+
+
+def _grown(saved: np.ndarray, shape: tuple, fill: np.ndarray | float, name: str) -> np.ndarray:
+    """``saved`` with rows appended up to ``shape`` (a grown vocabulary), each set to ``fill``."""
+    if saved.shape == shape:
+        return saved
+    if saved.shape[1:] != shape[1:] or saved.shape[0] > shape[0]:
+        raise ValueError(f"optimizer state of {name!r} has shape {saved.shape}, not {shape}")
+    extra = np.broadcast_to(fill, (shape[0] - saved.shape[0], *shape[1:]))
+    return np.concatenate([saved, extra]).astype(saved.dtype)
+
+
+def restore_optimizer_state(
+    optimizer: keras.optimizers.Optimizer,
+    variables: list[tf.Variable],
+    state: dict[str, np.ndarray],
+) -> None:
+    """Continue ``optimizer`` from ``state`` (:func:`optimizer_state` of a parent model whose
+    variables correspond to ``variables``, in order). A table that grew (new items appended)
+    gets zero first moments and the mean of the parent rows' second moments for its new rows,
+    so their first updates are of the size the old rows' are.
+
+    Raises
+    ------
+    ValueError
+        If ``state`` has another number of variables, or a shape that is neither the
+        variable's nor a prefix of its rows.
+    """
+    saved = sum(1 for k in state if k.startswith("m"))
+    if saved != len(variables):
+        raise ValueError(
+            f"optimizer state is for {saved} variables; the model has {len(variables)}"
+        )
+    optimizer.build(variables)
+    for n, variable in enumerate(variables):
+        slot = optimizer._index_dict[optimizer._var_key(variable)]
+        shape = tuple(variable.shape)
+        m, v = state[f"m{n}"], state[f"v{n}"]
+        optimizer._momentums[slot].assign(_grown(m, shape, 0.0, variable.name))
+        fill = v.mean(axis=0) if v.ndim and len(v) else 0.0
+        optimizer._velocities[slot].assign(_grown(v, shape, fill, variable.name))
+    optimizer.iterations.assign(int(state["iterations"]))

@@ -21,7 +21,7 @@ from towers.data import Dataset
 from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
 from towers.model import CandidateTower, TowerConfig
-from towers.optim import LazyAdam
+from towers.optim import LazyAdam, restore_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def train_tower(
     *,
     init: Callable[[Examples], CandidateTower] | None = None,
     select: Callable[[Examples], np.ndarray] | None = None,
+    optimizer_state: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train the next-watch tower on ``data``'s interactions.
 
@@ -150,6 +151,10 @@ def train_tower(
         (:func:`build_tower`). A warm start passes the grown parent (:mod:`towers.warmstart`).
     select : callable, optional
         A boolean mask of the examples to train on (all by default).
+    optimizer_state : dict, optional
+        Adam's moments and step count to continue from
+        (:func:`towers.optim.optimizer_state` of the model ``init`` grew); a fresh optimizer
+        by default.
 
     Returns
     -------
@@ -179,6 +184,8 @@ def train_tower(
         raise ValueError("data has no interactions to learn from")
     model = init(examples) if init is not None else build_tower(data, config, examples.time_window)
     model.compile(optimizer=optimizer_for(model, options.learning_rate))
+    if optimizer_state is not None:
+        restore_optimizer_state(model.optimizer, model.trainable_variables, optimizer_state)
     train_ds = _dataset(
         example_inputs(examples, data, config), examples.label, options.batch_size, options.seed
     )

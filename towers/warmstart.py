@@ -141,6 +141,7 @@ def warm_start(
     plan: WarmStart | None = None,
     options: TrainOptions | None = None,
     projection: ContentProjection | None = None,
+    optimizer_state: dict[str, np.ndarray] | None = None,
 ) -> tuple[TrainResult, dict]:
     """Continue ``parent`` on ``data`` (the whole log: old and new events; histories need both).
 
@@ -152,7 +153,9 @@ def warm_start(
         Its lineage: ``new_items``, ``new_events``, ``replayed_examples``, ``since``.
 
     ``options`` default to :func:`towers.presets.warm_start_options` (those of
-    ``nextwatch retrain``), not to a fresh training's.
+    ``nextwatch retrain``), not to a fresh training's. ``optimizer_state``, the parent's Adam
+    moments and step count (:func:`towers.optim.optimizer_state`), continues the parent's
+    optimizer instead of starting a fresh one (new items' rows start with zero first moments).
 
     Raises
     ------
@@ -179,7 +182,9 @@ def warm_start(
         grown["replayed_examples"] = int(replay.sum())
         return new | replay
 
-    result = train_tower(data, parent.config, options, init=init, select=select)
+    result = train_tower(
+        data, parent.config, options, init=init, select=select, optimizer_state=optimizer_state
+    )
     lineage = {
         "since": int(since),
         "new_events": new_events,
