@@ -15,6 +15,10 @@ figures move by several percent with its seed. Each arm is therefore trained wit
 Targets: the warm start loses at most 2 % relative Recall@100 and NDCG@10, in at most 25 % of
 the full retrain's wall time.
 
+A warm start continues the parent's Adam (its moments and step count), as ``nextwatch retrain``
+does; ``--optimizer fresh`` starts a fresh one instead, ``--optimizer both`` runs each variant
+both ways.
+
 ``--tune`` picks the warm start's settings without the test events: the same protocol shifted
 one tenth earlier (parent on the first 70 %, warm start and full retrain on the first 80 %,
 evaluated on the 80-90 % events), for every combination of the candidate learning rates, epochs
@@ -27,6 +31,7 @@ and NDCG@10 on every dataset) is smallest among those within the time target on 
         --learning-rates 1e-3 3e-3 --epochs 2 6 --replay-fraction 0.1 1.0   # 8 variants
     python benchmarks/warm_start.py --data-dir ../shared/data --tune \
         --variant 1e-3 6 0.1 --variant 1e-3 1 1.0                          # just these two
+    python benchmarks/warm_start.py --data-dir ../shared/data --optimizer both  # the table
 
 Writes ``benchmarks/results/warm_start.json`` (``warm_start_tune.json`` with ``--tune``).
 """
@@ -141,9 +146,8 @@ def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
     for rate, epochs, replay, continued in variants:
         start = time.perf_counter()
         warm, lineage = warm_start(
-            parent.model, retrain, WarmStart(since=t_parent, replay_fraction=replay),
-            replace(options, learning_rate=rate, epochs=epochs), projection,
-            optimizer_state=state if continued else None,
+            parent.model, retrain, WarmStart(t_parent, replay, continue_optimizer=continued),
+            replace(options, learning_rate=rate, epochs=epochs), projection, state,
         )  # fmt: skip
         label = variant_label(rate, epochs, replay, continued)
         out["warm"][label] = row(warm, time.perf_counter() - start)
@@ -216,8 +220,10 @@ def main() -> None:
         help="one warm start to run (repeatable); replaces the product of the three lists",
     )  # fmt: skip
     parser.add_argument(
-        "--optimizer", choices=("fresh", "continued", "both"), default="fresh",
-        help="a fresh Adam per warm start, the parent's continued, or each variant both ways",
+        "--optimizer", choices=("fresh", "continued", "both"),
+        default="continued" if WarmStart().continue_optimizer else "fresh",
+        help="a fresh Adam per warm start, the parent's continued, or each variant both ways "
+        "(default: as nextwatch retrain, %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--tune", action="store_true", help="validation shift: test on the 80-90 %% events"

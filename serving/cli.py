@@ -176,7 +176,7 @@ def _retrain_from(args: argparse.Namespace) -> dict:
         built = work / "artefact"
         metrics = retrain_candidates(
             _source(args), parent, built, _build(TrainOptions, args),
-            WarmStart(args.since, args.replay_fraction),
+            WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer),
         )  # fmt: skip
         parent_ranker = parent / "ranker"
         if not args.no_ranker and (parent_ranker / "config.json").exists():
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "drop --output and --from (they are for --from mode)")  # fmt: skip
             decision = retrain_home(
                 Path(args.home), _source(args), args.store, _build(TrainOptions, args),
-                WarmStart(args.since, args.replay_fraction),
+                WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer),
                 0.05 if args.holdout_fraction is None else args.holdout_fraction,
                 0.02 if args.tolerance is None else args.tolerance, ranker=not args.no_ranker,
             )  # fmt: skip

@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of older examples replayed (default: %(default)s)",
     )  # fmt: skip
     retrain.add_argument(
+        "--fresh-optimizer", action="store_true",
+        help="start a fresh Adam instead of continuing the parent's (its optimizer.npz)",
+    )  # fmt: skip
+    retrain.add_argument(
         "--no-ranker", action="store_true", help="do not retrain the parent's ranker"
     )
     _add_dataclass_flags(retrain, warm_start_options(), "training", skip=("log_dir",))

@@ -12,6 +12,8 @@ An artefact directory holds everything needed to rebuild the model without the t
 ``items.parquet``    item metadata; ``users.parquet`` the training users' histories
                      (see :mod:`towers.catalogue`; written when the training data is given)
 ``metrics.json``     training curve, speed, peak memory and any evaluation numbers
+``optimizer.npz``    Adam's moments and step count, which a warm start continues (optional:
+                     older artefacts and those saved without it start a fresh optimizer)
 
 The version (``config.json``'s ``version``) is the creation time plus a hash of the item vectors,
 e.g. ``20261128T073500Z-1a2b3c4d``; exported SavedModels and candidate files carry it.
@@ -23,7 +25,6 @@ import hashlib
 import json
 import logging
 import shutil
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -37,9 +38,11 @@ from towers.catalogue import save_catalogue
 from towers.content import ContentProjection, NoMetadataError, frame_tokens
 from towers.data import Dataset
 from towers.features import query_inputs
+from towers.files import load_arrays, read_json, save_arrays
 from towers.index import IndexParams, ItemIndex
 from towers.leftovers import remove_dead, work_dir
 from towers.model import CandidateTower, TowerConfig
+from towers.optim import training_state
 from towers.query import QueryEncoder
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: index/, version, catalogue files
 SERVING_FILE = "serving.npz"  # the query encoder's arrays (optional: older artefacts lack it)
+OPTIMIZER_FILE = "optimizer.npz"  # the training optimizer's state (optional)
 
 
 def save_artefact(
@@ -58,6 +62,7 @@ def save_artefact(
     index_params: IndexParams | None = None,
     lineage: dict | None = None,
     extra: Callable[[Path], None] | None = None,
+    keep_optimizer: bool = True,
 ) -> Path:
     """Write ``result`` as a self-describing artefact directory (see the module docstring).
 
@@ -78,6 +83,9 @@ def save_artefact(
         Called with the directory being written, after everything else and before it is renamed
         into place: more files that belong to the artefact (a failure there leaves the previous
         artefact as it was).
+    keep_optimizer : bool
+        Also save the optimizer's state (``optimizer.npz``, two more copies of every trained
+        table), which a warm start continues; the model must still hold its optimizer.
 
     The artefact is written into a temporary sibling directory and renamed to ``directory`` when
     complete (replacing what was there), so a crash never leaves a mix of two models.
@@ -92,6 +100,9 @@ def save_artefact(
     try:
         directory.chmod(0o755)
         _write_artefact(result, directory, extra_metrics, data, index_params, lineage)
+        state = training_state(result.model) if keep_optimizer else None
+        if state is not None:
+            save_arrays(directory / OPTIMIZER_FILE, state)
         if extra is not None:
             extra(directory)
         replace_directory(directory, final, keep=("logs",))
@@ -240,51 +251,6 @@ def _read_lines(path: Path) -> list[str]:
     return text.splitlines() if text.strip() else []
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write named arrays as an uncompressed ``.npz`` (loading is a plain read), atomically: a
-    crash leaves no half-written file under ``path``."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as out:
-        np.savez(out, **arrays)
-    partial.replace(path)
-
-
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a ``.npz`` written by :func:`save_arrays`.
-
-    Raises
-    ------
-    ValueError
-        If the file is not a readable ``.npz`` (naming it).
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable array file: {exc}") from exc
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no such file.
-    ValueError
-        If it is not a JSON object (naming the file).
-    """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not readable as JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _artefact_meta(directory: Path) -> dict:
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -338,6 +304,18 @@ def load_artefact(directory: str | Path) -> CandidateTower:
     model(query_inputs([[]], max_history=config.max_history))  # build variables
     model.load_weights(str(directory / "weights" / "tower")).expect_partial()
     return model
+
+
+def load_optimizer_state(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The optimizer state saved with the artefact at ``directory``, or None if it has none.
+
+    Raises
+    ------
+    ValueError
+        If ``optimizer.npz`` is there but unreadable (naming it).
+    """
+    path = Path(directory) / OPTIMIZER_FILE
+    return load_arrays(path) if path.exists() else None
 
 
 def load_query_encoder(directory: str | Path) -> QueryEncoder:

@@ -75,6 +75,18 @@ def optimizer_state(
     return state
 
 
+def training_state(model: keras.Model) -> dict[str, np.ndarray] | None:
+    """:func:`optimizer_state` of ``model``'s own optimizer over its trainable variables, or
+    None when it has none with moments for them (a model loaded, not trained, here)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    try:
+        return optimizer_state(optimizer, model.trainable_variables)
+    except ValueError:
+        return None
+
+
 def _grown(saved: np.ndarray, shape: tuple, fill: np.ndarray | float, name: str) -> np.ndarray:
     """``saved`` with rows appended up to ``shape`` (a grown vocabulary), each set to ``fill``."""
     if saved.shape == shape:

@@ -10,7 +10,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from towers.artefact import artefact_version, load_artefact, read_json, save_artefact
+from towers.artefact import (
+    artefact_version,
+    load_artefact,
+    load_optimizer_state,
+    read_json,
+    save_artefact,
+)
 from towers.content import CONTENT_FILE, ContentProjection
 from towers.data import Dataset, load_interactions
 from towers.evaluate import (
@@ -168,7 +174,8 @@ def retrain_artefact(
     parent = Path(parent)
     model = load_artefact(parent)
     projection = ContentProjection.load(parent) if (parent / CONTENT_FILE).exists() else None
-    result, lineage = warm_start(model, data, plan, options, projection)
+    state = load_optimizer_state(parent)
+    result, lineage = warm_start(model, data, plan, options, projection, state)
     times = data.interactions["timestamp"]
     lineage = {
         "parent_version": artefact_version(parent),

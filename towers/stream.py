@@ -315,7 +315,7 @@ def save_on_chief(
             variables_only(result.model).save_weights(str(Path(tmp) / "tower"))
         return None
     if items is None:
-        return save_artefact(result, output, index_params=index_params)
+        return save_artefact(result, output, index_params=index_params, keep_optimizer=False)
     model = result.model
     items = metadata_lists(items)
     frame = items[["item_id", "title", "year", "genres"]].copy()
@@ -330,4 +330,6 @@ def save_on_chief(
         except NoMetadataError as exc:
             log.warning("no content projection: %s", exc)
 
-    return save_artefact(result, output, index_params=index_params, extra=catalogue)
+    return save_artefact(
+        result, output, index_params=index_params, extra=catalogue, keep_optimizer=False
+    )

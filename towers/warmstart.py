@@ -38,10 +38,15 @@ class WarmStart:
     replay_fraction : float
         Share of the older examples replayed alongside the new ones, in [0, 1]. The default,
         0.1, was picked with the rate and epochs of :func:`towers.presets.warm_start_options`.
+    continue_optimizer : bool
+        Continue the parent's Adam (its moments and step count) when its state is given,
+        rather than a fresh optimizer; picked on validation with the two above
+        (``benchmarks/results/adam_continued/warm_start_tune.json``).
     """
 
     since: int | None = None
     replay_fraction: float = 0.1
+    continue_optimizer: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.replay_fraction <= 1:
@@ -155,7 +160,8 @@ def warm_start(
     ``options`` default to :func:`towers.presets.warm_start_options` (those of
     ``nextwatch retrain``), not to a fresh training's. ``optimizer_state``, the parent's Adam
     moments and step count (:func:`towers.optim.optimizer_state`), continues the parent's
-    optimizer instead of starting a fresh one (new items' rows start with zero first moments).
+    optimizer if ``plan.continue_optimizer`` (new items' rows start with zero first moments);
+    without it, or without that flag, the optimizer starts fresh.
 
     Raises
     ------
@@ -183,14 +189,16 @@ def warm_start(
         return new | replay
 
     result = train_tower(
-        data, parent.config, options, init=init, select=select, optimizer_state=optimizer_state
-    )
+        data, parent.config, options, init=init, select=select,
+        optimizer_state=optimizer_state if plan.continue_optimizer else None,
+    )  # fmt: skip
     lineage = {
         "since": int(since),
         "new_events": new_events,
         "new_items": len(grown["new_items"]),
         "replayed_examples": grown["replayed_examples"],
         "replay_fraction": plan.replay_fraction,
+        "optimizer": "continued" if plan.continue_optimizer and optimizer_state else "fresh",
     }
     return result, lineage
 

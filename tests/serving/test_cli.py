@@ -166,6 +166,13 @@ def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, cap
         == json.loads((parent / "config.json").read_text())["version"]
     )
     assert config["lineage"]["data_range"] == [0, 10_009]
+    # The parent's Adam state was saved with it, continued, and saved again with the child.
+    assert config["lineage"]["optimizer"] == "continued"
+    assert (parent / "optimizer.npz").exists() and (child / "optimizer.npz").exists()
+    fresh = tmp_path / "fresh"
+    assert main([*args[:-1], str(fresh), *"--epochs 1 --verbose 0 --fresh-optimizer".split()]) == 0
+    assert json.loads((fresh / "config.json").read_text())["lineage"]["optimizer"] == "fresh"
+    capsys.readouterr()
     items = (child / "vocab" / "items.txt").read_text().split()
     assert items[:4] == (parent / "vocab" / "items.txt").read_text().split() and items[4] == "E"
     # Nothing new since the parent: a clean error, no artefact.

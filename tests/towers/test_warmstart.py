@@ -14,9 +14,10 @@ import pytest
 from export.savedmodel import export_savedmodels
 from serving.api import Recommender
 from tests.conftest import planted_dataset
-from towers.artefact import load_artefact, save_artefact
+from towers.artefact import load_artefact, load_optimizer_state, save_artefact
 from towers.content import ContentProjection
 from towers.features import query_inputs
+from towers.optim import training_state
 from towers.train import TrainOptions
 from towers.warmstart import WarmStart, grow, warm_start
 
@@ -122,3 +123,22 @@ def test_a_warm_start_needs_new_events(parent):
         warm_start(parent, planted_dataset(), WarmStart(since=NEW_SINCE))
     with pytest.raises(ValueError, match="replay_fraction"):
         WarmStart(replay_fraction=1.5)
+
+
+def test_a_warm_start_continues_the_parent_optimizer_saved_with_it(parent, planted_artefact):
+    state = load_optimizer_state(planted_artefact)
+    assert state is not None and int(state["iterations"]) > 0
+    assert sum(k.startswith("m") for k in state) == len(parent.trainable_variables)
+    data = grown_dataset()
+    options = TrainOptions(epochs=1, batch_size=16, learning_rate=0.01, verbose=0)
+    steps = []
+    for plan in (WarmStart(since=NEW_SINCE), WarmStart(since=NEW_SINCE, continue_optimizer=False)):
+        result, lineage = warm_start(parent, data, plan, options, None, state)
+        assert lineage["optimizer"] == ("continued" if plan.continue_optimizer else "fresh")
+        steps.append(int(training_state(result.model)["iterations"]))
+    batches = -(-result.metrics["examples"] // 16)  # one epoch
+    # Continued, the step count goes on from the parent's; fresh, it starts at 0.
+    assert steps == [int(state["iterations"]) + batches, batches]
+    # Without a saved state (an artefact from before optimizer.npz), the optimizer is fresh.
+    _, lineage = warm_start(parent, data, WarmStart(since=NEW_SINCE), options)
+    assert lineage["optimizer"] == "fresh"
