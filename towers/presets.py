@@ -64,8 +64,10 @@ def benchmark_options(verbose: int = 1, seed: int = 0) -> TrainOptions:
 def warm_start_options(verbose: int = 1, seed: int = 0) -> TrainOptions:
     """Training options of a warm start (``nextwatch retrain``): the benchmark's, at a third of
     its learning rate and for 4 epochs instead of 6. A warm start fine-tunes weights that are
-    already trained, on a few events, with a fresh optimizer; at the full rate it moves them
-    further than the new events justify. The rate and the epochs were picked by
-    ``benchmarks/warm_start.py --tune``, on the warm-start protocol shifted one tenth earlier
-    (validation, not the test events; ``benchmarks/results/warm_start_tune.json``)."""
+    already trained, on a few events; at the full rate it moves them further than the new events
+    justify. The rate and the epochs were picked by ``benchmarks/warm_start.py --tune``, on the
+    warm-start protocol shifted one tenth earlier (validation, not the test events;
+    ``benchmarks/results/warm_start_tune.json``), with a fresh optimizer; continuing the
+    parent's (:class:`towers.warmstart.WarmStart`) was then picked at these settings
+    (``benchmarks/results/adam_continued/warm_start_tune.json``)."""
     return replace(benchmark_options(verbose, seed), learning_rate=1e-3, epochs=4)
