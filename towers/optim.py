@@ -110,14 +110,18 @@ def restore_optimizer_state(
     Raises
     ------
     ValueError
-        If ``state`` has another number of variables, or a shape that is neither the
-        variable's nor a prefix of its rows.
+        If ``state`` has another number of variables, lacks an entry, or has a shape that
+        is neither the variable's nor a prefix of its rows.
     """
     saved = sum(1 for k in state if k.startswith("m"))
     if saved != len(variables):
         raise ValueError(
             f"optimizer state is for {saved} variables; the model has {len(variables)}"
         )
+    needed = ["iterations"] + [f"{s}{n}" for n in range(saved) for s in "mv"]
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise ValueError(f"optimizer state lacks {missing[:3]}: not saved by optimizer_state")
     optimizer.build(variables)
     for n, variable in enumerate(variables):
         slot = optimizer._index_dict[optimizer._var_key(variable)]

@@ -64,5 +64,8 @@ def test_a_state_that_does_not_fit_the_model_is_refused():
         restore_optimizer_state(keras.optimizers.Adam(0.1), [table, tf.Variable([1.0])], state)
     with pytest.raises(ValueError, match=r"shape \(1, 2\)"):
         restore_optimizer_state(keras.optimizers.Adam(0.1), [tf.Variable([[1.0, 2.0, 3.0]])], state)
+    with pytest.raises(ValueError, match=r"lacks \['v0'\]"):
+        partial = {k: v for k, v in state.items() if k != "v0"}
+        restore_optimizer_state(keras.optimizers.Adam(0.1), [table], partial)
     with pytest.raises(ValueError, match="no moments"):
         optimizer_state(keras.optimizers.Adam(0.1), [tf.Variable([1.0])])
