@@ -106,9 +106,11 @@ def latency_ms(samples_s: list[float]) -> dict:
 def _is_cached(config: Path, format_version: int, tower: dict, options: dict) -> bool:
     """Whether the artefact of ``config`` was trained in this format with this tower preset and
     these training options (verbosity and log directory aside)."""
+    from towers.files import read_json
+
     if not config.exists():
         return False
-    meta = json.loads(config.read_text())
+    meta = read_json(config)
     ignore = ("verbose", "log_dir")
     trained = {k: v for k, v in meta.get("train_options", {}).items() if k not in ignore}
     wanted = {k: v for k, v in options.items() if k not in ignore}
@@ -133,6 +135,7 @@ def serving_artefact(
     (:func:`ranking.train.validated_settings`). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
     from towers.artefact import FORMAT_VERSION
+    from towers.files import read_json
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
 
@@ -140,7 +143,7 @@ def serving_artefact(
     if path is not None and (Path(path) / "config.json").exists():
         # The caller's own artefact is used as it is, never retrained over.
         path = Path(path)
-        found = json.loads((path / "config.json").read_text()).get("format_version")
+        found = read_json(path / "config.json").get("format_version")
         if found != FORMAT_VERSION:
             raise ValueError(
                 f"artefact {path} has format version {found}, this code reads {FORMAT_VERSION}: "

@@ -174,7 +174,8 @@ def retrain_artefact(
     parent = Path(parent)
     model = load_artefact(parent)
     projection = ContentProjection.load(parent) if (parent / CONTENT_FILE).exists() else None
-    state = load_optimizer_state(parent)
+    plan = plan or WarmStart()
+    state = load_optimizer_state(parent) if plan.continue_optimizer else None  # tables' size
     result, lineage = warm_start(model, data, plan, options, projection, state)
     times = data.interactions["timestamp"]
     lineage = {
