@@ -1,6 +1,6 @@
 """Cost curves past one machine's comfort: users, items, events (issue: scale).
 
-Parts (``--parts``, default ``curves,epoch,softmax,beam``; ``steps`` and ``quality`` on request):
+Parts (``--parts``, default ``curves,epoch,softmax,beam``; the others on request):
 
 ``curves``   For 10k / 100k / 1M users (100k items), 10k / 100k / 1M items (100k users) and 1M x 1M,
              each in fresh processes: generate a synthetic world (``towers.synthetic``), train the
@@ -15,6 +15,9 @@ Parts (``--parts``, default ``curves,epoch,softmax,beam``; ``steps`` and ``quali
 ``steps``    The step cost alone (``benchmarks/step_cost.py``): sampled softmax at 10k / 100k /
              1M / 3M items doing the same work, repeated; with realistic draws; full softmax where
              it fits; and a per-op TF profile of the step at 10k and 1M items.
+``hugepages`` The fixed-draw step at 10k / 1M / 3M items with and without transparent huge
+             pages for glibc's malloc (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), interleaved in
+             fresh processes, five rounds.
 ``quality``  The softmax quality alone (``softmax`` without the step costs).
 ``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
              1M-user world, with the model trained on it.
@@ -38,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import RESULTS, ROOT, git_commit, json_tail, latency_ms, run_command, write_results
-from step_cost import ITEMS_AXIS, step_costs
+from step_cost import ITEMS_AXIS, hugepage_ab, step_costs
 
 log = logging.getLogger("scale")
 USERS_AXIS = (10_000, 100_000, 1_000_000)
@@ -232,6 +235,11 @@ def part_steps(work: Path) -> dict:
     return step_costs()
 
 
+def part_hugepages(work: Path) -> dict:
+    """The step cost with and without huge pages (``step_cost.hugepage_ab``)."""
+    return hugepage_ab()
+
+
 def part_quality(work: Path) -> dict:
     """Only the quality runs (``part_softmax`` without the step costs)."""
     return {"quality": quality(work)}
@@ -301,7 +309,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def parts_of(results: dict) -> list[str]:
-    names = ("curves", "softmax", "steps", "quality", "beam", "epoch")
+    names = ("curves", "softmax", "steps", "hugepages", "quality", "beam", "epoch")
     return [name for name in names if name in results]
 
 
@@ -310,7 +318,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="curves,epoch,softmax,beam",
-        help="comma-separated: curves, epoch, softmax, steps, quality, beam",
+        help="comma-separated: curves, epoch, softmax, steps, hugepages, quality, beam",
     )
     parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
                         help="worlds and models (reused between runs)")  # fmt: skip
@@ -336,6 +344,7 @@ def main() -> None:
         results[name].setdefault("date", results["date"])
     parts = {"curves": lambda: part_curves(work, args.max_steps),
              "softmax": lambda: part_softmax(work), "steps": lambda: part_steps(work),
+             "hugepages": lambda: part_hugepages(work),
              "quality": lambda: part_quality(work),
              "beam": lambda: part_beam(work),
              "epoch": lambda: part_epoch(work)}  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import glob
 import json
+import os
 import sys
 import tempfile
 import time
@@ -149,8 +150,41 @@ def step_profile(items: int, steps: int = 30) -> dict:
             "op_types": {t: round(v, 3) for t, v in by_type.most_common(25)}}  # fmt: skip
 
 
-def _in_process(*args: str) -> dict:
-    return json_tail(run_command([sys.executable, __file__, *args]))
+# glibc's malloc asks the kernel for transparent huge pages (madvise mode) for its mappings.
+HUGEPAGES = "glibc.malloc.hugetlb=1"
+
+
+def _in_process(*args: str, env: dict[str, str] | None = None) -> dict:
+    return json_tail(run_command([sys.executable, __file__, *args], env=env))
+
+
+def hugepage_ab(repeats: int = 5, sizes: tuple[int, ...] = (10_000, 1_000_000, 3_000_000)) -> dict:
+    """The fixed-draw step with and without huge pages for the tables, interleaved.
+
+    Each of ``repeats`` rounds measures every size twice in fresh processes, once with
+    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` and once without, the order alternating between
+    rounds so that neither setting always runs second. ``ms_per_step`` is the median of the
+    rounds; ``runs_ms`` all of them, in round order (the pairs line up).
+    """
+    import numpy as np
+
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    envs = {"default": plain, "hugepages": {**plain, "GLIBC_TUNABLES": HUGEPAGES}}
+    runs: dict[str, dict[int, list[float]]] = {name: {n: [] for n in sizes} for name in envs}
+    for round_ in range(repeats):
+        for items in sizes:
+            order = list(envs) if round_ % 2 == 0 else list(envs)[::-1]
+            for name in order:
+                cost = _in_process("cost", str(items), "sampled", "fixed", env=envs[name])
+                runs[name][items].append(cost["ms_per_step"])
+    out = {}
+    for name, by_size in runs.items():
+        out[name] = [{"items": n, "ms_per_step": float(np.median(t)), "runs_ms": t}
+                     for n, t in by_size.items()]  # fmt: skip
+        base = out[name][0]["ms_per_step"]
+        for row in out[name]:
+            row["vs_smallest"] = round(row["ms_per_step"] / base - 1, 3)
+    return {"setting": f"GLIBC_TUNABLES={HUGEPAGES}", "repeats": repeats, **out}
 
 
 def step_costs(fixed_repeats: int = 5) -> dict:
