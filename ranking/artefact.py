@@ -124,7 +124,8 @@ def _ranker_meta(directory: Path) -> dict:
     meta = json.loads(path.read_text())
     if meta.get("kind") != "ranker" or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory} is not a ranker artefact of format {FORMAT_VERSION}")
-    cfg = meta["ranker"]
+    # Rankers saved before ``user_genres`` existed were trained without it, whatever its default.
+    cfg = {"user_genres": False, **meta["ranker"]}
     meta["ranker"] = RankerConfig(
         **{**cfg, "hidden_units": tuple(cfg["hidden_units"]),
            "rating_units": tuple(cfg["rating_units"])}

@@ -9,7 +9,11 @@ Features of one (user, candidate) pair:
 * continuous features, each quantile-normalised to ``x̃ in [0, 1)`` and fed as ``x̃, x̃², √x̃``:
   the generator's score and rank, time since the user's last watch, previous impressions of the
   candidate, the user's rating count and mean, the candidate's popularity and year;
-* demographics where the data has them.
+* demographics where the data has them;
+* with ``user_genres``, the ranking head also sees the user's genre profile (the share of their
+  history in each genre), its product with the candidate's genres, and the candidate's genre
+  affinity (the profile's mean over the candidate's genres): the paper's "how the user interacted
+  with similar items", which the rating-free history bag leaves the network to learn.
 
 Embedding widths grow with the log of the vocabulary (``~4 log2 |V|``); unknown IDs map to a zero
 vector (index 0 of each table stays zero). Two heads share the embeddings:
@@ -40,6 +44,7 @@ from ranking.normalize import ONE_BELOW, QuantileNormalizer
 from towers._tf import keras, tf
 from towers.checks import check_field_types
 
+tnp = tf.experimental.numpy
 RATING_RANGE = (0.5, 5.5)
 RATING_FEATURES = ("user_count", "user_mean", "item_popularity")
 
@@ -70,6 +75,9 @@ class RankerConfig:
     tower_score_weight : float
         ``beta >= 0`` of the served score ``exp(logit + beta * tower_score)``; not used in
         training. 0 (the default) serves the ranking head alone, as the paper does.
+    user_genres : bool
+        Give the ranking head the user's genre profile and the candidate's affinity to it
+        (:func:`genre_affinity`). Off by default, as the rankers saved before it were trained.
     """
 
     hidden_units: tuple[int, ...] = (256, 128, 64)
@@ -81,6 +89,7 @@ class RankerConfig:
     num_quantiles: int = 100
     rated_bag: bool = False
     tower_score_weight: float = 0.0
+    user_genres: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -141,6 +150,34 @@ def tf_cdf(x: tf.Tensor, normalizer: QuantileNormalizer) -> tf.Tensor:
         out = l0 + t * (l1 - l0)
         out = tf.where(x < knots[0], zero, tf.where(x > knots[-1], top, out))
     return tf.cast(tf.where(tf.math.is_nan(x), zero, tf.minimum(out, top)), tf.float32)
+
+
+def genre_affinity(history_genres, known, candidate_genres, xp=np):
+    """The user's genre profile and the candidate's affinity to it.
+
+    Parameters
+    ----------
+    history_genres : array, shape (B, H, G)
+        Multi-hot genres of each history slot (zero rows for padding and unknown items).
+    known : array, shape (B, H)
+        1 where the slot holds a known item, else 0.
+    candidate_genres : array, shape (B, G)
+    xp : module
+        ``numpy`` or ``tf.experimental.numpy``: both run the same sums.
+
+    Returns
+    -------
+    array, shape (B, 2 * G + 1)
+        ``[profile, profile * candidate_genres, affinity]``: ``profile`` is the share of the
+        known history in each genre, ``affinity`` its mean over the candidate's genres (0 for a
+        candidate without genres or a user without known history).
+    """
+    count = xp.maximum(xp.sum(known, axis=1, keepdims=True), 1.0)
+    profile = xp.sum(history_genres * known[..., None], axis=1) / count
+    tagged = xp.maximum(xp.sum(candidate_genres, axis=1, keepdims=True), 1.0)
+    matched = profile * candidate_genres
+    affinity = xp.sum(matched, axis=1, keepdims=True) / tagged
+    return xp.concatenate([profile, matched, affinity], axis=1)
 
 
 def _expand(t: tf.Tensor) -> tf.Tensor:
@@ -262,6 +299,11 @@ class Ranker(keras.Model):
             for name in NUMERIC
             if name not in RATING_FEATURES
         ]
+        if self.config.user_genres:
+            candidate = tf.gather(self.genre_table, item)
+            ranking.append(
+                genre_affinity(tf.gather(self.genre_table, history), known[..., 0], candidate, tnp)
+            )
         x = self.dropout(tf.concat(ranking, axis=1), training=training)
         for layer in self.rank_tower:
             x = layer(x)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ranking.impressions import NUMERIC
-from ranking.model import RATING_FEATURES, RATING_RANGE, Ranker, RankerConfig
+from ranking.model import RATING_FEATURES, RATING_RANGE, Ranker, RankerConfig, genre_affinity
 from ranking.normalize import QuantileNormalizer
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.query import named_array
@@ -169,15 +169,18 @@ class RankScorer:
                 rows = np.fromiter((vocab.get(str(v), 0) for v in values), np.int64, len(values))
                 parts.append(table[rows])
         shared = np.concatenate([np.broadcast_to(p, (n, p.shape[1])) for p in parts], axis=1)
-        x = np.concatenate(
-            [shared]
-            + [
-                self._cdf[name].expand(np.asarray(inputs[name], np.float32))
-                for name in NUMERIC
-                if name not in RATING_FEATURES
-            ],
-            axis=1,
-        ).astype(np.float32)
+        ranking = [shared] + [
+            self._cdf[name].expand(np.asarray(inputs[name], np.float32))
+            for name in NUMERIC
+            if name not in RATING_FEATURES
+        ]
+        if self.config.user_genres:
+            history_genres, history_known = self._genres[history], known
+            if len(history) == 1 and n > 1:
+                history_genres = np.broadcast_to(history_genres, (n, *history_genres.shape[1:]))
+                history_known = np.broadcast_to(known, (n, known.shape[1]))
+            ranking.append(genre_affinity(history_genres, history_known, self._genres[item]))
+        x = np.concatenate(ranking, axis=1).astype(np.float32)
         for kernel, bias, relu in self._rank_layers:
             x = x @ kernel + bias
             if relu:

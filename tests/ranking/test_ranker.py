@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -262,3 +263,74 @@ def test_a_failed_save_keeps_the_previous_ranker_whole(trained, tmp_path, monkey
     with pytest.raises(FileExistsError, match="is not a ranker"):
         save_ranker(ranker, tmp_path / "data", metrics, "tower-v1", RankerOptions())
     assert (tmp_path / "data" / "log.csv").read_text() == "x"
+
+
+def test_genre_affinity_on_a_hand_computed_case():
+    from ranking.model import genre_affinity, tnp
+
+    # Genres (x, y, z). History: an x film, an x+y film, and a padded slot (its genres ignored).
+    history_genres = np.array([[[1, 0, 0], [1, 1, 0], [0, 0, 1]]] * 3, np.float32)
+    known = np.array([[1, 1, 0]] * 3, np.float32)
+    candidates = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
+    got = genre_affinity(history_genres, known, candidates)
+    profile = [1.0, 0.5, 0.0]  # both known films are x, one of two is y
+    np.testing.assert_allclose(got[:, :3], [profile] * 3)
+    np.testing.assert_allclose(got[:, 3:6], [[1.0, 0.5, 0.0], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(got[:, 6], [0.75, 0.0, 0.0])  # (1 + 0.5) / 2 genres; z; none
+    assert genre_affinity(history_genres, 0 * known, candidates)[:, 6].tolist() == [0, 0, 0]
+    np.testing.assert_allclose(
+        genre_affinity(history_genres, known, candidates, tnp).numpy(), got, rtol=1e-6
+    )
+
+
+def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
+    from ranking.artefact import load_rank_scorer
+    from ranking.scorer import RankScorer
+    from ranking.train import ranker_inputs
+
+    items = pd.DataFrame({
+        "item_id": ITEMS, "title": ITEMS, "year": [1990.0, np.nan, 2000.0, 2010.0],
+        "genres": [["Drama"], ["Drama", "War"], ["Comedy"], ["Comedy", "Drama"]],
+        "tags": [[]] * 4,
+    })  # fmt: skip
+    config = RankerConfig(hidden_units=(8,), rating_units=(8,), max_history=2, user_genres=True)
+    ranker, metrics = train_ranker(
+        planted(), ITEMS, items, config, RankerOptions(epochs=2, batch_size=50)
+    )
+    probe = planted(6)
+    probe.history[2] = ["never-seen", "D"]
+    probe.history[4] = ["", ""]
+    want = predict(ranker, probe)
+    scorer = RankScorer.from_model(ranker)
+    got = scorer(ranker_inputs(probe))
+    np.testing.assert_allclose(got["logit"], want["logit"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["rating"], want["rating"], rtol=1e-4, atol=1e-5)
+    # Serving: one history row shared by every candidate gives the same logits.
+    one = planted(2)
+    one.history[:] = ["A", "D"]
+    inputs = ranker_inputs(one)
+    shared = {**inputs, "history": inputs["history"][:1]}
+    np.testing.assert_allclose(scorer(shared)["logit"], scorer(inputs)["logit"], rtol=1e-6)
+    directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
+    assert ranker_settings(directory)[0].user_genres is True
+    np.testing.assert_allclose(predict(load_ranker(directory), probe)["logit"], want["logit"],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    saved, _ = load_rank_scorer(directory)
+    np.testing.assert_allclose(saved(ranker_inputs(probe))["logit"], want["logit"], rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    # The feature changes what the ranking head sees: without it the layer is narrower.
+    plain, _ = train_ranker(planted(), ITEMS, items, replace(config, user_genres=False),
+                            RankerOptions(epochs=1, batch_size=50))  # fmt: skip
+    width = ranker.rank_tower[0].kernel.shape[0] - plain.rank_tower[0].kernel.shape[0]
+    assert width == 2 * 3 + 1  # profile and product over 3 genres, and the affinity
+
+
+def test_a_ranker_saved_before_user_genres_loads_without_them(trained, tmp_path):
+    ranker, metrics = trained
+    directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
+    meta = json.loads((directory / "config.json").read_text())
+    del meta["ranker"]["user_genres"]
+    (directory / "config.json").write_text(json.dumps(meta))
+    assert ranker_settings(directory)[0].user_genres is False
+    np.testing.assert_allclose(predict(load_ranker(directory), planted(2))["logit"],
+                               predict(ranker, planted(2))["logit"], rtol=1e-5)  # fmt: skip
