@@ -5,6 +5,7 @@ Part ``steps`` of ``benchmarks/scale.py`` (``python benchmarks/scale.py --parts 
 
     python benchmarks/step_cost.py cost 1000000 sampled fixed     # one step-cost measurement
     python benchmarks/step_cost.py profile 1000000                # its per-op profile
+    python benchmarks/step_cost.py growth benchmarks/results/scale.json  # every run, pooled
 
 A step is one ``train_step`` of the candidate tower on fixed inputs (no input pipeline): batch
 1024, 50-item histories, no token features, 1000 sampled negatives.
@@ -213,14 +214,55 @@ def step_costs(fixed_repeats: int = 5) -> dict:
     return {"step_cost": out, "profile": profiles}
 
 
-USAGE = "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS (one measurement per process)"
+def pooled_growth(results: dict, seed: int = 0, draws: int = 20_000) -> dict:
+    """The fixed-draw step's growth over the smallest catalogue, pooling every run in a
+    ``scale.json``: part ``steps`` and the default arm of part ``hugepages``.
+
+    For each size: the runs, their median, the median's change against the smallest size's, and
+    a 90 % bootstrap interval of that change (both sizes' runs resampled with replacement).
+    """
+    import numpy as np
+
+    runs: dict[int, list[float]] = collections.defaultdict(list)
+    for row in results.get("steps", {}).get("step_cost", []):
+        if row.get("histories") == "fixed" and row.get("softmax") == "sampled":
+            runs[row["items"]] += row["runs_ms"]
+    for row in results.get("hugepages", {}).get("default", []):
+        runs[row["items"]] += row["runs_ms"]
+    if not runs:
+        raise ValueError("no fixed-draw step runs in these results (run --parts steps)")
+    rng = np.random.default_rng(seed)
+    smallest = np.asarray(runs[min(runs)])
+
+    def resampled_median(times: np.ndarray) -> float:
+        return float(np.median(rng.choice(times, len(times))))
+
+    out = []
+    for items in sorted(runs):
+        times = np.asarray(runs[items])
+        change = np.median(times) / np.median(smallest) - 1
+        boot = [resampled_median(times) / resampled_median(smallest) - 1 for _ in range(draws)]
+        interval = [round(float(x), 3) for x in np.percentile(boot, [5, 95])]
+        out.append({
+            "items": items, "runs": len(times), "median_ms": round(float(np.median(times)), 2),
+            "change": round(float(change), 3), "change_90pct_interval": interval,
+        })  # fmt: skip
+    return {"baseline_items": min(runs), "sizes": out}
+
+
+USAGE = (
+    "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS (one measurement per process)"
+    " | growth SCALE_JSON (pooled runs)"
+)
 
 
 def main() -> None:
     if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
         raise SystemExit(f"{USAGE}\n\n{__doc__}" if len(sys.argv) > 1 else USAGE)
     what, items, *rest = sys.argv[1:]
-    if what == "cost":
+    if what == "growth":
+        print(json.dumps(pooled_growth(json.loads(open(items).read())), indent=1))
+    elif what == "cost":
         print(json.dumps(step_cost(int(items), *rest)))
     elif what == "profile":
         print(json.dumps(step_profile(int(items))))
