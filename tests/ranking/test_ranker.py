@@ -325,8 +325,10 @@ def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
     assert width == 2 * 3 + 1  # profile and product over 3 genres, and the affinity
 
 
-def test_a_ranker_saved_before_user_genres_loads_without_them(trained, tmp_path):
-    ranker, metrics = trained
+def test_a_ranker_saved_before_user_genres_loads_without_them(tmp_path):
+    ranker, metrics = train_ranker(planted(), ITEMS, empty_item_metadata(ITEMS),
+                                   replace(SMALL, user_genres=False),
+                                   RankerOptions(epochs=1, batch_size=64))  # fmt: skip
     directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
     meta = json.loads((directory / "config.json").read_text())
     del meta["ranker"]["user_genres"]
