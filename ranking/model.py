@@ -77,9 +77,9 @@ class RankerConfig:
         training. 0 (the default) serves the ranking head alone, as the paper does.
     user_genres : bool
         Give the ranking head the user's genre profile and the candidate's affinity to it
-        (:func:`genre_affinity`). On by default: on the validation carves of both MovieLens
-        sets it raised the two-stage gain at every tower-score weight tried (README). Rankers
-        saved before it existed load with it off, as they were trained.
+        (:func:`genre_profile`, :func:`genre_affinity`). On by default: on the validation
+        carves of both MovieLens sets it raised the two-stage gain at every tower-score weight
+        tried (README). Rankers saved before it existed load with it off, as they were trained.
     """
 
     hidden_units: tuple[int, ...] = (256, 128, 64)
@@ -154,8 +154,8 @@ def tf_cdf(x: tf.Tensor, normalizer: QuantileNormalizer) -> tf.Tensor:
     return tf.cast(tf.where(tf.math.is_nan(x), zero, tf.minimum(out, top)), tf.float32)
 
 
-def genre_affinity(history_genres, known, candidate_genres, xp=np):
-    """The user's genre profile and the candidate's affinity to it.
+def genre_profile(history_genres, known, xp=np):
+    """The share of a user's known history in each genre.
 
     Parameters
     ----------
@@ -163,19 +163,25 @@ def genre_affinity(history_genres, known, candidate_genres, xp=np):
         Multi-hot genres of each history slot (zero rows for padding and unknown items).
     known : array, shape (B, H)
         1 where the slot holds a known item, else 0.
-    candidate_genres : array, shape (B, G)
     xp : module
         ``numpy`` or ``tf.experimental.numpy``: both run the same sums.
 
     Returns
     -------
-    array, shape (B, 2 * G + 1)
-        ``[profile, profile * candidate_genres, affinity]``: ``profile`` is the share of the
-        known history in each genre, ``affinity`` its mean over the candidate's genres (0 for a
-        candidate without genres or a user without known history).
+    array, shape (B, G)
+        All zero for a user without known history.
     """
     count = xp.maximum(xp.sum(known, axis=1, keepdims=True), 1.0)
-    profile = xp.sum(history_genres * known[..., None], axis=1) / count
+    return xp.sum(history_genres * known[..., None], axis=1) / count
+
+
+def genre_affinity(profile, candidate_genres, xp=np):
+    """``[profile, profile * candidate_genres, affinity]``, shape (B, 2 * G + 1).
+
+    ``profile`` (B, G) is :func:`genre_profile`'s, ``candidate_genres`` (B, G) multi-hot;
+    ``affinity`` is the profile's mean over the candidate's genres (0 for a candidate without
+    genres).
+    """
     tagged = xp.maximum(xp.sum(candidate_genres, axis=1, keepdims=True), 1.0)
     matched = profile * candidate_genres
     affinity = xp.sum(matched, axis=1, keepdims=True) / tagged
@@ -302,10 +308,8 @@ class Ranker(keras.Model):
             if name not in RATING_FEATURES
         ]
         if self.config.user_genres:
-            candidate = tf.gather(self.genre_table, item)
-            ranking.append(
-                genre_affinity(tf.gather(self.genre_table, history), known[..., 0], candidate, tnp)
-            )
+            profile = genre_profile(tf.gather(self.genre_table, history), known[..., 0], tnp)
+            ranking.append(genre_affinity(profile, tf.gather(self.genre_table, item), tnp))
         x = self.dropout(tf.concat(ranking, axis=1), training=training)
         for layer in self.rank_tower:
             x = layer(x)

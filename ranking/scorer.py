@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ranking.impressions import NUMERIC
-from ranking.model import RATING_FEATURES, RATING_RANGE, Ranker, RankerConfig, genre_affinity
+from ranking.model import (
+    RATING_FEATURES,
+    RATING_RANGE,
+    Ranker,
+    RankerConfig,
+    genre_affinity,
+    genre_profile,
+)
 from ranking.normalize import QuantileNormalizer
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.query import named_array
@@ -175,11 +182,9 @@ class RankScorer:
             if name not in RATING_FEATURES
         ]
         if self.config.user_genres:
-            history_genres, history_known = self._genres[history], known
-            if len(history) == 1 and n > 1:
-                history_genres = np.broadcast_to(history_genres, (n, *history_genres.shape[1:]))
-                history_known = np.broadcast_to(known, (n, known.shape[1]))
-            ranking.append(genre_affinity(history_genres, history_known, self._genres[item]))
+            profile = genre_profile(self._genres[history], known)  # one row per history row
+            profile = np.broadcast_to(profile, (n, profile.shape[1]))
+            ranking.append(genre_affinity(profile, self._genres[item]))
         x = np.concatenate(ranking, axis=1).astype(np.float32)
         for kernel, bias, relu in self._rank_layers:
             x = x @ kernel + bias

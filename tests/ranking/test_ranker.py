@@ -265,22 +265,22 @@ def test_a_failed_save_keeps_the_previous_ranker_whole(trained, tmp_path, monkey
     assert (tmp_path / "data" / "log.csv").read_text() == "x"
 
 
-def test_genre_affinity_on_a_hand_computed_case():
-    from ranking.model import genre_affinity, tnp
+def test_genre_profile_and_affinity_on_a_hand_computed_case():
+    from ranking.model import genre_affinity, genre_profile, tnp
 
     # Genres (x, y, z). History: an x film, an x+y film, and a padded slot (its genres ignored).
     history_genres = np.array([[[1, 0, 0], [1, 1, 0], [0, 0, 1]]] * 3, np.float32)
     known = np.array([[1, 1, 0]] * 3, np.float32)
     candidates = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
-    got = genre_affinity(history_genres, known, candidates)
-    profile = [1.0, 0.5, 0.0]  # both known films are x, one of two is y
-    np.testing.assert_allclose(got[:, :3], [profile] * 3)
+    profile = genre_profile(history_genres, known)
+    np.testing.assert_allclose(profile, [[1.0, 0.5, 0.0]] * 3)  # both films x, one of two y
+    assert genre_profile(history_genres, 0 * known).tolist() == [[0, 0, 0]] * 3
+    got = genre_affinity(profile, candidates)
+    np.testing.assert_allclose(got[:, :3], profile)
     np.testing.assert_allclose(got[:, 3:6], [[1.0, 0.5, 0.0], [0, 0, 0], [0, 0, 0]])
     np.testing.assert_allclose(got[:, 6], [0.75, 0.0, 0.0])  # (1 + 0.5) / 2 genres; z; none
-    assert genre_affinity(history_genres, 0 * known, candidates)[:, 6].tolist() == [0, 0, 0]
-    np.testing.assert_allclose(
-        genre_affinity(history_genres, known, candidates, tnp).numpy(), got, rtol=1e-6
-    )
+    in_tf = genre_affinity(genre_profile(history_genres, known, tnp), candidates, tnp)
+    np.testing.assert_allclose(in_tf.numpy(), got, rtol=1e-6)
 
 
 def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
