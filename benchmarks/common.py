@@ -132,7 +132,8 @@ def serving_artefact(
     the preset or its training options change; an artefact the caller names is used as it is,
     and only trained if it does not exist); with ``ranker``,
     also its ranker, with the settings ``nextwatch serve`` trains it with
-    (:func:`ranking.train.validated_settings`). Another ``seed`` gives another
+    (:func:`ranking.train.validated_settings`; a cached ranker trained with other settings is
+    trained again). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
     from towers.artefact import FORMAT_VERSION
     from towers.files import read_json
@@ -140,7 +141,8 @@ def serving_artefact(
     from towers.presets import benchmark_config, benchmark_options
 
     options = replace(benchmark_options(), verbose=0, seed=seed)
-    if path is not None and (Path(path) / "config.json").exists():
+    own = path is not None and (Path(path) / "config.json").exists()
+    if own:
         # The caller's own artefact is used as it is, never retrained over.
         path = Path(path)
         found = read_json(path / "config.json").get("format_version")
@@ -159,16 +161,30 @@ def serving_artefact(
             train_candidates(
                 DataSource("ml-latest-small", data_dir), path, benchmark_config(), options
             )
-    if ranker and not (path / "ranker" / "config.json").exists():
+    if ranker:
         from ranking.pipeline import train_ranker_for_artefact
         from ranking.train import validated_settings
 
         rank_config, rank_options = validated_settings("ml-latest-small")
-        train_ranker_for_artefact(
-            DataSource("ml-latest-small", data_dir), path, config=rank_config, options=rank_options
-        )
+        cached = path / "ranker"
+        found = (cached / "config.json").exists()
+        if found and not own and not _ranker_is_current(cached, rank_config, rank_options):
+            shutil.rmtree(cached)  # trained with other settings, or by older code
+            found = False
+        if not found:
+            train_ranker_for_artefact(DataSource("ml-latest-small", data_dir), path,
+                                      config=rank_config, options=rank_options)  # fmt: skip
     add_serving_arrays(path)
     return path
+
+
+def _ranker_is_current(directory: Path, config, options) -> bool:
+    """Whether the cached ranker in ``directory`` was trained with ``config`` and ``options``
+    (verbosity aside)."""
+    from ranking.artefact import ranker_settings
+
+    saved_config, saved_options = ranker_settings(directory)
+    return saved_config == config and replace(saved_options, verbose=options.verbose) == options
 
 
 def add_serving_arrays(artefact: Path) -> None:

@@ -46,7 +46,7 @@ from towers.train import train_tower
 
 log = logging.getLogger("tune_ranker")
 # Weights of the generator's score in the served score (logit + weight * tower score).
-TOWER_SCORE_WEIGHTS = (0.0, 0.2, 0.5, 1.0, 2.0)
+TOWER_SCORE_WEIGHTS = (0.0, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def _ndcg(items: list, users: list, gains: dict, scores: list) -> float:

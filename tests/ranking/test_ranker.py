@@ -336,3 +336,22 @@ def test_a_ranker_saved_before_user_genres_loads_without_them(tmp_path):
     assert ranker_settings(directory)[0].user_genres is False
     np.testing.assert_allclose(predict(load_ranker(directory), planted(2))["logit"],
                                predict(ranker, planted(2))["logit"], rtol=1e-5)  # fmt: skip
+
+
+def test_user_genres_feed_only_the_ranking_head():
+    """Trained on rating rows alone (no ranking labels), rankers with and without the genre
+    profile predict the same ratings: the feature reaches the ranking head only."""
+    items = pd.DataFrame({
+        "item_id": ITEMS, "title": ITEMS, "year": [1990.0, np.nan, 2000.0, 2010.0],
+        "genres": [["Drama"], ["Drama", "War"], ["Comedy"], ["Comedy", "Drama"]],
+        "tags": [[]] * 4,
+    })  # fmt: skip
+    config = RankerConfig(hidden_units=(8,), rating_units=(8,), max_history=2)
+    options = RankerOptions(epochs=3, batch_size=50, seed=3)
+    with_genres, _ = train_ranker(rated_taste(40), ITEMS, items, config, options)
+    without, _ = train_ranker(rated_taste(40), ITEMS, items, replace(config, user_genres=False),
+                              options)  # fmt: skip
+    probe = rated_taste(4)
+    np.testing.assert_allclose(predict(with_genres, probe)["rating"],
+                               predict(without, probe)["rating"], rtol=1e-6)  # fmt: skip
+    assert not np.allclose(predict(with_genres, probe)["rating"], 3.0)  # it did learn
