@@ -283,16 +283,21 @@ def test_genre_profile_and_affinity_on_a_hand_computed_case():
     np.testing.assert_allclose(in_tf.numpy(), got, rtol=1e-6)
 
 
+def genred_items() -> pd.DataFrame:
+    """Metadata of ``ITEMS`` with genres (three in all) and years."""
+    return pd.DataFrame({
+        "item_id": ITEMS, "title": ITEMS, "year": [1990.0, np.nan, 2000.0, 2010.0],
+        "genres": [["Drama"], ["Drama", "War"], ["Comedy"], ["Comedy", "Drama"]],
+        "tags": [[]] * 4,
+    })  # fmt: skip
+
+
 def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
     from ranking.artefact import load_rank_scorer
     from ranking.scorer import RankScorer
     from ranking.train import ranker_inputs
 
-    items = pd.DataFrame({
-        "item_id": ITEMS, "title": ITEMS, "year": [1990.0, np.nan, 2000.0, 2010.0],
-        "genres": [["Drama"], ["Drama", "War"], ["Comedy"], ["Comedy", "Drama"]],
-        "tags": [[]] * 4,
-    })  # fmt: skip
+    items = genred_items()
     config = RankerConfig(hidden_units=(8,), rating_units=(8,), max_history=2, user_genres=True)
     ranker, metrics = train_ranker(
         planted(), ITEMS, items, config, RankerOptions(epochs=2, batch_size=50)
@@ -341,11 +346,7 @@ def test_a_ranker_saved_before_user_genres_loads_without_them(tmp_path):
 def test_user_genres_feed_only_the_ranking_head():
     """Trained on rating rows alone (no ranking labels), rankers with and without the genre
     profile predict the same ratings: the feature reaches the ranking head only."""
-    items = pd.DataFrame({
-        "item_id": ITEMS, "title": ITEMS, "year": [1990.0, np.nan, 2000.0, 2010.0],
-        "genres": [["Drama"], ["Drama", "War"], ["Comedy"], ["Comedy", "Drama"]],
-        "tags": [[]] * 4,
-    })  # fmt: skip
+    items = genred_items()
     config = RankerConfig(hidden_units=(8,), rating_units=(8,), max_history=2)
     options = RankerOptions(epochs=3, batch_size=50, seed=3)
     with_genres, _ = train_ranker(rated_taste(40), ITEMS, items, config, options)
