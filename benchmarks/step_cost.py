@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from common import json_tail, run_command
 
@@ -260,8 +261,9 @@ def main() -> None:
     if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
         raise SystemExit(f"{USAGE}\n\n{__doc__}" if len(sys.argv) > 1 else USAGE)
     what, items, *rest = sys.argv[1:]
-    if what == "growth":
-        print(json.dumps(pooled_growth(json.loads(open(items).read())), indent=1))
+    if what == "growth":  # the argument is a results file, not a size
+        results = json.loads(Path(items).read_text())
+        print(json.dumps(pooled_growth(results), indent=1))
     elif what == "cost":
         print(json.dumps(step_cost(int(items), *rest)))
     elif what == "profile":
