@@ -323,18 +323,26 @@ def test_keyboard_rating_two_tabs_and_a_hot_swap(
     _wait_for_recs(page, 1)
     user_id = page.evaluate("localStorage.getItem('nextwatch.user')")
 
-    # Enter on a star in the list, twice at once: one rating, and the focus stays in the list.
+    # Enter on a star in the list, twice at once: one rating, whether the second Enter lands
+    # while the first is saving or after the list was redrawn. The focus moves to the row that
+    # took the rated one's place (the row, not a star of it), and a third Enter rates nothing.
     first = page.locator(RECS).first
     item = first.get_attribute("data-item-id")
     first.get_by_test_id(f"rate-{item}-4").focus()
     page.keyboard.press("Enter")
     page.keyboard.press("Enter")
     _wait_for_recs(page, 2)
+    page.keyboard.press("Enter")
     assert [(e.item_id, e.rating) for e in store.history(user_id)] == [(item, 4.0)]
     assert page.evaluate(
-        "document.activeElement.classList.contains('star')"
-        " && document.getElementById('recs').contains(document.activeElement)"
+        "document.activeElement.matches('#recs > li.movie')"
+        " && document.activeElement === document.querySelector('#recs > li')"
     )
+    page.keyboard.press("Tab")  # and the keyboard goes on from that row: its first star
+    assert page.evaluate("document.activeElement.dataset.testid") == (
+        f"rate-{page.locator(RECS).first.get_attribute('data-item-id')}-1"
+    )
+    assert _loads(page) == 2
 
     # A rating saved in a second tab shows up in the first, and neither loses the other's.
     other = context.new_page()
