@@ -11,7 +11,9 @@ settings are chosen per dataset, together, on a temporal-user-20 split carved fr
 split (:func:`choose_settings`), never on the test split: the impressions' label horizon
 (``RankerOptions.label_horizon``, among ``--label-horizons``, default ``LABEL_HORIZONS``) and
 the weight of the generator's score in the served score (``RankerConfig.tower_score_weight``,
-among ``--tower-score-weights``, default ``tune_ranker.TOWER_SCORE_WEIGHTS``).
+among ``--tower-score-weights``, default ``tune_ranker.TOWER_SCORE_WEIGHTS``). Each ranker
+averages ``--members`` networks trained with consecutive seeds (``RankerConfig.members``; 2, as
+``nextwatch serve`` trains it for MovieLens).
 
 Rating error: random-80-20 on ml-latest-small (MSE) and the five ml100k-folds (mean RMSE), for
 the ranker's rating head (trained on rating rows only, each row seeing the user's other train
@@ -65,10 +67,12 @@ def two_stage(
     holdout: bool = False,
     tower_score_weight: float = 0.0,
     chosen: dict | None = None,
+    members: int = 1,
 ) -> dict:
-    """One two-stage run at ``options`` (its seed, label horizon) and ``tower_score_weight``;
-    ``chosen`` is the validation choice (:func:`choose_settings`) they came from, recorded."""
-    config = RankerConfig(tower_score_weight=tower_score_weight)
+    """One two-stage run at ``options`` (its seed, label horizon), ``tower_score_weight`` and
+    ``members`` (rankers averaged); ``chosen`` is the validation choice
+    (:func:`choose_settings`) they came from, recorded."""
+    config = RankerConfig(tower_score_weight=tower_score_weight, members=members)
     data = load_movielens(name, data_dir)
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
@@ -134,6 +138,7 @@ def two_stage(
         "seed": options.seed,
         "label_horizon": options.label_horizon,
         "tower_score_weight": config.tower_score_weight,
+        "members": config.members,
         "serving_validation": chosen,
     }  # fmt: skip
     c, r = out["candidate_order"]["ndcg@10"], out["ranked_order"]["ndcg@10"]
@@ -148,13 +153,14 @@ def choose_settings(
     options: RankerOptions,
     horizons: tuple[int, ...],
     weights: tuple[float, ...],
+    members: int = 1,
 ) -> dict:
     """The impression label horizon and tower-score weight with the best two-stage NDCG@10 gain
     on a temporal-user-20 split carved from the train split (``tune_ranker.two_stage`` with
     validation), so the test split is never seen. One ranker per horizon; the weights are
-    applied to its logits after training."""
+    applied to its logits after training; each ranker averages ``members`` networks."""
     horizons, weights = horizons or (options.label_horizon,), weights or (0.0,)
-    configs = [[{}, {**asdict(options), "label_horizon": h}] for h in horizons]
+    configs = [[{"members": members}, {**asdict(options), "label_horizon": h}] for h in horizons]
     rows = tune_two_stage(name, configs, validation=True, data_dir=data_dir, weights=weights)
     gains = {
         h: dict(row["relative_gain_by_tower_score_weight"])
@@ -277,6 +283,11 @@ def main() -> None:
         help="two-stage: one run per seed (the tower's and the ranker's), each a row; the "
         "settings are chosen once per dataset",
     )  # fmt: skip
+    parser.add_argument(
+        "--members", type=int, default=2,
+        help="rankers averaged (RankerConfig.members; 2 is what nextwatch serve trains for "
+        "MovieLens)",
+    )  # fmt: skip
     parser.add_argument("--negatives", type=int, help="negatives kept per impression")
     parser.add_argument(
         "--holdout", action="store_true", help="impressions from a holdout tower (stacking)"
@@ -291,11 +302,13 @@ def main() -> None:
         "label_horizons": args.label_horizons,
         "tower_score_weights": args.tower_score_weights,
         "holdout": args.holdout,
+        "members": args.members,
     }
     with tempfile.TemporaryDirectory(prefix="nextwatch-ranking-") as tmp:
         if args.only in (None, "two-stage"):
             run = partial(two_stage, data_dir=args.data_dir, work=Path(tmp),
-                          negatives=args.negatives, holdout=args.holdout)  # fmt: skip
+                          negatives=args.negatives, holdout=args.holdout,
+                          members=args.members)  # fmt: skip
             payload["two_stage"] = []
             for name in args.datasets:
                 chosen, weight = None, args.tower_score_weights[0]
@@ -303,7 +316,8 @@ def main() -> None:
                     # Chosen once per dataset, on validation; every seed runs the choice.
                     chosen = choose_settings(name, args.data_dir, options,
                                              tuple(args.label_horizons),
-                                             tuple(args.tower_score_weights))  # fmt: skip
+                                             tuple(args.tower_score_weights),
+                                             args.members)  # fmt: skip
                     weight = chosen["tower_score_weight"]
                 horizon = chosen["label_horizon"] if chosen else options.label_horizon
                 payload["two_stage"] += [

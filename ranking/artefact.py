@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranking.ensemble import RankerEnsemble
 from ranking.impressions import NUMERIC
 from ranking.model import Ranker, RankerConfig
 from ranking.normalize import QuantileNormalizer
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def save_ranker(
-    ranker: Ranker,
+    ranker: Ranker | RankerEnsemble,
     directory: str | Path,
     metrics: dict,
     tower_version: str,
@@ -86,7 +87,7 @@ def _replaceable_ranker(path: Path) -> bool:
 
 
 def _write_ranker(
-    ranker: Ranker,
+    ranker: Ranker | RankerEnsemble,
     directory: Path,
     metrics: dict,
     tower_version: str,
@@ -155,7 +156,7 @@ def ranker_impressions(directory: str | Path) -> dict:
     return {**IMPRESSION_DEFAULTS, **{k: v for k, v in saved.items() if k in IMPRESSION_DEFAULTS}}
 
 
-def load_ranker(directory: str | Path) -> Ranker:
+def load_ranker(directory: str | Path) -> Ranker | RankerEnsemble:
     """Rebuild a ranker saved by :func:`save_ranker`.
 
     Raises
@@ -167,15 +168,15 @@ def load_ranker(directory: str | Path) -> Ranker:
     meta = _ranker_meta(directory)
     vocab = directory / "vocab"
     items = (vocab / "items.txt").read_text(encoding="utf-8").splitlines()
-    ranker = Ranker(
-        meta["ranker"],
-        items,
-        np.load(vocab / "item_genres.npy"),
-        np.load(vocab / "item_years.npy"),
-        {k: QuantileNormalizer.from_dict(v) for k, v in meta["normalizers"].items()},
-        json.loads((vocab / "demographics.json").read_text()) or None,
-    )
-    ranker.genre_names = (vocab / "genres.txt").read_text(encoding="utf-8").splitlines()
+    genres, years = np.load(vocab / "item_genres.npy"), np.load(vocab / "item_years.npy")
+    normalizers = {k: QuantileNormalizer.from_dict(v) for k, v in meta["normalizers"].items()}
+    demographics = json.loads((vocab / "demographics.json").read_text()) or None
+    genre_names = (vocab / "genres.txt").read_text(encoding="utf-8").splitlines()
+    members = []
+    for _ in range(meta["ranker"].members):
+        members.append(Ranker(meta["ranker"], items, genres, years, normalizers, demographics))
+        members[-1].genre_names = genre_names
+    ranker = members[0] if len(members) == 1 else RankerEnsemble(members)
     ranker.tower_version = meta["tower_version"]
     dummy = {
         "item_id": np.array([""]), "history": np.array([[""]]),

@@ -80,6 +80,10 @@ class RankerConfig:
         (:func:`genre_profile`, :func:`genre_affinity`). On by default: on the validation
         carves of both MovieLens sets it raised the two-stage gain at every tower-score weight
         tried (README). Rankers saved before it existed load with it off, as they were trained.
+    members : int
+        Ranking networks trained apart (seeds ``seed``, ``seed + 1``, ...) on the same rows and
+        served as one (:class:`RankerEnsemble`): the mean of their logits and of their
+        ratings. 1, the default, is the paper's single network.
     """
 
     hidden_units: tuple[int, ...] = (256, 128, 64)
@@ -92,9 +96,12 @@ class RankerConfig:
     rated_bag: bool = False
     tower_score_weight: float = 0.0
     user_genres: bool = True
+    members: int = 1
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
         if self.max_history < 1 or self.num_quantiles < 1:
             raise ValueError(
                 f"max_history and num_quantiles must be >= 1, got {self.max_history}, "

@@ -252,7 +252,7 @@ def candidate_examples(
 def predict(ranker, examples: RankingExamples, users: pd.DataFrame | None = None) -> dict:
     """``{"logit", "serving_logit", "rating"}`` arrays for ``examples``, in batches."""
     inputs = ranker_inputs(
-        examples, UserFeatures.from_frame(users), ratings=ranker.rated_embedding is not None
+        examples, UserFeatures.from_frame(users), ratings=ranker.config.rated_bag
     )
     parts: dict[str, list[np.ndarray]] = {"logit": [], "serving_logit": [], "rating": []}
     for start in range(0, len(examples), 8192):

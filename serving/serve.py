@@ -60,8 +60,9 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
         options = replace(benchmark_options(), verbose=0)  # no progress bars in service logs
         train_candidates(source, staging, benchmark_config(), options)
         ranker_config, ranker_options = validated_settings(source.dataset)
-        log.info("training the ranker (label horizon %d, tower-score weight %g)",
-                 ranker_options.label_horizon, ranker_config.tower_score_weight)  # fmt: skip
+        log.info("training the ranker (label horizon %d, tower-score weight %g, %d member(s))",
+                 ranker_options.label_horizon, ranker_config.tower_score_weight,
+                 ranker_config.members)  # fmt: skip
         train_ranker_for_artefact(source, staging, config=ranker_config, options=ranker_options)
         path = registry.publish(staging)
     except BaseException:

@@ -88,8 +88,9 @@ def planted_artefact(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
-    """A copy of ``planted_artefact`` with a ranker trained for it in ``ranker/`` (serving
-    ``logit + 0.5 * tower_score``, so every consumer's test covers the blend)."""
+    """A copy of ``planted_artefact`` with a ranker trained for it in ``ranker/``: two members
+    serving ``mean logit + 0.5 * tower_score``, so every consumer's test covers the ensemble
+    and the blend (as ``nextwatch serve`` trains it for MovieLens)."""
     import shutil
 
     from ranking.model import RankerConfig
@@ -101,7 +102,7 @@ def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
     train_ranker_job(
         copy, planted_dataset(), copy / "ranker",
         RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10,
-                     rated_bag=True, tower_score_weight=0.5),
+                     rated_bag=True, tower_score_weight=0.5, members=2),
         RankerOptions(epochs=5, batch_size=64), num_candidates=5, events_per_user=None,
         holdout=False,
     )  # fmt: skip

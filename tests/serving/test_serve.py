@@ -154,7 +154,11 @@ def test_the_first_model_trains_its_ranker_with_the_validated_settings(
 ):
     import ranking.pipeline
     import towers.pipeline
-    from ranking.train import VALIDATED_LABEL_HORIZONS, VALIDATED_TOWER_SCORE_WEIGHTS
+    from ranking.train import (
+        VALIDATED_LABEL_HORIZONS,
+        VALIDATED_MEMBERS,
+        VALIDATED_TOWER_SCORE_WEIGHTS,
+    )
     from serving.serve import train_first_model
 
     seen = {}
@@ -172,4 +176,6 @@ def test_the_first_model_trains_its_ranker_with_the_validated_settings(
     train_first_model(registry, source)
     assert seen["options"].label_horizon == VALIDATED_LABEL_HORIZONS.get(dataset, 1)
     assert seen["config"].tower_score_weight == VALIDATED_TOWER_SCORE_WEIGHTS.get(dataset, 0.0)
+    assert seen["config"].members == VALIDATED_MEMBERS.get(dataset, 1)
+    assert seen["config"].members == (2 if dataset else 1)
     assert registry.current() is not None
