@@ -40,6 +40,7 @@ from export.savedmodel import (
     distinct_known,
 )
 from ranking.artefact import load_ranker
+from ranking.ensemble import RankerEnsemble
 from ranking.impressions import NUMERIC
 from ranking.model import Ranker
 from towers._tf import tf
@@ -56,7 +57,7 @@ def _unknown_if_negative(x: tf.Tensor) -> tf.Tensor:
 
 
 class _RankerModule(tf.Module):
-    def __init__(self, ranker: Ranker, version: str) -> None:
+    def __init__(self, ranker: Ranker | RankerEnsemble, version: str) -> None:
         super().__init__()
         self.ranker = ranker
         self.version = version
@@ -82,7 +83,7 @@ class _RankerModule(tf.Module):
         }
 
 
-def _ranker_signature(ranker: Ranker) -> dict[str, tf.TensorSpec]:
+def _ranker_signature(ranker: Ranker | RankerEnsemble) -> dict[str, tf.TensorSpec]:
     spec = {
         "item_id": tf.TensorSpec([None], tf.string, name="item_id"),
         "history": tf.TensorSpec([None, None], tf.string, name="history"),
@@ -96,7 +97,9 @@ def _ranker_signature(ranker: Ranker) -> dict[str, tf.TensorSpec]:
 
 
 class _TwoStageModule(_BruteForceModule):
-    def __init__(self, model, version, index: ItemIndex, ranker: Ranker, popularity, n, k):
+    def __init__(
+        self, model, version, index: ItemIndex, ranker: Ranker | RankerEnsemble, popularity, n, k
+    ):
         # As the API: at least k candidates, so that k > n still returns k items.
         super().__init__(model, version, max(n, k), index)
         self.ranker = ranker
