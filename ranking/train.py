@@ -225,6 +225,16 @@ def build_ranker(
     return ranker
 
 
+def _sibling(ranker: Ranker) -> Ranker:
+    """A new, untrained ranker with ``ranker``'s vocabularies and normalisers (fitted once
+    for all the members of an ensemble)."""
+    sibling = Ranker(ranker.config, ranker.item_ids, ranker.item_genre_array,
+                     ranker.item_year_array, ranker.normalizers,
+                     ranker.demographic_vocabularies or None)  # fmt: skip
+    sibling.genre_names = ranker.genre_names
+    return sibling
+
+
 def train_ranker(
     examples: RankingExamples,
     item_ids: list[str],
@@ -248,7 +258,11 @@ def train_ranker(
     for m in range(config.members):
         seed = (options.seed + m) % 2**32
         tf.keras.utils.set_random_seed(seed)
-        ranker = build_ranker(examples, item_ids, items, config, users)
+        ranker = (
+            _sibling(members[0])
+            if members
+            else build_ranker(examples, item_ids, items, config, users)
+        )
         ds = (
             tf.data.Dataset.from_tensor_slices((inputs, targets))
             .shuffle(min(len(examples), 200_000), seed=seed)
