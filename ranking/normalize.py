@@ -58,16 +58,22 @@ class QuantileNormalizer:
         """``F(x)`` in ``[0, 1)``, float32; NaN maps to 0."""
         x = np.asarray(x, dtype=np.float64)
         if len(self.knots) == 1:  # a constant feature carries no information
-            out = np.where(x < self.knots[0], 0.0, np.where(x > self.knots[0], ONE_BELOW, 0.5))
-        else:
-            out = np.interp(x, self.knots, self.levels, left=0.0, right=ONE_BELOW)
-        out = np.where(np.isnan(x), 0.0, np.minimum(out, ONE_BELOW))
-        return out.astype(np.float32)
+            k = self.knots[0]
+            out = np.where(x < k, 0.0, np.where(x > k, ONE_BELOW, np.where(x == k, 0.5, np.nan)))
+        else:  # NaN in, NaN out
+            out = np.asarray(np.interp(x, self.knots, self.levels, left=0.0, right=ONE_BELOW))
+        out = np.asarray(np.minimum(out, ONE_BELOW), np.float32)  # NaN stays NaN ...
+        out[np.isnan(out)] = 0.0  # ... and maps to 0
+        return out
 
     def expand(self, x: np.ndarray) -> np.ndarray:
         """``[x̃, x̃², √x̃]`` stacked on a last axis of 3."""
         t = self(x)
-        return np.stack([t, t * t, np.sqrt(t)], axis=-1)
+        out = np.empty((*t.shape, 3), np.float32)
+        out[..., 0] = t
+        np.multiply(t, t, out=out[..., 1])
+        np.sqrt(t, out=out[..., 2])
+        return out
 
     def to_dict(self) -> dict:
         return {"knots": self.knots.tolist(), "levels": self.levels.tolist()}

@@ -9,6 +9,7 @@ the ranker (``ranker/serving.npz``), so a server loads it without TensorFlow bui
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,8 +26,12 @@ from ranking.model import (
     genre_profile,
 )
 from ranking.normalize import QuantileNormalizer
+from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.query import named_array
+
+#: Numeric inputs that describe the user, not the candidate: one value per serving request.
+USER_LEVEL = ("time_since_last", "prev_impressions", "user_count", "user_mean")
 
 
 def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
@@ -75,6 +80,9 @@ class _Member:
     rated: np.ndarray | None
     rank_layers: list[tuple[np.ndarray, np.ndarray, bool]]
     rating_layers: list[tuple[np.ndarray, np.ndarray, bool]]
+    #: The first rank layer's kernel split into the rows of per-candidate and per-user columns,
+    #: for the block layout it was split for (:meth:`RankScorer._rank_logit`).
+    split: tuple[tuple[bool, ...], np.ndarray, np.ndarray] | None = None
 
 
 class RankScorer:
@@ -117,10 +125,12 @@ class RankScorer:
         self.arrays = {name: np.asarray(a) for name, a in arrays.items()}
         self.demographic_vocabularies = dict(demographic_vocabularies or {})
         self._position = {item: i + 2 for i, item in enumerate(item_ids)}
+        self._position[PAD] = 0
         rows = len(item_ids) + 2
         self._genres = self._array("genres", rows)
         self._years = self._array("years", rows)
         self._cdf = dict(normalizers)
+        self._year_features = self._cdf["year"].expand(self._years)  # per lookup position
         self._vocab = {
             col: {v: i + 1 for i, v in enumerate(vocab)}
             for col, vocab in self.demographic_vocabularies.items()
@@ -163,10 +173,10 @@ class RankScorer:
         )
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        get = self._position.get
+        """Lookup positions of raw item IDs: 0 for padding (``""``), 1 for an unknown ID."""
         flat = np.asarray(ids, dtype=object).ravel()
-        out = np.fromiter((get(i, 0 if i == "" else 1) for i in flat), np.int64, len(flat))
-        return out.reshape(np.shape(ids))
+        found = map(self._position.get, flat, itertools.repeat(1, len(flat)))
+        return np.fromiter(found, np.int64, len(flat)).reshape(np.shape(ids))
 
     @staticmethod
     def _rated_bag(
@@ -194,16 +204,16 @@ class RankScorer:
         :meth:`ranking.model.Ranker.serving_logit`. ``rating=False`` skips the rating head
         (ranking needs only the logits). An ensemble's outputs are its members' means, as
         :class:`ranking.ensemble.RankerEnsemble`'s; the features the members share are
-        computed once."""
+        computed once.
+
+        A serving request scores one user's candidates: its history is one row, and its user
+        features (counts, mean rating, time since the last event, demographics) are the same on
+        every row. Those features then enter the ranking head's first layer once, as one row,
+        instead of once per candidate; the logits are the same up to float rounding."""
         item = self.positions(inputs["item_id"])
         n = len(item)
         history = self.positions(inputs["history"])
         known = (history >= 2).astype(np.float32)
-        common = [self._genres[item], self._cdf["year"].expand(self._years[item])]
-        for name in RATING_FEATURES:
-            common.append(self._cdf[name].expand(np.asarray(inputs[name], np.float32)))
-        mean = np.asarray(inputs["user_mean"], np.float32).reshape(-1, 1)
-        common.append(np.where(np.isnan(mean), 0.0, mean / 5.0))
         demographic_rows = {}
         for col in DEMOGRAPHIC_COLUMNS:
             if col in self._vocab:
@@ -212,29 +222,38 @@ class RankScorer:
                 demographic_rows[col] = np.fromiter(
                     (get(str(v), 0) for v in values), np.int64, len(values)
                 )
-        ranking_only = [
-            self._cdf[name].expand(np.asarray(inputs[name], np.float32))
-            for name in NUMERIC
-            if name not in RATING_FEATURES
-        ]
+        one = n > 1 and len(history) == 1 and self._one_user(inputs, demographic_rows)
+        if one:  # every per-user feature from the first row only
+            demographic_rows = {col: rows[:1] for col, rows in demographic_rows.items()}
+
+        def expand(name: str) -> np.ndarray:
+            values = np.asarray(inputs[name], np.float32)
+            return self._cdf[name].expand(values[:1] if one and name in USER_LEVEL else values)
+
+        common = [self._genres[item], self._year_features[item]]
+        common += [expand(name) for name in RATING_FEATURES]
+        mean = np.asarray(inputs["user_mean"], np.float32).reshape(-1, 1)
+        common.append(np.where(np.isnan(mean), 0.0, mean / 5.0)[: 1 if one else None])
+        ranking_only = [expand(name) for name in NUMERIC if name not in RATING_FEATURES]
         if self.config.user_genres:
             profile = genre_profile(self._genres[history], known)  # one row per history row
-            profile = np.broadcast_to(profile, (n, profile.shape[1]))
-            ranking_only.append(genre_affinity(profile, self._genres[item]))
+            ranking_only += _split_affinity(profile, self._genres[item])
         logits, ratings = [], []
         for member in self._members:
             bag = (member.embedding[history] * known[..., None]).sum(1) / np.maximum(
                 known.sum(1, keepdims=True), 1.0
             )
-            if len(bag) == 1 and n > 1:
-                bag = np.repeat(bag, n, axis=0)
             item_vec = member.embedding[item]
-            parts = [item_vec, bag, (item_vec * bag).sum(1, keepdims=True), *common]
+            dot = (item_vec * bag).sum(1, keepdims=True)  # bag has 1 or n rows
+            parts = [item_vec, bag, dot, *common]
             parts += [member.demographics[col][rows] for col, rows in demographic_rows.items()]
-            shared = np.concatenate([np.broadcast_to(p, (n, p.shape[1])) for p in parts], axis=1)
-            x = np.concatenate([shared, *ranking_only], axis=1).astype(np.float32)
-            logits.append(_dense(x, member.rank_layers)[:, 0])
+            blocks = [*parts, *ranking_only]
+            if one:
+                logits.append(self._rank_logit(member, blocks, n))
+            else:
+                logits.append(_dense(_columns(blocks, n), member.rank_layers)[:, 0])
             if rating:
+                shared = _columns(parts, n)
                 ratings.append(self._rating(member, shared, item_vec, item, history, inputs))
         logit = logits[0] if len(logits) == 1 else np.mean(logits, axis=0)
         out = {"logit": logit, "serving_logit": logit}
@@ -244,6 +263,36 @@ class RankScorer:
         if rating:
             out["rating"] = ratings[0] if len(ratings) == 1 else np.mean(ratings, axis=0)
         return out
+
+    @staticmethod
+    def _one_user(inputs: Mapping[str, np.ndarray], demographic_rows: dict) -> bool:
+        """Whether every per-user input holds one value (or NaN) on all rows."""
+        for name in USER_LEVEL:
+            values = np.asarray(inputs[name], np.float32).ravel()
+            first = values[0]
+            if not (values == first if first == first else np.isnan(values)).all():
+                return False
+        return all(rows.min() == rows.max() for rows in demographic_rows.values())
+
+    def _rank_logit(self, member: _Member, blocks: list[np.ndarray], n: int) -> np.ndarray:
+        """The ranking head on feature ``blocks`` of ``n`` rows or, for per-user ones, one row:
+        the first layer multiplies the one-row blocks once."""
+        each = tuple(len(b) == n for b in blocks)
+        if member.split is None or member.split[0] != each:
+            edges = np.cumsum([0, *(b.shape[1] for b in blocks)])
+            cols = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+            kernel = member.rank_layers[0][0]
+            rows = np.concatenate([c for c, e in zip(cols, each, strict=True) if e])
+            once = np.concatenate([c for c, e in zip(cols, each, strict=True) if not e])
+            member.split = (each, kernel[rows], kernel[once])
+        _, per_row, per_user = member.split
+        _, bias, relu = member.rank_layers[0]
+        x = np.concatenate([b for b, e in zip(blocks, each, strict=True) if e], axis=1)
+        u = np.concatenate([b for b, e in zip(blocks, each, strict=True) if not e], axis=1)
+        h = x.astype(np.float32) @ per_row + (u.astype(np.float32) @ per_user + bias)
+        if relu:
+            h = np.maximum(h, 0.0)
+        return _dense(h, member.rank_layers[1:])[:, 0]
 
     def _rating(self, member: _Member, shared, item_vec, item, history, inputs) -> np.ndarray:
         """One member's rating head."""
@@ -258,6 +307,21 @@ class RankScorer:
         z = _dense(r, member.rating_layers)[:, 0] + member.bias[item]
         low, high = RATING_RANGE
         return low + (high - low) / (1.0 + np.exp(-z))
+
+
+def _columns(blocks: list[np.ndarray], n: int) -> np.ndarray:
+    """``blocks`` of 1 or ``n`` rows side by side, as ``n`` float32 rows."""
+    return np.concatenate([np.broadcast_to(b, (n, b.shape[1])) for b in blocks], axis=1).astype(
+        np.float32
+    )
+
+
+def _split_affinity(profile: np.ndarray, candidate_genres: np.ndarray) -> list[np.ndarray]:
+    """:func:`ranking.model.genre_affinity` as two blocks, ``[profile]`` (1 or n rows) and
+    ``[profile * candidate genres, affinity]`` (n rows)."""
+    n = len(candidate_genres)
+    both = genre_affinity(np.broadcast_to(profile, (n, profile.shape[1])), candidate_genres)
+    return [profile, both[:, profile.shape[1] :]]
 
 
 def _dense(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, bool]]) -> np.ndarray:

@@ -24,7 +24,8 @@ def test_ties_take_the_middle_of_their_probabilities():
 
 def test_constant_feature_and_bad_input():
     cdf = QuantileNormalizer.fit(np.array([3.0, 3.0]))
-    np.testing.assert_allclose(cdf(np.array([2.0, 3.0, 4.0])), [0, 0.5, ONE_BELOW], rtol=1e-6)
+    got = cdf(np.array([2.0, 3.0, 4.0, np.nan]))
+    np.testing.assert_allclose(got, [0, 0.5, ONE_BELOW, 0], rtol=1e-6)
     with pytest.raises(ValueError, match="no finite entries"):
         QuantileNormalizer.fit(np.array([np.nan]))
     with pytest.raises(ValueError, match="num_quantiles"):

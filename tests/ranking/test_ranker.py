@@ -316,6 +316,23 @@ def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
     inputs = ranker_inputs(one)
     shared = {**inputs, "history": inputs["history"][:1]}
     np.testing.assert_allclose(scorer(shared)["logit"], scorer(inputs)["logit"], rtol=1e-6)
+    # Such a request's per-user features (here a count, a time and an unknown mean rating, the
+    # same on every row) enter the first layer once, as one row; the logits are still Keras'.
+    one.numeric["user_count"][:], one.numeric["time_since_last"][:] = 7.0, 30.0
+    one.numeric["user_mean"][:] = np.nan
+    inputs = ranker_inputs(one)
+    fresh = RankScorer.from_model(ranker)
+    got = fresh({**inputs, "history": inputs["history"][:1]})
+    assert fresh._members[0].split is not None  # the one-row path ran
+    keras_out = predict(ranker, one)
+    np.testing.assert_allclose(got["logit"], keras_out["logit"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["rating"], keras_out["rating"], rtol=1e-4, atol=1e-5)
+    one.numeric["user_count"][0] = 8.0  # no longer one user's: every row is multiplied
+    inputs = ranker_inputs(one)
+    fresh = RankScorer.from_model(ranker)
+    got = fresh({**inputs, "history": inputs["history"][:1]})
+    assert fresh._members[0].split is None
+    np.testing.assert_allclose(got["logit"], predict(ranker, one)["logit"], rtol=1e-4, atol=1e-5)
     directory = save_ranker(ranker, tmp_path / "r", metrics, "tower-v1", RankerOptions())
     assert ranker_settings(directory)[0].user_genres is True
     np.testing.assert_allclose(predict(load_ranker(directory), probe)["logit"], want["logit"],
