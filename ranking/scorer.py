@@ -287,9 +287,10 @@ class RankScorer:
             member.split = (each, kernel[rows], kernel[once])
         _, per_row, per_user = member.split
         _, bias, relu = member.rank_layers[0]
-        x = np.concatenate([b for b, e in zip(blocks, each, strict=True) if e], axis=1)
-        u = np.concatenate([b for b, e in zip(blocks, each, strict=True) if not e], axis=1)
-        h = x.astype(np.float32) @ per_row + (u.astype(np.float32) @ per_user + bias)
+        rows = [b for b, e in zip(blocks, each, strict=True) if e]
+        once = [b for b, e in zip(blocks, each, strict=True) if not e]
+        x, u = (np.concatenate(b, axis=1, dtype=np.float32) for b in (rows, once))
+        h = x @ per_row + (u @ per_user + bias)
         if relu:
             h = np.maximum(h, 0.0)
         return _dense(h, member.rank_layers[1:])[:, 0]
@@ -297,7 +298,7 @@ class RankScorer:
     def _rating(self, member: _Member, shared, item_vec, item, history, inputs) -> np.ndarray:
         """One member's rating head."""
         n = len(item)
-        r = shared.astype(np.float32)
+        r = shared.astype(np.float32, copy=False)
         if member.rated is not None:
             rated_bag = self._rated_bag(member.rated, history, inputs.get("history_rating"))
             if len(rated_bag) == 1 and n > 1:
@@ -311,8 +312,8 @@ class RankScorer:
 
 def _columns(blocks: list[np.ndarray], n: int) -> np.ndarray:
     """``blocks`` of 1 or ``n`` rows side by side, as ``n`` float32 rows."""
-    return np.concatenate([np.broadcast_to(b, (n, b.shape[1])) for b in blocks], axis=1).astype(
-        np.float32
+    return np.concatenate(
+        [np.broadcast_to(b, (n, b.shape[1])) for b in blocks], axis=1, dtype=np.float32
     )
 
 
