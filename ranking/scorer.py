@@ -32,6 +32,12 @@ from towers.query import named_array
 
 #: Numeric inputs that describe the user, not the candidate: one value per serving request.
 USER_LEVEL = ("time_since_last", "prev_impressions", "user_count", "user_mean")
+#: What a block of the ranking head's input depends on: the item alone, the user alone (one row
+#: per serving request), or the pair.
+ITEM, USER, ROW = "item", "user", "row"
+#: The largest item table (lookup positions x first-layer units, floats) :class:`_Split` keeps;
+#: past it the item blocks are multiplied per request.
+MAX_ITEM_TABLE = 1 << 25
 
 
 def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
@@ -80,9 +86,55 @@ class _Member:
     rated: np.ndarray | None
     rank_layers: list[tuple[np.ndarray, np.ndarray, bool]]
     rating_layers: list[tuple[np.ndarray, np.ndarray, bool]]
-    #: The first rank layer's kernel split into the rows of per-candidate and per-user columns,
-    #: for the block layout it was split for (:meth:`RankScorer._rank_logit`).
-    split: tuple[tuple[bool, ...], np.ndarray, np.ndarray] | None = None
+    #: The first rank layer, split by what its inputs depend on (:meth:`RankScorer._rank_logit`).
+    split: _Split | None = None
+
+
+@dataclass
+class _Split:
+    """A first layer ``x W`` split by the kinds of ``x``'s column blocks: ``W``'s rows for the
+    user's blocks (multiplied as one row), for the pair's (one row per candidate), and for the
+    item's, whose products with every item are a table (one row per lookup position) when it
+    is at most :data:`MAX_ITEM_TABLE` floats."""
+
+    kinds: tuple[str, ...]
+    kernels: dict[str, np.ndarray]
+    item_table: np.ndarray | None
+
+    @classmethod
+    def of(cls, member: _Member, blocks: list[tuple[np.ndarray, str]], item_features) -> _Split:
+        kernel = member.rank_layers[0][0]
+        edges = np.cumsum([0, *(b.shape[1] for b, _ in blocks)])
+        kinds = tuple(kind for _, kind in blocks)
+        rows = {
+            kind: np.concatenate(
+                [np.arange(edges[i], edges[i + 1]) for i, k in enumerate(kinds) if k == kind]
+            )
+            for kind in set(kinds)
+        }
+        kernels = {kind: kernel[r] for kind, r in rows.items()}
+        table = None
+        if ITEM in kernels and len(member.embedding) * kernel.shape[1] <= MAX_ITEM_TABLE:
+            features = item_features(member)
+            if features.shape[1] != len(rows[ITEM]):  # the item blocks and their table disagree
+                raise RuntimeError(
+                    f"item features have {features.shape[1]} columns, not {len(rows[ITEM])}"
+                )
+            table = features.astype(np.float32) @ kernels[ITEM]
+        return cls(kinds, kernels, table)
+
+    def product(self, blocks: list[tuple[np.ndarray, str]], kind: str) -> np.ndarray | float:
+        """The first layer's share (no bias) from the blocks of one ``kind``."""
+        if kind not in self.kernels:
+            return 0.0
+        x = np.concatenate([b for b, k in blocks if k == kind], axis=1, dtype=np.float32)
+        return x @ self.kernels[kind]
+
+    def item_share(self, blocks: list[tuple[np.ndarray, str]], item: np.ndarray):
+        """The item blocks' share for the candidates at lookup positions ``item``."""
+        if self.item_table is None:
+            return self.product(blocks, ITEM)
+        return self.item_table[item]
 
 
 class RankScorer:
@@ -208,8 +260,10 @@ class RankScorer:
 
         A serving request scores one user's candidates: its history is one row, and its user
         features (counts, mean rating, time since the last event, demographics) are the same on
-        every row. Those features then enter the ranking head's first layer once, as one row,
-        instead of once per candidate; the logits are the same up to float rounding."""
+        every row. The ranking head's first layer then takes those features once, as one row,
+        and each candidate's item-only features (embedding, genres, year) as a row of a table
+        multiplied once per model (:class:`_Split`); the logits are the same up to float
+        rounding."""
         item = self.positions(inputs["item_id"])
         n = len(item)
         history = self.positions(inputs["history"])
@@ -226,18 +280,22 @@ class RankScorer:
         if one:  # every per-user feature from the first row only
             demographic_rows = {col: rows[:1] for col, rows in demographic_rows.items()}
 
-        def expand(name: str) -> np.ndarray:
+        def expand(name: str) -> tuple[np.ndarray, str]:
             values = np.asarray(inputs[name], np.float32)
-            return self._cdf[name].expand(values[:1] if one and name in USER_LEVEL else values)
+            if name in USER_LEVEL:
+                return self._cdf[name].expand(values[:1] if one else values), USER
+            return self._cdf[name].expand(values), ROW
 
-        common = [self._genres[item], self._year_features[item]]
+        genres = self._genres[item]
+        common = [(genres, ITEM), (self._year_features[item], ITEM)]
         common += [expand(name) for name in RATING_FEATURES]
         mean = np.asarray(inputs["user_mean"], np.float32).reshape(-1, 1)
-        common.append(np.where(np.isnan(mean), 0.0, mean / 5.0)[: 1 if one else None])
+        common.append((np.where(np.isnan(mean), 0.0, mean / 5.0)[: 1 if one else None], USER))
         ranking_only = [expand(name) for name in NUMERIC if name not in RATING_FEATURES]
         if self.config.user_genres:
             profile = genre_profile(self._genres[history], known)  # one row per history row
-            ranking_only += _split_affinity(profile, self._genres[item])
+            both = genre_affinity(np.broadcast_to(profile, (n, profile.shape[1])), genres)
+            ranking_only += [(profile, USER), (both[:, profile.shape[1] :], ROW)]
         logits, ratings = [], []
         for member in self._members:
             bag = (member.embedding[history] * known[..., None]).sum(1) / np.maximum(
@@ -245,11 +303,11 @@ class RankScorer:
             )
             item_vec = member.embedding[item]
             dot = (item_vec * bag).sum(1, keepdims=True)  # bag has 1 or n rows
-            parts = [item_vec, bag, dot, *common]
-            parts += [member.demographics[col][rows] for col, rows in demographic_rows.items()]
+            parts = [(item_vec, ITEM), (bag, USER), (dot, ROW), *common]
+            parts += [(member.demographics[c][rows], USER) for c, rows in demographic_rows.items()]
             blocks = [*parts, *ranking_only]
             if one:
-                logits.append(self._rank_logit(member, blocks, n))
+                logits.append(self._rank_logit(member, blocks, item))
             else:
                 logits.append(_dense(_columns(blocks, n), member.rank_layers)[:, 0])
             if rating:
@@ -274,23 +332,23 @@ class RankScorer:
                 return False
         return all(rows.min() == rows.max() for rows in demographic_rows.values())
 
-    def _rank_logit(self, member: _Member, blocks: list[np.ndarray], n: int) -> np.ndarray:
-        """The ranking head on feature ``blocks`` of ``n`` rows or, for per-user ones, one row:
-        the first layer multiplies the one-row blocks once."""
-        each = tuple(len(b) == n for b in blocks)
-        if member.split is None or member.split[0] != each:
-            edges = np.cumsum([0, *(b.shape[1] for b in blocks)])
-            cols = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-            kernel = member.rank_layers[0][0]
-            rows = np.concatenate([c for c, e in zip(cols, each, strict=True) if e])
-            once = np.concatenate([c for c, e in zip(cols, each, strict=True) if not e])
-            member.split = (each, kernel[rows], kernel[once])
-        _, per_row, per_user = member.split
+    def _item_features(self, member: _Member) -> np.ndarray:
+        """The item-only blocks of every lookup position, in their column order: embedding,
+        genres, year features."""
+        return np.concatenate([member.embedding, self._genres, self._year_features], axis=1)
+
+    def _rank_logit(
+        self, member: _Member, blocks: list[tuple[np.ndarray, str]], item: np.ndarray
+    ) -> np.ndarray:
+        """The ranking head for one user's candidates (``blocks`` of :meth:`__call__`'s serving
+        case: ``USER`` blocks one row, the others one row per candidate)."""
+        kinds = tuple(kind for _, kind in blocks)
+        split = member.split
+        if split is None or split.kinds != kinds:
+            split = member.split = _Split.of(member, blocks, self._item_features)
         _, bias, relu = member.rank_layers[0]
-        rows = [b for b, e in zip(blocks, each, strict=True) if e]
-        once = [b for b, e in zip(blocks, each, strict=True) if not e]
-        x, u = (np.concatenate(b, axis=1, dtype=np.float32) for b in (rows, once))
-        h = x @ per_row + (u @ per_user + bias)
+        h = split.product(blocks, USER) + bias  # one row
+        h = h + split.product(blocks, ROW) + split.item_share(blocks, item)
         if relu:
             h = np.maximum(h, 0.0)
         return _dense(h, member.rank_layers[1:])[:, 0]
@@ -310,19 +368,11 @@ class RankScorer:
         return low + (high - low) / (1.0 + np.exp(-z))
 
 
-def _columns(blocks: list[np.ndarray], n: int) -> np.ndarray:
-    """``blocks`` of 1 or ``n`` rows side by side, as ``n`` float32 rows."""
+def _columns(blocks: list[tuple[np.ndarray, str]], n: int) -> np.ndarray:
+    """The arrays of ``blocks`` (1 or ``n`` rows each) side by side, as ``n`` float32 rows."""
     return np.concatenate(
-        [np.broadcast_to(b, (n, b.shape[1])) for b in blocks], axis=1, dtype=np.float32
+        [np.broadcast_to(b, (n, b.shape[1])) for b, _ in blocks], axis=1, dtype=np.float32
     )
-
-
-def _split_affinity(profile: np.ndarray, candidate_genres: np.ndarray) -> list[np.ndarray]:
-    """:func:`ranking.model.genre_affinity` as two blocks, ``[profile]`` (1 or n rows) and
-    ``[profile * candidate genres, affinity]`` (n rows)."""
-    n = len(candidate_genres)
-    both = genre_affinity(np.broadcast_to(profile, (n, profile.shape[1])), candidate_genres)
-    return [profile, both[:, profile.shape[1] :]]
 
 
 def _dense(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, bool]]) -> np.ndarray:

@@ -292,7 +292,8 @@ def genred_items() -> pd.DataFrame:
     })  # fmt: skip
 
 
-def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
+def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path, monkeypatch):
+    from ranking import scorer as scorer_module
     from ranking.artefact import load_rank_scorer
     from ranking.scorer import RankScorer
     from ranking.train import ranker_inputs
@@ -323,10 +324,16 @@ def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path):
     inputs = ranker_inputs(one)
     fresh = RankScorer.from_model(ranker)
     got = fresh({**inputs, "history": inputs["history"][:1]})
-    assert fresh._members[0].split is not None  # the one-row path ran
+    assert fresh._members[0].split.item_table is not None  # the one-row path ran
     keras_out = predict(ranker, one)
     np.testing.assert_allclose(got["logit"], keras_out["logit"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["rating"], keras_out["rating"], rtol=1e-4, atol=1e-5)
+    # A catalogue too big for the item table multiplies the item features per request instead.
+    monkeypatch.setattr(scorer_module, "MAX_ITEM_TABLE", 0)
+    fresh = RankScorer.from_model(ranker)
+    got = fresh({**inputs, "history": inputs["history"][:1]}, rating=False)
+    assert fresh._members[0].split.item_table is None
+    np.testing.assert_allclose(got["logit"], keras_out["logit"], rtol=1e-4, atol=1e-5)
     one.numeric["user_count"][0] = 8.0  # no longer one user's: every row is multiplied
     inputs = ranker_inputs(one)
     fresh = RankScorer.from_model(ranker)
