@@ -100,6 +100,8 @@ class Recommender:
                 by_genre.setdefault(genre.lower(), set()).add(item)
         self._by_genre = {g: frozenset(s) for g, s in by_genre.items()}
         self._genre_names = sorted({g for gs in self._genres.values() for g in gs})
+        # One set per filter, so the index keeps its rows (ItemIndex.search_among).
+        self._allowed_sets: dict[frozenset[str], frozenset[str]] = {}
 
     def add_items(self, items: pd.DataFrame) -> None:
         """Titles and genres of items placed in the index at run time (from metadata), so that
@@ -159,10 +161,17 @@ class Recommender:
             genres = [genres]
         if not genres:
             return None
+        names = frozenset(str(g).lower() for g in genres)
+        found = self._allowed_sets.get(names)
+        if found is not None:
+            return found
         unknown = [g for g in genres if str(g).lower() not in self._by_genre]
         if unknown:
             raise ValueError(f"genres has unknown names {unknown}; known: {self._genre_names}")
-        return frozenset().union(*(self._by_genre[str(g).lower()] for g in genres))
+        found = frozenset().union(*(self._by_genre[name] for name in names))
+        if len(self._allowed_sets) < 256:
+            self._allowed_sets[names] = found
+        return found
 
     def _features(self, features: Mapping[str, object] | None) -> dict[str, object]:
         if features is not None and not isinstance(features, Mapping):

@@ -17,73 +17,21 @@ package arrows let ``export`` import ``towers`` but not ``serving``.
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 import towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before ScaNN imports TensorFlow)
 from towers.checks import positive_int
+from towers.index_params import IndexParams, configure
 
 INDEX_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """How the index searches; :meth:`for_size` derives them from the catalogue size.
-
-    Attributes
-    ----------
-    mode : {"brute_force", "tree_ah"}
-    num_leaves : int
-        k-means partitions (tree_ah only).
-    leaves_to_search : int
-        Partitions scanned per query.
-    reorder : int
-        Candidates re-scored exactly after hashing.
-    dims_per_block : int
-        Dimensions per asymmetric-hashing sub-space.
-    anisotropic_threshold : float
-        The score-aware quantization threshold ``T`` of Guo et al. (2020).
-    training_sample_size : int
-        Items sampled to train the tree and the codebooks.
-    """
-
-    mode: str = "brute_force"
-    num_leaves: int = 0
-    leaves_to_search: int = 0
-    reorder: int = 0
-    dims_per_block: int = 2
-    anisotropic_threshold: float = 0.2
-    training_sample_size: int = 250_000
-
-    #: Up to this many items, exact scoring costs well under a millisecond on 2 cores.
-    BRUTE_FORCE_MAX_ITEMS = 20_000
-
-    @classmethod
-    def for_size(cls, num_items: int, mode: str = "auto") -> IndexParams:
-        """Parameters for a catalogue of ``num_items``.
-
-        ``auto`` scores exactly up to :attr:`BRUTE_FORCE_MAX_ITEMS`. Above it, the tree has about
-        ``sqrt(n)`` leaves of ~``sqrt(n)`` items (ScaNN's rule of thumb), searches 5 % of them
-        (at least 8), and re-scores the top 1,000 exactly.
-        """
-        if mode not in ("auto", "brute_force", "tree_ah"):
-            raise ValueError(f"mode must be 'auto', 'brute_force' or 'tree_ah', got {mode!r}")
-        if mode == "brute_force" or (mode == "auto" and num_items <= cls.BRUTE_FORCE_MAX_ITEMS):
-            return cls()
-        leaves = max(2, min(int(round(math.sqrt(num_items))), num_items // 20))
-        return cls(
-            mode="tree_ah",
-            num_leaves=leaves,
-            leaves_to_search=min(leaves, max(8, int(math.ceil(0.05 * leaves)))),
-            reorder=1000,
-            training_sample_size=min(num_items, 250_000),
-        )
+#: The most floats :meth:`ItemIndex.search_among` keeps of item subsets' vectors (64 MB).
+SUBSET_CACHE_FLOATS = 1 << 24
 
 
 class _ReadWriteLock:
@@ -123,25 +71,6 @@ class _ReadWriteLock:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
-
-
-def configure(builder, params: IndexParams):
-    """Apply ``params`` to a ScaNN builder (``scann_ops_pybind`` or the TF ``scann_ops`` one)."""
-    if params.mode == "tree_ah":
-        return (
-            builder.tree(
-                num_leaves=params.num_leaves,
-                num_leaves_to_search=params.leaves_to_search,
-                training_sample_size=params.training_sample_size,
-            )
-            .score_ah(
-                params.dims_per_block,
-                anisotropic_quantization_threshold=params.anisotropic_threshold,
-                training_sample_size=params.training_sample_size,
-            )
-            .reorder(params.reorder)
-        )
-    return builder.score_brute_force()
 
 
 def _check_unique(ids: list[str]) -> None:
@@ -205,6 +134,9 @@ class ItemIndex:
         self.params = params
         self.dim = int(self._vectors.shape[1])
         self._lock = _ReadWriteLock()
+        # search_among's item subsets (IDs and vectors), keyed by the frozenset asked for.
+        self._subsets: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
+        self._subset_floats = 0
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
@@ -339,6 +271,55 @@ class ItemIndex:
             out_scores[:, :width] = np.where(valid, scores, -np.inf)
             return out_ids, out_scores
 
+    def search_among(
+        self, queries: np.ndarray, k: int, item_ids: frozenset[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``k`` by inner product among ``item_ids`` (those of them indexed).
+
+        A filter (a genre's items) that keeps a small part of the catalogue is cheaper to score
+        exactly than to find in a search of everything, which has to look deep past the items
+        it drops; and the answer is exact on a tree index too. The subset's rows are kept
+        (up to :data:`SUBSET_CACHE_FLOATS` floats in all) until the index changes.
+
+        Returns
+        -------
+        ids, scores :
+            As :meth:`search`'s, ``min(k, indexed items among item_ids)`` wide.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        k = positive_int("k", k)
+        _check_finite(queries, None, "queries")
+        with self._lock.read():
+            ids, vectors = self._subset(item_ids)
+        k = min(k, len(ids))
+        scores = queries @ vectors.T
+        if k < len(ids):
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores = np.take_along_axis(scores, top, axis=1)
+        else:
+            top = np.broadcast_to(np.arange(len(ids)), scores.shape)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return ids[np.take_along_axis(top, order, axis=1)], np.take_along_axis(scores, order, 1)
+
+    def _subset(self, item_ids: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The indexed IDs among ``item_ids`` (in row order) and their vectors (under the read
+        lock)."""
+        found = self._subsets.get(item_ids)
+        if found is not None:
+            return found
+        position = self._position
+        rows = np.sort(np.fromiter((position[i] for i in item_ids if i in position), np.int64))
+        found = (self._ids_array[rows], self._vectors[rows])
+        size = found[1].size
+        if size <= SUBSET_CACHE_FLOATS:
+            if self._subset_floats + size > SUBSET_CACHE_FLOATS:
+                self._subsets, self._subset_floats = {}, 0
+            self._subsets[item_ids] = found
+            self._subset_floats += size
+        return found
+
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add new items, or replace the vectors of indexed ones.
 
@@ -358,6 +339,7 @@ class ItemIndex:
         _check_unique(ids)
         _check_finite(vectors, ids, "vectors")
         with self._lock.write():
+            self._subsets, self._subset_floats = {}, 0
             rows = [self._position.get(i) for i in ids]
             self._searcher.upsert(rows, vectors, 1)  # new rows are appended in order
             for item in ids:
@@ -390,6 +372,7 @@ class ItemIndex:
                 raise KeyError(f"item ids not in the index: {missing[:5]}")
             if len(set(ids)) >= len(self._ids):
                 raise ValueError("cannot delete every item from the index")
+            self._subsets, self._subset_floats = {}, 0
             for item in dict.fromkeys(ids):
                 row = self._position.pop(item)
                 last = len(self._ids) - 1

@@ -8,7 +8,10 @@ Exclusions and filters are applied to the ranked neighbours, so a search fetches
 room for the items that will be dropped, and rows that come up short are searched again with a
 wider fetch, up to the whole catalogue. On an exact (brute-force) index the result is therefore
 exactly the top ``k`` of the allowed, unexcluded items; with a tree + hashing index it is the top
-``k`` among what the searched partitions hold.
+``k`` among what the searched partitions hold. A filter that allows at most half the catalogue
+(and at most :data:`EXACT_AMONG_MAX` items) is instead scored exactly over its own items
+(:meth:`towers.index.ItemIndex.search_among`): a rare genre's items are cheaper to score than
+to dig out of a search of everything, and the answer is exact on any index.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import numpy as np
 from towers.artefact import load_query_encoder
 from towers.index import ItemIndex
 from towers.query import QueryEncoder
+
+#: The most allowed items a filtered search scores exactly (about one tree search's work).
+EXACT_AMONG_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,13 @@ class Retriever:
         # Room for dropped items: most of a long history is not in the top k, so start with a
         # bounded margin and widen only the rows that come up short.
         longest = max((len(e) for e in exclude), default=0)
+        if allowed is not None and len(allowed) <= min(EXACT_AMONG_MAX, size // 2):
+            # k plus every excluded item: no row can come up short while allowed items remain.
+            ids, scores = self.index.search_among(queries, k + longest, allowed)
+            return [
+                _keep(r_ids, r_scores, k, exclude[row], None)
+                for row, (r_ids, r_scores) in enumerate(zip(ids, scores, strict=True))
+            ]
         fetch = min(size, k + min(longest, 3 * k))
         if allowed is not None:
             fetch = min(size, 4 * fetch)

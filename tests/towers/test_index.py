@@ -175,3 +175,38 @@ def test_k_of_the_wrong_kind_is_named_and_an_empty_batch_is_empty(index):
             index.search(query, k)
     ids, scores = index.search(np.zeros((0, index.dim), np.float32), 3)
     assert ids.shape == (0, 3) and scores.shape == (0, 3)
+
+
+def test_search_among_scores_a_subset_exactly_and_follows_changes(index):
+    # Logits a 3, b 2, c -1, d -1.5, e 2.5 (above); "zzz" is not indexed and is ignored.
+    among = frozenset({"b", "c", "d", "zzz"})
+    ids, scores = index.search_among(QUERY, 2, among)
+    assert ids.tolist() == [["b", "c"]]
+    np.testing.assert_allclose(scores, [[2.0, -1.0]])
+    ids, _ = index.search_among(np.repeat(QUERY, 2, axis=0), 10, among)  # k past the subset
+    assert ids.tolist() == [["b", "c", "d"]] * 2
+    # The subset's rows are kept between calls, and an upsert or a delete makes them stale.
+    index.upsert(["d"], np.array([[9, 0, 0]], np.float32))
+    assert index.search_among(QUERY, 1, among)[0].tolist() == [["d"]]
+    index.delete(["d"])
+    assert index.search_among(QUERY, 5, among)[0].tolist() == [["b", "c"]]
+    assert index.search_among(QUERY, 3, frozenset({"zzz"}))[0].shape == (1, 0)
+    with pytest.raises(ValueError, match="queries must have shape"):
+        index.search_among(QUERY[:, :2], 1, among)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search_among(QUERY, 0, among)
+
+
+def test_search_among_equals_a_brute_force_search_restricted_to_the_subset():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(300, 5)).astype(np.float32)
+    ids = [f"i{n}" for n in range(300)]
+    index = ItemIndex.build(ids, vectors)
+    among = frozenset(ids[::7])
+    queries = rng.normal(size=(4, 5)).astype(np.float32)
+    got_ids, got_scores = index.search_among(queries, 12, among)
+    all_ids, all_scores = index.search(queries, 300)
+    for row in range(4):
+        keep = [j for j, i in enumerate(all_ids[row]) if i in among][:12]
+        assert got_ids[row].tolist() == all_ids[row][keep].tolist()
+        np.testing.assert_allclose(got_scores[row], all_scores[row][keep], rtol=1e-5)

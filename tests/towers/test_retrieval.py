@@ -64,3 +64,34 @@ def test_a_tree_index_never_pads_results_with_missing_or_repeated_items():
     assert not seen & set(batch[0].item_ids)
     # One query takes ScaNN's single-query path: the same answer as in the batch.
     assert retriever.search(query[:1], 1200, [seen])[0].item_ids == batch[0].item_ids
+
+
+def test_a_small_filter_is_scored_exactly_and_a_large_one_through_the_search(
+    retriever, monkeypatch
+):
+    calls = []
+    search_among = retriever.index.search_among
+    monkeypatch.setattr(retriever.index, "search_among",
+                        lambda *a: calls.append(a[2]) or search_among(*a))  # fmt: skip
+    # Half the catalogue (3 of 6): scored exactly, exclusions applied after.
+    (got,) = retriever.search(QUERY, 2, [{"i5"}], frozenset({"i1", "i3", "i5"}))
+    assert got.item_ids == ["i3", "i1"] and got.scores == [3.0, 1.0] and len(calls) == 1
+    # More than half: through the index search, with the same kind of answer.
+    (got,) = retriever.search(QUERY, 2, [{"i5"}], frozenset({"i1", "i2", "i3", "i5"}))
+    assert got.item_ids == ["i3", "i2"] and len(calls) == 1
+
+
+def test_a_filtered_search_on_a_tree_index_is_exact():
+    from towers.index import IndexParams
+
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(4000, 9)).astype(np.float32)
+    ids = [f"i{n}" for n in range(4000)]
+    index = ItemIndex.build(ids, vectors, IndexParams.for_size(4000, mode="tree_ah"))
+    retriever = Retriever(SimpleNamespace(output_dim=8), index)
+    query = rng.normal(size=(1, 9)).astype(np.float32)
+    allowed = frozenset(ids[::40])  # 100 items, as a rare genre
+    (got,) = retriever.search(query, 10, [set(ids[:400])], allowed)
+    eligible = [n for n in range(4000) if ids[n] in allowed and n >= 400]
+    want = sorted(eligible, key=lambda n: -float(vectors[n] @ query[0]))[:10]
+    assert got.item_ids == [ids[n] for n in want]
