@@ -8,8 +8,8 @@ Loads the benchmark artefact for ml-latest-small and its ranker (trained once an
 * ``known-user``: the same with ``rank=False`` (retrieval only), cycling over all 610 users
   (stored history, seen items excluded);
 * ``anonymous``: ``recommend(history=..., k=10)`` with each user's last 20 watches;
-* ``genre-filter``: known users with ``genres=["Documentary"]`` (a rare genre: the filter has to
-  look deep into the ranking);
+* ``genre-filter``: known users with ``genres=["Documentary"]`` (a rare genre, 4.5 % of the
+  items, which the retriever scores exactly over its own items);
 * ``similar-items``: ``similar_items(item_id, k=10)``.
 
 Each: 2,000 calls, one thread, p50/p99. Targets: retrieval p50 <= 1 ms and p99 <= 3 ms; with
