@@ -123,17 +123,22 @@ class _Split:
             table = features.astype(np.float32) @ kernels[ITEM]
         return cls(kinds, kernels, table)
 
-    def product(self, blocks: list[tuple[np.ndarray, str]], kind: str) -> np.ndarray | float:
-        """The first layer's share (no bias) from the blocks of one ``kind``."""
+    def product(self, blocks: list[tuple[np.ndarray, str]], kind: str, n: int):
+        """The first layer's share (no bias) from the blocks of one ``kind``: one row for the
+        user's, ``n`` for the others (a block given as one row is the same for every row)."""
         if kind not in self.kernels:
             return 0.0
-        x = np.concatenate([b for b, k in blocks if k == kind], axis=1, dtype=np.float32)
+        picked = [b for b, k in blocks if k == kind]
+        if kind == USER:
+            x = np.concatenate(picked, axis=1, dtype=np.float32)
+        else:
+            x = _columns([(b, kind) for b in picked], n)
         return x @ self.kernels[kind]
 
     def item_share(self, blocks: list[tuple[np.ndarray, str]], item: np.ndarray):
         """The item blocks' share for the candidates at lookup positions ``item``."""
         if self.item_table is None:
-            return self.product(blocks, ITEM)
+            return self.product(blocks, ITEM, len(item))
         return self.item_table[item]
 
 
@@ -347,8 +352,9 @@ class RankScorer:
         if split is None or split.kinds != kinds:
             split = member.split = _Split.of(member, blocks, self._item_features)
         _, bias, relu = member.rank_layers[0]
-        h = split.product(blocks, USER) + bias  # one row
-        h = h + split.product(blocks, ROW) + split.item_share(blocks, item)
+        n = len(item)
+        h = split.product(blocks, USER, n) + bias  # one row
+        h = h + split.product(blocks, ROW, n) + split.item_share(blocks, item)
         if relu:
             h = np.maximum(h, 0.0)
         return _dense(h, member.rank_layers[1:])[:, 0]

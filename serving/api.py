@@ -98,10 +98,14 @@ class Recommender:
         for item, genres in self._genres.items():
             for genre in genres:
                 by_genre.setdefault(genre.lower(), set()).add(item)
-        self._by_genre = {g: frozenset(s) for g, s in by_genre.items()}
         self._genre_names = sorted({g for gs in self._genres.values() for g in gs})
-        # One set per filter, so the index keeps its rows (ItemIndex.search_among).
-        self._allowed_sets: dict[frozenset[str], frozenset[str]] = {}
+        # Each genre's items, and one allowed set per filter asked for (so the index keeps its
+        # rows, ItemIndex.search_among), replaced together: a filter built from the old sets
+        # can only land in the old cache.
+        self._genre_state: tuple[dict[str, frozenset[str]], dict] = (
+            {g: frozenset(s) for g, s in by_genre.items()},
+            {},
+        )
 
     def add_items(self, items: pd.DataFrame) -> None:
         """Titles and genres of items placed in the index at run time (from metadata), so that
@@ -161,16 +165,17 @@ class Recommender:
             genres = [genres]
         if not genres:
             return None
+        by_genre, cache = self._genre_state
         names = frozenset(str(g).lower() for g in genres)
-        found = self._allowed_sets.get(names)
+        found = cache.get(names)
         if found is not None:
             return found
-        unknown = [g for g in genres if str(g).lower() not in self._by_genre]
+        unknown = [g for g in genres if str(g).lower() not in by_genre]
         if unknown:
             raise ValueError(f"genres has unknown names {unknown}; known: {self._genre_names}")
-        found = frozenset().union(*(self._by_genre[name] for name in names))
-        if len(self._allowed_sets) < 256:
-            self._allowed_sets[names] = found
+        found = frozenset().union(*(by_genre[name] for name in names))
+        if len(cache) < 256:
+            cache[names] = found
         return found
 
     def _features(self, features: Mapping[str, object] | None) -> dict[str, object]:

@@ -137,6 +137,7 @@ class ItemIndex:
         # search_among's item subsets (IDs and vectors), keyed by the frozenset asked for.
         self._subsets: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
         self._subset_floats = 0
+        self._subset_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
@@ -291,6 +292,8 @@ class ItemIndex:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
         k = positive_int("k", k)
         _check_finite(queries, None, "queries")
+        if not isinstance(item_ids, frozenset):
+            item_ids = frozenset(item_ids)
         with self._lock.read():
             ids, vectors = self._subset(item_ids)
         k = min(k, len(ids))
@@ -300,7 +303,7 @@ class ItemIndex:
             scores = np.take_along_axis(scores, top, axis=1)
         else:
             top = np.broadcast_to(np.arange(len(ids)), scores.shape)
-        order = np.argsort(-scores, axis=1, kind="stable")
+        order = np.lexsort((top, -scores), axis=-1)  # best first, ties in row order
         return ids[np.take_along_axis(top, order, axis=1)], np.take_along_axis(scores, order, 1)
 
     def _subset(self, item_ids: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -313,11 +316,12 @@ class ItemIndex:
         rows = np.sort(np.fromiter((position[i] for i in item_ids if i in position), np.int64))
         found = (self._ids_array[rows], self._vectors[rows])
         size = found[1].size
-        if size <= SUBSET_CACHE_FLOATS:
-            if self._subset_floats + size > SUBSET_CACHE_FLOATS:
-                self._subsets, self._subset_floats = {}, 0
-            self._subsets[item_ids] = found
-            self._subset_floats += size
+        with self._subset_lock:  # searches run concurrently
+            if size <= SUBSET_CACHE_FLOATS:
+                if self._subset_floats + size > SUBSET_CACHE_FLOATS:
+                    self._subsets, self._subset_floats = {}, 0
+                self._subsets[item_ids] = found
+                self._subset_floats += size
         return found
 
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:

@@ -325,6 +325,8 @@ def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path, monkeypa
     fresh = RankScorer.from_model(ranker)
     got = fresh({**inputs, "history": inputs["history"][:1]})
     assert fresh._members[0].split.item_table is not None  # the one-row path ran
+    one_row = {"history": inputs["history"][:1], "item_popularity": inputs["item_popularity"][:1]}
+    np.testing.assert_allclose(fresh({**inputs, **one_row})["logit"], got["logit"], rtol=1e-6)
     keras_out = predict(ranker, one)
     np.testing.assert_allclose(got["logit"], keras_out["logit"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["rating"], keras_out["rating"], rtol=1e-4, atol=1e-5)

@@ -167,3 +167,14 @@ def test_arguments_of_the_wrong_kind_are_named(rec):
     with pytest.raises(ValueError, match="features must be a mapping"):
         rec.recommend(history=["A"], features="x")
     assert rec.recommend(history=["A"], exclude={"B"}, k=2).item_ids[0] != "B"
+
+
+def test_a_genre_filter_finds_an_item_added_after_the_filter_was_first_asked(planted_artefact):
+    import pandas as pd
+
+    rec = Recommender.load(planted_artefact)
+    assert "Z" not in rec.recommend(history=["A"], k=10, genres=["Horror"]).item_ids
+    index = rec.retriever.index
+    index.upsert(["Z"], index.vector("E"))
+    rec.add_items(pd.DataFrame({"item_id": ["Z"], "title": ["Z"], "genres": [["Horror"]]}))
+    assert "Z" in rec.recommend(history=["A"], k=10, genres=["horror"]).item_ids

@@ -191,6 +191,7 @@ def test_search_among_scores_a_subset_exactly_and_follows_changes(index):
     index.delete(["d"])
     assert index.search_among(QUERY, 5, among)[0].tolist() == [["b", "c"]]
     assert index.search_among(QUERY, 3, frozenset({"zzz"}))[0].shape == (1, 0)
+    assert index.search_among(QUERY, 1, {"b", "c"})[0].tolist() == [["b"]]  # any set of IDs
     with pytest.raises(ValueError, match="queries must have shape"):
         index.search_among(QUERY[:, :2], 1, among)
     with pytest.raises(ValueError, match="k must be a positive integer"):
