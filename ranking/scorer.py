@@ -128,12 +128,13 @@ class _Split:
         user's, ``n`` for the others (a block given as one row is the same for every row)."""
         if kind not in self.kernels:
             return 0.0
-        picked = [b for b, k in blocks if k == kind]
-        if kind == USER:
-            x = np.concatenate(picked, axis=1, dtype=np.float32)
-        else:
-            x = _columns([(b, kind) for b in picked], n)
-        return x @ self.kernels[kind]
+        rows = 1 if kind == USER else n
+        picked = [
+            b if len(b) == rows else np.broadcast_to(b, (rows, b.shape[1]))
+            for b, k in blocks
+            if k == kind
+        ]
+        return np.concatenate(picked, axis=1, dtype=np.float32) @ self.kernels[kind]
 
     def item_share(self, blocks: list[tuple[np.ndarray, str]], item: np.ndarray):
         """The item blocks' share for the candidates at lookup positions ``item``."""
