@@ -47,6 +47,9 @@ class Reranker:
         self.clock = clock
         self.max_history = scorer.config.max_history
         self.has_demographics = bool(scorer.demographic_vocabularies)
+        # One request of two unknown items builds the scorer's serving tables (RankScorer's
+        # first-layer split) now, at load, instead of in the first user's request.
+        self.rerank(["\0warm-up-a", "\0warm-up-b"], [0.0, 0.0], [], {}, {}, 1)
 
     def rerank(
         self,

@@ -62,3 +62,12 @@ def test_a_ranker_for_another_tower_is_refused(planted_ranked_artefact, tmp_path
     (copy / "ranker" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="was trained for tower some-other-tower"):
         Recommender.load(copy)
+
+
+def test_loading_builds_the_scorers_serving_tables_before_the_first_request(
+    planted_ranked_artefact,
+):
+    fresh = Recommender.load(planted_ranked_artefact)
+    members = fresh.reranker.scorer._members
+    assert len(members) == 2 and all(m.split is not None for m in members)
+    assert all(m.split.item_table is not None for m in members)
