@@ -47,14 +47,19 @@ def test_bad_arguments_are_named(retriever):
         Retriever(SimpleNamespace(output_dim=5), retriever.index)
 
 
-def test_a_tree_index_never_pads_results_with_missing_or_repeated_items():
+def tree_retriever(rng: np.random.Generator, items: int = 4000):
+    """A retriever over a tree-AH index of ``items`` random 9-d vectors ``i0``, ``i1``, ..."""
     from towers.index import IndexParams
 
+    vectors = rng.normal(size=(items, 9)).astype(np.float32)
+    ids = [f"i{n}" for n in range(items)]
+    index = ItemIndex.build(ids, vectors, IndexParams.for_size(items, mode="tree_ah"))
+    return Retriever(SimpleNamespace(output_dim=8), index), ids, vectors
+
+
+def test_a_tree_index_never_pads_results_with_missing_or_repeated_items():
     rng = np.random.default_rng(1)
-    vectors = rng.normal(size=(4000, 9)).astype(np.float32)
-    ids = [f"i{n}" for n in range(4000)]
-    index = ItemIndex.build(ids, vectors, IndexParams.for_size(4000, mode="tree_ah"))
-    retriever = Retriever(SimpleNamespace(output_dim=8), index)
+    retriever, ids, _ = tree_retriever(rng)
     query = rng.normal(size=(2, 9)).astype(np.float32)
     seen = set(ids[:500])
     batch = retriever.search(query, 1200, [seen, set()])
@@ -82,13 +87,8 @@ def test_a_small_filter_is_scored_exactly_and_a_large_one_through_the_search(
 
 
 def test_a_filtered_search_on_a_tree_index_is_exact():
-    from towers.index import IndexParams
-
     rng = np.random.default_rng(2)
-    vectors = rng.normal(size=(4000, 9)).astype(np.float32)
-    ids = [f"i{n}" for n in range(4000)]
-    index = ItemIndex.build(ids, vectors, IndexParams.for_size(4000, mode="tree_ah"))
-    retriever = Retriever(SimpleNamespace(output_dim=8), index)
+    retriever, ids, vectors = tree_retriever(rng)
     query = rng.normal(size=(1, 9)).astype(np.float32)
     allowed = frozenset(ids[::40])  # 100 items, as a rare genre
     (got,) = retriever.search(query, 10, [set(ids[:400])], allowed)
