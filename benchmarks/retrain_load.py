@@ -16,7 +16,7 @@ Reported per window: p50/p99/max latency and failures; the retrain's wall time a
 the model version before and after.
 
     apt-get install wrk
-    python benchmarks/retrain_load.py --data-dir ../shared/data     # ~10 min
+    python benchmarks/retrain_load.py --data-dir ../shared/data     # ~15 min
 
 Writes ``benchmarks/results/retrain_load.json``.
 """
