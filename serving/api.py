@@ -274,8 +274,10 @@ class Recommender:
         ks = [_check_k(q.k) for q in queries]
         allowed = [self._allowed(q.genres) for q in queries]
         histories = [r[0] for r in resolved]
-        known_only = self.retriever.encoder.known_only
-        queries_matrix = self.encode([known_only(h) for h in histories], [r[1] for r in resolved])
+        # One pass over each history: the known IDs (the bag, and the ranker's history) and
+        # the ignored ones (reported in the response).
+        split = [self.retriever.encoder.split_known(h) for h in histories]
+        queries_matrix = self.encode([s[0] for s in split], [r[1] for r in resolved])
         for q in queries:
             if not isinstance(q.exclude, Iterable):
                 raise ValueError(f"exclude must be a sequence of strings, got {q.exclude!r}")
@@ -295,11 +297,10 @@ class Recommender:
                 queries_matrix[rows], fetch, [exclude[r] for r in rows], allow
             )
             for r, got, rank in zip(rows, found, ranked, strict=True):
-                knows = self.retriever.encoder.knows
-                ignored = [i for i in histories[r] if not knows(i)]
+                known, ignored = split[r]
                 if rank:
                     ids, scores = self.reranker.rerank(
-                        got.item_ids, got.scores, known_only(histories[r]), resolved[r][3],
+                        got.item_ids, got.scores, known, resolved[r][3],
                         resolved[r][1], k,
                     )  # fmt: skip
                 else:

@@ -52,8 +52,8 @@ def because(
         One entry per item: a history item ID, or None when no watched item raised its score.
     """
     encoder = recommender.retriever.encoder
-    known = encoder.known_only([str(h) for h in history])
     window = recommender.max_history
+    known = encoder.known_tail(history, window + 1)  # the bag and the item just before it
     m = min(len(known), window)
     if m == 0 or not item_ids:
         return [None] * len(item_ids)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from towers.data import Dataset
@@ -83,6 +84,11 @@ def distinct_history(history: Sequence[object]) -> list[str]:
     return list(dict.fromkeys(str(i) for i in reversed(history)))[::-1]
 
 
+def _fold_text(history: list[str]) -> list[str]:
+    """:func:`distinct_history` of a list that holds only ``str``."""
+    return list(dict.fromkeys(reversed(history)))[::-1]
+
+
 class UserTable:
     """Histories and demographics by raw user ID, kept in Arrow (compact for millions of users).
 
@@ -111,6 +117,11 @@ class UserTable:
         self._row = ids
         self._row_of = {u: i for i, u in enumerate(ids.tolist())}
         self._history = table.column("history")
+        # Histories of text IDs with no null entry are folded without converting each ID.
+        values = pc.list_flatten(self._history)
+        self._text_ids = (
+            pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+        ) and values.null_count == 0
         self.has_demographics = all(c in table.column_names for c in ("age", *DEMOGRAPHIC_COLUMNS))
         self.has_stats = all(c in table.column_names for c in STATS)
         self._stats = {
@@ -165,7 +176,8 @@ class UserTable:
         rows = np.asarray(rows)
         valid = rows >= 0
         taken = self._history.take(pa.array(np.where(valid, rows, 0))).to_pylist()
-        return [distinct_history(h) if ok and h else [] for h, ok in zip(taken, valid, strict=True)]
+        fold = _fold_text if self._text_ids else distinct_history
+        return [fold(h) if ok and h else [] for h, ok in zip(taken, valid, strict=True)]
 
     def stats(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``rating_count``, ``rating_mean`` and ``last_timestamp`` of table ``rows`` (NaN for

@@ -141,6 +141,33 @@ class QueryEncoder:
         *known* items form the bag (unknown IDs must not push known ones out of it)."""
         return [i for i in history if i in self._item_position and i != ""]
 
+    def split_known(self, history: Sequence[str]) -> tuple[list[str], list[str]]:
+        """``history`` as (the IDs the model knows, the IDs it does not), each in order, in one
+        pass: :meth:`known_only`'s list and the ignored IDs that a response reports (padding,
+        ``""``, is in neither)."""
+        get = self._item_position.get
+        known: list[str] = []
+        ignored: list[str] = []
+        for i in history:
+            position = get(i)
+            if position is None:
+                ignored.append(i)
+            elif position:
+                known.append(i)
+        return known, ignored
+
+    def known_tail(self, history: Sequence[object], n: int) -> list[str]:
+        """The last ``n`` IDs of ``history`` (as text) that the model knows, oldest first:
+        ``known_only(history)[-n:]``, read from the end only as far as needed."""
+        get = self._item_position.get
+        tail: list[str] = []
+        for i in reversed(history):
+            if len(tail) >= n:
+                break
+            if get(text := str(i)):  # None: unknown; 0: padding
+                tail.append(text)
+        return tail[::-1]
+
     def knows(self, item_id: str) -> bool:
         """Whether ``item_id`` is in the model's vocabulary (can move a user vector)."""
         return item_id in self._item_position

@@ -36,6 +36,20 @@ def test_item_positions_follow_the_lookup_layer(planted_artefact):
     assert encoder.knows("A") and not encoder.knows("zzz")
 
 
+def test_split_known_and_known_tail(planted_artefact):
+    encoder = QueryEncoder.from_model(load_artefact(planted_artefact))
+    history = ["A", "zzz", "", "B", "A", "yyy", "C"]
+    # Padding is in neither list; order is kept; repeats stay (histories arrive folded).
+    assert encoder.split_known(history) == (["A", "B", "A", "C"], ["zzz", "yyy"])
+    assert encoder.split_known([]) == ([], [])
+    assert encoder.known_only(history) == encoder.split_known(history)[0]
+    assert encoder.known_tail(history, 2) == ["A", "C"]
+    assert encoder.known_tail(history, 3) == ["B", "A", "C"]
+    assert encoder.known_tail(history, 10) == ["A", "B", "A", "C"]
+    assert encoder.known_tail(history, 0) == []
+    assert encoder.known_tail([3, "C"], 5) == ["C"]  # IDs read as text; 3 is not an item
+
+
 def test_artefacts_serve_from_arrays_without_keras(planted_artefact, tmp_path, monkeypatch):
     model = load_artefact(planted_artefact)
     inputs = query_inputs([["A", "B"], []], max_history=model.config.max_history)

@@ -1,0 +1,41 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from towers.catalogue import UserTable, distinct_history
+
+
+def _table(history_type: pa.DataType, histories: list) -> UserTable:
+    return UserTable(
+        pa.table(
+            {
+                "user_id": pa.array(["u1", "u2", "u3"]),
+                "history": pa.array(histories, type=pa.list_(history_type)),
+            }
+        )
+    )
+
+
+def test_histories_keep_each_repeated_item_at_its_last_position():
+    table = _table(pa.string(), [["a", "b", "a", "c", "b"], [], ["x"]])
+    # u1: "a" at 0 and 2, "b" at 1 and 4: kept at 2 and 4.
+    assert table.histories(np.array([0, 1, 2, -1])) == [["a", "c", "b"], [], ["x"], []]
+    assert table.histories(table.rows(["u3", "nobody", "u1"])) == [["x"], [], ["a", "c", "b"]]
+
+
+@pytest.mark.parametrize(
+    ("history_type", "histories"),
+    [
+        (pa.int64(), [[1, 2, 1, 3, 2], [], [7]]),  # integer IDs read as their decimal strings
+        (pa.large_string(), [["1", "2", "1", "3", "2"], [], ["7"]]),
+        (pa.string(), [["1", "2", "1", "3", "2"], [], ["7"]]),
+    ],
+)
+def test_every_history_type_folds_the_same(history_type, histories):
+    table = _table(history_type, histories)
+    assert table.histories(np.array([0, 1, 2])) == [["1", "3", "2"], [], ["7"]]
+
+
+def test_a_null_entry_folds_as_distinct_history_does():
+    table = _table(pa.string(), [["a", None, "a"], ["b"], []])
+    assert table.histories(np.array([0])) == [distinct_history(["a", None, "a"])]
