@@ -36,7 +36,7 @@ from ranking.artefact import load_rank_scorer
 from serving.api_types import Query, Recommendation, Recommendations, UnknownItemError
 from serving.rerank import Reranker
 from towers.artefact import artefact_version
-from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
+from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history, genre_names
 from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.retrieval import Retriever
@@ -92,7 +92,7 @@ class Recommender:
         ids = items["item_id"].astype(str).tolist()
         self._titles.update(zip(ids, items["title"].astype(str).tolist(), strict=True))
         self._genres.update(
-            (i, tuple(map(str, gs))) for i, gs in zip(ids, items["genres"].tolist(), strict=True)
+            (i, genre_names(gs)) for i, gs in zip(ids, items["genres"].tolist(), strict=True)
         )
         by_genre: dict[str, set[str]] = {}
         for item, genres in self._genres.items():

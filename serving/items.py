@@ -11,6 +11,7 @@ import unicodedata
 import pandas as pd
 
 from serving.api_types import UnknownItemError
+from towers.catalogue import genre_names
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -51,7 +52,7 @@ class ItemCatalogue:
     def _build(self, frame: pd.DataFrame) -> None:
         self._ids = frame["item_id"].astype(str).tolist()
         self._titles = frame["title"].fillna("").astype(str).tolist()
-        self._genres = [tuple(map(str, gs)) for gs in frame["genres"].tolist()]
+        self._genres = [genre_names(gs) for gs in frame["genres"].tolist()]
         years = frame["year"] if "year" in frame else pd.Series(math.nan, frame.index)
         self._years = [None if y != y else int(y) for y in years.astype(float).tolist()]
         pop = frame["popularity"] if "popularity" in frame else pd.Series(0.0, frame.index)

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from towers.catalogue import UserTable, distinct_history
+from towers.catalogue import UserTable, distinct_history, genre_names
 
 
 def _table(history_type: pa.DataType, histories: list) -> UserTable:
@@ -39,3 +39,11 @@ def test_every_history_type_folds_the_same(history_type, histories):
 def test_a_null_entry_folds_as_distinct_history_does():
     table = _table(pa.string(), [["a", None, "a"], ["b"], []])
     assert table.histories(np.array([0])) == [distinct_history(["a", None, "a"])]
+
+
+def test_genre_names_from_parquet_arrays_lists_and_tuples():
+    as_read = np.array(["Comedy", "Drama"], dtype=object)  # what pandas gives for list<string>
+    assert genre_names(as_read) == ("Comedy", "Drama")
+    assert genre_names(["Comedy", "Drama"]) == ("Comedy", "Drama")
+    assert genre_names(()) == ()
+    assert genre_names(np.array([], dtype=object)) == ()
