@@ -8,7 +8,7 @@ users do not dominate the loss. Arrays in, arrays out; no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,13 @@ class Examples:
         event right after the history when the label lies further ahead.
     time_window : tuple of int
         ``(t_start, t_end)`` of the log, to compute example ages at query time.
+    sequence : numpy.ndarray of str, shape (n_events,)
+        Every user's items in time order, user after user: what ``seen_start`` and
+        ``seen_end`` index.
+    seen_start, seen_end : numpy.ndarray of int64, shape (n,)
+        ``sequence[seen_start:seen_end]`` is everything the example's user watched before the
+        example's position (the whole history, not only the bag): the items a request at that
+        moment would exclude from its answer.
     """
 
     history: np.ndarray
@@ -46,6 +53,9 @@ class Examples:
     timestamp: np.ndarray
     example_age: np.ndarray
     time_window: tuple[int, int] = (0, 0)
+    sequence: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    seen_start: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    seen_end: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.label)
@@ -59,7 +69,14 @@ class Examples:
             self.timestamp[mask],
             self.example_age[mask],
             self.time_window,
+            self.sequence,
+            self.seen_start[mask],
+            self.seen_end[mask],
         )
+
+    def seen(self, row: int) -> list[str]:
+        """What example ``row``'s user had watched before it, oldest first."""
+        return self.sequence[self.seen_start[row] : self.seen_end[row]].tolist()
 
 
 def history_windows(
@@ -199,6 +216,9 @@ def build_examples(
         # further ahead, and its time would tell the features when it was watched.
         example_age=example_age(times[ends], (t_start, t_end)),
         time_window=(t_start, t_end),
+        sequence=items[codes].astype(object),
+        seen_start=starts.astype(np.int64),
+        seen_end=ends.astype(np.int64),
     )
 
 

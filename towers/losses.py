@@ -6,6 +6,11 @@ by ``- log E[count_i]`` (the logQ correction; ``E[count_i] = m Q(i)`` when sampl
 replacement),
 and a sampled item that is the example's own label (an "accidental hit") is removed. When every item
 is sampled exactly once, each correction is ``log 1 = 0`` and the loss equals the full softmax.
+
+Both losses can also leave out of each example's softmax the items its user had already watched
+(``seen``), except its own label: a request excludes those from its answer anyway, so the model
+should not spend its capacity pushing them down. It is the role of the zero diagonal in EASE
+(Steck 2019), for a model that scores items from a bag of the same items.
 """
 
 from __future__ import annotations
@@ -14,9 +19,26 @@ import numpy as np
 
 from towers._tf import tf
 
+# A left-out logit: exp() of it is 0 in float32, and it stays finite (no NaN in 0 * inf).
+_LEFT_OUT = -1e9
+
+
+def _seen_pairs(seen: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """``(example, item row)`` pairs, int64 ``(k, 2)``, of the ``seen`` entries to leave out:
+    the valid ones (``>= 0``) that are not the example's own label."""
+    seen = tf.cast(seen, tf.int64)
+    where = tf.where(seen >= 0)
+    rows = tf.gather_nd(seen, where)
+    keep = tf.not_equal(rows, tf.gather(tf.cast(labels, tf.int64), where[:, 0]))
+    return tf.boolean_mask(tf.stack([where[:, 0], rows], axis=1), keep)
+
 
 def full_softmax_loss(
-    user_vectors: tf.Tensor, labels: tf.Tensor, item_vectors: tf.Tensor, item_bias: tf.Tensor
+    user_vectors: tf.Tensor,
+    labels: tf.Tensor,
+    item_vectors: tf.Tensor,
+    item_bias: tf.Tensor,
+    seen: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Mean cross-entropy of ``softmax(u W^T + b)`` against ``labels``.
 
@@ -27,12 +49,20 @@ def full_softmax_loss(
         Softmax row of the true item.
     item_vectors : tf.Tensor, float32, shape (num_items, d)
     item_bias : tf.Tensor, float32, shape (num_items,)
+    seen : tf.Tensor, int, shape (batch, s), optional
+        Softmax rows each example's user had watched before it, padded with -1; they are left
+        out of that example's softmax (its label never is).
 
     Returns
     -------
     tf.Tensor, scalar float32
     """
     logits = tf.matmul(user_vectors, item_vectors, transpose_b=True) + item_bias
+    if seen is not None:
+        pairs = _seen_pairs(seen, labels)
+        logits = tf.tensor_scatter_nd_update(
+            logits, pairs, tf.fill(tf.shape(pairs)[:1], tf.constant(_LEFT_OUT, logits.dtype))
+        )
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     )
@@ -48,6 +78,7 @@ def sampled_softmax_loss(
     unigrams: np.ndarray | None = None,
     distortion: float = 0.75,
     sampled_values: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = None,
+    seen: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Mean sampled-softmax cross-entropy with logQ correction and accidental-hit removal.
 
@@ -65,6 +96,9 @@ def sampled_softmax_loss(
     sampled_values : tuple, optional
         ``(sampled_ids [m], true_expected_count [batch, 1], sampled_expected_count [m])`` to use
         instead of drawing; tests pass every item with counts of 1.
+    seen : tf.Tensor, int, shape (batch, s), optional
+        As in :func:`full_softmax_loss`: a sampled item the example's user had watched is left
+        out of its softmax, as an accidental hit is.
 
     Returns
     -------
@@ -75,7 +109,7 @@ def sampled_softmax_loss(
         # Every item is drawn exactly once: the loss is the full softmax. (The sampler would
         # still report expected counts below 1 for rare items under a skewed proposal, and
         # its logQ correction would then bias the loss.)
-        return full_softmax_loss(user_vectors, labels, item_vectors, item_bias)
+        return full_softmax_loss(user_vectors, labels, item_vectors, item_bias, seen)
     labels_2d = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
     if sampled_values is None:
         if unigrams is None:
@@ -91,6 +125,10 @@ def sampled_softmax_loss(
             distortion=distortion,
             unigrams=[float(max(c, 1e-3)) for c in unigrams],
         )
+    if seen is not None:
+        return _sampled_loss_without_seen(
+            user_vectors, labels_2d[:, 0], item_vectors, item_bias, sampled_values, seen
+        )
     # tf.nn.sampled_softmax_loss subtracts log(expected count) from true and sampled logits
     # (subtract_log_q=True) and masks sampled items equal to the label (remove_accidental_hits).
     losses = tf.nn.sampled_softmax_loss(
@@ -105,3 +143,46 @@ def sampled_softmax_loss(
         remove_accidental_hits=True,
     )
     return tf.reduce_mean(losses)
+
+
+def _sampled_loss_without_seen(
+    user_vectors: tf.Tensor,
+    labels: tf.Tensor,
+    item_vectors: tf.Tensor,
+    item_bias: tf.Tensor,
+    sampled_values: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+    seen: tf.Tensor,
+) -> tf.Tensor:
+    """What ``tf.nn.sampled_softmax_loss`` computes (logQ-corrected logits, accidental hits
+    removed), with each example's ``seen`` items also left out of its sampled negatives."""
+    sampled, true_expected, sampled_expected = sampled_values
+    sampled = tf.cast(sampled, tf.int64)
+    true_logits = (
+        tf.reduce_sum(user_vectors * tf.gather(item_vectors, labels), axis=1)
+        + tf.gather(item_bias, labels)
+        - tf.math.log(tf.reshape(true_expected, [-1]))
+    )
+    sampled_logits = (
+        tf.matmul(user_vectors, tf.gather(item_vectors, sampled), transpose_b=True)
+        + tf.gather(item_bias, sampled)
+        - tf.math.log(sampled_expected)
+    )
+    # Membership of each (example, sampled item) in the examples' seen pairs, by a sorted
+    # search on one int64 key per pair: the work is bounded by the batch, not the catalogue.
+    num_items = tf.cast(tf.shape(item_vectors)[0], tf.int64)
+    pairs = _seen_pairs(seen, labels)
+    keys = tf.sort(pairs[:, 0] * num_items + pairs[:, 1])
+    batch = tf.shape(user_vectors, out_type=tf.int64)[0]
+    wanted = tf.range(batch)[:, None] * num_items + sampled[None, :]
+    flat = tf.reshape(wanted, [1, -1])
+    at = tf.searchsorted(keys[None, :], flat)[0]  # in [0, len(keys)]; the end is a sentinel
+    found = tf.gather(tf.concat([keys, tf.constant([-1], tf.int64)], 0), at) == flat[0]
+    left_out = tf.logical_or(
+        tf.reshape(found, tf.shape(wanted)), tf.equal(sampled[None, :], labels[:, None])
+    )
+    out = tf.constant(_LEFT_OUT, sampled_logits.dtype)
+    sampled_logits = tf.where(left_out, out, sampled_logits)
+    logits = tf.concat([true_logits[:, None], sampled_logits], axis=1)
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(labels), logits=logits)
+    )

@@ -63,6 +63,10 @@ class TowerConfig:
     history_dropout : float
         Probability that each watched item is dropped from the bag during training (a denoising
         regulariser, as the input dropout of Mult-VAE; Liang et al. 2018).
+    mask_seen : bool
+        Leave the items a user had already watched (all of them, not only the bag) out of the
+        softmax of each of their training examples, except the example's own label. A request
+        excludes them from its answer anyway (:mod:`towers.losses`).
     """
 
     embedding_dim: int = 64
@@ -83,6 +87,7 @@ class TowerConfig:
     cold_examples_per_user: int = 0
     dropout: float = 0.0
     history_dropout: float = 0.0
+    mask_seen: bool = False
     hidden_units: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -294,14 +299,20 @@ class CandidateTower(keras.Model):
         """Softmax row of each raw label ID (labels must be in the vocabulary)."""
         return self.item_lookup(tf.convert_to_tensor(labels, tf.string)) - 2
 
-    def compute_loss_value(self, user_vectors: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    def compute_loss_value(
+        self, user_vectors: tf.Tensor, labels: tf.Tensor, seen: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """The training loss; ``seen`` (softmax rows, -1 padded, shape ``(batch, s)``) is left
+        out of each example's softmax (:mod:`towers.losses`)."""
         label_idx = tf.cast(self.label_indices(labels), tf.int64)
         if self.full_softmax:
-            return full_softmax_loss(user_vectors, label_idx, self.item_vectors, self.item_bias)
+            return full_softmax_loss(
+                user_vectors, label_idx, self.item_vectors, self.item_bias, seen
+            )
         return sampled_softmax_loss(
             user_vectors, label_idx, self.item_vectors, self.item_bias,
             num_sampled=min(self.config.num_negatives, self.num_items),
-            unigrams=self.item_counts,
+            unigrams=self.item_counts, seen=seen,
         )  # fmt: skip
 
     def get_config(self) -> dict:
@@ -317,7 +328,15 @@ class CandidateTower(keras.Model):
         inputs, labels = data
         with tf.GradientTape() as tape:
             user_vectors = self(inputs, training=True)
-            loss = self.compute_loss_value(user_vectors, labels)
+            seen = None
+            if self.config.mask_seen:
+                if "seen" not in inputs:
+                    raise ValueError(
+                        "config.mask_seen is set but the training inputs have no 'seen' (the "
+                        "softmax rows each example's user had watched; towers.train adds them)"
+                    )
+                seen = inputs["seen"]
+            loss = self.compute_loss_value(user_vectors, labels, seen)
             # Under tf.distribute the replicas' gradients are summed: scale each replica's mean
             # loss so the sum is the gradient of the global mean (1 replica: unchanged).
             replicas = tf.distribute.get_strategy().num_replicas_in_sync

@@ -61,6 +61,7 @@ def shard_dataset(
     shuffle_buffer: int = 50_000,
     cycle_length: int = 2,
     shard: tuple[int, int] | None = None,
+    item_ids: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
     """A repeating, shuffled, batched stream of ``(inputs, label)`` from the shards.
 
@@ -83,6 +84,10 @@ def shard_dataset(
     shard : tuple of int, optional
         ``(count, index)``: keep every ``count``-th batch from ``index`` (data sharding when
         workers outnumber shards).
+    item_ids : sequence of str, optional
+        The model's items in softmax order. Needed when ``config.mask_seen``: each batch then
+        also carries ``seen``, the softmax rows each example's user had watched before it
+        (-1 padded), which the loss leaves out.
 
     Notes
     -----
@@ -91,6 +96,9 @@ def shard_dataset(
     Handing TensorFlow whole batches, not single examples to unbatch and rebatch, keeps the
     per-example work in numpy.
     """
+    if config.mask_seen and item_ids is None:
+        raise ValueError("item_ids is required when config.mask_seen is set")
+    index = pd.Index(list(item_ids)) if config.mask_seen else None
     epochs = itertools.count()
 
     def examples_of(path: bytes):
@@ -105,21 +113,22 @@ def shard_dataset(
             seed=rng_seed,
             time_window=time_window,
         )
+        rows = index.get_indexer(ex.sequence).astype(np.int32) if index is not None else None
         order = np.random.default_rng(rng_seed).permutation(len(ex))
         for start in range(0, len(ex), batch_size):
             take = order[start : start + batch_size]
-            yield (
-                {"history": ex.history[take], "example_age": ex.example_age[take]},
-                ex.label[take],
-            )
+            inputs = {"history": ex.history[take], "example_age": ex.example_age[take]}
+            if rows is not None:
+                inputs["seen"] = _padded_ranges(rows, ex.seen_start[take], ex.seen_end[take])
+            yield inputs, ex.label[take]
 
-    signature = (
-        {
-            "history": tf.TensorSpec([None, config.max_history], tf.string),
-            "example_age": tf.TensorSpec([None], tf.float32),
-        },
-        tf.TensorSpec([None], tf.string),
-    )
+    inputs_spec = {
+        "history": tf.TensorSpec([None, config.max_history], tf.string),
+        "example_age": tf.TensorSpec([None], tf.float32),
+    }
+    if config.mask_seen:
+        inputs_spec["seen"] = tf.TensorSpec([None, None], tf.int32)
+    signature = (inputs_spec, tf.TensorSpec([None], tf.string))
     files = tf.data.Dataset.from_tensor_slices(list(paths)).shuffle(
         len(paths), seed=seed, reshuffle_each_iteration=True
     )
@@ -138,6 +147,16 @@ def shard_dataset(
     # Each worker reads its own part (below); TensorFlow must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _padded_ranges(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``values[starts[i]:ends[i]]`` as row ``i``, right-padded with -1."""
+    lengths = ends - starts
+    out = np.full((len(starts), max(int(lengths.max(initial=0)), 1)), -1, np.int32)
+    col = np.arange(out.shape[1])
+    inside = col[None, :] < lengths[:, None]
+    out[inside] = values[(starts[:, None] + col[None, :])[inside]]
+    return out
 
 
 def train_shards(
@@ -221,6 +240,7 @@ def train_shards(
             mine, config, scan.time_window,
             context.get_per_replica_batch_size(options.batch_size),
             seed=options.seed + me, shuffle_buffer=shuffle_buffer, shard=shard,
+            item_ids=scan.item_ids,
         )  # fmt: skip
 
     callbacks = list(callbacks)

@@ -10,10 +10,11 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from towers._tf import keras, tf
 from towers.checks import check_field_types
@@ -119,11 +120,44 @@ def example_inputs(examples: Examples, data: Dataset, config: TowerConfig) -> di
     )
 
 
-def _dataset(inputs: dict, labels: np.ndarray, batch: int, seed: int | None) -> tf.data.Dataset:
+def seen_rows(examples: Examples, item_ids: Sequence[str]) -> np.ndarray:
+    """The softmax row of each item of ``examples.sequence`` (-1 for an item the model does
+    not have), int32: what :func:`with_seen` gathers each example's seen items from."""
+    return pd.Index(item_ids).get_indexer(examples.sequence).astype(np.int32)
+
+
+def with_seen(ds: tf.data.Dataset, rows: np.ndarray) -> tf.data.Dataset:
+    """Add to each batch of ``ds`` (whose inputs carry ``seen_start`` and ``seen_end``) the
+    input ``seen``: ``rows[seen_start:seen_end]`` per example, -1 padded. The ranges travel
+    through the shuffle as two integers per example, and become rows batch by batch."""
+    table = tf.constant(rows, tf.int32)
+
+    def expand(inputs: dict, labels: tf.Tensor) -> tuple[dict, tf.Tensor]:
+        inputs = dict(inputs)
+        ranges = tf.ragged.range(inputs.pop("seen_start"), inputs.pop("seen_end"))
+        inputs["seen"] = tf.gather(table, ranges).to_tensor(default_value=-1)
+        return inputs, labels
+
+    return ds.map(expand, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _dataset(
+    inputs: dict,
+    labels: np.ndarray,
+    batch: int,
+    seed: int | None,
+    seen: tuple[np.ndarray, Examples] | None = None,
+) -> tf.data.Dataset:
+    if seen is not None:
+        rows, examples = seen
+        inputs = {**inputs, "seen_start": examples.seen_start, "seen_end": examples.seen_end}
     ds = tf.data.Dataset.from_tensor_slices((inputs, labels.astype(str)))
     if seed is not None:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch)
+    if seen is not None:
+        ds = with_seen(ds, rows)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def train_tower(
@@ -186,8 +220,13 @@ def train_tower(
     model.compile(optimizer=optimizer_for(model, options.learning_rate))
     if optimizer_state is not None:
         restore_optimizer_state(model.optimizer, model.trainable_variables, optimizer_state)
+    seen = (seen_rows(examples, model.item_ids), examples) if config.mask_seen else None
     train_ds = _dataset(
-        example_inputs(examples, data, config), examples.label, options.batch_size, options.seed
+        example_inputs(examples, data, config),
+        examples.label,
+        options.batch_size,
+        options.seed,
+        seen,
     )
     val_ds = None
     if validation is not None:

@@ -115,3 +115,28 @@ def test_the_example_age_is_the_positions_time_not_a_later_labels():
     m = (cold.history != "").sum(axis=1)[1:]  # the new-user examples: the first m items
     np.testing.assert_allclose(cold.example_age[1:], (100 - 10 * m) / 100, rtol=1e-6)
     assert (cold.timestamp[1:] >= 10 * m).all()  # their labels may lie further ahead
+
+
+def test_seen_is_everything_before_the_examples_position(three_user_log):
+    ex = build_examples(three_user_log, max_history=1, max_examples_per_user=None)
+    seen = {
+        (u, lab): ex.seen(j) for j, (u, lab) in enumerate(zip(ex.user_id, ex.label, strict=True))
+    }
+    # the bag holds one item, what the request excludes is the whole history before it
+    assert seen == {
+        ("u1", "a"): [], ("u1", "b"): ["a"], ("u1", "c"): ["a", "b"],
+        ("u2", "b"): [], ("u2", "a"): ["b"], ("u3", "c"): [],
+    }  # fmt: skip
+    kept = ex.subset(ex.label == "c")
+    assert sorted(kept.seen(j) for j in range(len(kept))) == [[], ["a", "b"]]
+
+
+def test_a_new_user_examples_seen_is_its_history_and_a_horizon_labels_is_up_to_the_position():
+    log = pd.DataFrame({"user_id": ["u"] * 6, "item_id": list("abcdef"), "timestamp": range(6)})
+    cold = build_examples(log, max_examples_per_user=1, cold_examples_per_user=20, seed=3)
+    for j in range(len(cold)):
+        history = [h for h in cold.history[j] if h != PAD]
+        assert cold.seen(j) == history and cold.label[j] not in history
+    ahead = build_examples(log, max_examples_per_user=None, label_horizon=3, seed=1)
+    for j in range(len(ahead)):
+        assert ahead.seen(j) == [h for h in ahead.history[j] if h != PAD]

@@ -66,3 +66,81 @@ def test_drawing_the_whole_catalogue_is_the_full_softmax_under_any_proposal():
         drawn = sampled_softmax_loss(users, labels, items, bias, num_sampled=6,
                                      unigrams=np.array([100, 50, 10, 5, 1, 1]))  # fmt: skip
         assert drawn.numpy() == pytest.approx(full, rel=1e-6)
+
+
+# Rows each example's user had watched before it, -1 padded. Example 0 watched items 0 and 1
+# (0 is its own label: a re-watch, so it stays); example 1 watched 3; examples 2 and 3 nothing.
+SEEN = tf.constant([[0, 1, -1], [3, -1, -1], [-1, -1, -1], [-1, -1, -1]])
+
+
+def _full_by_hand(users, items, bias, labels, left_out):
+    logits = users.numpy() @ items.numpy().T + bias.numpy()
+    losses = []
+    for row, lab, out in zip(logits, labels.numpy(), left_out, strict=True):
+        kept = [j for j in range(len(row)) if j == lab or j not in out]
+        losses.append(np.log(np.exp(row[kept]).sum()) - row[lab])
+    return np.mean(losses)
+
+
+def test_seen_items_leave_the_full_softmax_but_never_the_label():
+    users, items, bias, labels = _case()
+    expected = _full_by_hand(users, items, bias, labels, [{1}, {3}, set(), set()])
+    got = full_softmax_loss(users, labels, items, bias, SEEN).numpy()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got < full_softmax_loss(users, labels, items, bias).numpy()  # fewer competitors
+
+
+def test_seen_items_get_no_gradient():
+    users, items, bias, labels = _case()
+    with tf.GradientTape() as tape:
+        tape.watch(bias)
+        loss = full_softmax_loss(users[:1], labels[:1], items, bias, SEEN[:1])
+    grad = tape.gradient(loss, bias).numpy()
+    # example 0 (label 0) saw items 0 and 1: item 1 is left out, so its bias gets nothing;
+    # the label's gradient is p - 1 < 0, every other item's is its probability > 0
+    assert grad[1] == 0.0
+    assert grad[0] < 0 and (grad[[2, 3, 4, 5]] > 0).all()
+
+
+def test_sampled_with_seen_equals_full_with_seen_when_every_item_is_sampled_once():
+    users, items, bias, labels = _case()
+    every = (tf.range(6, dtype=tf.int64), tf.ones((4, 1)), tf.ones(6))
+    sampled = sampled_softmax_loss(
+        users, labels, items, bias, num_sampled=6, sampled_values=every, seen=SEEN
+    )
+    full = full_softmax_loss(users, labels, items, bias, SEEN)
+    assert sampled.numpy() == pytest.approx(full.numpy(), rel=1e-5)
+
+
+def test_sampled_with_nothing_seen_is_tensorflows_sampled_softmax():
+    users, items, bias, labels = _case()
+    # Three negatives with a skewed proposal; item 2 is an accidental hit for examples 2 and 3.
+    draw = (
+        tf.constant([1, 2, 4], tf.int64),
+        tf.constant([[0.5], [0.2], [0.3], [0.3]]),
+        tf.constant([0.7, 0.4, 0.9]),
+    )
+    nothing = -tf.ones((4, 2), tf.int32)
+    ours = sampled_softmax_loss(
+        users, labels, items, bias, num_sampled=3, sampled_values=draw, seen=nothing
+    )
+    theirs = sampled_softmax_loss(users, labels, items, bias, num_sampled=3, sampled_values=draw)
+    assert ours.numpy() == pytest.approx(theirs.numpy(), rel=1e-5)
+
+
+def test_a_seen_negative_is_left_out_of_the_sampled_softmax_by_hand():
+    users, items, bias, labels = _case()
+    draw = (tf.constant([1, 3], tf.int64), tf.ones((4, 1)), tf.ones(2))  # log Q = 0
+    got = sampled_softmax_loss(
+        users, labels, items, bias, num_sampled=2, sampled_values=draw, seen=SEEN
+    ).numpy()
+    logits = users.numpy() @ items.numpy().T + bias.numpy()
+    # example 0 (label 0) saw 1: only 3 competes; example 1 (label 5) saw 3: only 1 competes.
+    competitors = [[3], [1], [1, 3], [1, 3]]
+    expected = np.mean(
+        [
+            np.log(np.exp(row[[lab, *comp]]).sum()) - row[lab]
+            for row, lab, comp in zip(logits, labels.numpy(), competitors, strict=True)
+        ]
+    )
+    assert got == pytest.approx(expected, rel=1e-5)

@@ -226,3 +226,27 @@ def test_bag_mean_averages_each_rows_counted_slots_over_distinct_vectors():
     np.testing.assert_allclose(
         tape.gradient(loss, table).numpy(), [[2 / 3, 2 / 3], [1 / 3, 1 / 3], [3.0, 0.0]], rtol=1e-6
     )
+
+
+def test_mask_seen_stops_the_model_pushing_down_what_the_user_watched():
+    # Everyone watches P first, then one of E..H. Trained as usual, P is a negative of every
+    # [P] -> X example, so the model learns to score P low after P, spending capacity on an
+    # item a request excludes anyway; with mask_seen nothing pushes it down.
+    rows = []
+    for u in range(40):
+        rows += [(f"u{u}", "P", 1.0, 1), (f"u{u}", "EFGH"[u % 4], 1.0, 2)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    data = Dataset("p-first", frame, empty_item_metadata(list("PEFGH")), None, "0" * 64)
+    options = TrainOptions(epochs=20, batch_size=16, learning_rate=0.05, verbose=0)
+    margins = {}
+    for mask in (False, True):
+        for softmax in ("full", "sampled"):
+            config = TowerConfig(
+                **{**SMALL.to_dict(), "mask_seen": mask, "softmax": softmax, "num_negatives": 4}
+            )
+            model = train_tower(data, config, options).model
+            scores, _ = _scores(model, [["P"]])
+            margins[mask, softmax] = float(scores["P"][0] - max(scores[i][0] for i in "EFGH"))
+    for softmax in ("full", "sampled"):
+        assert margins[False, softmax] < -1  # pushed below the items that can follow
+        assert margins[True, softmax] > max(0, margins[False, softmax] + 2)

@@ -208,3 +208,19 @@ def test_a_failed_save_on_the_chief_keeps_the_previous_artefact(tmp_path, monkey
     with pytest.raises(OSError, match="disk full"):
         stream.save_on_chief(result, out, ClusterRole(), items=items)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_stream_batches_carry_each_users_seen_rows_for_mask_seen(two_shards):
+    config = TowerConfig(max_history=1, max_examples_per_user=None, mask_seen=True)
+    with pytest.raises(ValueError, match="item_ids"):
+        shard_dataset(two_shards, config, (10, 60), batch_size=6)
+    items = ["c", "a", "b"]  # softmax order
+    ds = shard_dataset(two_shards, config, (10, 60), batch_size=6, item_ids=items)
+    got = set()
+    for inputs, labels in ds.take(5):
+        for seen, label in zip(inputs["seen"].numpy(), labels.numpy(), strict=True):
+            got.add((tuple(items[r] for r in seen if r >= 0), label.decode()))
+    # the bag holds one item; seen is the whole history before the label
+    assert got == {
+        ((), "a"), (("a",), "b"), (("a", "b"), "c"), ((), "b"), (("b",), "a"), ((), "c"),
+    }  # fmt: skip
