@@ -23,14 +23,12 @@ from towers._tf import tf
 _LEFT_OUT = -1e9
 
 
-def _seen_pairs(seen: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """``(example, item row)`` pairs, int64 ``(k, 2)``, of the ``seen`` entries to leave out:
-    the valid ones (``>= 0``) that are not the example's own label."""
+def _left_out(seen: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """The ``seen`` pairs ``(example, item row)``, int64 ``(k, 2)``, that are not the example's
+    own label: the logits to leave out."""
     seen = tf.cast(seen, tf.int64)
-    where = tf.where(seen >= 0)
-    rows = tf.gather_nd(seen, where)
-    keep = tf.not_equal(rows, tf.gather(tf.cast(labels, tf.int64), where[:, 0]))
-    return tf.boolean_mask(tf.stack([where[:, 0], rows], axis=1), keep)
+    keep = tf.not_equal(seen[:, 1], tf.gather(tf.cast(labels, tf.int64), seen[:, 0]))
+    return tf.boolean_mask(seen, keep)
 
 
 def full_softmax_loss(
@@ -49,9 +47,9 @@ def full_softmax_loss(
         Softmax row of the true item.
     item_vectors : tf.Tensor, float32, shape (num_items, d)
     item_bias : tf.Tensor, float32, shape (num_items,)
-    seen : tf.Tensor, int, shape (batch, s), optional
-        Softmax rows each example's user had watched before it, padded with -1; they are left
-        out of that example's softmax (its label never is).
+    seen : tf.Tensor, int, shape (k, 2), optional
+        ``(example, softmax row)`` pairs: the items each example's user had watched before it.
+        They are left out of that example's softmax (its label never is).
 
     Returns
     -------
@@ -59,7 +57,7 @@ def full_softmax_loss(
     """
     logits = tf.matmul(user_vectors, item_vectors, transpose_b=True) + item_bias
     if seen is not None:
-        pairs = _seen_pairs(seen, labels)
+        pairs = _left_out(seen, labels)
         logits = tf.tensor_scatter_nd_update(
             logits, pairs, tf.fill(tf.shape(pairs)[:1], tf.constant(_LEFT_OUT, logits.dtype))
         )
@@ -96,7 +94,7 @@ def sampled_softmax_loss(
     sampled_values : tuple, optional
         ``(sampled_ids [m], true_expected_count [batch, 1], sampled_expected_count [m])`` to use
         instead of drawing; tests pass every item with counts of 1.
-    seen : tf.Tensor, int, shape (batch, s), optional
+    seen : tf.Tensor, int, shape (k, 2), optional
         As in :func:`full_softmax_loss`: a sampled item the example's user had watched is left
         out of its softmax, as an accidental hit is.
 
@@ -170,7 +168,7 @@ def _sampled_loss_without_seen(
     # Membership of each (example, sampled item) in the examples' seen pairs, by a sorted
     # search on one int64 key per pair: the work is bounded by the batch, not the catalogue.
     num_items = tf.cast(tf.shape(item_vectors)[0], tf.int64)
-    pairs = _seen_pairs(seen, labels)
+    pairs = _left_out(seen, labels)
     keys = tf.sort(pairs[:, 0] * num_items + pairs[:, 1])
     batch = tf.shape(user_vectors, out_type=tf.int64)[0]
     wanted = tf.range(batch)[:, None] * num_items + sampled[None, :]

@@ -302,8 +302,8 @@ class CandidateTower(keras.Model):
     def compute_loss_value(
         self, user_vectors: tf.Tensor, labels: tf.Tensor, seen: tf.Tensor | None = None
     ) -> tf.Tensor:
-        """The training loss; ``seen`` (softmax rows, -1 padded, shape ``(batch, s)``) is left
-        out of each example's softmax (:mod:`towers.losses`)."""
+        """The training loss; ``seen`` (``(example, softmax row)`` pairs, shape ``(k, 2)``) is
+        left out of each example's softmax (:mod:`towers.losses`)."""
         label_idx = tf.cast(self.label_indices(labels), tf.int64)
         if self.full_softmax:
             return full_softmax_loss(
@@ -333,7 +333,8 @@ class CandidateTower(keras.Model):
                 if "seen" not in inputs:
                     raise ValueError(
                         "config.mask_seen is set but the training inputs have no 'seen' (the "
-                        "softmax rows each example's user had watched; towers.train adds them)"
+                        "(example, softmax row) pairs of what each example's user had watched; "
+                        "towers.train adds them)"
                     )
                 seen = inputs["seen"]
             loss = self.compute_loss_value(user_vectors, labels, seen)

@@ -86,8 +86,8 @@ def shard_dataset(
         workers outnumber shards).
     item_ids : sequence of str, optional
         The model's items in softmax order. Needed when ``config.mask_seen``: each batch then
-        also carries ``seen``, the softmax rows each example's user had watched before it
-        (-1 padded), which the loss leaves out.
+        also carries ``seen``, the ``(example, softmax row)`` pairs of what each example's user
+        had watched before it, which the loss leaves out.
 
     Notes
     -----
@@ -113,13 +113,13 @@ def shard_dataset(
             seed=rng_seed,
             time_window=time_window,
         )
-        rows = index.get_indexer(ex.sequence).astype(np.int32) if index is not None else None
+        rows = index.get_indexer(ex.sequence) if index is not None else None
         order = np.random.default_rng(rng_seed).permutation(len(ex))
         for start in range(0, len(ex), batch_size):
             take = order[start : start + batch_size]
             inputs = {"history": ex.history[take], "example_age": ex.example_age[take]}
             if rows is not None:
-                inputs["seen"] = _padded_ranges(rows, ex.seen_start[take], ex.seen_end[take])
+                inputs["seen"] = _range_pairs(rows, ex.seen_start[take], ex.seen_end[take])
             yield inputs, ex.label[take]
 
     inputs_spec = {
@@ -127,7 +127,7 @@ def shard_dataset(
         "example_age": tf.TensorSpec([None], tf.float32),
     }
     if config.mask_seen:
-        inputs_spec["seen"] = tf.TensorSpec([None, None], tf.int32)
+        inputs_spec["seen"] = tf.TensorSpec([None, 2], tf.int64)
     signature = (inputs_spec, tf.TensorSpec([None], tf.string))
     files = tf.data.Dataset.from_tensor_slices(list(paths)).shuffle(
         len(paths), seed=seed, reshuffle_each_iteration=True
@@ -149,14 +149,14 @@ def shard_dataset(
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _padded_ranges(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """``values[starts[i]:ends[i]]`` as row ``i``, right-padded with -1."""
+def _range_pairs(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``(i, v)`` for each ``v`` of ``values[starts[i]:ends[i]]`` that is ``>= 0``, int64
+    ``(k, 2)``."""
     lengths = ends - starts
-    out = np.full((len(starts), max(int(lengths.max(initial=0)), 1)), -1, np.int32)
-    col = np.arange(out.shape[1])
-    inside = col[None, :] < lengths[:, None]
-    out[inside] = values[(starts[:, None] + col[None, :])[inside]]
-    return out
+    owner = np.repeat(np.arange(len(starts)), lengths)
+    at = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pairs = np.stack([owner, values[np.repeat(starts, lengths) + at]], axis=1).astype(np.int64)
+    return pairs[pairs[:, 1] >= 0]
 
 
 def train_shards(

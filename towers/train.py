@@ -128,14 +128,16 @@ def seen_rows(examples: Examples, item_ids: Sequence[str]) -> np.ndarray:
 
 def with_seen(ds: tf.data.Dataset, rows: np.ndarray) -> tf.data.Dataset:
     """Add to each batch of ``ds`` (whose inputs carry ``seen_start`` and ``seen_end``) the
-    input ``seen``: ``rows[seen_start:seen_end]`` per example, -1 padded. The ranges travel
-    through the shuffle as two integers per example, and become rows batch by batch."""
-    table = tf.constant(rows, tf.int32)
+    input ``seen``: the ``(example, softmax row)`` pairs of ``rows[seen_start:seen_end]``, int64
+    ``(k, 2)``, without the items the model does not have. The ranges travel through the
+    shuffle as two integers per example, and become pairs batch by batch."""
+    table = tf.constant(rows, tf.int64)
 
     def expand(inputs: dict, labels: tf.Tensor) -> tuple[dict, tf.Tensor]:
         inputs = dict(inputs)
         ranges = tf.ragged.range(inputs.pop("seen_start"), inputs.pop("seen_end"))
-        inputs["seen"] = tf.gather(table, ranges).to_tensor(default_value=-1)
+        pairs = tf.stack([ranges.value_rowids(), tf.gather(table, ranges.flat_values)], axis=1)
+        inputs["seen"] = tf.boolean_mask(pairs, pairs[:, 1] >= 0)
         return inputs, labels
 
     return ds.map(expand, num_parallel_calls=tf.data.AUTOTUNE)

@@ -68,9 +68,10 @@ def test_drawing_the_whole_catalogue_is_the_full_softmax_under_any_proposal():
         assert drawn.numpy() == pytest.approx(full, rel=1e-6)
 
 
-# Rows each example's user had watched before it, -1 padded. Example 0 watched items 0 and 1
-# (0 is its own label: a re-watch, so it stays); example 1 watched 3; examples 2 and 3 nothing.
-SEEN = tf.constant([[0, 1, -1], [3, -1, -1], [-1, -1, -1], [-1, -1, -1]])
+# (example, item row) pairs of what each example's user had watched before it. Example 0 watched
+# items 0 and 1 (0 is its own label: a re-watch, so it stays); example 1 watched 3; examples 2
+# and 3 nothing.
+SEEN = tf.constant([[0, 0], [0, 1], [1, 3]], tf.int64)
 
 
 def _full_by_hand(users, items, bias, labels, left_out):
@@ -94,7 +95,7 @@ def test_seen_items_get_no_gradient():
     users, items, bias, labels = _case()
     with tf.GradientTape() as tape:
         tape.watch(bias)
-        loss = full_softmax_loss(users[:1], labels[:1], items, bias, SEEN[:1])
+        loss = full_softmax_loss(users[:1], labels[:1], items, bias, SEEN[:2])
     grad = tape.gradient(loss, bias).numpy()
     # example 0 (label 0) saw items 0 and 1: item 1 is left out, so its bias gets nothing;
     # the label's gradient is p - 1 < 0, every other item's is its probability > 0
@@ -120,7 +121,7 @@ def test_sampled_with_nothing_seen_is_tensorflows_sampled_softmax():
         tf.constant([[0.5], [0.2], [0.3], [0.3]]),
         tf.constant([0.7, 0.4, 0.9]),
     )
-    nothing = -tf.ones((4, 2), tf.int32)
+    nothing = tf.zeros((0, 2), tf.int64)
     ours = sampled_softmax_loss(
         users, labels, items, bias, num_sampled=3, sampled_values=draw, seen=nothing
     )
