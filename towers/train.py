@@ -122,8 +122,8 @@ def example_inputs(examples: Examples, data: Dataset, config: TowerConfig) -> di
 
 def seen_rows(examples: Examples, item_ids: Sequence[str]) -> np.ndarray:
     """The softmax row of each item of ``examples.sequence`` (-1 for an item the model does
-    not have), int32: what :func:`with_seen` gathers each example's seen items from."""
-    return pd.Index(item_ids).get_indexer(examples.sequence).astype(np.int32)
+    not have), int64: what :func:`with_seen` gathers each example's seen items from."""
+    return pd.Index(item_ids).get_indexer(examples.sequence).astype(np.int64)
 
 
 def with_seen(ds: tf.data.Dataset, rows: np.ndarray) -> tf.data.Dataset:
@@ -131,7 +131,7 @@ def with_seen(ds: tf.data.Dataset, rows: np.ndarray) -> tf.data.Dataset:
     input ``seen``: the ``(example, softmax row)`` pairs of ``rows[seen_start:seen_end]``, int64
     ``(k, 2)``, without the items the model does not have. The ranges travel through the
     shuffle as two integers per example, and become pairs batch by batch."""
-    table = tf.constant(rows, tf.int64)
+    table = tf.constant(rows)
 
     def expand(inputs: dict, labels: tf.Tensor) -> tuple[dict, tf.Tensor]:
         inputs = dict(inputs)
