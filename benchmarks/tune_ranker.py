@@ -6,7 +6,9 @@ temporal-user-20's train split (with ``--validation``: on the train part of a se
 temporal-user-20 split carved from that train split, evaluated on its tail, so the test split is
 never seen), simulates impressions once, then trains and evaluates one ranker per setting.
 Without ``--validation`` it evaluates on the test split: a diagnostic, never used to pick
-defaults. Each ranker is also scored with every weight of ``TOWER_SCORE_WEIGHTS`` on the
+defaults. With ``--cross-fit`` the impressions come from copies of the tower that never saw
+their users (``ranking.pipeline.cross_fit_retrieve``), so the ranker learns from out-of-sample
+generator scores. Each ranker is also scored with every weight of ``TOWER_SCORE_WEIGHTS`` on the
 generator's score (``RankerConfig.tower_score_weight``, applied after training, so one ranker
 serves them all): ``relative_gain_by_tower_score_weight``.
 
@@ -36,7 +38,13 @@ from common import RESULTS, git_commit
 from ranking.impressions import rating_examples
 from ranking.metrics import graded_ndcg
 from ranking.model import RankerConfig
-from ranking.pipeline import candidate_examples, predict, ranking_training_set, tower_retrieve
+from ranking.pipeline import (
+    candidate_examples,
+    cross_fit_retrieve,
+    predict,
+    ranking_training_set,
+    tower_retrieve,
+)
 from ranking.train import RankerOptions, train_ranker
 from towers.artefact import save_artefact
 from towers.movielens import load_movielens
@@ -64,6 +72,7 @@ def two_stage(
     validation: bool,
     data_dir: str | None,
     weights: tuple[float, ...] = TOWER_SCORE_WEIGHTS,
+    cross_fit: bool = False,
 ) -> list[dict]:
     data = load_movielens(dataset, data_dir)
     if validation:
@@ -75,6 +84,10 @@ def two_stage(
         tower = train_tower(train, benchmark_config(), replace(benchmark_options(), verbose=0))
         tower_dir = save_artefact(tower, Path(tmp) / "tower", data=train)
         retriever, retrieve = tower_retrieve(tower_dir, train.users, 100)
+        # Impressions from towers that never saw their users (cross_fit_retrieve), or in-sample.
+        impressions = (
+            cross_fit_retrieve(tower_dir, train, 100, Path(tmp)) if cross_fit else retrieve
+        )
         examples = {}  # by label horizon: impressions are simulated once per horizon
         first = split.test.groupby("user_id")["timestamp"].min()
         history = chronological(split.train).groupby("user_id")["item_id"].agg(list)
@@ -101,7 +114,7 @@ def two_stage(
             config, options = RankerConfig(**overrides), RankerOptions(**option_overrides)
             horizon = options.label_horizon
             if horizon not in examples:
-                examples[horizon] = ranking_training_set(train, retrieve, label_horizon=horizon)
+                examples[horizon] = ranking_training_set(train, impressions, label_horizon=horizon)
             ranker, metrics = train_ranker(
                 examples[horizon], retriever.index.item_ids, train.items, config, options,
                 train.users,
@@ -116,6 +129,7 @@ def two_stage(
             out.append({
                 "sweep": "two-stage", "dataset": dataset, "split": "validation" if validation
                 else "test (diagnostic)", "config": overrides, "options": option_overrides,
+                "cross_fit": cross_fit,
                 "candidate_ndcg@10": round(c, 4), "ranked_ndcg@10": round(r, 4),
                 "relative_gain": round((r - c) / c, 4), "loss": metrics["loss"],
                 "relative_gain_by_tower_score_weight": by_weight,
@@ -155,6 +169,11 @@ def main() -> None:
     parser.add_argument("sweep", choices=["two-stage", "rating"])
     parser.add_argument("args", nargs="+", help="two-stage: DATASET CONFIGS; rating: CONFIGS")
     parser.add_argument("--validation", action="store_true")
+    parser.add_argument(
+        "--cross-fit", action="store_true",
+        help="two-stage: impressions from towers that never saw their users "
+        "(ranking.pipeline.cross_fit_retrieve)",
+    )  # fmt: skip
     parser.add_argument("--data-dir", help="MovieLens folder (default: $NEXTWATCH_DATA)")
     parser.add_argument(
         "--output", default=None, help="JSON path to append to (default: benchmarks/results/)"
@@ -162,7 +181,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.sweep == "two-stage":
-        results = two_stage(args.args[0], json.loads(args.args[1]), args.validation, args.data_dir)
+        results = two_stage(
+            args.args[0], json.loads(args.args[1]), args.validation, args.data_dir,
+            cross_fit=args.cross_fit,
+        )  # fmt: skip
     else:
         results = rating(json.loads(args.args[0]), args.data_dir)
     path = Path(args.output) if args.output else RESULTS / "tune_ranker.json"

@@ -31,6 +31,18 @@ def _left_out(seen: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.boolean_mask(seen, keep)
 
 
+def _seen_mask(pairs: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """Boolean ``shape`` ``(batch, num_items)``, True at the ``(example, row)`` ``pairs``.
+
+    A one-byte scatter (a max, so a pair listed many times, a re-watch, stays 1), applied
+    with ``tf.where``, whose gradient is a select: on ml-latest-small this costs a step about
+    a third of what scattering into the float logits and into their gradient did."""
+    hits = tf.tensor_scatter_nd_max(
+        tf.zeros(shape, tf.int8), pairs, tf.ones(tf.shape(pairs)[:1], tf.int8)
+    )
+    return hits > 0
+
+
 def full_softmax_loss(
     user_vectors: tf.Tensor,
     labels: tf.Tensor,
@@ -57,9 +69,10 @@ def full_softmax_loss(
     """
     logits = tf.matmul(user_vectors, item_vectors, transpose_b=True) + item_bias
     if seen is not None:
-        pairs = _left_out(seen, labels)
-        logits = tf.tensor_scatter_nd_update(
-            logits, pairs, tf.fill(tf.shape(pairs)[:1], tf.constant(_LEFT_OUT, logits.dtype))
+        logits = tf.where(
+            _seen_mask(_left_out(seen, labels), tf.shape(logits, out_type=tf.int64)),
+            tf.constant(_LEFT_OUT, logits.dtype),
+            logits,
         )
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)

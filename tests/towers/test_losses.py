@@ -91,6 +91,16 @@ def test_seen_items_leave_the_full_softmax_but_never_the_label():
     assert got < full_softmax_loss(users, labels, items, bias).numpy()  # fewer competitors
 
 
+def test_an_item_seen_many_times_is_left_out_once():
+    # A re-watched item comes as one pair per watch: 300 copies (more than a byte counts)
+    # leave the same softmax as one.
+    users, items, bias, labels = _case()
+    repeated = tf.concat([SEEN, tf.tile(tf.constant([[1, 3]], tf.int64), [300, 1])], axis=0)
+    expected = _full_by_hand(users, items, bias, labels, [{1}, {3}, set(), set()])
+    got = full_softmax_loss(users, labels, items, bias, repeated).numpy()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
 def test_seen_items_get_no_gradient():
     users, items, bias, labels = _case()
     with tf.GradientTape() as tape:
