@@ -84,6 +84,12 @@ class RankerConfig:
         Ranking networks trained apart (seeds ``seed``, ``seed + 1``, ...) on the same rows and
         served as one (:class:`RankerEnsemble`): the mean of their logits and of their
         ratings. 1, the default, is the paper's single network.
+    tower_score_offset : bool
+        Train the ranking head on the served logit ``logit + tower_score_weight * tower_score``
+        (the generator's score as a fixed offset of the logistic regression) instead of on
+        ``logit`` alone, so that it learns only what that score leaves out. Off by default: on
+        ml-100k's validation carve it lowered the two-stage gain at both weights tried (README,
+        "Ranking"; ``benchmarks/results/tune_ranker.json``).
     """
 
     hidden_units: tuple[int, ...] = (256, 128, 64)
@@ -97,6 +103,7 @@ class RankerConfig:
     tower_score_weight: float = 0.0
     user_genres: bool = True
     members: int = 1
+    tower_score_offset: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self)

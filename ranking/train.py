@@ -178,8 +178,11 @@ class _Trainer(keras.Model):
     def _loss(self, out, targets):
         label, weight, rating = targets["label"], targets["weight"], targets["rating"]
         has_label = tf.cast(~tf.math.is_nan(label), tf.float32)
+        head = "serving_logit" if self.ranker.config.tower_score_offset else "logit"
+        # Rating rows have no label, and no generator score for the offset: zeroed, not 0 * NaN.
         bce = tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=tf.where(has_label > 0, label, 0.0), logits=out["logit"]
+            labels=tf.where(has_label > 0, label, 0.0),
+            logits=tf.where(has_label > 0, out[head], 0.0),
         )
         w = weight * has_label
         rank = tf.reduce_sum(bce * w) / tf.maximum(tf.reduce_sum(w), 1.0)

@@ -1,5 +1,6 @@
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -382,3 +383,31 @@ def test_user_genres_feed_only_the_ranking_head():
     np.testing.assert_allclose(predict(with_genres, probe)["rating"],
                                predict(without, probe)["rating"], rtol=1e-6)  # fmt: skip
     assert not np.allclose(predict(with_genres, probe)["rating"], 3.0)  # it did learn
+
+
+def test_a_tower_score_offset_puts_the_served_logit_in_the_loss():
+    from ranking.train import _Trainer
+
+    # Weighted logistic loss on hand-made outputs: label 1 (weight 2) and label 0 (weight 1),
+    # then a rating row (no label, no generator score: a NaN served logit), rated 4, predicted 3.
+    out = {
+        "logit": np.array([0.0, 1.0, 0.5], np.float32),
+        "serving_logit": np.array([2.0, -1.0, np.nan], np.float32),
+        "rating": np.array([3.0, 3.0, 3.0], np.float32),
+    }
+    targets = {
+        "label": np.array([1.0, 0.0, np.nan], np.float32),
+        "weight": np.array([2.0, 1.0, 1.0], np.float32),
+        "rating": np.array([np.nan, np.nan, 4.0], np.float32),
+    }
+
+    def loss(config: RankerConfig) -> float:
+        trainer = SimpleNamespace(ranker=SimpleNamespace(config=config))  # all the loss reads
+        return float(_Trainer._loss(trainer, out, targets))
+
+    rating = (3.0 - 4.0) ** 2  # rating_weight 1
+    head_alone = (2 * np.log(2.0) + np.log1p(np.e)) / 3 + rating  # logits 0 and 1
+    offset = (2 * np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 3 + rating  # 2 and -1
+    assert loss(replace(SMALL, tower_score_weight=1.0)) == pytest.approx(head_alone, rel=1e-6)
+    offset_config = replace(SMALL, tower_score_weight=1.0, tower_score_offset=True)
+    assert loss(offset_config) == pytest.approx(offset, rel=1e-6)
