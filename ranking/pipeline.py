@@ -33,7 +33,7 @@ from towers.model import TowerConfig
 from towers.pipeline import DataSource, split_dataset
 from towers.retrieval import Retriever
 from towers.splits import per_user_tail
-from towers.train import TrainOptions, train_tower
+from towers.train import TrainOptions, TrainResult, train_tower
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +148,20 @@ def train_ranker_job(
     return metrics
 
 
+def _train_like(artefact: str | Path, data: Dataset) -> TrainResult:
+    """Train the artefact's tower configuration, with its training options, on ``data``."""
+    meta = json.loads((Path(artefact) / "config.json").read_text())
+    options = {**meta["train_options"], "verbose": 0, "log_dir": None}
+    return train_tower(data, TowerConfig(**meta["tower"]), TrainOptions(**options))
+
+
 def holdout_tower(artefact: str | Path, train: Dataset, output: Path) -> tuple[Path, np.ndarray]:
     """Train the artefact's tower configuration on the first 80 % of each user's events of
     ``train``; returns its artefact and a mask (aligned with ``train.interactions``) of the
     held-out last 20 %, the events it never saw."""
-    meta = json.loads((Path(artefact) / "config.json").read_text())
-    options = {**meta["train_options"], "verbose": 0, "log_dir": None}
     split = per_user_tail(train.interactions, "temporal-user-20")
     head = train.with_interactions(split.train)
-    result = train_tower(head, TowerConfig(**meta["tower"]), TrainOptions(**options))
+    result = _train_like(artefact, head)
     keys = ["user_id", "item_id", "timestamp"]
     held = train.interactions[keys].merge(
         split.test[keys].drop_duplicates().assign(_held=True), on=keys, how="left"
@@ -186,17 +191,16 @@ def cross_fit_retrieve(
     """
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
-    meta = json.loads((Path(artefact) / "config.json").read_text())
-    options = {**meta["train_options"], "verbose": 0, "log_dir": None}
-    users = np.sort(train.interactions["user_id"].astype(str).unique())
-    order = np.random.default_rng(options.get("seed", 0)).permutation(len(users))
+    seed = json.loads((Path(artefact) / "config.json").read_text())["train_options"]["seed"]
+    user_ids = train.interactions["user_id"].astype(str)
+    users = np.sort(user_ids.unique())
+    order = np.random.default_rng(seed).permutation(len(users))
     fold_of = dict(zip(users[order], np.arange(len(users)) % folds, strict=True))
+    row_folds = user_ids.map(fold_of).to_numpy()
     retrievers = []
     for f in range(folds):
-        others = train.interactions["user_id"].astype(str).map(fold_of) != f
-        part = train.with_interactions(train.interactions[others.to_numpy()])
-        result = train_tower(part, TowerConfig(**meta["tower"]), TrainOptions(**options))
-        directory = save_artefact(result, work / f"fold-{f}", data=part)
+        part = train.with_interactions(train.interactions[row_folds != f])
+        directory = save_artefact(_train_like(artefact, part), work / f"fold-{f}", data=part)
         retrievers.append(tower_retrieve(directory, train.users, num_candidates)[1])
 
     def retrieve(histories: np.ndarray, seen: list, times: np.ndarray, user_ids: np.ndarray):
