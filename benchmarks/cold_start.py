@@ -97,7 +97,7 @@ def cold_users(data, presets: dict | None = None, onboarding: bool = True) -> di
     }
     models, scorers, trained = {}, {}, {}
     for name, config in presets.items():
-        result = train_tower(train, config, benchmark_options(verbose=0))
+        result = train_tower(train, config, benchmark_options(verbose=0, dataset=data.name))
         models[name] = result.model
         scorers[name] = _cold_scorer(result.model, times, users)
         trained[name] = {"train_seconds": result.metrics["train_seconds"],
@@ -166,7 +166,8 @@ def onboarding_validation(data, split) -> dict:
     inner = cold_user_split(split.train, seed=8)
     warm = make_split(inner.train, "temporal-user-20")
     train = data.with_interactions(warm.train)
-    model = train_tower(train, benchmark_config(data.name), benchmark_options(verbose=0)).model
+    options = benchmark_options(verbose=0, dataset=data.name)
+    model = train_tower(train, benchmark_config(data.name), options).model
     times = inner.cold.groupby("user_id")["timestamp"].apply(list).to_dict()
     scorer = _cold_scorer(model, times, UserFeatures.from_frame(data.users))
     index = {i: n for n, i in enumerate(model.item_ids)}
@@ -273,7 +274,9 @@ def softmax_projection(model, train, tokens, epochs: int = 4, seed: int = 0) -> 
 def cold_items(data) -> dict:
     train_frame, held, cold_ids = cold_item_split(data.interactions)
     train = data.with_interactions(train_frame)
-    result = train_tower(train, benchmark_config(data.name), benchmark_options(verbose=0))
+    result = train_tower(
+        train, benchmark_config(data.name), benchmark_options(verbose=0, dataset=data.name)
+    )
     model = result.model
     items = model.item_ids
     meta = data.items.set_index(data.items["item_id"].astype(str))
@@ -384,7 +387,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.perf_counter()
-    payload: dict = {"options": benchmark_options().__dict__, "datasets": {}}
+    payload: dict = {
+        "options": {n: benchmark_options(dataset=n).__dict__ for n in args.datasets},
+        "datasets": {},
+    }
     for name in args.datasets:
         data = load_movielens(name, args.data_dir)
         entry = payload["datasets"].setdefault(name, {})

@@ -140,7 +140,8 @@ def serving_artefact(
     from towers.pipeline import DataSource, train_candidates
     from towers.presets import benchmark_config, benchmark_options
 
-    options = replace(benchmark_options(), verbose=0, seed=seed)
+    options = benchmark_options(verbose=0, seed=seed, dataset="ml-latest-small")
+    preset = benchmark_config("ml-latest-small")
     own = path is not None and (Path(path) / "config.json").exists()
     if own:
         # The caller's own artefact is used as it is, never retrained over.
@@ -155,12 +156,10 @@ def serving_artefact(
         default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
         path = Path(path) if path else ROOT / "artefacts" / default
         config = path / "config.json"
-        if not _is_cached(config, FORMAT_VERSION, benchmark_config().to_dict(), asdict(options)):
+        if not _is_cached(config, FORMAT_VERSION, preset.to_dict(), asdict(options)):
             if path == ROOT / "artefacts" / default and config.exists():
                 shutil.rmtree(path)  # the cache of another preset, ranker included
-            train_candidates(
-                DataSource("ml-latest-small", data_dir), path, benchmark_config(), options
-            )
+            train_candidates(DataSource("ml-latest-small", data_dir), path, preset, options)
     if ranker:
         from ranking.pipeline import train_ranker_for_artefact
         from ranking.train import validated_settings

@@ -77,7 +77,9 @@ def two_stage(
     split = make_split(data.interactions, "temporal-user-20")
     train = data.with_interactions(split.train)
     start = time.perf_counter()
-    result = train_tower(train, benchmark_config(), benchmark_options(seed=options.seed))
+    result = train_tower(
+        train, benchmark_config(name), benchmark_options(seed=options.seed, dataset=name)
+    )
     tower_dir = save_artefact(result, work / f"{name}-{options.seed}-tower", data=train)
     tower_seconds = time.perf_counter() - start
     start = time.perf_counter()

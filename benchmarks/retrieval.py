@@ -45,7 +45,7 @@ def _timed(fn, *args, **kwargs):
 def run_nextwatch(data, split: Split, config=None) -> dict:
     config = config or benchmark_config(data.name)
     train = data.with_interactions(split.train)
-    result = train_tower(train, config, benchmark_options(verbose=0))
+    result = train_tower(train, config, benchmark_options(verbose=0, dataset=data.name))
     metrics, eval_seconds = _timed(evaluate_tower, result.model, train, split)
     m = result.metrics
     return {
@@ -182,7 +182,7 @@ def main() -> None:
     start = time.perf_counter()
     payload: dict = {
         "configs": {n: benchmark_config(n).to_dict() for n in args.datasets},
-        "options": benchmark_options().__dict__,
+        "options": {n: benchmark_options(dataset=n).__dict__ for n in args.datasets},
     }
     parts = {"main": ("comparison", lambda: main_comparison(args.data_dir, args.datasets,
                                                           args.protocols)),

@@ -63,7 +63,8 @@ def main() -> None:
     data = load_movielens("ml-100k", args.data_dir)
     split = make_split(data.interactions, "tfrs-80-20")
     train = data.with_interactions(split.train)
-    scorer = TowerScorer(train_tower(train, benchmark_config(), benchmark_options(0)).model, train)
+    options = benchmark_options(0, dataset=data.name)
+    scorer = TowerScorer(train_tower(train, benchmark_config(data.name), options).model, train)
     items = scorer.item_ids
     index = {i: n for n, i in enumerate(items)}
     users = sorted(split.test["user_id"].unique())

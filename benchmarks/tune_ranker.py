@@ -29,7 +29,6 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,8 @@ def two_stage(
     train = data.with_interactions(split.train)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        tower = train_tower(train, benchmark_config(), replace(benchmark_options(), verbose=0))
+        options = benchmark_options(verbose=0, dataset=dataset)
+        tower = train_tower(train, benchmark_config(dataset), options)
         tower_dir = save_artefact(tower, Path(tmp) / "tower", data=train)
         retriever, retrieve = tower_retrieve(tower_dir, train.users, 100)
         # Impressions from towers that never saw their users (cross_fit_retrieve), or in-sample.

@@ -55,7 +55,7 @@ def main() -> None:
             **{k: v for k, v in overrides.items() if k in config_fields},
         )
         options = replace(
-            benchmark_options(verbose=0),
+            benchmark_options(verbose=0, dataset=args.dataset),
             **{k: v for k, v in overrides.items() if k not in config_fields},
         )
         start = time.perf_counter()

@@ -114,7 +114,7 @@ def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
         "warm-start", retrain.interactions, test[known].reset_index(drop=True), int((~known).sum())
     )
     config = benchmark_config(data.name)
-    options = benchmark_options(verbose=0, seed=seed)
+    options = benchmark_options(verbose=0, seed=seed, dataset=data.name)
     items = sorted(set(retrain.interactions["item_id"].astype(str)))
 
     def row(result, seconds: float) -> dict:
@@ -252,8 +252,8 @@ def main() -> None:
     start = time.perf_counter()
     payload: dict = {
         "protocol": "warm-start" + (" (validation shift)" if args.tune else ""),
-        "config": benchmark_config().to_dict(),
-        "options": benchmark_options().__dict__,
+        "config": {n: benchmark_config(n).to_dict() for n in args.datasets},
+        "options": {n: benchmark_options(dataset=n).__dict__ for n in args.datasets},
         "seeds": args.seeds,
         "variants": [variant_label(*v) for v in variants],
         "warm_start_learning_rates": sorted({v[0] for v in variants}),

@@ -24,12 +24,11 @@ from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions
 from serving.api import Recommender
 from serving.api_types import UnknownItemError
-from serving.cli_args import _build, _source, build_parser
+from serving.cli_args import _build, _source, build_parser, tower_presets
 from towers._tf import tf
 from towers.artefact import check_output, replace_directory
 from towers.data import DataError
 from towers.leftovers import remove_dead, work_dir
-from towers.model import TowerConfig
 from towers.pipeline import evaluate_artefact, retrain_candidates, train_candidates
 from towers.synthetic import ITEMS_FILE, SyntheticConfig, generate, shard_paths
 from towers.train import TrainOptions
@@ -142,7 +141,7 @@ def _train_shards(args: argparse.Namespace) -> dict:
     if args.items and items is None:
         raise FileNotFoundError(f"--items {args.items} does not exist")
     result = train_shards(
-        shard_paths(args.shards), _build(TowerConfig, args), _build(TrainOptions, args),
+        shard_paths(args.shards), *tower_presets(args),
         items=items, steps_per_epoch=args.steps_per_epoch, shuffle_buffer=args.shuffle_buffer,
         backup_dir=args.backup_dir, save_freq=args.backup_every or "epoch", role=role,
         strategy=strategy,
@@ -220,13 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "train-candidates":
             args.log_dir = args.log_dir or str(Path(args.output) / "logs")
             protocol = None if args.protocol == "none" else args.protocol
-            metrics = train_candidates(
-                _source(args),
-                args.output,
-                _build(TowerConfig, args),
-                _build(TrainOptions, args),
-                protocol,
-            )
+            metrics = train_candidates(_source(args), args.output, *tower_presets(args), protocol)
             log.info("artefact written to %s", args.output)
             print(
                 json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2)

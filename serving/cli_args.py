@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from export.candidates import FORMATS
 from export.savedmodel import MODEL_NAMES
 from ranking.model import RankerConfig
 from ranking.train import RankerOptions
+from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
 from towers.pipeline import DataSource
 from towers.presets import benchmark_config, benchmark_options, warm_start_options
 from towers.splits import SPLITS
 from towers.synthetic import SyntheticConfig
+from towers.train import TrainOptions
 from towers.warmstart import WarmStart
 
 ENGINES = ("local", "beam")
@@ -67,32 +69,62 @@ def _source(args: argparse.Namespace) -> DataSource:
 
 
 def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, defaults: object, title: str, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser,
+    defaults: object,
+    title: str,
+    skip: Sequence[str] = (),
+    preset: bool = False,
 ) -> None:
-    """One flag per init field of the dataclass instance ``defaults``, defaulting to its values."""
+    """One flag per init field of the dataclass instance ``defaults``, defaulting to its values.
+
+    With ``preset``, a flag not given stays out of the namespace, so that :func:`_from_preset`
+    can take its value from the preset of the data chosen (``defaults`` is what the help shows).
+    """
     group = parser.add_argument_group(title)
     for f in fields(defaults):
         if not f.init or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        shown = "(default: %(default)s)"
+        if preset:
+            shown = f"(default: the dataset's preset; {default} in the shared one)"
+        value = argparse.SUPPRESS if preset else default
         if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         elif f.name == "max_examples_per_user":
             group.add_argument(
                 flag,
                 type=lambda v: None if v == "none" else int(v),
-                default=default,
-                help="int, or 'none' for no cap (default: %(default)s)",
+                default=value,
+                help="int, or 'none' for no cap " + shown,
             )
         else:
             kind = type(default) if default is not None else str
-            group.add_argument(flag, type=kind, default=default, help="(default: %(default)s)")
+            group.add_argument(flag, type=kind, default=value, help=shown)
 
 
 def _build(cls: type, args: argparse.Namespace):
     return cls(
         **{f.name: getattr(args, f.name) for f in fields(cls) if f.init and hasattr(args, f.name)}
+    )
+
+
+def _from_preset(preset: object, args: argparse.Namespace):
+    """``preset`` (a dataclass instance) with the fields given on the command line replaced."""
+    given = {f.name: getattr(args, f.name) for f in fields(preset) if f.init and f.name in args}
+    return replace(preset, **given)
+
+
+def tower_presets(args: argparse.Namespace) -> tuple[TowerConfig, TrainOptions]:
+    """``train-candidates``' tower configuration and training options: the preset of the
+    MovieLens dataset chosen (the shared one for ``--interactions`` or ``--shards``), with the
+    flags given on the command line."""
+    own = getattr(args, "interactions", None) or getattr(args, "shards", None)
+    dataset = None if own else args.dataset
+    return (
+        _from_preset(benchmark_config(dataset), args),
+        _from_preset(benchmark_options(dataset=dataset), args),
     )
 
 
@@ -118,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on this protocol's train split and evaluate on its test split; "
         "'none' trains on all data (default)",
     )
-    # The defaults are the benchmark preset, so the README's numbers are what a plain run gets.
-    _add_dataclass_flags(train, benchmark_config(), "model (defaults: the benchmark preset)")
-    _add_dataclass_flags(train, benchmark_options(), "training", skip=("log_dir",))
+    # The defaults are the dataset's benchmark preset, so the README's numbers are what a plain
+    # run gets.
+    _add_dataclass_flags(
+        train, benchmark_config(), "model (defaults: the benchmark preset)", preset=True
+    )
+    _add_dataclass_flags(train, benchmark_options(), "training", skip=("log_dir",), preset=True)
     train.add_argument("--log-dir", help="TensorBoard logs (default: OUTPUT/logs)")
     scale = train.add_argument_group(
         "streaming and multi-worker (with --shards; TF_CONFIG selects MultiWorkerMirroredStrategy)"

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -57,8 +57,9 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
     staging = registry.staging()
     try:
         log.info("no model yet: training the benchmark configuration into %s", staging)
-        options = replace(benchmark_options(), verbose=0)  # no progress bars in service logs
-        train_candidates(source, staging, benchmark_config(), options)
+        # The dataset's preset (the shared one for a user's own log); no progress bars in logs.
+        options = benchmark_options(verbose=0, dataset=source.dataset)
+        train_candidates(source, staging, benchmark_config(source.dataset), options)
         ranker_config, ranker_options = validated_settings(source.dataset)
         log.info("training the ranker (label horizon %d, tower-score weight %g, %d member(s))",
                  ranker_options.label_horizon, ranker_config.tower_score_weight,

@@ -1,8 +1,10 @@
 import json
+from dataclasses import replace
 
 import pandas as pd
 
 from serving.cli import build_parser, main
+from serving.cli_args import tower_presets
 from towers.presets import benchmark_config, benchmark_options
 
 TINY = "--epochs 2 --batch-size 16 --output-dim 8 --embedding-dim 8 --token-dim 4 --verbose 0"
@@ -55,16 +57,29 @@ def test_bad_input_file_is_a_clean_error(tmp_path, caplog):
     assert "missing timestamp" in caplog.text
 
 
-def test_cli_defaults_are_the_benchmark_preset():
-    args = build_parser().parse_args(["train-candidates"])
-    config, options = benchmark_config(), benchmark_options()
-    assert (args.depth, args.output_dim, args.dropout, args.recent_history) == (
-        config.depth,
-        config.output_dim,
-        config.dropout,
-        config.recent_history,
-    )
-    assert (args.epochs, args.batch_size) == (options.epochs, options.batch_size)
+def test_cli_defaults_are_the_datasets_benchmark_preset():
+    parser = build_parser()
+    for argv, dataset in [
+        ([], "ml-latest-small"),
+        (["--dataset", "ml-100k"], "ml-100k"),
+        (["--interactions", "log.csv"], None),
+        (["--shards", "world"], None),
+    ]:
+        config, options = tower_presets(parser.parse_args(["train-candidates", *argv]))
+        assert config == benchmark_config(dataset), argv
+        assert replace(options, log_dir=None) == benchmark_options(dataset=dataset), argv
+    # The presets differ where validation picked otherwise, so the choice above is seen.
+    assert benchmark_config("ml-latest-small").history_dropout == 0.4
+    assert benchmark_config("ml-100k") == benchmark_config(None)
+    assert benchmark_options(dataset="ml-latest-small").batch_size == 512
+    assert benchmark_options(dataset="ml-100k").batch_size == 256
+    # A flag given wins over the preset; the others stay the preset's.
+    args = parser.parse_args(["train-candidates", "--history-dropout", "0", "--epochs", "2"])
+    config, options = tower_presets(args)
+    assert (config.history_dropout, options.epochs, options.batch_size) == (0.0, 2, 512)
+    assert config.mask_seen is True
+    args = parser.parse_args(["train-candidates", "--no-mask-seen", "--dataset", "ml-100k"])
+    assert tower_presets(args)[0].mask_seen is False
 
 
 def test_recommend_and_both_exports_from_the_command_line(planted_artefact, tmp_path, capsys):
@@ -134,7 +149,7 @@ def test_train_ranker_then_recommend_ranks(tmp_path, capsys):
 
 def test_retrain_defaults_to_the_warm_start_preset():
     from serving.cli import build_parser
-    from towers.presets import benchmark_options, warm_start_options
+    from towers.presets import warm_start_options
     from towers.warmstart import WarmStart
 
     parser = build_parser()
@@ -143,7 +158,7 @@ def test_retrain_defaults_to_the_warm_start_preset():
     assert retrain.learning_rate == warm_start_options().learning_rate == 1e-3
     assert retrain.epochs == warm_start_options().epochs == 4
     assert retrain.replay_fraction == WarmStart().replay_fraction == 0.1
-    assert train.learning_rate == benchmark_options().learning_rate == 3e-3
+    assert tower_presets(train)[1].learning_rate == 6e-3  # ml-latest-small's preset
 
 
 def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, capsys, caplog):
