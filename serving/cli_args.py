@@ -17,7 +17,7 @@ from towers.pipeline import DataSource
 from towers.presets import benchmark_config, benchmark_options, warm_start_options
 from towers.splits import SPLITS
 from towers.synthetic import SyntheticConfig
-from towers.train import TrainOptions
+from towers.train import DECAYS, TrainOptions
 from towers.warmstart import WarmStart
 
 ENGINES = ("local", "beam")
@@ -99,6 +99,8 @@ def _add_dataclass_flags(
                 default=value,
                 help="int, or 'none' for no cap " + shown,
             )
+        elif f.name == "decay":
+            group.add_argument(flag, choices=DECAYS, default=value, help=shown)
         else:
             kind = type(default) if default is not None else str
             group.add_argument(flag, type=kind, default=value, help=shown)

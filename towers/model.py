@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from towers._tf import keras, tf
 from towers.checks import check_field_types
+from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.losses import full_softmax_loss, sampled_softmax_loss
 
@@ -241,14 +243,19 @@ class CandidateTower(keras.Model):
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """User vectors, shape ``(batch, output_dim)``, from the raw input dict of
         :func:`towers.features.query_inputs`."""
-        raw = tf.convert_to_tensor(inputs["history"], tf.string)
         # Each distinct ID of the batch is looked up, embedded and (in training) updated once:
         # a batch of 1024 x 50 IDs reaches into the catalogue-sized tables once per distinct
         # item (a fifth as often on the step-cost benchmark), and memory latency on those
         # tables is what makes a step slower in a bigger catalogue (docs/scale.md).
-        distinct, position = tf.unique(tf.reshape(raw, [-1]))
-        rows = self.item_lookup(distinct)
-        history = tf.reshape(tf.gather(rows, position), tf.shape(raw))
+        if "history_rows" in inputs:
+            # Training inputs already looked up (towers.train.lookup_history): the same rows.
+            history = tf.cast(inputs["history_rows"], tf.int64)
+            rows, position = tf.unique(tf.reshape(history, [-1]))
+        else:
+            raw = tf.convert_to_tensor(inputs["history"], tf.string)
+            distinct, position = tf.unique(tf.reshape(raw, [-1]))
+            rows = self.item_lookup(distinct)
+            history = tf.reshape(tf.gather(rows, position), tf.shape(raw))
         known = history >= 2  # pads and unknown items do not count
         if training and self.config.history_dropout > 0:
             keep = tf.random.uniform(tf.shape(history)) >= self.config.history_dropout
@@ -283,6 +290,18 @@ class CandidateTower(keras.Model):
         for layer in self.tower:
             x = layer(x)
         return x
+
+    def history_rows(self, history: np.ndarray) -> np.ndarray:
+        """``history`` (raw item IDs, :data:`towers.examples.PAD` for padding) as the rows
+        :attr:`item_lookup` gives them, int32 of the same shape: 0 for padding, 1 for an item
+        the model does not know, ``2 + i`` for ``item_ids[i]``. Given as the input
+        ``history_rows`` (:func:`towers.train.train_tower` does), a batch needs no string lookup.
+        """
+        history = np.asarray(history, dtype=object)
+        index = np.asarray(pd.Index(self.item_ids).get_indexer(history.ravel()), np.int64)
+        rows = np.where(index >= 0, index + 2, 1)
+        rows[history.ravel() == PAD] = 0
+        return rows.reshape(history.shape).astype(np.int32)
 
     def _token_bags(self, rows: tf.Tensor) -> tf.Tensor:
         """The mean token embedding of each of the batch's distinct items ``rows`` (lookup

@@ -1,10 +1,15 @@
-"""Adam whose sparse updates touch only the rows in the batch ("lazy" Adam).
+"""Adam in one fused kernel per variable, and Adam whose sparse updates touch only the rows in
+the batch ("lazy" Adam).
 
-Keras' Adam decays the moments of *every* row of an embedding table on each step, even for a
-sparse gradient (an ``IndexedSlices`` from a gather), so a step costs O(rows). With a million
+Keras' Adam updates each variable with about ten separate element-wise ops (each a pass over
+the variable and its two moments); :class:`FusedAdam` makes the same update with TensorFlow's
+fused ``ResourceApplyAdam`` kernel, one pass.
+
+Keras' Adam also decays the moments of *every* row of an embedding table on each step, even for
+a sparse gradient (an ``IndexedSlices`` from a gather), so a step costs O(rows). With a million
 item vectors that dominates training and makes the step cost grow with the catalogue. Lazy Adam
 (as in TF Addons' ``LazyAdam`` and PyTorch's ``SparseAdam``) updates the moments and the values of
-the gathered rows only; dense gradients get the ordinary Adam update.
+the gathered rows only; dense gradients get the fused update.
 """
 
 from __future__ import annotations
@@ -14,20 +19,57 @@ import numpy as np
 from towers._tf import keras, tf
 
 
-class LazyAdam(keras.optimizers.Adam):
-    """Adam with row-sparse updates for ``IndexedSlices`` gradients (Adam's hyperparameters
-    but ``amsgrad``, which the sparse update does not implement).
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam, each update one ``ResourceApplyAdam`` kernel: the same arithmetic
+    (``alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)``, ``m += (g - m)(1 - beta_1)``,
+    ``v += (g^2 - v)(1 - beta_2)``, ``w -= alpha m / (sqrt(v) + epsilon)``) in one pass over
+    the variable instead of about ten. An ``IndexedSlices`` gradient is summed into a dense one
+    first, which is what Keras' sparse update computes too (every row's moments decay). Adam's
+    hyperparameters but ``amsgrad`` and ``adaptive_epsilon``, which the kernel does not
+    implement.
 
     Raises
     ------
     ValueError
-        If ``amsgrad`` is asked for.
+        If ``amsgrad`` or ``adaptive_epsilon`` is asked for.
     """
 
-    def __init__(self, *args, amsgrad: bool = False, **kwargs) -> None:
-        if amsgrad:
-            raise ValueError("amsgrad is not supported by LazyAdam's sparse update")
-        super().__init__(*args, amsgrad=False, **kwargs)
+    def __init__(
+        self, *args, amsgrad: bool = False, adaptive_epsilon: bool = False, **kwargs
+    ) -> None:
+        if amsgrad or adaptive_epsilon:
+            raise ValueError(f"{type(self).__name__} supports neither amsgrad nor adaptive_epsilon")
+        super().__init__(*args, amsgrad=False, adaptive_epsilon=False, **kwargs)
+
+    def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        key = self._var_key(variable)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[self._index_dict[key]].handle,
+            v=self._velocities[self._index_dict[key]].handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(self.learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.convert_to_tensor(gradient),
+        )
+
+
+class LazyAdam(FusedAdam):
+    """Adam with row-sparse updates for ``IndexedSlices`` gradients (dense ones get
+    :class:`FusedAdam`'s update).
+
+    Raises
+    ------
+    ValueError
+        If ``amsgrad`` or ``adaptive_epsilon`` is asked for.
+    """
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):

@@ -46,7 +46,7 @@ from towers.shards import (
     scan_shards,
     shards_dataset,  # noqa: F401  (re-exported: towers.stream.shards_dataset is public API)
 )
-from towers.train import TrainOptions, TrainResult, optimizer_for, peak_rss_mb
+from towers.train import TrainOptions, TrainResult, learning_rate, optimizer_for, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def train_shards(
             scan.time_window,
         )  # fmt: skip
         model(query_inputs([[]], max_history=config.max_history))  # build (BackupAndRestore)
-        model.compile(optimizer=optimizer_for(model, options.learning_rate))
+        model.compile(optimizer=optimizer_for(model, learning_rate(options, steps)))
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         pipelines, me = context.num_input_pipelines, context.input_pipeline_id

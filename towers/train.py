@@ -22,9 +22,32 @@ from towers.data import Dataset
 from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
 from towers.model import CandidateTower, TowerConfig
-from towers.optim import LazyAdam, restore_optimizer_state
+from towers.optim import FusedAdam, LazyAdam, restore_optimizer_state
 
 log = logging.getLogger(__name__)
+
+
+DECAYS = ("constant", "cosine")
+
+
+@keras.utils.register_keras_serializable(package="nextwatch")
+class CosineFromStep(keras.optimizers.schedules.LearningRateSchedule):
+    """A half cosine from ``rate`` to 0 over ``steps`` optimizer steps, counted from ``start``
+    (the optimizer's step count when this run began: a warm start that continues its parent's
+    Adam starts at the parent's count); ``rate * 0`` after."""
+
+    def __init__(self, rate: float, steps: int, start: int = 0) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.rate, self.steps, self.start = float(rate), int(steps), int(start)
+
+    def __call__(self, step):
+        done = tf.clip_by_value((tf.cast(step, tf.float32) - self.start) / self.steps, 0.0, 1.0)
+        return self.rate * 0.5 * (1.0 + tf.cos(np.pi * done))
+
+    def get_config(self) -> dict:
+        return {"rate": self.rate, "steps": self.steps, "start": self.start}
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,9 @@ class TrainOptions:
     Attributes
     ----------
     epochs, batch_size, learning_rate : training schedule (Adam).
+    decay : {"constant", "cosine"}
+        ``cosine`` lowers the rate from ``learning_rate`` to 0 along a half cosine over this
+        run's steps (Loshchilov and Hutter 2017, without restarts); ``constant`` keeps it.
     seed : int
         Seeds example subsampling, shuffling and initialisation.
     verbose : int
@@ -45,6 +71,7 @@ class TrainOptions:
     epochs: int = 10
     batch_size: int = 512
     learning_rate: float = 3e-3
+    decay: str = "constant"
     seed: int = 0
     verbose: int = 1
     log_dir: str | None = None
@@ -59,6 +86,8 @@ class TrainOptions:
             )
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
 
 
 @dataclass
@@ -100,13 +129,22 @@ def build_tower(
     )
 
 
-def optimizer_for(model: CandidateTower, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam; lazy (row-sparse, :class:`towers.optim.LazyAdam`) under the sampled softmax, whose
-    item rows and history embeddings get sparse gradients, so a step's work does not grow with
-    the catalogue."""
+def learning_rate(options: TrainOptions, steps_per_epoch: int, start: int = 0):
+    """The rate (a float) or schedule that ``options`` asks for, over ``options.epochs`` epochs
+    of ``steps_per_epoch`` steps from optimizer step ``start``."""
+    if options.decay == "cosine":
+        return CosineFromStep(options.learning_rate, options.epochs * steps_per_epoch, start)
+    return options.learning_rate
+
+
+def optimizer_for(model: CandidateTower, rate) -> keras.optimizers.Optimizer:
+    """Adam at ``rate`` (a float or a schedule, :func:`learning_rate`), fused
+    (:class:`towers.optim.FusedAdam`); lazy (row-sparse,
+    :class:`towers.optim.LazyAdam`) under the sampled softmax, whose item rows and history
+    embeddings get sparse gradients, so a step's work does not grow with the catalogue."""
     if model.full_softmax:
-        return keras.optimizers.Adam(learning_rate)
-    return LazyAdam(learning_rate)
+        return FusedAdam(rate)
+    return LazyAdam(rate)
 
 
 def example_inputs(examples: Examples, data: Dataset, config: TowerConfig) -> dict[str, np.ndarray]:
@@ -153,10 +191,20 @@ def _dataset(
     if seen is not None:
         rows, examples = seen
         inputs = {**inputs, "seen_start": examples.seen_start, "seen_end": examples.seen_end}
-    ds = tf.data.Dataset.from_tensor_slices((inputs, labels.astype(str)))
+    # The examples stay whole in memory; what is shuffled and batched is their indices, and
+    # each batch gathers its rows at once (the same batches as shuffling the examples, with
+    # no per-example work in the pipeline).
+    columns = {name: tf.constant(value) for name, value in inputs.items()}
+    label_column = tf.constant(labels.astype(str))
+    ds = tf.data.Dataset.range(len(labels))
     if seed is not None:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch)
+    ds = ds.batch(batch).map(
+        lambda take: (
+            {name: tf.gather(column, take) for name, column in columns.items()},
+            tf.gather(label_column, take),
+        )
+    )
     if seen is not None:
         ds = with_seen(ds, rows)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -219,12 +267,17 @@ def train_tower(
     if len(examples) == 0:
         raise ValueError("data has no interactions to learn from")
     model = init(examples) if init is not None else build_tower(data, config, examples.time_window)
-    model.compile(optimizer=optimizer_for(model, options.learning_rate))
+    steps = math.ceil(len(examples) / options.batch_size)
+    start_step = int(optimizer_state["iterations"]) if optimizer_state is not None else 0
+    model.compile(optimizer=optimizer_for(model, learning_rate(options, steps, start_step)))
     if optimizer_state is not None:
         restore_optimizer_state(model.optimizer, model.trainable_variables, optimizer_state)
     seen = (seen_rows(examples, model.item_ids), examples) if config.mask_seen else None
+    inputs = example_inputs(examples, data, config)
+    # The history as lookup rows (the model's own vocabulary): a step then hashes no strings.
+    inputs["history_rows"] = model.history_rows(inputs.pop("history"))
     train_ds = _dataset(
-        example_inputs(examples, data, config),
+        inputs,
         examples.label,
         options.batch_size,
         options.seed,

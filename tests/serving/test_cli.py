@@ -2,6 +2,7 @@ import json
 from dataclasses import replace
 
 import pandas as pd
+import pytest
 
 from serving.cli import build_parser, main
 from serving.cli_args import tower_presets
@@ -73,6 +74,10 @@ def test_cli_defaults_are_the_datasets_benchmark_preset():
     assert benchmark_config("ml-100k") == benchmark_config(None)
     assert benchmark_options(dataset="ml-latest-small").batch_size == 512
     assert benchmark_options(dataset="ml-100k").batch_size == 256
+    assert (benchmark_options(dataset="ml-latest-small").decay, benchmark_options().decay) == (
+        "cosine",
+        "constant",
+    )
     # A flag given wins over the preset; the others stay the preset's.
     args = parser.parse_args(["train-candidates", "--history-dropout", "0", "--epochs", "2"])
     config, options = tower_presets(args)
@@ -80,6 +85,10 @@ def test_cli_defaults_are_the_datasets_benchmark_preset():
     assert config.mask_seen is True
     args = parser.parse_args(["train-candidates", "--no-mask-seen", "--dataset", "ml-100k"])
     assert tower_presets(args)[0].mask_seen is False
+    args = parser.parse_args(["train-candidates", "--decay", "constant"])
+    assert tower_presets(args)[1].decay == "constant"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-candidates", "--decay", "linear"])
 
 
 def test_recommend_and_both_exports_from_the_command_line(planted_artefact, tmp_path, capsys):
@@ -158,7 +167,8 @@ def test_retrain_defaults_to_the_warm_start_preset():
     assert retrain.learning_rate == warm_start_options().learning_rate == 1e-3
     assert retrain.epochs == warm_start_options().epochs == 4
     assert retrain.replay_fraction == WarmStart().replay_fraction == 0.1
-    assert tower_presets(train)[1].learning_rate == 6e-3  # ml-latest-small's preset
+    assert retrain.decay == warm_start_options().decay == "constant"
+    assert tower_presets(train)[1].learning_rate == 0.02  # ml-latest-small's preset
 
 
 def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, capsys, caplog):

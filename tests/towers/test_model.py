@@ -57,6 +57,18 @@ def test_empty_and_unknown_histories_score_like_the_first_watch(trained):
     assert top2 == {"A", "C"}
 
 
+def test_history_rows_are_the_lookup_rows_and_give_the_same_user_vectors(trained):
+    model = trained.model
+    inputs = query_inputs([["A", "not-an-item"], []], max_history=3)
+    rows = model.history_rows(inputs["history"])
+    a, b = 2 + model.item_ids.index("A"), 1  # items from 2 on, the OOV bucket 1, padding 0
+    np.testing.assert_array_equal(rows, [[0, a, b], [0, 0, 0]])
+    assert rows.dtype == np.int32
+    by_rows = {**inputs, "history_rows": rows}
+    del by_rows["history"]
+    np.testing.assert_allclose(model(by_rows).numpy(), model(inputs).numpy(), rtol=1e-6)
+
+
 def test_batch_equals_single(trained):
     model = trained.model
     _, both = _scores(model, [["A"], ["C", "D"]])

@@ -1,4 +1,5 @@
-"""Adam's state carried from a parent model to its warm start (towers.optim)."""
+"""The fused Adam, and Adam's state carried from a parent model to its warm start
+(towers.optim)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,46 @@ import numpy as np
 import pytest
 
 from towers._tf import keras, tf
-from towers.optim import LazyAdam, optimizer_state, restore_optimizer_state
+from towers.optim import FusedAdam, LazyAdam, optimizer_state, restore_optimizer_state
+from towers.train import CosineFromStep, TrainOptions, learning_rate
+
+
+def test_fused_adam_steps_as_keras_adam_for_dense_and_sparse_gradients():
+    # First step by hand: m = 0.1 g, v = 0.001 g^2, alpha = lr sqrt(0.001) / 0.1, so each
+    # weight moves by lr * g / (|g| + eps / sqrt(0.001)), lr = 0.1 against the gradient's sign.
+    var = tf.Variable([1.0, -2.0, 0.0])
+    FusedAdam(0.1).apply_gradients([(tf.constant([4.0, -0.5, 0.0]), var)])
+    np.testing.assert_allclose(var.numpy(), [0.9, -1.9, 0.0], atol=1e-5)
+    start = np.array([[1.0, -1.0], [0.5, 2.0], [3.0, 0.0]], np.float32)
+    fused, plain = tf.Variable(start), tf.Variable(start)
+    f_opt, p_opt = FusedAdam(0.05), keras.optimizers.Adam(0.05)
+    for step in range(4):
+        for opt, var in ((f_opt, fused), (p_opt, plain)):
+            with tf.GradientTape() as tape:
+                if step % 2:  # a sparse gradient, row 0 gathered twice
+                    loss = tf.reduce_sum(tf.gather(var, [0, 2, 0]) ** 2)
+                else:
+                    loss = tf.reduce_sum(var**2) + 0.5 * tf.reduce_sum(var)
+            grad = tape.gradient(loss, var)
+            assert isinstance(grad, tf.IndexedSlices) == bool(step % 2)
+            opt.apply_gradients([(grad, var)])
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fused.numpy(), start)
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedAdam(0.1, amsgrad=True)
+
+
+def test_the_cosine_decay_runs_from_the_rate_to_zero_over_this_runs_steps():
+    options = TrainOptions(learning_rate=0.4, epochs=2, decay="cosine")
+    schedule = learning_rate(options, steps_per_epoch=5)
+    got = [float(schedule(step)) for step in (0, 5, 10, 12)]
+    np.testing.assert_allclose(got, [0.4, 0.2, 0.0, 0.0], atol=1e-7)  # half-way: half the rate
+    later = learning_rate(options, steps_per_epoch=5, start=100)  # a continued optimizer
+    np.testing.assert_allclose([float(later(100)), float(later(105))], [0.4, 0.2], atol=1e-7)
+    assert learning_rate(TrainOptions(learning_rate=0.4), steps_per_epoch=5) == 0.4
+    assert CosineFromStep.from_config(schedule.get_config()).steps == 10
+    with pytest.raises(ValueError, match="decay"):
+        TrainOptions(decay="linear")
 
 
 def _step(opt, var, scale: float) -> None:
@@ -15,7 +55,7 @@ def _step(opt, var, scale: float) -> None:
     opt.apply_gradients([(tape.gradient(loss, var), var)])
 
 
-@pytest.mark.parametrize("kind", [keras.optimizers.Adam, LazyAdam])
+@pytest.mark.parametrize("kind", [keras.optimizers.Adam, FusedAdam, LazyAdam])
 def test_a_continued_optimizer_steps_as_the_uninterrupted_one(kind):
     start = np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)
     whole, var = kind(0.05), tf.Variable(start)
