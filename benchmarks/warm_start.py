@@ -143,11 +143,14 @@ def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
         "parent": row(parent, parent.metrics["train_seconds"]),
         "warm": {},
     }
+    # The warm start trains as `nextwatch retrain` does (the warm-start options, batch 256 at a
+    # constant rate, for every dataset), at each variant's rate and epochs.
+    warm_options = warm_start_options(verbose=0, seed=seed)
     for rate, epochs, replay, continued in variants:
         start = time.perf_counter()
         warm, lineage = warm_start(
             parent.model, retrain, WarmStart(t_parent, replay, continue_optimizer=continued),
-            replace(options, learning_rate=rate, epochs=epochs), projection, state,
+            replace(warm_options, learning_rate=rate, epochs=epochs), projection, state,
         )  # fmt: skip
         label = variant_label(rate, epochs, replay, continued)
         out["warm"][label] = row(warm, time.perf_counter() - start)

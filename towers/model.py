@@ -248,7 +248,7 @@ class CandidateTower(keras.Model):
         # item (a fifth as often on the step-cost benchmark), and memory latency on those
         # tables is what makes a step slower in a bigger catalogue (docs/scale.md).
         if "history_rows" in inputs:
-            # Training inputs already looked up (towers.train.lookup_history): the same rows.
+            # Training inputs already looked up (history_rows, below): the same rows.
             history = tf.cast(inputs["history_rows"], tf.int64)
             rows, position = tf.unique(tf.reshape(history, [-1]))
         else:

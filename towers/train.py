@@ -34,7 +34,7 @@ DECAYS = ("constant", "cosine")
 class CosineFromStep(keras.optimizers.schedules.LearningRateSchedule):
     """A half cosine from ``rate`` to 0 over ``steps`` optimizer steps, counted from ``start``
     (the optimizer's step count when this run began: a warm start that continues its parent's
-    Adam starts at the parent's count); ``rate * 0`` after."""
+    Adam starts at the parent's count); 0 after."""
 
     def __init__(self, rate: float, steps: int, start: int = 0) -> None:
         super().__init__()
