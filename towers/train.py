@@ -129,7 +129,9 @@ def build_tower(
     )
 
 
-def learning_rate(options: TrainOptions, steps_per_epoch: int, start: int = 0):
+def learning_rate(
+    options: TrainOptions, steps_per_epoch: int, start: int = 0
+) -> float | CosineFromStep:
     """The rate (a float) or schedule that ``options`` asks for, over ``options.epochs`` epochs
     of ``steps_per_epoch`` steps from optimizer step ``start``."""
     if options.decay == "cosine":
@@ -137,7 +139,9 @@ def learning_rate(options: TrainOptions, steps_per_epoch: int, start: int = 0):
     return options.learning_rate
 
 
-def optimizer_for(model: CandidateTower, rate) -> keras.optimizers.Optimizer:
+def optimizer_for(
+    model: CandidateTower, rate: float | keras.optimizers.schedules.LearningRateSchedule
+) -> keras.optimizers.Optimizer:
     """Adam at ``rate`` (a float or a schedule, :func:`learning_rate`), fused
     (:class:`towers.optim.FusedAdam`); lazy (row-sparse,
     :class:`towers.optim.LazyAdam`) under the sampled softmax, whose item rows and history
