@@ -8,9 +8,10 @@ and a sampled item that is the example's own label (an "accidental hit") is remo
 is sampled exactly once, each correction is ``log 1 = 0`` and the loss equals the full softmax.
 
 Both losses can also leave out of each example's softmax the items its user had already watched
-(``seen``), except its own label: a request excludes those from its answer anyway, so the model
-should not spend its capacity pushing them down. It is the role of the zero diagonal in EASE
-(Steck 2019), for a model that scores items from a bag of the same items.
+(``seen``: ``(example, item row)`` pairs, or a bool ``(batch, num_items)`` mask; see
+:mod:`towers.seen`), except its own label: a request excludes those from its answer anyway, so
+the model should not spend its capacity pushing them down. It is the role of the zero diagonal in
+EASE (Steck 2019), for a model that scores items from a bag of the same items.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def full_softmax_loss(
         Softmax row of the true item.
     item_vectors : tf.Tensor, float32, shape (num_items, d)
     item_bias : tf.Tensor, float32, shape (num_items,)
-    seen : tf.Tensor, int, shape (k, 2), optional
-        ``(example, softmax row)`` pairs: the items each example's user had watched before it.
-        They are left out of that example's softmax (its label never is).
+    seen : tf.Tensor, optional
+        The items each example's user had watched before it: ``(example, softmax row)`` pairs,
+        int ``(k, 2)``, or a bool ``(batch, num_items)`` mask. They are left out of that
+        example's softmax (its label never is).
 
     Returns
     -------
@@ -69,11 +71,13 @@ def full_softmax_loss(
     """
     logits = tf.matmul(user_vectors, item_vectors, transpose_b=True) + item_bias
     if seen is not None:
-        logits = tf.where(
-            _seen_mask(_left_out(seen, labels), tf.shape(logits, out_type=tf.int64)),
-            tf.constant(_LEFT_OUT, logits.dtype),
-            logits,
-        )
+        if seen.dtype == tf.bool:
+            # Clear each example's own label in the mask (B updates, not a pass over it).
+            at = tf.stack([tf.range(tf.shape(labels, out_type=tf.int64)[0]), labels], axis=1)
+            mask = tf.tensor_scatter_nd_update(seen, at, tf.zeros(tf.shape(labels), tf.bool))
+        else:
+            mask = _seen_mask(_left_out(seen, labels), tf.shape(logits, out_type=tf.int64))
+        logits = tf.where(mask, tf.constant(_LEFT_OUT, logits.dtype), logits)
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     )
@@ -107,9 +111,9 @@ def sampled_softmax_loss(
     sampled_values : tuple, optional
         ``(sampled_ids [m], true_expected_count [batch, 1], sampled_expected_count [m])`` to use
         instead of drawing; tests pass every item with counts of 1.
-    seen : tf.Tensor, int, shape (k, 2), optional
-        As in :func:`full_softmax_loss`: a sampled item the example's user had watched is left
-        out of its softmax, as an accidental hit is.
+    seen : tf.Tensor, optional
+        As in :func:`full_softmax_loss` (pairs or a mask): a sampled item the example's user
+        had watched is left out of its softmax, as an accidental hit is.
 
     Returns
     -------
@@ -178,22 +182,31 @@ def _sampled_loss_without_seen(
         + tf.gather(item_bias, sampled)
         - tf.math.log(sampled_expected)
     )
-    # Membership of each (example, sampled item) in the examples' seen pairs, by a sorted
-    # search on one int64 key per pair: the work is bounded by the batch, not the catalogue.
-    num_items = tf.cast(tf.shape(item_vectors)[0], tf.int64)
-    pairs = _left_out(seen, labels)
-    keys = tf.sort(pairs[:, 0] * num_items + pairs[:, 1])
-    batch = tf.shape(user_vectors, out_type=tf.int64)[0]
-    wanted = tf.range(batch)[:, None] * num_items + sampled[None, :]
-    flat = tf.reshape(wanted, [1, -1])
-    at = tf.searchsorted(keys[None, :], flat)[0]  # in [0, len(keys)]; the end is a sentinel
-    found = tf.gather(tf.concat([keys, tf.constant([-1], tf.int64)], 0), at) == flat[0]
-    left_out = tf.logical_or(
-        tf.reshape(found, tf.shape(wanted)), tf.equal(sampled[None, :], labels[:, None])
-    )
+    if seen.dtype == tf.bool:
+        found = tf.gather(seen, sampled, axis=1)
+    else:
+        found = _sampled_found(seen, labels, sampled, tf.shape(item_vectors, out_type=tf.int64)[0])
+    # A sampled item that is the example's label is an accidental hit either way.
+    left_out = tf.logical_or(found, tf.equal(sampled[None, :], labels[:, None]))
     out = tf.constant(_LEFT_OUT, sampled_logits.dtype)
     sampled_logits = tf.where(left_out, out, sampled_logits)
     logits = tf.concat([true_logits[:, None], sampled_logits], axis=1)
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(labels), logits=logits)
     )
+
+
+def _sampled_found(
+    seen: tf.Tensor, labels: tf.Tensor, sampled: tf.Tensor, num_items: tf.Tensor
+) -> tf.Tensor:
+    """Bool ``(batch, len(sampled))``: whether each sampled item is among the example's
+    ``seen`` pairs, by a sorted search on one int64 key per pair (the work is bounded by the
+    batch, not the catalogue)."""
+    pairs = _left_out(seen, labels)
+    keys = tf.sort(pairs[:, 0] * num_items + pairs[:, 1])
+    batch = tf.shape(labels, out_type=tf.int64)[0]
+    wanted = tf.range(batch)[:, None] * num_items + sampled[None, :]
+    flat = tf.reshape(wanted, [1, -1])
+    at = tf.searchsorted(keys[None, :], flat)[0]  # in [0, len(keys)]; the end is a sentinel
+    found = tf.gather(tf.concat([keys, tf.constant([-1], tf.int64)], 0), at) == flat[0]
+    return tf.reshape(found, tf.shape(wanted))

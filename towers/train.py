@@ -10,11 +10,10 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from towers._tf import keras, tf
 from towers.checks import check_field_types
@@ -23,6 +22,13 @@ from towers.examples import Examples, build_examples
 from towers.features import UserFeatures, item_token_table, query_inputs
 from towers.model import CandidateTower, TowerConfig
 from towers.optim import FusedAdam, LazyAdam, restore_optimizer_state
+from towers.seen import (
+    DENSE_SEEN_MAX_CELLS,
+    first_watch_table,
+    seen_rows,
+    with_seen,
+    with_seen_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,39 +168,26 @@ def example_inputs(examples: Examples, data: Dataset, config: TowerConfig) -> di
     )
 
 
-def seen_rows(examples: Examples, item_ids: Sequence[str]) -> np.ndarray:
-    """The softmax row of each item of ``examples.sequence`` (-1 for an item the model does
-    not have), int64: what :func:`with_seen` gathers each example's seen items from."""
-    return pd.Index(item_ids).get_indexer(examples.sequence).astype(np.int64)
-
-
-def with_seen(ds: tf.data.Dataset, rows: np.ndarray) -> tf.data.Dataset:
-    """Add to each batch of ``ds`` (whose inputs carry ``seen_start`` and ``seen_end``) the
-    input ``seen``: the ``(example, softmax row)`` pairs of ``rows[seen_start:seen_end]``, int64
-    ``(k, 2)``, without the items the model does not have. The ranges travel through the
-    shuffle as two integers per example, and become pairs batch by batch."""
-    table = tf.constant(rows)
-
-    def expand(inputs: dict, labels: tf.Tensor) -> tuple[dict, tf.Tensor]:
-        inputs = dict(inputs)
-        ranges = tf.ragged.range(inputs.pop("seen_start"), inputs.pop("seen_end"))
-        pairs = tf.stack([ranges.value_rowids(), tf.gather(table, ranges.flat_values)], axis=1)
-        inputs["seen"] = tf.boolean_mask(pairs, pairs[:, 1] >= 0)
-        return inputs, labels
-
-    return ds.map(expand, num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def _dataset(
     inputs: dict,
     labels: np.ndarray,
     batch: int,
     seed: int | None,
-    seen: tuple[np.ndarray, Examples] | None = None,
+    seen: tuple[np.ndarray, Examples, int] | None = None,
 ) -> tf.data.Dataset:
+    """Batches of ``(inputs, labels)``, shuffled by ``seed`` (in order for None). ``seen`` is
+    ``(rows, examples, num_items)`` (:mod:`towers.seen`) for ``mask_seen``: each batch then
+    carries ``seen``, a mask while the first-watch table fits in ``DENSE_SEEN_MAX_CELLS``
+    cells, ``(example, row)`` pairs beyond."""
+    table = None
     if seen is not None:
-        rows, examples = seen
-        inputs = {**inputs, "seen_start": examples.seen_start, "seen_end": examples.seen_end}
+        rows, examples, num_items = seen
+        if len(np.unique(examples.seen_start)) * num_items <= DENSE_SEEN_MAX_CELLS:
+            table, run = first_watch_table(rows, examples.seen_start, examples.seen_end, num_items)
+            length = (examples.seen_end - examples.seen_start).astype(np.int32)
+            inputs = {**inputs, "seen_run": run, "seen_length": length}
+        else:
+            inputs = {**inputs, "seen_start": examples.seen_start, "seen_end": examples.seen_end}
     # The examples stay whole in memory; what is shuffled and batched is their indices, and
     # each batch gathers its rows at once (the same batches as shuffling the examples, with
     # no per-example work in the pipeline).
@@ -209,7 +202,9 @@ def _dataset(
             tf.gather(label_column, take),
         )
     )
-    if seen is not None:
+    if table is not None:
+        ds = with_seen_mask(ds, table)
+    elif seen is not None:
         ds = with_seen(ds, rows)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -276,7 +271,11 @@ def train_tower(
     model.compile(optimizer=optimizer_for(model, learning_rate(options, steps, start_step)))
     if optimizer_state is not None:
         restore_optimizer_state(model.optimizer, model.trainable_variables, optimizer_state)
-    seen = (seen_rows(examples, model.item_ids), examples) if config.mask_seen else None
+    seen = (
+        (seen_rows(examples, model.item_ids), examples, model.num_items)
+        if config.mask_seen
+        else None
+    )
     inputs = example_inputs(examples, data, config)
     # The history as lookup rows (the model's own vocabulary): a step then hashes no strings.
     inputs["history_rows"] = model.history_rows(inputs.pop("history"))

@@ -1,0 +1,124 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+import towers.train
+from towers._tf import tf
+from towers.data import Dataset, empty_item_metadata
+from towers.losses import full_softmax_loss, sampled_softmax_loss
+from towers.model import TowerConfig
+from towers.seen import first_watch_table, with_seen, with_seen_mask
+from towers.train import TrainOptions, train_tower
+
+# Two user runs in one chronological log of softmax rows: the first run (events 0-4) watches
+# 3, 1, 3 (a re-watch), an item the model lacks (-1), then 0; the second (events 5-7) 2, 2, 4.
+ROWS = np.array([3, 1, 3, -1, 0, 2, 2, 4])
+# Examples: (seen_start, seen_end). Run 0's last example sees events 0-3; run 1's sees 5-6.
+STARTS = np.array([0, 0, 5, 0, 5])
+ENDS = np.array([1, 4, 5, 2, 7])
+BIG = np.iinfo(np.int16).max
+
+
+def test_first_watch_table_by_hand():
+    table, run = first_watch_table(ROWS, STARTS, ENDS, num_items=5)
+    assert table.dtype == np.int16
+    # Run 0 (events 0-3): 3 first at offset 0, 1 at 1; 0 comes at event 4, after every range.
+    # Run 1 (events 5-6): 2 first at offset 0 (the re-watch at 1 does not move it).
+    np.testing.assert_array_equal(table, [[BIG, 1, BIG, 0, BIG], [BIG, BIG, 0, BIG, BIG]])
+    np.testing.assert_array_equal(run, [0, 0, 1, 0, 1])
+
+
+def test_first_watch_table_refuses_a_range_that_ends_before_it_starts():
+    with pytest.raises(ValueError, match="seen_end"):
+        first_watch_table(ROWS, np.array([5]), np.array([4]), num_items=5)
+
+
+def _batch(ds):
+    inputs, _ = next(iter(ds))
+    return inputs["seen"].numpy()
+
+
+def test_the_mask_holds_the_same_items_as_the_pairs():
+    labels = np.zeros(len(STARTS))
+    pairs = _batch(
+        with_seen(
+            tf.data.Dataset.from_tensors(({"seen_start": STARTS, "seen_end": ENDS}, labels)), ROWS
+        )
+    )
+    table, run = first_watch_table(ROWS, STARTS, ENDS, num_items=5)
+    inputs = {"seen_run": run, "seen_length": (ENDS - STARTS).astype(np.int32)}
+    mask = _batch(with_seen_mask(tf.data.Dataset.from_tensors((inputs, labels)), table))
+    expected = np.zeros((5, 5), bool)
+    expected[pairs[:, 0], pairs[:, 1]] = True
+    np.testing.assert_array_equal(mask, expected)
+    # By hand: example 1 saw 3, 1 (and an unknown item); example 4 saw 2; examples 2 none.
+    assert {tuple(p) for p in np.argwhere(mask)} == {(0, 3), (1, 1), (1, 3), (3, 1), (3, 3), (4, 2)}
+
+
+def _case():
+    rng = np.random.default_rng(0)
+    users = tf.constant(rng.normal(size=(4, 3)), tf.float32)
+    items = tf.constant(rng.normal(size=(6, 3)), tf.float32)
+    bias = tf.constant(rng.normal(size=6), tf.float32)
+    labels = tf.constant([0, 5, 2, 2], tf.int64)
+    # Example 0 (label 0) watched 0 (a re-watch of its label: it stays) and 1; example 1 watched
+    # 3 twice; examples 2 and 3 nothing.
+    pairs = tf.constant([[0, 0], [0, 1], [1, 3], [1, 3]], tf.int64)
+    mask = np.zeros((4, 6), bool)
+    mask[[0, 0, 1], [0, 1, 3]] = True
+    return users, items, bias, labels, pairs, tf.constant(mask)
+
+
+def test_a_mask_leaves_out_what_the_pairs_leave_out_of_the_full_softmax():
+    users, items, bias, labels, pairs, mask = _case()
+    logits = users.numpy() @ items.numpy().T + bias.numpy()
+    by_hand = np.mean(
+        [
+            np.log(np.exp(row[[j for j in range(6) if j == lab or j not in out]]).sum()) - row[lab]
+            for row, lab, out in zip(logits, labels.numpy(), [{1}, {3}, set(), set()], strict=True)
+        ]
+    )
+    with_mask = full_softmax_loss(users, labels, items, bias, mask).numpy()
+    assert with_mask == pytest.approx(by_hand, rel=1e-5)
+    assert with_mask == pytest.approx(
+        full_softmax_loss(users, labels, items, bias, pairs).numpy(), rel=1e-6
+    )
+
+
+def test_a_mask_leaves_out_what_the_pairs_leave_out_of_the_sampled_softmax():
+    users, items, bias, labels, pairs, mask = _case()
+    draw = (tf.constant([0, 1, 3], tf.int64), tf.ones((4, 1)), tf.ones(3))
+    got = [
+        sampled_softmax_loss(
+            users, labels, items, bias, num_sampled=3, sampled_values=draw, seen=seen
+        ).numpy()
+        for seen in (pairs, mask)
+    ]
+    assert got[1] == pytest.approx(got[0], rel=1e-6)
+    # Example 0 (label 0): 1 is seen, 0 is its label, so only 3 competes.
+    logits = users.numpy() @ items.numpy().T + bias.numpy()
+    competitors = [[3], [0, 1], [0, 1, 3], [0, 1, 3]]
+    by_hand = np.mean(
+        [
+            np.log(np.exp(logits[e, [lab, *competitors[e]]]).sum()) - logits[e, lab]
+            for e, lab in enumerate(labels.numpy())
+        ]
+    )
+    assert got[1] == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_training_on_the_mask_equals_training_on_the_pairs(monkeypatch):
+    rows = [(f"u{u}", f"i{(u * 7 + k * 3) % 11}", 1.0, k) for u in range(12) for k in range(6)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items = sorted(set(frame["item_id"]))
+    data = Dataset("mixed", frame, empty_item_metadata(items), None, "0" * 64)
+    config = TowerConfig(
+        embedding_dim=4, token_dim=2, output_dim=4, depth=0, max_history=3, mask_seen=True
+    )
+    options = TrainOptions(epochs=2, batch_size=8, learning_rate=0.05, verbose=0)
+    losses = {}
+    for cells in (0, 1 << 26):  # 0: no table fits, so the batches carry pairs
+        monkeypatch.setattr(towers.train, "DENSE_SEEN_MAX_CELLS", cells)
+        result = train_tower(data, config, options)
+        losses[cells] = result.metrics["loss"]
+    np.testing.assert_allclose(losses[0], losses[1 << 26], rtol=1e-5)
