@@ -4,7 +4,7 @@ Protocols (``../shared/PROTOCOLS.md``): temporal-user-20 and leave-last-one on m
 ml-100k (Recall@10/50/100/300, NDCG@10, HR@10), tfrs-80-20 top-100 accuracy on ml-100k, and two
 ablations on ml-latest-small temporal-user-20 (depth 0-3; feature groups).
 
-    python benchmarks/retrieval.py --data-dir ../shared/data       # everything (~18 min, 2 cores)
+    python benchmarks/retrieval.py --data-dir ../shared/data       # everything (~28 min, 2 cores)
     python benchmarks/retrieval.py --only main --datasets ml-100k       # a part
 
 Writes ``benchmarks/results/retrieval.json``.

@@ -321,8 +321,9 @@ class CandidateTower(keras.Model):
     def compute_loss_value(
         self, user_vectors: tf.Tensor, labels: tf.Tensor, seen: tf.Tensor | None = None
     ) -> tf.Tensor:
-        """The training loss; ``seen`` (``(example, softmax row)`` pairs, shape ``(k, 2)``) is
-        left out of each example's softmax (:mod:`towers.losses`)."""
+        """The training loss; ``seen`` (``(example, softmax row)`` pairs, shape ``(k, 2)``, or a
+        bool ``(batch, num_items)`` mask) is left out of each example's softmax
+        (:mod:`towers.losses`)."""
         label_idx = tf.cast(self.label_indices(labels), tf.int64)
         if self.full_softmax:
             return full_softmax_loss(
@@ -351,9 +352,9 @@ class CandidateTower(keras.Model):
             if self.config.mask_seen:
                 if "seen" not in inputs:
                     raise ValueError(
-                        "config.mask_seen is set but the training inputs have no 'seen' (the "
-                        "(example, softmax row) pairs of what each example's user had watched; "
-                        "towers.train adds them)"
+                        "config.mask_seen is set but the training inputs have no 'seen' (what "
+                        "each example's user had watched: (example, softmax row) pairs or a "
+                        "(batch, num_items) mask; towers.train adds it)"
                     )
                 seen = inputs["seen"]
             loss = self.compute_loss_value(user_vectors, labels, seen)
