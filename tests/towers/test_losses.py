@@ -155,3 +155,41 @@ def test_a_seen_negative_is_left_out_of_the_sampled_softmax_by_hand():
         ]
     )
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def _as_mask(pairs, shape=(4, 6)):
+    mask = np.zeros(shape, bool)
+    mask[pairs.numpy()[:, 0], pairs.numpy()[:, 1]] = True
+    return tf.constant(mask)
+
+
+def test_a_seen_mask_leaves_out_what_the_pairs_leave_out_of_the_full_softmax():
+    # towers.seen gives a batch's seen items as a (batch, num_items) mask; the label stays in.
+    users, items, bias, labels = _case()
+    expected = _full_by_hand(users, items, bias, labels, [{1}, {3}, set(), set()])
+    got = full_softmax_loss(users, labels, items, bias, _as_mask(SEEN)).numpy()
+    assert got == pytest.approx(expected, rel=1e-5)
+    pairs = full_softmax_loss(users, labels, items, bias, SEEN).numpy()
+    assert got == pytest.approx(pairs, rel=1e-6)
+
+
+def test_a_seen_mask_leaves_out_what_the_pairs_leave_out_of_the_sampled_softmax():
+    users, items, bias, labels = _case()
+    draw = (tf.constant([0, 1, 3], tf.int64), tf.ones((4, 1)), tf.ones(3))  # log Q = 0
+    got = [
+        sampled_softmax_loss(
+            users, labels, items, bias, num_sampled=3, sampled_values=draw, seen=seen
+        ).numpy()
+        for seen in (SEEN, _as_mask(SEEN))
+    ]
+    # Example 0 (label 0) saw 1, and 0 is its own label: only 3 competes.
+    logits = users.numpy() @ items.numpy().T + bias.numpy()
+    competitors = [[3], [0, 1], [0, 1, 3], [0, 1, 3]]
+    expected = np.mean(
+        [
+            np.log(np.exp(logits[e, [lab, *competitors[e]]]).sum()) - logits[e, lab]
+            for e, lab in enumerate(labels.numpy())
+        ]
+    )
+    assert got[0] == pytest.approx(expected, rel=1e-5)
+    assert got[1] == pytest.approx(got[0], rel=1e-6)

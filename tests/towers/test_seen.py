@@ -5,7 +5,6 @@ import pytest
 import towers.train
 from towers._tf import tf
 from towers.data import Dataset, empty_item_metadata
-from towers.losses import full_softmax_loss, sampled_softmax_loss
 from towers.model import TowerConfig
 from towers.seen import first_watch_table, with_seen, with_seen_mask
 from towers.train import TrainOptions, train_tower
@@ -53,58 +52,6 @@ def test_the_mask_holds_the_same_items_as_the_pairs():
     np.testing.assert_array_equal(mask, expected)
     # By hand: example 1 saw 3, 1 (and an unknown item); example 4 saw 2; examples 2 none.
     assert {tuple(p) for p in np.argwhere(mask)} == {(0, 3), (1, 1), (1, 3), (3, 1), (3, 3), (4, 2)}
-
-
-def _case():
-    rng = np.random.default_rng(0)
-    users = tf.constant(rng.normal(size=(4, 3)), tf.float32)
-    items = tf.constant(rng.normal(size=(6, 3)), tf.float32)
-    bias = tf.constant(rng.normal(size=6), tf.float32)
-    labels = tf.constant([0, 5, 2, 2], tf.int64)
-    # Example 0 (label 0) watched 0 (a re-watch of its label: it stays) and 1; example 1 watched
-    # 3 twice; examples 2 and 3 nothing.
-    pairs = tf.constant([[0, 0], [0, 1], [1, 3], [1, 3]], tf.int64)
-    mask = np.zeros((4, 6), bool)
-    mask[[0, 0, 1], [0, 1, 3]] = True
-    return users, items, bias, labels, pairs, tf.constant(mask)
-
-
-def test_a_mask_leaves_out_what_the_pairs_leave_out_of_the_full_softmax():
-    users, items, bias, labels, pairs, mask = _case()
-    logits = users.numpy() @ items.numpy().T + bias.numpy()
-    by_hand = np.mean(
-        [
-            np.log(np.exp(row[[j for j in range(6) if j == lab or j not in out]]).sum()) - row[lab]
-            for row, lab, out in zip(logits, labels.numpy(), [{1}, {3}, set(), set()], strict=True)
-        ]
-    )
-    with_mask = full_softmax_loss(users, labels, items, bias, mask).numpy()
-    assert with_mask == pytest.approx(by_hand, rel=1e-5)
-    assert with_mask == pytest.approx(
-        full_softmax_loss(users, labels, items, bias, pairs).numpy(), rel=1e-6
-    )
-
-
-def test_a_mask_leaves_out_what_the_pairs_leave_out_of_the_sampled_softmax():
-    users, items, bias, labels, pairs, mask = _case()
-    draw = (tf.constant([0, 1, 3], tf.int64), tf.ones((4, 1)), tf.ones(3))
-    got = [
-        sampled_softmax_loss(
-            users, labels, items, bias, num_sampled=3, sampled_values=draw, seen=seen
-        ).numpy()
-        for seen in (pairs, mask)
-    ]
-    assert got[1] == pytest.approx(got[0], rel=1e-6)
-    # Example 0 (label 0): 1 is seen, 0 is its label, so only 3 competes.
-    logits = users.numpy() @ items.numpy().T + bias.numpy()
-    competitors = [[3], [0, 1], [0, 1, 3], [0, 1, 3]]
-    by_hand = np.mean(
-        [
-            np.log(np.exp(logits[e, [lab, *competitors[e]]]).sum()) - logits[e, lab]
-            for e, lab in enumerate(labels.numpy())
-        ]
-    )
-    assert got[1] == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_training_on_the_mask_equals_training_on_the_pairs(monkeypatch):
