@@ -63,9 +63,16 @@ def test_training_on_the_mask_equals_training_on_the_pairs(monkeypatch):
         embedding_dim=4, token_dim=2, output_dim=4, depth=0, max_history=3, mask_seen=True
     )
     options = TrainOptions(epochs=2, batch_size=8, learning_rate=0.05, verbose=0)
+    used = []  # which form each run's batches carried
+    for name in ("with_seen", "with_seen_mask"):
+        real = getattr(towers.train, name)
+        monkeypatch.setattr(
+            towers.train, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a)
+        )
     losses = {}
     for cells in (0, 1 << 26):  # 0: no table fits, so the batches carry pairs
         monkeypatch.setattr(towers.train, "DENSE_SEEN_MAX_CELLS", cells)
         result = train_tower(data, config, options)
         losses[cells] = result.metrics["loss"]
+    assert used == ["with_seen", "with_seen_mask"]
     np.testing.assert_allclose(losses[0], losses[1 << 26], rtol=1e-5)
