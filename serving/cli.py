@@ -24,14 +24,13 @@ from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions
 from serving.api import Recommender
 from serving.api_types import UnknownItemError
-from serving.cli_args import _build, _source, build_parser, tower_presets
+from serving.cli_args import _build, _source, build_parser, retrain_options, tower_presets
 from towers._tf import tf
 from towers.artefact import check_output, replace_directory
 from towers.data import DataError
 from towers.leftovers import remove_dead, work_dir
 from towers.pipeline import evaluate_artefact, retrain_candidates, train_candidates
 from towers.synthetic import ITEMS_FILE, SyntheticConfig, generate, shard_paths
-from towers.train import TrainOptions
 from towers.warmstart import WarmStart
 
 if TYPE_CHECKING:
@@ -174,7 +173,7 @@ def _retrain_from(args: argparse.Namespace) -> dict:
     try:
         built = work / "artefact"
         metrics = retrain_candidates(
-            _source(args), parent, built, _build(TrainOptions, args),
+            _source(args), parent, built, retrain_options(args),
             WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer),
         )  # fmt: skip
         parent_ranker = parent / "ranker"
@@ -231,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--home retrains the home's serving version into its registry: "
                                  "drop --output and --from (they are for --from mode)")  # fmt: skip
             decision = retrain_home(
-                Path(args.home), _source(args), args.store, _build(TrainOptions, args),
+                Path(args.home), _source(args), args.store, retrain_options(args),
                 WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer),
                 0.05 if args.holdout_fraction is None else args.holdout_fraction,
                 0.02 if args.tolerance is None else args.tolerance, ranker=not args.no_ranker,

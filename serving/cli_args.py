@@ -130,6 +130,13 @@ def tower_presets(args: argparse.Namespace) -> tuple[TowerConfig, TrainOptions]:
     )
 
 
+def retrain_options(args: argparse.Namespace) -> TrainOptions:
+    """``retrain``'s training options: the warm-start preset of the MovieLens dataset chosen
+    (the shared one for ``--interactions``), with the flags given on the command line."""
+    dataset = None if args.interactions else args.dataset
+    return _from_preset(warm_start_options(dataset=dataset), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextwatch", description=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument(
         "--no-ranker", action="store_true", help="do not retrain the parent's ranker"
     )
-    _add_dataclass_flags(retrain, warm_start_options(), "training", skip=("log_dir",))
+    _add_dataclass_flags(retrain, warm_start_options(), "training", skip=("log_dir",), preset=True)
 
     rollback = sub.add_parser("rollback", help="serve the previously promoted version again")
     rollback.add_argument("--home", help="the service home (default: $NEXTWATCH_HOME, else "

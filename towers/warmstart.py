@@ -157,8 +157,8 @@ def warm_start(
     dict
         Its lineage: ``new_items``, ``new_events``, ``replayed_examples``, ``since``.
 
-    ``options`` default to :func:`towers.presets.warm_start_options` (those of
-    ``nextwatch retrain``), not to a fresh training's. ``optimizer_state``, the parent's Adam
+    ``options`` default to :func:`towers.presets.warm_start_options` for ``data``'s name (those
+    of ``nextwatch retrain``), not to a fresh training's. ``optimizer_state``, the parent's Adam
     moments and step count (:func:`towers.optim.optimizer_state`), continues the parent's
     optimizer if ``plan.continue_optimizer`` (new items' rows start with zero first moments);
     without it, or without that flag, the optimizer starts fresh.
@@ -169,7 +169,7 @@ def warm_start(
         If ``data`` has no event at or after ``since``.
     """
     plan = plan or WarmStart()
-    options = options or warm_start_options(verbose=0)
+    options = options or warm_start_options(verbose=0, dataset=data.name)
     since = plan.since if plan.since is not None else parent.time_window[1] + 1
     times = data.interactions["timestamp"].to_numpy()
     new_events = int((times >= since).sum())

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from serving.cli import build_parser, main
-from serving.cli_args import tower_presets
+from serving.cli_args import retrain_options, tower_presets
 from towers.presets import benchmark_config, benchmark_options
 
 TINY = "--epochs 2 --batch-size 16 --output-dim 8 --embedding-dim 8 --token-dim 4 --verbose 0"
@@ -156,19 +156,26 @@ def test_train_ranker_then_recommend_ranks(tmp_path, capsys):
     assert saved["impressions"] == {"num_candidates": 3, "events_per_user": 2}
 
 
-def test_retrain_defaults_to_the_warm_start_preset():
+def test_retrain_defaults_to_the_datasets_warm_start_preset():
     from serving.cli import build_parser
     from towers.presets import warm_start_options
     from towers.warmstart import WarmStart
 
     parser = build_parser()
-    retrain = parser.parse_args(["retrain", "--from", "p", "--output", "o"])
+    base = ["retrain", "--from", "p", "--output", "o"]
+    retrain = parser.parse_args(base)  # ml-latest-small, the default dataset
     train = parser.parse_args(["train-candidates", "--output", "o"])
-    assert retrain.learning_rate == warm_start_options().learning_rate == 1e-3
-    assert retrain.epochs == warm_start_options().epochs == 4
-    assert retrain.replay_fraction == WarmStart().replay_fraction == 0.1
-    assert retrain.decay == warm_start_options().decay == "constant"
-    assert tower_presets(train)[1].learning_rate == 0.02  # ml-latest-small's preset
+    options = retrain_options(retrain)
+    assert options == warm_start_options(dataset="ml-latest-small")
+    assert (options.learning_rate, options.epochs, options.batch_size) == (3e-3, 2, 256)
+    assert options.decay == "constant" and retrain.replay_fraction == WarmStart().replay_fraction
+    assert tower_presets(train)[1].learning_rate == 0.02  # its preset from scratch
+    for data in (["--dataset", "ml-100k"], ["--interactions", "mine.csv"]):  # the shared preset
+        options = retrain_options(parser.parse_args(base + data))
+        assert (options.learning_rate, options.epochs, options.batch_size) == (1e-3, 4, 256)
+        assert options == warm_start_options()
+    given = retrain_options(parser.parse_args(base + ["--epochs", "1", "--learning-rate", "0.01"]))
+    assert (given.learning_rate, given.epochs) == (0.01, 1)
 
 
 def test_retrain_warm_starts_from_a_parent_and_records_its_lineage(tmp_path, capsys, caplog):
