@@ -73,6 +73,7 @@ def test_cli_defaults_are_the_datasets_benchmark_preset():
     assert benchmark_config("ml-latest-small").history_dropout == 0.4
     assert benchmark_config("ml-100k") == benchmark_config(None)
     assert benchmark_options(dataset="ml-latest-small").batch_size == 512
+    assert benchmark_config("ml-latest-small").softmax == "sampled"
     assert benchmark_options(dataset="ml-100k").batch_size == 256
     assert (benchmark_options(dataset="ml-latest-small").decay, benchmark_options().decay) == (
         "cosine",
