@@ -124,6 +124,8 @@ def warm_start_options(verbose: int = 1, seed: int = 0, dataset: str | None = No
     preset with a sampled softmax (``f8b93d5``) lost NDCG@10 with that on the test events
     (-14.6 %), and was retuned again (``warm_start_tune_ml_latest_small_sampled.json``): 2 epochs
     at 0.01 gave Recall@100 +21.3 % and NDCG@10 +26.1 % in 0.163x (0.003: +29.1 % and +14.0 %;
-    0.003 for 3 epochs: +23.9 % and +17.5 %; 0.001: -46.0 % NDCG@10)."""
+    0.003 for 3 epochs: +23.9 % and +17.5 %; 0.001: -46.0 % NDCG@10). On the test events it
+    lost more than 0.003 (NDCG@10 -21.6 %): that preset's warm start misses the freshness
+    targets (README, "Freshness")."""
     shared = replace(_OPTIONS, verbose=verbose, seed=seed, learning_rate=1e-3, epochs=4)
     return replace(shared, **_DATASET_WARM_START.get(dataset or "", {}))
