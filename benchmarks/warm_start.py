@@ -24,8 +24,13 @@ one tenth earlier (parent on the first 70 %, warm start and full retrain on the 
 evaluated on the 80-90 % events), for every combination of the candidate learning rates, epochs
 and replay fractions. It records, as ``chosen``, the variant whose worst relative loss (Recall@100
 and NDCG@10 on every dataset) is smallest among those within the time target on every dataset.
-Without ``--learning-rates``, ``--epochs`` or ``--variant``, each dataset runs the rate and
-epochs of its own warm-start preset (:func:`towers.presets.warm_start_options`), and each
+``--shift 2`` moves it two tenths earlier (test on the 70-80 % events): a second validation
+window, with other users, where one window's few dozen users cannot tell the variants apart.
+A ``--variant`` may also name a rate decay (``cosine``: from the rate to 0 over the warm start)
+and the softmax to train with (``full`` or ``sampled``; default: as ``nextwatch retrain``
+picks, :attr:`towers.warmstart.WarmStart.softmax`).
+Without ``--learning-rates``, ``--epochs`` or ``--variant``, each dataset runs the rate,
+epochs and decay of its own warm-start preset (:func:`towers.presets.warm_start_options`), and each
 variant's ``meets_targets`` says whether it met both targets on that dataset.
 
     python benchmarks/warm_start.py --data-dir ../shared/data          # ~10 min on 2 cores
@@ -34,6 +39,8 @@ variant's ``meets_targets`` says whether it met both targets on that dataset.
         --learning-rates 1e-3 3e-3 --epochs 2 6 --replay-fraction 0.1 1.0   # 8 variants
     python benchmarks/warm_start.py --data-dir ../shared/data --tune \
         --variant 1e-3 6 0.1 --variant 1e-3 1 1.0                          # just these two
+    python benchmarks/warm_start.py --data-dir ../shared/data --tune --shift 2 \
+        --variant 1e-2 2 0.1 cosine --variant 3e-3 2 0.1 constant full     # another window
     python benchmarks/warm_start.py --data-dir ../shared/data --optimizer both  # the table
 
 Writes ``benchmarks/results/warm_start.json`` (``warm_start_tune.json`` with ``--tune``).
@@ -69,10 +76,29 @@ TIME_TARGET = 0.25  # of the full retrain's wall time
 LOSS_TARGET = 0.02  # relative, of Recall@100 and NDCG@10
 
 
-def variant_label(rate: float, epochs: int, replay: float, continued: bool = False) -> str:
+def tune_cuts(shift: int) -> tuple[float, float, float]:
+    """The validation cuts ``shift`` tenths earlier than the test's (1: :data:`TUNE_CUTS`)."""
+    return tuple(round(q - shift / 10, 1) for q in (0.8, 0.9, 1.0))  # type: ignore[return-value]
+
+
+def variant_label(
+    rate: float,
+    epochs: int,
+    replay: float,
+    continued: bool = False,
+    decay: str = "constant",
+    softmax: str | None = None,
+) -> str:
     """The key of one warm-start variant in the JSON: ``"lr 0.001, 6 epochs, replay 0.1"``,
-    with ``", Adam continued"`` when it continues the parent's optimizer state."""
-    return f"lr {rate:g}, {epochs} epochs, replay {replay:g}" + (", Adam continued" * continued)
+    then ``", cosine"`` for a cosine rate, ``", full softmax"`` (or sampled) where it trains with
+    another softmax than the parent's, and ``", Adam continued"`` when it continues the parent's
+    optimizer state."""
+    return (
+        f"lr {rate:g}, {epochs} epochs, replay {replay:g}"
+        + (f", {decay}" if decay != "constant" else "")
+        + (f", {softmax} softmax" if softmax else "")
+        + (", Adam continued" * continued)
+    )
 
 
 def cut_times(interactions: pd.DataFrame, quantiles: tuple) -> list[int | None]:
@@ -150,13 +176,14 @@ def run_seed(data, times: list, seed: int, variants: list[tuple]) -> dict:
     # The warm start trains as `nextwatch retrain` does (the dataset's warm-start options, batch
     # 256 at a constant rate), at each variant's rate and epochs.
     warm_options = warm_start_options(verbose=0, seed=seed, dataset=data.name)
-    for rate, epochs, replay, continued in variants:
+    for rate, epochs, replay, continued, decay, softmax in variants:
         start = time.perf_counter()
         warm, lineage = warm_start(
-            parent.model, retrain, WarmStart(t_parent, replay, continue_optimizer=continued),
-            replace(warm_options, learning_rate=rate, epochs=epochs), projection, state,
+            parent.model, retrain, WarmStart(t_parent, replay, continued, softmax),
+            replace(warm_options, learning_rate=rate, epochs=epochs, decay=decay),
+            projection, state,
         )  # fmt: skip
-        label = variant_label(rate, epochs, replay, continued)
+        label = variant_label(rate, epochs, replay, continued, decay, softmax)
         out["warm"][label] = row(warm, time.perf_counter() - start)
         out["lineage"] = lineage
     start = time.perf_counter()
@@ -229,8 +256,10 @@ def main() -> None:
         help="of the warm start, one or more (default: the warm-start preset's)",
     )  # fmt: skip
     parser.add_argument(
-        "--variant", nargs=3, action="append", metavar=("RATE", "EPOCHS", "REPLAY"),
-        help="one warm start to run (repeatable); replaces the product of the three lists",
+        "--variant", nargs="+", action="append", metavar="RATE EPOCHS REPLAY [DECAY [SOFTMAX]]",
+        help="one warm start to run (repeatable); replaces the product of the three lists. "
+        "DECAY is constant (default) or cosine; SOFTMAX full or sampled (default: as retrain "
+        "picks)",
     )  # fmt: skip
     parser.add_argument(
         "--optimizer", choices=("fresh", "continued", "both"),
@@ -241,6 +270,11 @@ def main() -> None:
     parser.add_argument(
         "--tune", action="store_true", help="validation shift: test on the 80-90 %% events"
     )
+    parser.add_argument(
+        "--shift", type=int, default=1, choices=(1, 2, 3),
+        help="with --tune, how many tenths earlier (2: parent on the first 60 %%, test on the "
+        "70-80 %% events), a second validation window with other users",
+    )  # fmt: skip
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -252,26 +286,42 @@ def main() -> None:
         default = [3e-4, 1e-3, 3e-3] if args.tune else [preset.learning_rate]
         rates = args.learning_rates or default
         epochs = args.epochs or [preset.epochs]
-        variants = list(itertools.product(rates, epochs, args.replay_fraction))
+        variants = [
+            (r, e, f, preset.decay, None)
+            for r, e, f in itertools.product(rates, epochs, args.replay_fraction)
+        ]
         if args.variant:
-            try:
-                variants = [(float(r), int(e), float(f)) for r, e, f in args.variant]
-            except ValueError as err:
-                parser.error(f"--variant takes RATE EPOCHS REPLAY, e.g. 1e-3 6 0.1: {err}")
-        return [(*v, continued) for v in variants for continued in modes]
+            variants = [parse_variant(v) for v in args.variant]
+        return [(r, e, f, c, d, s) for r, e, f, d, s in variants for c in modes]
+
+    def parse_variant(tokens: list[str]) -> tuple:
+        usage = "--variant takes RATE EPOCHS REPLAY [DECAY [SOFTMAX]], e.g. 1e-3 6 0.1 cosine full"
+        if not 3 <= len(tokens) <= 5:
+            parser.error(f"{usage}: got {' '.join(tokens)}")
+        decay = tokens[3] if len(tokens) > 3 else "constant"
+        softmax = tokens[4] if len(tokens) > 4 else None
+        if decay not in ("constant", "cosine") or softmax not in (None, "full", "sampled"):
+            parser.error(f"{usage}: got {' '.join(tokens)}")
+        try:
+            return float(tokens[0]), int(tokens[1]), float(tokens[2]), decay, softmax
+        except ValueError as err:
+            parser.error(f"{usage}: {err}")
 
     per_dataset = {name: variants_for(name) for name in args.datasets}
     every = [v for name in args.datasets for v in per_dataset[name]]
-    for rate, count, replay, _ in every:  # before any training, not after the first parent
+    for rate, count, replay, *_ in every:  # before any training, not after the first parent
         if not rate > 0 or count < 1 or not 0 <= replay <= 1:
             parser.error(
                 f"a warm start needs a rate > 0, epochs >= 1 and a replay fraction in [0, 1], "
                 f"got {rate:g}, {count}, {replay:g}"
             )
-    cuts = TUNE_CUTS if args.tune else TEST_CUTS
+    if args.shift != 1 and not args.tune:
+        parser.error("--shift needs --tune")
+    cuts = tune_cuts(args.shift) if args.tune else TEST_CUTS
     start = time.perf_counter()
     payload: dict = {
-        "protocol": "warm-start" + (" (validation shift)" if args.tune else ""),
+        "protocol": "warm-start" + (f" (validation shift {args.shift})" if args.tune else ""),
+        "cuts": list(cuts),
         "config": {n: benchmark_config(n).to_dict() for n in args.datasets},
         "options": {n: benchmark_options(dataset=n).__dict__ for n in args.datasets},
         "seeds": args.seeds,

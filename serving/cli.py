@@ -174,7 +174,7 @@ def _retrain_from(args: argparse.Namespace) -> dict:
         built = work / "artefact"
         metrics = retrain_candidates(
             _source(args), parent, built, retrain_options(args),
-            WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer),
+            WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer, args.softmax),
         )  # fmt: skip
         parent_ranker = parent / "ranker"
         if not args.no_ranker and (parent_ranker / "config.json").exists():
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "drop --output and --from (they are for --from mode)")  # fmt: skip
             decision = retrain_home(
                 Path(args.home), _source(args), args.store, retrain_options(args),
-                WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer),
+                WarmStart(args.since, args.replay_fraction, not args.fresh_optimizer, args.softmax),
                 0.05 if args.holdout_fraction is None else args.holdout_fraction,
                 0.02 if args.tolerance is None else args.tolerance, ranker=not args.no_ranker,
             )  # fmt: skip

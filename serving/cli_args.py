@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of older examples replayed (default: %(default)s)",
     )  # fmt: skip
     retrain.add_argument(
+        "--softmax", choices=("full", "sampled"), default=None,
+        help="the softmax to train with (default: full where the catalogue fits it, as 'auto' "
+        "picks, else the parent's)",
+    )  # fmt: skip
+    retrain.add_argument(
         "--fresh-optimizer", action="store_true",
         help="start a fresh Adam instead of continuing the parent's (its optimizer.npz)",
     )  # fmt: skip

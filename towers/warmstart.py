@@ -12,7 +12,7 @@ the older ones, so that the model does not forget what only old events taught it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from towers.content import ContentProjection, frame_tokens
 from towers.data import Dataset
 from towers.examples import Examples
 from towers.features import item_tokens, query_inputs
-from towers.model import CandidateTower
+from towers.model import CandidateTower, TowerConfig
 from towers.presets import warm_start_options
 from towers.train import TrainOptions, TrainResult, train_tower
 
@@ -42,15 +42,28 @@ class WarmStart:
         Continue the parent's Adam (its moments and step count) when its state is given,
         rather than a fresh optimizer; picked on validation with the two above
         (``benchmarks/results/adam_continued/warm_start_tune.json``).
+    softmax : {None, "full", "sampled"}
+        The softmax the warm start trains with. None (the default): the full softmax where the
+        grown catalogue fits it (``full_softmax_max_items`` of the parent's configuration), as
+        ``auto`` would pick, even for a parent trained with a sampled one; else the parent's.
+        A warm start runs on few examples, so the full softmax's cost per step is affordable
+        there, and on ml-latest-small, whose preset trains a sampled softmax from scratch,
+        validation picked it in two windows (``benchmarks/warm_start.py --tune``, shifts 1 and 2:
+        ``benchmarks/results/warm_start_tune_ml_latest_small_shift1.json`` and
+        ``_shift2.json``). The grown tower's configuration records what it trained with, so its
+        own warm starts keep it.
     """
 
     since: int | None = None
     replay_fraction: float = 0.1
     continue_optimizer: bool = True
+    softmax: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.replay_fraction <= 1:
             raise ValueError(f"replay_fraction must be in [0, 1], got {self.replay_fraction}")
+        if self.softmax not in (None, "full", "sampled"):
+            raise ValueError(f"softmax must be None, 'full' or 'sampled', got {self.softmax!r}")
 
 
 def _new_items(parent: CandidateTower, interactions: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -92,9 +105,11 @@ def grow(
     data: Dataset,
     time_window: tuple[int, int],
     projection: ContentProjection | None = None,
+    config: TowerConfig | None = None,
 ) -> tuple[CandidateTower, list[str]]:
     """A built tower with the parent's vocabulary plus ``data``'s new items, every parent weight
-    copied (see the module docstring). Returns the tower and the new item IDs.
+    copied (see the module docstring). Returns the tower and the new item IDs. ``config``
+    (default: the parent's) may change only what does not shape a weight, such as the softmax.
 
     Raises
     ------
@@ -103,7 +118,7 @@ def grow(
     """
     new_ids, counts = _new_items(parent, data.interactions)
     child = CandidateTower(
-        parent.config,
+        config or parent.config,
         parent.item_ids + new_ids,
         parent.token_vocabulary,
         _token_rows(parent, data.items, new_ids),
@@ -138,6 +153,16 @@ def grow(
     for mine, theirs in zip(child.tower, parent.tower, strict=True):
         mine.set_weights(theirs.get_weights())
     return child, new_ids
+
+
+def _warm_config(parent: CandidateTower, data: Dataset, softmax: str | None) -> TowerConfig:
+    """The parent's configuration with the softmax :attr:`WarmStart.softmax` asks for."""
+    if softmax is not None:
+        return replace(parent.config, softmax=softmax)
+    grown = parent.num_items + len(_new_items(parent, data.interactions)[0])
+    if parent.config.softmax == "sampled" and grown <= parent.config.full_softmax_max_items:
+        return replace(parent.config, softmax="auto")  # full, and sampled if it outgrows it
+    return parent.config
 
 
 def warm_start(
@@ -176,9 +201,10 @@ def warm_start(
     if new_events == 0:
         raise ValueError(f"data has no events at or after since={since}: nothing to learn")
     grown: dict = {}
+    config = _warm_config(parent, data, plan.softmax)
 
     def init(examples: Examples) -> CandidateTower:
-        model, grown["new_items"] = grow(parent, data, examples.time_window, projection)
+        model, grown["new_items"] = grow(parent, data, examples.time_window, projection, config)
         return model
 
     def select(examples: Examples) -> np.ndarray:
@@ -189,7 +215,7 @@ def warm_start(
         return new | replay
 
     result = train_tower(
-        data, parent.config, options, init=init, select=select,
+        data, config, options, init=init, select=select,
         optimizer_state=optimizer_state if plan.continue_optimizer else None,
     )  # fmt: skip
     lineage = {
@@ -199,6 +225,7 @@ def warm_start(
         "replayed_examples": grown["replayed_examples"],
         "replay_fraction": plan.replay_fraction,
         "optimizer": "continued" if plan.continue_optimizer and optimizer_state else "fresh",
+        "softmax": "full" if result.model.full_softmax else "sampled",
     }
     return result, lineage
 

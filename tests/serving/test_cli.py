@@ -168,8 +168,9 @@ def test_retrain_defaults_to_the_datasets_warm_start_preset():
     train = parser.parse_args(["train-candidates", "--output", "o"])
     options = retrain_options(retrain)
     assert options == warm_start_options(dataset="ml-latest-small")
-    assert (options.learning_rate, options.epochs, options.batch_size) == (1e-2, 2, 256)
+    assert (options.learning_rate, options.epochs, options.batch_size) == (3e-3, 2, 256)
     assert options.decay == "constant" and retrain.replay_fraction == WarmStart().replay_fraction
+    assert retrain.softmax is None  # WarmStart's rule: the full softmax where it fits
     assert tower_presets(train)[1].learning_rate == 0.02  # its preset from scratch
     for data in (["--dataset", "ml-100k"], ["--interactions", "mine.csv"]):  # the shared preset
         options = retrain_options(parser.parse_args(base + data))

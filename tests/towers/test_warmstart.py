@@ -17,8 +17,9 @@ from tests.conftest import planted_dataset
 from towers.artefact import load_artefact, load_optimizer_state, save_artefact
 from towers.content import ContentProjection
 from towers.features import query_inputs
+from towers.model import TowerConfig
 from towers.optim import training_state
-from towers.train import TrainOptions
+from towers.train import TrainOptions, train_tower
 from towers.warmstart import WarmStart, grow, warm_start
 
 NEW_SINCE = 10_000
@@ -142,3 +143,37 @@ def test_a_warm_start_continues_the_parent_optimizer_saved_with_it(parent, plant
     # Without a saved state (an artefact from before optimizer.npz), the optimizer is fresh.
     _, lineage = warm_start(parent, data, WarmStart(since=NEW_SINCE), options)
     assert lineage["optimizer"] == "fresh"
+
+
+def test_a_warm_start_can_switch_the_softmax_and_records_it(parent, planted_artefact):
+    assert parent.full_softmax
+    with pytest.raises(ValueError, match="softmax must be"):
+        WarmStart(softmax="partial")
+    options = TrainOptions(epochs=1, batch_size=16, learning_rate=0.01, verbose=0)
+    result, lineage = warm_start(
+        parent, grown_dataset(), WarmStart(since=NEW_SINCE, softmax="sampled"), options,
+        ContentProjection.load(planted_artefact), load_optimizer_state(planted_artefact),
+    )  # fmt: skip
+    assert lineage["softmax"] == "sampled" and lineage["optimizer"] == "continued"
+    assert not result.model.full_softmax and result.model.config.softmax == "sampled"
+    # Only the loss changed: the grown model started from every parent row, as with the parent's.
+    assert result.model.item_ids[: parent.num_items] == parent.item_ids
+    _, kept = warm_start(parent, grown_dataset(), WarmStart(since=NEW_SINCE), options)
+    assert kept["softmax"] == "full"
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_a_sampled_parent_warm_starts_with_the_full_softmax_where_the_catalogue_fits(fits):
+    # 8 planted items + I and J: the grown catalogue of 10 fits a limit of 10, not one of 9.
+    config = TowerConfig(
+        embedding_dim=8, token_dim=4, output_dim=8, max_history=3, recent_history=2,
+        softmax="sampled", num_negatives=4, full_softmax_max_items=10 if fits else 9,
+    )  # fmt: skip
+    options = TrainOptions(epochs=1, batch_size=32, learning_rate=0.01, verbose=0)
+    sampled = train_tower(planted_dataset(), config, options).model
+    assert not sampled.full_softmax and sampled.num_items == 8
+    result, lineage = warm_start(sampled, grown_dataset(), WarmStart(since=NEW_SINCE), options)
+    assert result.model.num_items == 10
+    assert lineage["softmax"] == ("full" if fits else "sampled")
+    # "auto": full while it fits, sampled again if the catalogue outgrows the limit.
+    assert result.model.config.softmax == ("auto" if fits else "sampled")
