@@ -90,9 +90,9 @@ def variant_label(
     softmax: str | None = None,
 ) -> str:
     """The key of one warm-start variant in the JSON: ``"lr 0.001, 6 epochs, replay 0.1"``,
-    then ``", cosine"`` for a cosine rate, ``", full softmax"`` (or sampled) where it trains with
-    another softmax than the parent's, and ``", Adam continued"`` when it continues the parent's
-    optimizer state."""
+    then ``", cosine"`` for a cosine rate, ``", full softmax"`` (or sampled) when the variant
+    names one (without it, :attr:`towers.warmstart.WarmStart.softmax`'s default decides), and
+    ``", Adam continued"`` when it continues the parent's optimizer state."""
     return (
         f"lr {rate:g}, {epochs} epochs, replay {replay:g}"
         + (f", {decay}" if decay != "constant" else "")
