@@ -159,8 +159,10 @@ def _warm_config(parent: CandidateTower, data: Dataset, softmax: str | None) -> 
     """The parent's configuration with the softmax :attr:`WarmStart.softmax` asks for."""
     if softmax is not None:
         return replace(parent.config, softmax=softmax)
-    grown = parent.num_items + len(_new_items(parent, data.interactions)[0])
-    if parent.config.softmax == "sampled" and grown <= parent.config.full_softmax_max_items:
+    limit = parent.config.full_softmax_max_items
+    if parent.config.softmax != "sampled" or parent.num_items > limit:
+        return parent.config  # no need to count the new items in the log
+    if parent.num_items + len(_new_items(parent, data.interactions)[0]) <= limit:
         return replace(parent.config, softmax="auto")  # full, and sampled if it outgrows it
     return parent.config
 
@@ -180,7 +182,8 @@ def warm_start(
     TrainResult
         The grown, further-trained tower.
     dict
-        Its lineage: ``new_items``, ``new_events``, ``replayed_examples``, ``since``.
+        Its lineage: ``new_items``, ``new_events``, ``replayed_examples``, ``since``,
+        ``replay_fraction``, ``optimizer`` (continued or fresh) and ``softmax`` (full or sampled).
 
     ``options`` default to :func:`towers.presets.warm_start_options` for ``data``'s name (those
     of ``nextwatch retrain``), not to a fresh training's. ``optimizer_state``, the parent's Adam

@@ -156,7 +156,7 @@ def test_a_warm_start_can_switch_the_softmax_and_records_it(parent, planted_arte
     )  # fmt: skip
     assert lineage["softmax"] == "sampled" and lineage["optimizer"] == "continued"
     assert not result.model.full_softmax and result.model.config.softmax == "sampled"
-    # Only the loss changed: the grown model started from every parent row, as with the parent's.
+    # The grown vocabulary keeps the parent's rows in the parent's order.
     assert result.model.item_ids[: parent.num_items] == parent.item_ids
     _, kept = warm_start(parent, grown_dataset(), WarmStart(since=NEW_SINCE), options)
     assert kept["softmax"] == "full"
