@@ -83,9 +83,16 @@ class LazyAdam(FusedAdam):
         key = self._var_key(variable)
         m = self._momentums[self._index_dict[key]]
         v = self._velocities[self._index_dict[key]]
-        # A row gathered twice in the batch gets the sum of its gradients, once.
+        # A row gathered twice in the batch gets the sum of its gradients, once. The tower's
+        # history and token tables get theirs already summed per distinct row (tf.unique then
+        # keeps the indices as they are, in order), so the segment sum, a pass over every
+        # gradient row into a new array, is skipped for them.
         rows, position = tf.unique(gradient.indices)
-        values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
+        values = tf.cond(
+            tf.size(rows) < tf.size(gradient.indices),
+            lambda: tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0]),
+            lambda: tf.convert_to_tensor(gradient.values),
+        )
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
         v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(values)
         m.scatter_update(tf.IndexedSlices(m_rows, rows))

@@ -100,6 +100,28 @@ def test_lazy_adam_updates_only_gathered_rows():
     np.testing.assert_allclose(m, [0.0, 0.1, 0.0], atol=1e-7)  # (1 - 0.9) * 1.0
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_lazy_adam_keeps_each_rows_gradient_with_or_without_repeated_rows(compiled):
+    # Rows 2 and 0 once each (indices already distinct, out of order), then row 2 twice.
+    table = tf.Variable([[1.0], [2.0], [3.0]])
+    opt = LazyAdam(learning_rate=0.1)
+
+    def step(rows, signs):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(table, rows)[:, 0] * signs)
+        opt.apply_gradients([(tape.gradient(loss, table), table)])
+
+    step = tf.function(step) if compiled else step
+    step(tf.constant([2, 0]), tf.constant([1.0, -3.0]))  # gradients +1 (row 2), -3 (row 0)
+    # Adam's first step moves each row by lr against its gradient's sign.
+    np.testing.assert_allclose(table.numpy().ravel(), [1.1, 2.0, 2.9], atol=1e-6)
+    np.testing.assert_allclose(opt._momentums[0].numpy().ravel(), [-0.3, 0.0, 0.1], atol=1e-7)
+    step(tf.constant([2, 2]), tf.constant([1.0, 1.0]))  # row 2's gradient sums to 2
+    np.testing.assert_allclose(
+        opt._momentums[0].numpy().ravel(), [-0.3, 0.0, 0.9 * 0.1 + 0.1 * 2.0], atol=1e-7
+    )
+
+
 def test_lazy_adam_equals_adam_when_every_row_is_touched():
     start = np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)
     results = []
