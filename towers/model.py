@@ -368,11 +368,13 @@ class CandidateTower(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
-        # Validation always uses the full softmax, so sampled and full runs compare.
+        # Validation always uses the full softmax, so sampled and full runs compare; with
+        # mask_seen it leaves out what each example's user had watched, as training does.
         inputs, labels = data
         user_vectors = self(inputs, training=False)
         label_idx = tf.cast(self.label_indices(labels), tf.int64)
-        loss = full_softmax_loss(user_vectors, label_idx, self.item_vectors, self.item_bias)
+        seen = inputs.get("seen") if self.config.mask_seen else None
+        loss = full_softmax_loss(user_vectors, label_idx, self.item_vectors, self.item_bias, seen)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

@@ -228,7 +228,8 @@ def train_tower(
     config : TowerConfig, optional
     options : TrainOptions, optional
     validation : Dataset, optional
-        Interactions whose next-watch examples report a full-softmax validation loss per epoch.
+        Interactions whose next-watch examples report a full-softmax validation loss per epoch
+        (with ``config.mask_seen``, each example's earlier items left out, as in training).
     init : callable, optional
         Builds the starting model from the examples (their time window); default a fresh tower
         (:func:`build_tower`). A warm start passes the grown parent (:mod:`towers.warmstart`).
@@ -293,7 +294,15 @@ def train_tower(
         )
         known = np.isin(val_ex.label, model.item_ids)
         val_ex = val_ex.subset(known)
-        val_ds = _dataset(example_inputs(val_ex, validation, config), val_ex.label, 2048, None)
+        # Left out of the validation softmax as out of the training one, so the curves compare.
+        val_seen = (
+            (seen_rows(val_ex, model.item_ids), val_ex, model.num_items)
+            if config.mask_seen
+            else None
+        )
+        val_ds = _dataset(
+            example_inputs(val_ex, validation, config), val_ex.label, 2048, None, val_seen
+        )
     callbacks = []
     if options.log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.log_dir, profile_batch=0))

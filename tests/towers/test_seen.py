@@ -5,9 +5,10 @@ import pytest
 import towers.train
 from towers._tf import tf
 from towers.data import Dataset, empty_item_metadata
+from towers.examples import build_examples
 from towers.model import TowerConfig
 from towers.seen import first_watch_table, with_seen, with_seen_mask
-from towers.train import TrainOptions, train_tower
+from towers.train import TrainOptions, example_inputs, train_tower
 
 # Two user runs in one chronological log of softmax rows: the first run (events 0-4) watches
 # 3, 1, 3 (a re-watch), an item the model lacks (-1), then 0; the second (events 5-7) 2, 2, 4.
@@ -76,3 +77,32 @@ def test_training_on_the_mask_equals_training_on_the_pairs(monkeypatch):
         losses[cells] = result.metrics["loss"]
     assert used == ["with_seen", "with_seen_mask"]
     np.testing.assert_allclose(losses[0], losses[1 << 26], rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_seen", [False, True])
+def test_the_validation_loss_leaves_out_what_training_leaves_out(mask_seen):
+    def log(users):
+        rows = [(f"u{u}", f"i{(u * 5 + k * 3) % 7}", 1.0, k) for u in users for k in range(4)]
+        frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+        return Dataset("tiny", frame, empty_item_metadata([f"i{i}" for i in range(7)]), None, "0")
+
+    config = TowerConfig(
+        embedding_dim=4, token_dim=2, output_dim=4, depth=0, max_history=3, mask_seen=mask_seen
+    )
+    options = TrainOptions(epochs=2, batch_size=4, learning_rate=0.05, verbose=0)
+    validation = log(range(6, 9))
+    result = train_tower(log(range(6)), config, options, validation=validation)
+    model = result.model
+    # By hand: every validation example's full softmax, its user's earlier items at -inf.
+    examples = build_examples(validation.interactions, max_history=3, max_examples_per_user=None)
+    vectors = model(example_inputs(examples, validation, config)).numpy()
+    logits = vectors @ model.item_vectors.numpy().T + model.item_bias.numpy()
+    row = {item: n for n, item in enumerate(model.item_ids)}
+    losses = []
+    for e, label in enumerate(examples.label):
+        out = logits[e].copy()
+        if mask_seen:
+            out[[row[i] for i in examples.seen(e) if i != label]] = -np.inf
+        losses.append(np.log(np.exp(out - out.max()).sum()) + out.max() - out[row[label]])
+    assert any(len(examples.seen(e)) > 0 for e in range(len(examples)))
+    np.testing.assert_allclose(result.metrics["val_loss"][-1], np.mean(losses), rtol=1e-4)
