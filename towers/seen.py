@@ -35,6 +35,17 @@ def seen_rows(examples: Examples, item_ids: Sequence[str]) -> np.ndarray:
     return pd.Index(item_ids).get_indexer(examples.sequence).astype(np.int64)
 
 
+def seen_pairs(rows: np.ndarray, seen_start: np.ndarray, seen_end: np.ndarray) -> np.ndarray:
+    """``(e, r)`` for each ``r`` of ``rows[seen_start[e]:seen_end[e]]`` that is ``>= 0``, int64
+    ``(k, 2)``: the pairs of :func:`with_seen`, in numpy, for a batch built outside tf.data
+    (:mod:`towers.stream`'s generator)."""
+    lengths = seen_end - seen_start
+    owner = np.repeat(np.arange(len(seen_start)), lengths)
+    at = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pairs = np.stack([owner, rows[np.repeat(seen_start, lengths) + at]], axis=1).astype(np.int64)
+    return pairs[pairs[:, 1] >= 0]
+
+
 def with_seen(ds: tf.data.Dataset, rows: np.ndarray) -> tf.data.Dataset:
     """Add to each batch of ``ds`` (whose inputs carry ``seen_start`` and ``seen_end``) the
     input ``seen``: the ``(example, softmax row)`` pairs of ``rows[seen_start:seen_end]``, int64

@@ -39,6 +39,7 @@ from towers.examples import build_examples
 from towers.features import item_token_table, query_inputs
 from towers.index import IndexParams
 from towers.model import CandidateTower, TowerConfig
+from towers.seen import seen_pairs, seen_rows
 from towers.shards import (
     ShardScan,
     metadata_lists,
@@ -113,13 +114,13 @@ def shard_dataset(
             seed=rng_seed,
             time_window=time_window,
         )
-        rows = index.get_indexer(ex.sequence) if index is not None else None
+        rows = seen_rows(ex, index) if index is not None else None
         order = np.random.default_rng(rng_seed).permutation(len(ex))
         for start in range(0, len(ex), batch_size):
             take = order[start : start + batch_size]
             inputs = {"history": ex.history[take], "example_age": ex.example_age[take]}
             if rows is not None:
-                inputs["seen"] = _range_pairs(rows, ex.seen_start[take], ex.seen_end[take])
+                inputs["seen"] = seen_pairs(rows, ex.seen_start[take], ex.seen_end[take])
             yield inputs, ex.label[take]
 
     inputs_spec = {
@@ -147,16 +148,6 @@ def shard_dataset(
     # Each worker reads its own part (below); TensorFlow must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def _range_pairs(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """``(i, v)`` for each ``v`` of ``values[starts[i]:ends[i]]`` that is ``>= 0``, int64
-    ``(k, 2)``."""
-    lengths = ends - starts
-    owner = np.repeat(np.arange(len(starts)), lengths)
-    at = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    pairs = np.stack([owner, values[np.repeat(starts, lengths) + at]], axis=1).astype(np.int64)
-    return pairs[pairs[:, 1] >= 0]
 
 
 def train_shards(

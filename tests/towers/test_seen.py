@@ -7,7 +7,7 @@ from towers._tf import tf
 from towers.data import Dataset, empty_item_metadata
 from towers.examples import build_examples
 from towers.model import TowerConfig
-from towers.seen import first_watch_table, with_seen, with_seen_mask
+from towers.seen import first_watch_table, seen_pairs, with_seen, with_seen_mask
 from towers.train import TrainOptions, example_inputs, train_tower
 
 # Two user runs in one chronological log of softmax rows: the first run (events 0-4) watches
@@ -50,6 +50,7 @@ def test_the_mask_holds_the_same_items_as_the_pairs():
     mask = _batch(with_seen_mask(tf.data.Dataset.from_tensors((inputs, labels)), table))
     expected = np.zeros((5, 5), bool)
     expected[pairs[:, 0], pairs[:, 1]] = True
+    np.testing.assert_array_equal(seen_pairs(ROWS, STARTS, ENDS), pairs)  # numpy's, the same
     np.testing.assert_array_equal(mask, expected)
     # By hand: example 1 saw 3, 1 (and an unknown item); example 4 saw 2; examples 2 none.
     assert {tuple(p) for p in np.argwhere(mask)} == {(0, 3), (1, 1), (1, 3), (3, 1), (3, 3), (4, 2)}
