@@ -5,6 +5,7 @@ Part ``steps`` of ``benchmarks/scale.py`` (``python benchmarks/scale.py --parts 
 
     python benchmarks/step_cost.py cost 1000000 sampled fixed     # one step-cost measurement
     python benchmarks/step_cost.py profile 1000000                # its per-op profile
+    python benchmarks/step_cost.py profile 1000000 popular        # with popularity-drawn items
     python benchmarks/step_cost.py growth benchmarks/results/scale.json  # every run, pooled
 
 A step is one ``train_step`` of the candidate tower on fixed inputs (no input pipeline): batch
@@ -115,8 +116,9 @@ def step_cost(
             "distinct_rows": distinct, "ms_per_step": _median_ms(step, steps)}  # fmt: skip
 
 
-def step_profile(items: int, steps: int = 30) -> dict:
-    """Per-op self time of the fixed-draw sampled step under the TF profiler, ms per step.
+def step_profile(items: int, histories: str = "fixed", steps: int = 30) -> dict:
+    """Per-op self time of the sampled step under the TF profiler, ms per step, for the
+    ``histories`` draw (:func:`build_step`; the fixed draw by default).
 
     ``groups`` sums the op types of ``OP_GROUPS``; ``busy_ms`` is all ops' self time (on both
     cores, so it can exceed the wall time), ``wall_ms`` the step's median outside the profiler.
@@ -125,7 +127,7 @@ def step_profile(items: int, steps: int = 30) -> dict:
 
     from towers._tf import tf
 
-    step, distinct = build_step(items, "sampled", "fixed")
+    step, distinct = build_step(items, "sampled", histories)
     wall = _median_ms(step, 30)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
@@ -147,7 +149,7 @@ def step_profile(items: int, steps: int = 30) -> dict:
     grouped = {name: round(sum(by_type[t] for t in types), 2) for name, types in OP_GROUPS.items()}
     named = {t for types in OP_GROUPS.values() for t in types}
     grouped["everything else"] = round(sum(v for t, v in by_type.items() if t not in named), 2)
-    return {"items": items, "distinct_rows": distinct, "wall_ms": wall,
+    return {"items": items, "histories": histories, "distinct_rows": distinct, "wall_ms": wall,
             "busy_ms": round(sum(by_type.values()), 2), "groups": grouped,
             "op_types": {t: round(v, 3) for t, v in by_type.most_common(25)}}  # fmt: skip
 
@@ -252,7 +254,8 @@ def pooled_growth(results: dict, seed: int = 0, draws: int = 20_000) -> dict:
 
 
 USAGE = (
-    "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS (one measurement per process)"
+    "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS [DRAW] (one measurement per"
+    " process)"
     " | growth SCALE_JSON (pooled runs)"
 )
 
@@ -267,7 +270,7 @@ def main() -> None:
     elif what == "cost":
         print(json.dumps(step_cost(int(items), *rest)))
     elif what == "profile":
-        print(json.dumps(step_profile(int(items))))
+        print(json.dumps(step_profile(int(items), *rest)))
     else:
         raise SystemExit(f"{USAGE}, not {what}")
 
