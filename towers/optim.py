@@ -19,6 +19,22 @@ import numpy as np
 from towers._tf import keras, tf
 
 
+def distinct_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
+    """``gradient`` with the values of a repeated row summed into one, as Keras' optimizers sum
+    them, but with no segment sum where the rows are already distinct (``tf.unique`` then keeps
+    them as they are, in order). The tower's history and token tables get their gradients
+    summed per distinct row already (:meth:`towers.model.CandidateTower.call`), and at a
+    million items that segment sum, a pass over every gradient row into a new array, was the
+    largest op of a step with popularity-drawn histories."""
+    rows, position = tf.unique(gradient.indices)
+    values = tf.cond(
+        tf.size(rows) < tf.size(gradient.indices),
+        lambda: tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0]),
+        lambda: tf.convert_to_tensor(gradient.values),
+    )
+    return tf.IndexedSlices(values, rows, gradient.dense_shape)
+
+
 class FusedAdam(keras.optimizers.Adam):
     """Keras' Adam, each update one ``ResourceApplyAdam`` kernel: the same arithmetic
     (``alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)``, ``m += (g - m)(1 - beta_1)``,
@@ -40,6 +56,11 @@ class FusedAdam(keras.optimizers.Adam):
         if amsgrad or adaptive_epsilon:
             raise ValueError(f"{type(self).__name__} supports neither amsgrad nor adaptive_epsilon")
         super().__init__(*args, amsgrad=False, adaptive_epsilon=False, **kwargs)
+
+    def _deduplicate_sparse_grad(self, grads):
+        # Keras sums the repeated rows of every sparse gradient before its update (one
+        # tf.unique, then a segment sum into a new array); see distinct_rows.
+        return [distinct_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
     def update_step(self, gradient, variable):
         dtype = variable.dtype
@@ -83,16 +104,9 @@ class LazyAdam(FusedAdam):
         key = self._var_key(variable)
         m = self._momentums[self._index_dict[key]]
         v = self._velocities[self._index_dict[key]]
-        # A row gathered twice in the batch gets the sum of its gradients, once. The tower's
-        # history and token tables get theirs already summed per distinct row (tf.unique then
-        # keeps the indices as they are, in order), so the segment sum, a pass over every
-        # gradient row into a new array, is skipped for them.
-        rows, position = tf.unique(gradient.indices)
-        values = tf.cond(
-            tf.size(rows) < tf.size(gradient.indices),
-            lambda: tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0]),
-            lambda: tf.convert_to_tensor(gradient.values),
-        )
+        # Keras' apply_gradients has summed a row gathered twice in the batch into one
+        # (_deduplicate_sparse_grad, below): each of these rows is distinct.
+        rows, values = gradient.indices, gradient.values
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
         v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(values)
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
