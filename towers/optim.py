@@ -24,8 +24,8 @@ def distinct_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
     them, but with no segment sum where the rows are already distinct (``tf.unique`` then keeps
     them as they are, in order). The tower's history and token tables get their gradients
     summed per distinct row already (:meth:`towers.model.CandidateTower.call`), and at a
-    million items that segment sum, a pass over every gradient row into a new array, was the
-    largest op of a step with popularity-drawn histories."""
+    million items that segment sum, a pass over every gradient row into a new array, was one
+    of the two largest ops of a step with popularity-drawn histories."""
     rows, position = tf.unique(gradient.indices)
     values = tf.cond(
         tf.size(rows) < tf.size(gradient.indices),
@@ -105,7 +105,7 @@ class LazyAdam(FusedAdam):
         m = self._momentums[self._index_dict[key]]
         v = self._velocities[self._index_dict[key]]
         # Keras' apply_gradients has summed a row gathered twice in the batch into one
-        # (_deduplicate_sparse_grad, below): each of these rows is distinct.
+        # (FusedAdam._deduplicate_sparse_grad, above): each of these rows is distinct.
         rows, values = gradient.indices, gradient.values
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
         v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(values)
