@@ -6,6 +6,7 @@ Part ``steps`` of ``benchmarks/scale.py`` (``python benchmarks/scale.py --parts 
     python benchmarks/step_cost.py cost 1000000 sampled fixed     # one step-cost measurement
     python benchmarks/step_cost.py profile 1000000                # its per-op profile
     python benchmarks/step_cost.py profile 1000000 popular        # with popularity-drawn items
+    python benchmarks/step_cost.py dedup 1000000 popular          # LazyAdam now and before 751e88f
     python benchmarks/step_cost.py growth benchmarks/results/scale.json  # every run, pooled
 
 A step is one ``train_step`` of the candidate tower on fixed inputs (no input pipeline): batch
@@ -49,7 +50,7 @@ OP_GROUPS = {
 }
 
 
-def build_step(items: int, softmax: str, histories: str, batch: int = 1024):
+def build_step(items: int, softmax: str, histories: str, batch: int = 1024, optimizer=None):
     """A compiled training step and the number of distinct items its batch touches.
 
     ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
@@ -57,6 +58,7 @@ def build_step(items: int, softmax: str, histories: str, batch: int = 1024):
     the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
     same number of items (``FIXED_SET``, spread over the catalogue) at every catalogue size, so
     that each step touches as many rows at 1M items as at 10k and only the tables' size changes.
+    ``optimizer`` (a ``learning rate -> optimizer`` callable) replaces the trainer's.
     """
     import numpy as np
 
@@ -87,7 +89,7 @@ def build_step(items: int, softmax: str, histories: str, batch: int = 1024):
     inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
               if k in ("history", "example_age")}  # fmt: skip
     model(inputs)
-    model.compile(optimizer=optimizer_for(model, 1e-3))
+    model.compile(optimizer=optimizer(1e-3) if optimizer else optimizer_for(model, 1e-3))
     step = tf.function(lambda: model.train_step((inputs, labels)))
     for _ in range(5):
         step()
@@ -114,6 +116,37 @@ def step_cost(
     step, distinct = build_step(items, softmax, histories, batch)
     return {"items": items, "softmax": softmax, "histories": histories, "batch": batch,
             "distinct_rows": distinct, "ms_per_step": _median_ms(step, steps)}  # fmt: skip
+
+
+def dedup_ab(items: int, histories: str = "popular", blocks: int = 20) -> dict:
+    """The sampled step with ``towers.optim.LazyAdam`` as it is against as it was before
+    ``751e88f``, which summed a sparse gradient's repeated rows twice, with a segment sum each
+    time (Keras' deduplication, then its own), where it now sums them once and skips the
+    segment sum for rows already distinct. Both run in one process, each on its own copy of the
+    model, in ``blocks`` alternating blocks of 10 steps; median milliseconds per step."""
+    import numpy as np
+
+    from towers._tf import keras
+    from towers.optim import LazyAdam
+
+    class Before(LazyAdam):
+        def _deduplicate_sparse_grad(self, grads):
+            stock = keras.optimizers.Adam._deduplicate_sparse_grad
+            return stock(self, stock(self, grads))
+
+    steps = {}
+    for name, make in (("before", Before), ("now", LazyAdam)):
+        steps[name], distinct = build_step(items, "sampled", histories, optimizer=make)
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    for block in range(blocks):
+        for name in ("before", "now") if block % 2 == 0 else ("now", "before"):
+            for _ in range(10):
+                start = time.perf_counter()
+                steps[name]()["loss"].numpy()
+                times[name].append(time.perf_counter() - start)
+    ms = {name: round(float(np.median(t)) * 1e3, 2) for name, t in times.items()}
+    return {"items": items, "histories": histories, "distinct_rows": distinct, "median_ms": ms,
+            "change": round(ms["now"] / ms["before"] - 1, 3)}  # fmt: skip
 
 
 def step_profile(items: int, histories: str = "fixed", steps: int = 30) -> dict:
@@ -256,7 +289,8 @@ def pooled_growth(results: dict, seed: int = 0, draws: int = 20_000) -> dict:
 USAGE = (
     "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS [DRAW] (one measurement per"
     " process)"
-    " | growth SCALE_JSON (pooled runs)"
+    " | dedup ITEMS [DRAW] (LazyAdam now and before, one process) | growth SCALE_JSON (pooled"
+    " runs)"
 )
 
 
@@ -271,6 +305,8 @@ def main() -> None:
         print(json.dumps(step_cost(int(items), *rest)))
     elif what == "profile":
         print(json.dumps(step_profile(int(items), *rest)))
+    elif what == "dedup":
+        print(json.dumps(dedup_ab(int(items), *rest)))
     else:
         raise SystemExit(f"{USAGE}, not {what}")
 
