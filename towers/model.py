@@ -65,6 +65,12 @@ class TowerConfig:
     history_dropout : float
         Probability that each watched item is dropped from the bag during training (a denoising
         regulariser, as the input dropout of Mult-VAE; Liang et al. 2018).
+    age_knots : int
+        0 feeds the example age as the paper does, ``(age, age ** 2)``. ``k >= 2`` adds ``k``
+        piecewise-linear "hat" functions of the age (knots evenly spaced over the training
+        window; :func:`age_hats`), so that the tower can learn what was watched at each time of
+        the log rather than one quadratic trend. A new user's request is then answered with
+        what people were watching at the time of the request (served at age 0: now).
     mask_seen : bool
         Leave the items a user had already watched (all of them, not only the bag) out of the
         softmax of each of their training examples, except the example's own label. A request
@@ -90,6 +96,7 @@ class TowerConfig:
     dropout: float = 0.0
     history_dropout: float = 0.0
     mask_seen: bool = False
+    age_knots: int = 0
     hidden_units: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +110,10 @@ class TowerConfig:
         for name in ("depth", "cold_examples_per_user", "recent_history"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.age_knots == 1 or self.age_knots < 0:
+            raise ValueError(f"age_knots must be 0 or >= 2, got {self.age_knots}")
+        if self.age_knots and not self.use_example_age:
+            raise ValueError("age_knots needs use_example_age=True")
         if self.recent_history > self.max_history:
             raise ValueError(
                 f"recent_history ({self.recent_history}) must be <= max_history "
@@ -134,6 +145,32 @@ def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     weights = tf.cast(weights, values.dtype)[..., None]
     total = tf.reduce_sum(values * weights, axis=-2)
     return total / tf.maximum(tf.reduce_sum(weights, axis=-2), 1.0)
+
+
+def age_hats(age: np.ndarray, knots: int) -> np.ndarray:
+    """The example age (0 now, 1 the start of the training window) as ``knots`` piecewise-linear
+    hat functions, float32 ``(n, knots)``: ``max(0, 1 - |a (knots - 1) - j|)`` for knot ``j``,
+    with ``a`` clipped to ``[0, 1]``. Each row has at most two non-zero entries and sums to 1.
+    This is the numpy form (:class:`towers.query.QueryEncoder`); the tower computes the same in
+    TensorFlow.
+
+    Examples
+    --------
+    >>> age_hats(np.array([0.0, 0.25, 2.0]), 3)
+    array([[1. , 0. , 0. ],
+           [0.5, 0.5, 0. ],
+           [0. , 0. , 1. ]], dtype=float32)
+    """
+    position = np.clip(np.asarray(age, np.float32).reshape(-1, 1), 0.0, 1.0) * (knots - 1)
+    grid = np.arange(knots, dtype=np.float32)[None, :]
+    return np.maximum(0.0, 1.0 - np.abs(position - grid)).astype(np.float32)
+
+
+def _age_hats_tf(age: tf.Tensor, knots: int) -> tf.Tensor:
+    """:func:`age_hats` in TensorFlow, for the tower's graph."""
+    position = tf.clip_by_value(tf.reshape(age, [-1, 1]), 0.0, 1.0) * float(knots - 1)
+    grid = tf.range(knots, dtype=tf.float32)[None, :]
+    return tf.maximum(0.0, 1.0 - tf.abs(position - grid))
 
 
 def _bag_mean(table: tf.Tensor, position: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -286,6 +323,8 @@ class CandidateTower(keras.Model):
             # Paper Sec. 3.3: trained on the example's age, served at 0 (the end of the window).
             ea = tf.reshape(tf.cast(inputs["example_age"], tf.float32), [-1])
             parts.append(tf.stack([ea, ea * ea], axis=1))
+            if self.config.age_knots:
+                parts.append(_age_hats_tf(ea, self.config.age_knots))
         x = self.feature_dropout(tf.concat(parts, axis=1), training=training)
         for layer in self.tower:
             x = layer(x)

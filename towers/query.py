@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from towers.features import DEMOGRAPHIC_COLUMNS
-from towers.model import CandidateTower, TowerConfig
+from towers.model import CandidateTower, TowerConfig, age_hats
 
 
 def _masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -211,6 +211,8 @@ class QueryEncoder:
         if self.config.use_example_age:
             ea = np.asarray(inputs["example_age"], dtype=np.float32).reshape(-1)
             parts.append(np.stack([ea, ea * ea], axis=1))
+            if self.config.age_knots:
+                parts.append(age_hats(ea, self.config.age_knots))
         x = np.concatenate(parts, axis=1).astype(np.float32)
         for kernel, bias, relu in self._layers:
             x = x @ kernel + bias

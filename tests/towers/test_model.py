@@ -262,3 +262,50 @@ def test_mask_seen_stops_the_model_pushing_down_what_the_user_watched():
     for softmax in ("full", "sampled"):
         assert margins[False, softmax] < -1  # pushed below the items that can follow
         assert margins[True, softmax] > max(0, margins[False, softmax] + 2)
+
+
+def test_age_knots_learn_what_was_watched_when_and_serve_it_in_numpy(tmp_path):
+    # Four eras of users; each user's first watch is X in eras 0 and 2 and Y in eras 1 and 3.
+    # For an empty history a depth-0 tower's X-minus-Y score is c0 + c1 a + c2 a^2 in the paper's
+    # (age, age^2) features: at most two sign changes over the four eras, so it must get one
+    # era wrong. Four hat functions, one knot per era, can get all four right.
+    from towers.examples import example_age
+    from towers.query import QueryEncoder
+
+    rows = []
+    for u in range(80):
+        era = u % 4
+        rows += [(f"u{u}", "XY"[era % 2], 1.0, 100 * era), (f"u{u}", "Z", 1.0, 100 * era + 1)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    data = Dataset("eras", frame, empty_item_metadata(["X", "Y", "Z"]), None, "0" * 64)
+    options = TrainOptions(epochs=80, batch_size=32, learning_rate=0.05, verbose=0)
+    right = {}
+    for knots in (0, 4):
+        config = TowerConfig(**{**SMALL.to_dict(), "depth": 0, "age_knots": knots})
+        result = train_tower(data, config, options)
+        model = result.model
+        ages = example_age(np.array([0.0, 100.0, 200.0, 300.0]), model.time_window)
+        inputs = query_inputs([[]] * 4, max_history=3, example_age=ages)
+        logits = model.logits(model(inputs)).numpy()
+        x, y = model.item_ids.index("X"), model.item_ids.index("Y")
+        right[knots] = [bool((logits[e, x] > logits[e, y]) == (e % 2 == 0)) for e in range(4)]
+        encoder = QueryEncoder.from_model(model)
+        np.testing.assert_allclose(encoder(inputs), model(inputs).numpy(), rtol=1e-5, atol=1e-6)
+    assert right[4] == [True] * 4
+    assert not all(right[0])
+    save_artefact(result, tmp_path / "m")
+    loaded = load_artefact(tmp_path / "m")
+    assert loaded.config.age_knots == 4
+    np.testing.assert_allclose(loaded(inputs).numpy(), model(inputs).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_age_hats_by_hand():
+    from towers.model import age_hats
+
+    got = age_hats(np.array([0.0, 0.25, 0.5, 1.0, -3.0, 7.0]), 3)
+    want = [[1, 0, 0], [0.5, 0.5, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]]
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    with pytest.raises(ValueError, match="age_knots"):
+        TowerConfig(age_knots=1)
+    with pytest.raises(ValueError, match="age_knots"):
+        TowerConfig(age_knots=4, use_example_age=False)
