@@ -6,7 +6,7 @@ import pytest
 
 from serving.cli import build_parser, main
 from serving.cli_args import retrain_options, tower_presets
-from towers.presets import benchmark_config, benchmark_options
+from towers.presets import benchmark_config, benchmark_options, new_user_config
 
 TINY = "--epochs 2 --batch-size 16 --output-dim 8 --embedding-dim 8 --token-dim 4 --verbose 0"
 
@@ -75,6 +75,15 @@ def test_cli_defaults_are_the_datasets_benchmark_preset():
     assert benchmark_options(dataset="ml-latest-small").batch_size == 512
     assert benchmark_config("ml-latest-small").softmax == "sampled"
     assert benchmark_options(dataset="ml-100k").batch_size == 256
+    # The new-user preset: the benchmark one plus new-user examples and history dropout, and the
+    # request time as hat functions where validation picked them.
+    assert new_user_config("ml-latest-small") == replace(
+        benchmark_config("ml-latest-small"),
+        cold_examples_per_user=100,
+        history_dropout=0.5,
+        age_knots=32,
+    )
+    assert new_user_config("ml-100k").age_knots == 0
     assert (benchmark_options(dataset="ml-latest-small").decay, benchmark_options().decay) == (
         "cosine",
         "constant",
