@@ -162,3 +162,22 @@ def query_inputs(
     for col in DEMOGRAPHIC_COLUMNS:
         inputs[col] = np.asarray(demographics.get(col, np.full(n, PAD, dtype=object)), dtype=object)
     return inputs
+
+
+def age_hats(age: np.ndarray, knots: int) -> np.ndarray:
+    """The example age (0 now, 1 the start of the training window) as ``knots`` piecewise-linear
+    hat functions, float32 ``(n, knots)``: ``max(0, 1 - |a (knots - 1) - j|)`` for knot ``j``,
+    with ``a`` clipped to ``[0, 1]``. Each row has at most two non-zero entries and sums to 1.
+    This is the numpy form (:class:`towers.query.QueryEncoder`);
+    :class:`towers.model.CandidateTower` computes the same in TensorFlow.
+
+    Examples
+    --------
+    >>> age_hats(np.array([0.0, 0.25, 2.0]), 3)
+    array([[1. , 0. , 0. ],
+           [0.5, 0.5, 0. ],
+           [0. , 0. , 1. ]], dtype=float32)
+    """
+    position = np.clip(np.asarray(age, np.float32).reshape(-1, 1), 0.0, 1.0) * (knots - 1)
+    grid = np.arange(knots, dtype=np.float32)[None, :]
+    return np.maximum(0.0, 1.0 - np.abs(position - grid)).astype(np.float32)

@@ -67,10 +67,10 @@ class TowerConfig:
         regulariser, as the input dropout of Mult-VAE; Liang et al. 2018).
     age_knots : int
         0 feeds the example age as the paper does, ``(age, age ** 2)``. ``k >= 2`` adds ``k``
-        piecewise-linear "hat" functions of the age (knots evenly spaced over the training
-        window; :func:`age_hats`), so that the tower can learn what was watched at each time of
-        the log rather than one quadratic trend. A new user's request is then answered with
-        what people were watching at the time of the request (served at age 0: now).
+        piecewise-linear "hat" functions of the age (:func:`towers.features.age_hats`), so
+        that the tower can learn what was watched at each time of the log rather than one
+        quadratic trend; a request is answered with what was watched at its time (served at
+        age 0: now).
     mask_seen : bool
         Leave the items a user had already watched (all of them, not only the bag) out of the
         softmax of each of their training examples, except the example's own label. A request
@@ -147,27 +147,8 @@ def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return total / tf.maximum(tf.reduce_sum(weights, axis=-2), 1.0)
 
 
-def age_hats(age: np.ndarray, knots: int) -> np.ndarray:
-    """The example age (0 now, 1 the start of the training window) as ``knots`` piecewise-linear
-    hat functions, float32 ``(n, knots)``: ``max(0, 1 - |a (knots - 1) - j|)`` for knot ``j``,
-    with ``a`` clipped to ``[0, 1]``. Each row has at most two non-zero entries and sums to 1.
-    This is the numpy form (:class:`towers.query.QueryEncoder`); the tower computes the same in
-    TensorFlow.
-
-    Examples
-    --------
-    >>> age_hats(np.array([0.0, 0.25, 2.0]), 3)
-    array([[1. , 0. , 0. ],
-           [0.5, 0.5, 0. ],
-           [0. , 0. , 1. ]], dtype=float32)
-    """
-    position = np.clip(np.asarray(age, np.float32).reshape(-1, 1), 0.0, 1.0) * (knots - 1)
-    grid = np.arange(knots, dtype=np.float32)[None, :]
-    return np.maximum(0.0, 1.0 - np.abs(position - grid)).astype(np.float32)
-
-
 def _age_hats_tf(age: tf.Tensor, knots: int) -> tf.Tensor:
-    """:func:`age_hats` in TensorFlow, for the tower's graph."""
+    """:func:`towers.features.age_hats` in TensorFlow, for the tower's graph."""
     position = tf.clip_by_value(tf.reshape(age, [-1, 1]), 0.0, 1.0) * float(knots - 1)
     grid = tf.range(knots, dtype=tf.float32)[None, :]
     return tf.maximum(0.0, 1.0 - tf.abs(position - grid))

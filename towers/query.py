@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from towers.features import DEMOGRAPHIC_COLUMNS
-from towers.model import CandidateTower, TowerConfig, age_hats
+from towers.features import DEMOGRAPHIC_COLUMNS, age_hats
+from towers.model import CandidateTower, TowerConfig
 
 
 def _masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -300,7 +300,7 @@ def test_age_knots_learn_what_was_watched_when_and_serve_it_in_numpy(tmp_path):
 
 
 def test_age_hats_by_hand():
-    from towers.model import age_hats
+    from towers.features import age_hats
 
     got = age_hats(np.array([0.0, 0.25, 0.5, 1.0, -3.0, 7.0]), 3)
     want = [[1, 0, 0], [0.5, 0.5, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]]
