@@ -297,6 +297,16 @@ def test_age_knots_learn_what_was_watched_when_and_serve_it_in_numpy(tmp_path):
     loaded = load_artefact(tmp_path / "m")
     assert loaded.config.age_knots == 4
     np.testing.assert_allclose(loaded(inputs).numpy(), model(inputs).numpy(), rtol=1e-5, atol=1e-6)
+    # The SavedModel runs the same graph, asked now (age 0).
+    import tensorflow as tf
+
+    from export.savedmodel import export_savedmodels
+
+    paths = export_savedmodels(tmp_path / "m", tmp_path / "tfs", models=("query_tower",))
+    served = tf.saved_model.load(str(paths["query_tower"])).signatures["serving_default"]
+    got = served(history=tf.constant([["", "", ""]]))
+    want = model(query_inputs([[]], max_history=3)).numpy()
+    np.testing.assert_allclose(got["user_vector"].numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_age_hats_by_hand():
