@@ -15,6 +15,8 @@ Protocols (``../shared/PROTOCOLS.md``) on ml-latest-small and ml-100k, with the 
     python benchmarks/cold_start.py --only sweep --output benchmarks/results/cold_start_sweep.json
     python benchmarks/cold_start.py --only age-knots \
         --output benchmarks/results/cold_start_age_knots.json                   # ~40 min
+    python benchmarks/cold_start.py --only time-popularity \
+        --output benchmarks/results/cold_start_time_popularity.json             # ~4 min
 
 Writes ``benchmarks/results/cold_start.json``.
 """
@@ -450,6 +452,62 @@ def age_knot_validation(data, knots=AGE_KNOTS, seeds=(0, 1, 2)) -> dict:
                 for n in sorted({0, chosen})}}  # fmt: skip
 
 
+DAY = 86_400.0
+
+
+def time_popularity(data, k: int = 5, days=(30, 90, 180, 365, 730)) -> dict:
+    """What the request's time alone says about a new user, on the test users at ``k``: items
+    ranked by their training count in the ``days`` before the request (and, for comparison,
+    centred on it), next to all-time most-popular; then the new-user preset without hat
+    functions (seed 0) with ``alpha * log(1 + count in the window)`` added to its scores, the
+    time-local prior that was tried and not adopted (docs/cold_start.md)."""
+    split = cold_user_split(data.interactions)
+    warm = make_split(split.train, "temporal-user-20")
+    train = data.with_interactions(warm.train)
+    times = split.cold.groupby("user_id")["timestamp"].apply(list).to_dict()
+    config = replace(new_user_config(data.name), age_knots=0)
+    model = train_tower(train, config, benchmark_options(verbose=0, dataset=data.name)).model
+    index = {i: n for n, i in enumerate(model.item_ids)}
+    histories, relevant = split.first_k(k)
+    ids = sorted(histories)
+    hist, rel = [histories[u] for u in ids], [relevant[u] for u in ids]
+    when = np.array([times[u][k - 1] for u in ids], np.float64)
+    order = np.argsort(warm.train["timestamp"].to_numpy(), kind="stable")
+    stamps = warm.train["timestamp"].to_numpy(np.float64)[order]
+    rows = warm.train["item_id"].astype(str).map(index).to_numpy()[order]
+
+    def window_counts(before: float, after: float) -> np.ndarray:
+        out = np.zeros((len(ids), len(index)))
+        for r, t in enumerate(when):
+            lo, hi = np.searchsorted(stamps, [t - before * DAY, t + after * DAY], side="right")
+            out[r] = np.bincount(rows[lo:hi], minlength=len(index))
+        return out
+
+    everyone = _counts(warm.train, model.item_ids)
+    popular = _rank(np.tile(everyone, (len(ids), 1)), index, hist, rel)
+
+    def ratio(scores: np.ndarray) -> dict:
+        row = _rank(scores, index, hist, rel)
+        row["recall@50_vs_most_popular"] = round(row["recall@50"] / popular["recall@50"], 4)
+        return row
+
+    tower = _cold_scorer(model, times, UserFeatures.from_frame(data.users))(histories, k)[1]
+    out: dict = {"k": k, "users": len(ids), "most-popular": popular, "tower": ratio(tower),
+                 "trailing": {}, "centred": {}, "tower_plus_prior": {}}  # fmt: skip
+    for d in days:
+        trailing = window_counts(d, 0.0)
+        # All-time counts break ties (a window may hold few events).
+        out["trailing"][d] = ratio(trailing + 1e-3 * everyone)
+        out["centred"][d] = ratio(window_counts(d, d) + 1e-3 * everyone)
+        for alpha in (0.25, 0.5, 1.0):
+            if d in (90, 180, 365):
+                out["tower_plus_prior"][f"{d}d/alpha={alpha}"] = ratio(
+                    tower + alpha * np.log1p(trailing)
+                )
+    log.info("%s time popularity: %s", data.name, out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -459,7 +517,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["users", "items", "sweep", "age-knots"],
+        choices=["users", "items", "sweep", "age-knots", "time-popularity"],
         default=["users", "items"],
     )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
@@ -479,6 +537,8 @@ def main() -> None:
             entry["cold_item"] = cold_items(data)
         if "sweep" in args.only:
             entry["sweep"] = sweep(data)
+        if "time-popularity" in args.only:
+            entry["time_popularity"] = time_popularity(data)
         if "age-knots" in args.only:
             entry["age_knots"] = age_knot_validation(data)
         common.write_results("cold_start", payload, args.output)  # partial results survive
