@@ -41,7 +41,7 @@ import numpy as np
 
 from ranking.impressions import NUMERIC
 from ranking.normalize import ONE_BELOW, QuantileNormalizer
-from towers._tf import keras, tf
+from towers._tf import UntrackedList, keras, tf
 from towers.checks import check_field_types
 
 tnp = tf.experimental.numpy
@@ -234,7 +234,7 @@ class Ranker(keras.Model):
     ) -> None:
         super().__init__()
         self.config = config
-        self.item_ids = [str(i) for i in item_ids]
+        self.item_ids = UntrackedList(str(i) for i in item_ids)
         self.normalizers = dict(normalizers)
         n = len(self.item_ids)
         self.item_lookup = keras.layers.StringLookup(

@@ -12,4 +12,12 @@ if not tf.keras.__name__.startswith("tf_keras"):  # pragma: no cover - depends o
         "TF_USE_LEGACY_KERAS=1"
     )
 
-__all__ = ["keras", "tf"]
+
+class UntrackedList(list):
+    """A list that a Keras layer keeps as it is. Keras wraps a plain ``list`` attribute in a
+    tracked list and walks every element of it each time it collects the layer's variables,
+    which with a million item IDs took seconds each time (docs/scale.md, "Start-up"). It wraps
+    only objects whose type is exactly ``list``."""
+
+
+__all__ = ["UntrackedList", "keras", "tf"]

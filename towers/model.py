@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from towers._tf import keras, tf
+from towers._tf import UntrackedList, keras, tf
 from towers.checks import check_field_types
 from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
@@ -203,7 +203,7 @@ class CandidateTower(keras.Model):
         super().__init__()
         self.time_window = (int(time_window[0]), int(time_window[1]))
         self.config = config
-        self.item_ids = [str(i) for i in item_ids]
+        self.item_ids = UntrackedList(str(i) for i in item_ids)
         self.num_items = len(self.item_ids)
         if self.num_items == 0:
             raise ValueError("item_ids is empty: there is nothing to recommend")
@@ -222,7 +222,7 @@ class CandidateTower(keras.Model):
             self.token_embedding = keras.layers.Embedding(
                 len(token_vocabulary) + 1, config.token_dim, name="token_embedding"
             )
-        self.token_vocabulary = list(token_vocabulary)
+        self.token_vocabulary = UntrackedList(token_vocabulary)
         self.item_token_array = item_token_table
         self.demographic_vocabularies = (
             dict(demographic_vocabularies)

@@ -319,3 +319,19 @@ def test_age_hats_by_hand():
         TowerConfig(age_knots=1)
     with pytest.raises(ValueError, match="age_knots"):
         TowerConfig(age_knots=4, use_example_age=False)
+
+
+def test_keras_does_not_walk_the_vocabularies():
+    # Keras wraps a plain list attribute in a tracked list and walks all of it each time it
+    # collects variables: with a million items, most of a training step's trace.
+    from towers._tf import tf
+    from towers.model import CandidateTower
+
+    ids = [f"i{n}" for n in range(300)]
+    tokens = np.ones((300, SMALL.max_tokens_per_item), np.int32)
+    model = CandidateTower(SMALL, ids, token_vocabulary=["t"] * 300, item_token_table=tokens)
+    structures = tf.__internal__.tracking.TrackableDataStructure
+    walked = [t for t in model._self_tracked_trackables if isinstance(t, structures)]
+    assert all(len(t._values) < 300 for t in walked)
+    assert model.item_ids == ids and isinstance(model.item_ids, list)
+    assert model.token_vocabulary == ["t"] * 300
