@@ -18,6 +18,9 @@ Parts (``--parts``, default ``curves,epoch,softmax,beam``; the others on request
 ``hugepages`` The fixed-draw step at 10k / 1M / 3M items with and without transparent huge
              pages for glibc's malloc (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), interleaved in
              fresh processes, five rounds.
+``draws``    The step with popularity-drawn histories at 10k / 100k / 1M / 3M items, and with the
+             same 40k items drawn at 100k / 1M / 3M, three interleaved rounds of fresh processes:
+             does the step's time follow the catalogue or the batch's distinct rows?
 ``quality``  The softmax quality alone (``softmax`` without the step costs).
 ``beam``     The Apache Beam export (DirectRunner, 2 worker processes) of all 1M users of the
              1M-user world, with the model trained on it.
@@ -41,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import RESULTS, ROOT, git_commit, json_tail, latency_ms, run_command, write_results
-from step_cost import ITEMS_AXIS, hugepage_ab, step_costs
+from step_cost import ITEMS_AXIS, draw_costs, hugepage_ab, step_costs
 
 log = logging.getLogger("scale")
 USERS_AXIS = (10_000, 100_000, 1_000_000)
@@ -240,6 +243,10 @@ def part_hugepages(work: Path) -> dict:
     return hugepage_ab()
 
 
+def part_draws(work: Path) -> dict:
+    return draw_costs()
+
+
 def part_quality(work: Path) -> dict:
     """Only the quality runs (``part_softmax`` without the step costs)."""
     return {"quality": quality(work)}
@@ -309,7 +316,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def parts_of(results: dict) -> list[str]:
-    names = ("curves", "softmax", "steps", "hugepages", "quality", "beam", "epoch")
+    names = ("curves", "softmax", "steps", "hugepages", "draws", "quality", "beam", "epoch")
     return [name for name in names if name in results]
 
 
@@ -318,7 +325,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="curves,epoch,softmax,beam",
-        help="comma-separated: curves, epoch, softmax, steps, hugepages, quality, beam",
+        help="comma-separated: curves, epoch, softmax, steps, hugepages, draws, quality, beam",
     )
     parser.add_argument("--work", default=str(ROOT / "artefacts" / "scale"),
                         help="worlds and models (reused between runs)")  # fmt: skip
@@ -345,6 +352,7 @@ def main() -> None:
     parts = {"curves": lambda: part_curves(work, args.max_steps),
              "softmax": lambda: part_softmax(work), "steps": lambda: part_steps(work),
              "hugepages": lambda: part_hugepages(work),
+             "draws": lambda: part_draws(work),
              "quality": lambda: part_quality(work),
              "beam": lambda: part_beam(work),
              "epoch": lambda: part_epoch(work)}  # fmt: skip

@@ -7,6 +7,7 @@ Part ``steps`` of ``benchmarks/scale.py`` (``python benchmarks/scale.py --parts 
     python benchmarks/step_cost.py profile 1000000                # its per-op profile
     python benchmarks/step_cost.py profile 1000000 popular        # with popularity-drawn items
     python benchmarks/step_cost.py dedup 1000000 popular          # LazyAdam now and before 751e88f
+    python benchmarks/step_cost.py cost 1000000 sampled fixed:40000  # 40k items at any size
     python benchmarks/step_cost.py growth benchmarks/results/scale.json  # every run, pooled
 
 A step is one ``train_step`` of the candidate tower on fixed inputs (no input pipeline): batch
@@ -56,8 +57,9 @@ def build_step(items: int, softmax: str, histories: str, batch: int = 1024, opti
     ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
     worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
     the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
-    same number of items (``FIXED_SET``, spread over the catalogue) at every catalogue size, so
-    that each step touches as many rows at 1M items as at 10k and only the tables' size changes.
+    same number of items (``FIXED_SET``, spread over the catalogue; ``"fixed:SIZE"`` from
+    ``SIZE`` items) at every catalogue size, so that each step touches as many rows at 1M items
+    as at 10k and only the tables' size changes.
     ``optimizer`` (a ``learning rate -> optimizer`` callable) replaces the trainer's.
     """
     import numpy as np
@@ -77,11 +79,14 @@ def build_step(items: int, softmax: str, histories: str, batch: int = 1024, opti
     elif histories == "popular":
         p = np.arange(1, items + 1) ** -0.9
         p /= p.sum()
-    elif histories == "fixed":
+    elif histories.partition(":")[0] == "fixed":
         p = None
-        pick = pick[np.sort(rng.choice(items, min(FIXED_SET, items), replace=False))]
+        size = int(histories.partition(":")[2] or FIXED_SET)
+        pick = pick[np.sort(rng.choice(items, min(size, items), replace=False))]
     else:
-        raise ValueError(f"histories must be 'uniform', 'popular' or 'fixed', got {histories!r}")
+        raise ValueError(
+            f"histories must be 'uniform', 'popular', 'fixed' or 'fixed:SIZE', got {histories!r}"
+        )
     hist = rng.choice(pick, (batch, 50), p=p)
     label_ids = rng.choice(pick, batch, p=p)
     labels = tf.constant(label_ids)
@@ -248,6 +253,37 @@ def step_costs(fixed_repeats: int = 5) -> dict:
     out += [_in_process("cost", str(items), "full", "uniform") for items in ITEMS_AXIS[:2]]
     profiles = [_in_process("profile", str(items)) for items in PROFILED]
     return {"step_cost": out, "profile": profiles}
+
+
+# Realistic draws past 1M items, and a second fixed draw with as many distinct rows as the
+# popularity-drawn batches have at 1M items: does the step follow the catalogue or the batch?
+DRAWS_AXIS = (10_000, 100_000, 1_000_000, 3_000_000)
+WIDE_SET = 40_000  # 1024 x 51 uniform draws from 40k items touch about 29k distinct rows
+
+
+def draw_costs(repeats: int = 3) -> dict:
+    """The step with popularity-drawn histories over ``DRAWS_AXIS``, and with the fixed draw
+    from ``WIDE_SET`` items at the sizes above it, each in a fresh process, ``repeats`` rounds
+    with the sizes interleaved; ``ms_per_step`` the median of the rounds, ``runs_ms`` all.
+
+    The popularity-drawn batches' distinct rows grow with the catalogue (7,958 at 10k items,
+    30,397 at 1M, 33,829 at 3M) but can never pass the batch's 1024 x 51 IDs; the wide fixed
+    draw holds them at about 29k at every size. If the step's time follows the distinct rows
+    and not the tables, the wide draw is flat and the popular one flattens with its rows.
+    """
+    import numpy as np
+
+    plan = [("popular", n) for n in DRAWS_AXIS]
+    plan += [(f"fixed:{WIDE_SET}", n) for n in DRAWS_AXIS if n > WIDE_SET]
+    runs: dict[tuple[str, int], list[dict]] = {key: [] for key in plan}
+    for _ in range(repeats):
+        for draw, items in plan:
+            runs[draw, items].append(_in_process("cost", str(items), "sampled", draw))
+    out = []
+    for rows in runs.values():
+        times = [r["ms_per_step"] for r in rows]
+        out.append({**rows[0], "ms_per_step": float(np.median(times)), "runs_ms": times})
+    return {"repeats": repeats, "step_cost": out}
 
 
 def pooled_growth(results: dict, seed: int = 0, draws: int = 20_000) -> dict:
