@@ -9,6 +9,7 @@ Part ``steps`` of ``benchmarks/scale.py`` (``python benchmarks/scale.py --parts 
     python benchmarks/step_cost.py dedup 1000000 popular          # LazyAdam now and before 751e88f
     python benchmarks/step_cost.py cost 1000000 sampled fixed:40000  # 40k items at any size
     python benchmarks/step_cost.py growth benchmarks/results/scale.json  # every run, pooled
+    python benchmarks/step_cost.py startup 1000000                # seconds to start training
 
 A step is one ``train_step`` of the candidate tower on fixed inputs (no input pipeline): batch
 1024, 50-item histories, no token features, 1000 sampled negatives.
@@ -152,6 +153,40 @@ def dedup_ab(items: int, histories: str = "popular", blocks: int = 20) -> dict:
     ms = {name: round(float(np.median(t)) * 1e3, 2) for name, t in times.items()}
     return {"items": items, "histories": histories, "distinct_rows": distinct, "median_ms": ms,
             "change": round(ms["now"] / ms["before"] - 1, 3)}  # fmt: skip
+
+
+def startup_cost(items: int) -> dict:
+    """Seconds to start training at ``items`` items: building the tower, Keras' first ``fit``
+    of 3 steps (tracing its train function, with the optimizer's slots) and a second one, and
+    tracing the step alone as :func:`build_step` does (``tf.function`` of ``train_step``)."""
+    import numpy as np
+
+    from towers._tf import tf
+    from towers.features import query_inputs
+    from towers.model import CandidateTower, TowerConfig
+    from towers.train import optimizer_for
+
+    ids = [f"i{i}" for i in range(items)]
+    start = time.perf_counter()
+    model = CandidateTower(TowerConfig(softmax="sampled", use_tokens=False), ids,
+                           item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
+    out = {"items": items, "build_seconds": time.perf_counter() - start}
+    rng = np.random.default_rng(0)
+    pick = np.array(ids, dtype=object)
+    hist, labels = rng.choice(pick, (1024, 50)), rng.choice(pick, 1024)
+    inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
+              if k in ("history", "example_age")}  # fmt: skip
+    data = tf.data.Dataset.from_tensors((inputs, tf.constant(labels))).repeat()
+    model.compile(optimizer=optimizer_for(model, 1e-3))
+    for name in ("first_fit_seconds", "second_fit_seconds"):
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+        out[name] = time.perf_counter() - start
+    step = tf.function(lambda: model.train_step((inputs, tf.constant(labels))))
+    start = time.perf_counter()
+    step.get_concrete_function()
+    out["trace_seconds"] = time.perf_counter() - start
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
 def step_profile(items: int, histories: str = "fixed", steps: int = 30) -> dict:
@@ -326,7 +361,7 @@ USAGE = (
     "usage: step_cost.py cost ITEMS SOFTMAX DRAW | profile ITEMS [DRAW] (one measurement per"
     " process)"
     " | dedup ITEMS [DRAW] (LazyAdam now and before, one process) | growth SCALE_JSON (pooled"
-    " runs)"
+    " runs) | startup ITEMS (seconds to start training)"
 )
 
 
@@ -339,6 +374,8 @@ def main() -> None:
         print(json.dumps(pooled_growth(results), indent=1))
     elif what == "cost":
         print(json.dumps(step_cost(int(items), *rest)))
+    elif what == "startup":
+        print(json.dumps(startup_cost(int(items))))
     elif what == "profile":
         print(json.dumps(step_profile(int(items), *rest)))
     elif what == "dedup":
