@@ -139,7 +139,7 @@ def sampled_softmax_loss(
             range_max=num_items,
             distortion=distortion,
             # One vectorised conversion: a comprehension here is traced by AutoGraph call by
-            # call, about a minute per trace at a million items.
+            # call, about half a minute per trace at a million items (docs/scale.md, "Start-up").
             unigrams=np.maximum(np.asarray(unigrams, np.float64), 1e-3).tolist(),
         )
     if seen is not None:

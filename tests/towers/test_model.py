@@ -323,7 +323,7 @@ def test_age_hats_by_hand():
 
 def test_keras_does_not_walk_the_vocabularies():
     # Keras wraps a plain list attribute in a tracked list and walks all of it each time it
-    # collects variables: with a million items, most of a training step's trace.
+    # collects variables: with a million items, seconds each time (docs/scale.md, "Start-up").
     from towers._tf import tf
     from towers.model import CandidateTower
 
