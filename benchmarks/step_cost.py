@@ -52,27 +52,26 @@ OP_GROUPS = {
 }
 
 
-def build_step(items: int, softmax: str, histories: str, batch: int = 1024, optimizer=None):
-    """A compiled training step and the number of distinct items its batch touches.
+def _tower(items: int, softmax: str):
+    """The benchmark's tower over ``items`` IDs ``i0, i1, ...``, counts falling as 1 / rank."""
+    import numpy as np
 
-    ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
-    worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
-    the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
-    same number of items (``FIXED_SET``, spread over the catalogue; ``"fixed:SIZE"`` from
-    ``SIZE`` items) at every catalogue size, so that each step touches as many rows at 1M items
-    as at 10k and only the tables' size changes.
-    ``optimizer`` (a ``learning rate -> optimizer`` callable) replaces the trainer's.
-    """
+    from towers.model import CandidateTower, TowerConfig
+
+    ids = [f"i{i}" for i in range(items)]
+    return CandidateTower(TowerConfig(softmax=softmax, use_tokens=False), ids,
+                          item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
+
+
+def _batch(ids: list[str], histories: str, batch: int):
+    """Inputs, labels and the number of distinct items of one batch (:func:`build_step`'s
+    draws)."""
     import numpy as np
 
     from towers._tf import tf
     from towers.features import query_inputs
-    from towers.model import CandidateTower, TowerConfig
-    from towers.train import optimizer_for
 
-    ids = [f"i{i}" for i in range(items)]
-    model = CandidateTower(TowerConfig(softmax=softmax, use_tokens=False), ids,
-                           item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
+    items = len(ids)
     rng = np.random.default_rng(0)
     pick = np.array(ids, dtype=object)
     if histories == "uniform":
@@ -90,10 +89,28 @@ def build_step(items: int, softmax: str, histories: str, batch: int = 1024, opti
         )
     hist = rng.choice(pick, (batch, 50), p=p)
     label_ids = rng.choice(pick, batch, p=p)
-    labels = tf.constant(label_ids)
     distinct = len(set(hist.ravel().tolist()) | set(label_ids.tolist()))
     inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
               if k in ("history", "example_age")}  # fmt: skip
+    return inputs, tf.constant(label_ids), distinct
+
+
+def build_step(items: int, softmax: str, histories: str, batch: int = 1024, optimizer=None):
+    """A compiled training step and the number of distinct items its batch touches.
+
+    ``histories`` ``"uniform"`` draws history items and labels uniformly from the catalogue (the
+    worst case for memory locality); ``"popular"`` draws them by popularity, rank ** -0.9 as in
+    the synthetic worlds (what real logs look like); ``"fixed"`` draws them uniformly from the
+    same number of items (``FIXED_SET``, spread over the catalogue; ``"fixed:SIZE"`` from
+    ``SIZE`` items) at every catalogue size, so that each step touches as many rows at 1M items
+    as at 10k and only the tables' size changes.
+    ``optimizer`` (a ``learning rate -> optimizer`` callable) replaces the trainer's.
+    """
+    from towers._tf import tf
+    from towers.train import optimizer_for
+
+    model = _tower(items, softmax)
+    inputs, labels, distinct = _batch(model.item_ids, histories, batch)
     model(inputs)
     model.compile(optimizer=optimizer(1e-3) if optimizer else optimizer_for(model, 1e-3))
     step = tf.function(lambda: model.train_step((inputs, labels)))
@@ -159,30 +176,20 @@ def startup_cost(items: int) -> dict:
     """Seconds to start training at ``items`` items: building the tower, Keras' first ``fit``
     of 3 steps (tracing its train function, with the optimizer's slots) and a second one, and
     tracing the step alone as :func:`build_step` does (``tf.function`` of ``train_step``)."""
-    import numpy as np
-
     from towers._tf import tf
-    from towers.features import query_inputs
-    from towers.model import CandidateTower, TowerConfig
     from towers.train import optimizer_for
 
-    ids = [f"i{i}" for i in range(items)]
     start = time.perf_counter()
-    model = CandidateTower(TowerConfig(softmax="sampled", use_tokens=False), ids,
-                           item_counts=1.0 / np.arange(1, items + 1))  # fmt: skip
+    model = _tower(items, "sampled")
     out = {"items": items, "build_seconds": time.perf_counter() - start}
-    rng = np.random.default_rng(0)
-    pick = np.array(ids, dtype=object)
-    hist, labels = rng.choice(pick, (1024, 50)), rng.choice(pick, 1024)
-    inputs = {k: tf.constant(v) for k, v in query_inputs(hist, max_history=50).items()
-              if k in ("history", "example_age")}  # fmt: skip
-    data = tf.data.Dataset.from_tensors((inputs, tf.constant(labels))).repeat()
+    inputs, labels, _ = _batch(model.item_ids, "uniform", 1024)
+    data = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
     model.compile(optimizer=optimizer_for(model, 1e-3))
     for name in ("first_fit_seconds", "second_fit_seconds"):
         start = time.perf_counter()
         model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
         out[name] = time.perf_counter() - start
-    step = tf.function(lambda: model.train_step((inputs, tf.constant(labels))))
+    step = tf.function(lambda: model.train_step((inputs, labels)))
     start = time.perf_counter()
     step.get_concrete_function()
     out["trace_seconds"] = time.perf_counter() - start
