@@ -2,6 +2,7 @@
 
 * most-popular: train counts.
 * EASE (Steck 2019): closed form ``B = I - P diagMat(1 / diag(P))``, ``P = (X^T X + λI)^-1``.
+* user-kNN: the training users who share the most items with a user vote for their items.
 * implicit-feedback ALS (Hu, Koren, Volinsky 2008) from the ``implicit`` package.
 * the TFRS basic-retrieval two-tower: user-ID embedding against item-ID embedding, in-batch
   softmax, as in the TensorFlow Recommenders tutorial.
@@ -76,6 +77,35 @@ def ease_weights(x, lam: float) -> np.ndarray:
     b = -p / np.diag(p)
     b[np.diag_indices_from(b)] = 0.0
     return b
+
+
+def user_knn_scores(
+    bags: np.ndarray, x: sp.csr_matrix, *, size_power: float, sharpness: float, idf: bool
+) -> np.ndarray:
+    """User-kNN scores for the rows of ``bags`` (users x items, 0/1) against the training
+    user-item matrix ``x``.
+
+    A training user ``v``'s weight is ``(overlap / |I_v| ** size_power) ** sharpness``, where
+    ``overlap`` counts the items they share with the bag (each weighted by
+    ``log(n_users / (1 + count))`` when ``idf``); an item's score is the sum of the weights of the
+    training users who have it. A tiny multiple of the item's count breaks ties, so that a bag
+    sharing nothing gets most-popular (ties among the voted items are broken the same way).
+    """
+    dense = x.toarray().astype(np.float64)
+    counts = dense.sum(axis=0)
+    weights = np.log(len(dense) / (1.0 + counts)) if idf else np.ones_like(counts)
+    overlap = (bags * weights) @ dense.T
+    sizes = np.maximum(dense.sum(axis=1), 1.0)
+    scores = ((overlap / sizes**size_power) ** sharpness) @ dense
+    scale = scores.max(axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    return scores + 1e-6 * scale * counts / max(counts.max(), 1.0)
+
+
+USER_KNN_GRID = [
+    {"size_power": a, "sharpness": b, "idf": i}
+    for a in (0.0, 0.5, 1.0) for b in (1.0, 2.0, 4.0) for i in (False, True)
+]  # fmt: skip
 
 
 def ease(train: pd.DataFrame, item_ids: Sequence[str], lam: float) -> Callable:

@@ -1,0 +1,155 @@
+"""How far a new user's first five ratings go: every family of recommender, on the same users.
+
+Issue 6's target is cold-user-5 Recall@50 at least 1.5x most-popular. The new-user tower meets it
+on ml-latest-small and misses it on ml-100k (``benchmarks/cold_start.py``). This benchmark asks
+whether another family of recommender, or more of the same, gets further on the same users:
+
+* the new-user tower (``towers.presets.new_user_config``) at seeds 0, 1 and 2;
+* the three towers together: the sum of their scores, which one nearest-neighbour search over the
+  concatenated user and item vectors serves;
+* the tower trained on *every* interaction of the warm users, not only their temporal-user-20
+  train part (protocol cold-user-k allows it; ``cold_start.py`` keeps the part so that the same
+  model also answers the warm users' test), with most-popular counted on the same data;
+* user-kNN and EASE, the memory-based families;
+* the three towers blended with user-kNN (z-scored per user): two families, one list.
+
+Settings (the user-kNN grid, EASE's L2 strength, the blend weight) are picked on validation users,
+the carve of ``cold_start.py --only age-knots`` (a second cold-user split, ``default_rng(8)``,
+inside the warm users), and then reported on the test users, where nothing is picked.
+
+    python benchmarks/cold_plateau.py --data-dir ../shared/data        # ~40 min on 2 cores
+
+Writes ``benchmarks/results/cold_plateau.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import baselines as bl
+import cold_start as cs
+import common
+import numpy as np
+
+from towers.coldstart import cold_user_split
+from towers.features import UserFeatures
+from towers.movielens import load_movielens
+from towers.presets import benchmark_options, new_user_config
+from towers.splits import make_split
+from towers.train import peak_rss_mb, train_tower
+
+log = logging.getLogger("cold_plateau")
+SEEDS = (0, 1, 2)
+BLEND_WEIGHTS = (0.1, 0.25, 0.5, 1.0)
+K = 5
+
+
+def _zscore(scores: np.ndarray) -> np.ndarray:
+    return (scores - scores.mean(axis=1, keepdims=True)) / scores.std(axis=1, keepdims=True)
+
+
+def _towers(data, train_frame, split, asked) -> tuple[list[str], list[np.ndarray]]:
+    """The new-user tower at each seed, trained on ``train_frame``: its item order and its
+    cold-user-5 scores per seed."""
+    users = UserFeatures.from_frame(data.users)
+    times = split.cold.groupby("user_id")["timestamp"].apply(list).to_dict()
+    scores = []
+    for seed in SEEDS:
+        options = benchmark_options(verbose=0, seed=seed, dataset=data.name)
+        model = train_tower(data.with_interactions(train_frame), new_user_config(data.name),
+                            options).model  # fmt: skip
+        scores.append(cs._cold_scorer(model, times, users)(asked, K)[1])
+    return list(model.item_ids), scores
+
+
+def carve(data, split) -> dict:
+    """Every family's cold-user-5 Recall@50 over most-popular on ``split``'s cold users, for
+    every setting of its grid."""
+    asked, relevant = split.first_k(K)
+    ids = sorted(asked)
+    hist, rel = [asked[u] for u in ids], [relevant[u] for u in ids]
+    out: dict = {"users": len(ids)}
+    for name, frame in (("part", make_split(split.train, "temporal-user-20").train),
+                        ("all", split.train)):  # fmt: skip
+        items, scores = _towers(data, frame, split, asked)
+        index = {i: n for n, i in enumerate(items)}
+        popular = cs._rank(np.tile(cs._counts(frame, items), (len(ids), 1)), index, hist, rel)
+
+        def ratio(s: np.ndarray, index=index, base=popular["recall@50"]) -> float:
+            return round(cs._rank(s, index, hist, rel)["recall@50"] / base, 4)
+
+        row = {"most-popular": popular, "tower": [ratio(s) for s in scores],
+               "towers_summed": ratio(np.sum(scores, axis=0))}  # fmt: skip
+        if name == "part":
+            x, _ = bl.interaction_matrix(frame, items)
+            bags = np.zeros((len(ids), len(items)))
+            for r, h in enumerate(hist):
+                bags[r, [index[i] for i in h if i in index]] = 1.0
+            knn = {}
+            for params in bl.USER_KNN_GRID:
+                knn[str(params)] = bl.user_knn_scores(bags, x, **params)
+            row["user_knn"] = {p: ratio(s) for p, s in knn.items()}
+            row["ease"] = {
+                str(p["lam"]): ratio(bags @ bl.ease_weights(x, **p)) for p in bl.EASE_GRID
+            }
+            summed = _zscore(np.sum(scores, axis=0))
+            row["blend"] = {
+                p: {str(w): ratio(summed + w * _zscore(s)) for w in BLEND_WEIGHTS}
+                for p, s in knn.items()
+            }
+        out[name] = row
+        log.info("%s %s: %s", data.name, name, {k: v for k, v in row.items() if k != "blend"})
+    return out
+
+
+def plateau(data) -> dict:
+    """:func:`carve` on validation users, the picks, and :func:`carve` on the test users."""
+    outer = cold_user_split(data.interactions)
+    val = carve(data, cold_user_split(outer.train, seed=8))
+    test = carve(data, outer)
+    part = val["part"]
+    knn = max(part["user_knn"], key=part["user_knn"].get)
+    lam = max(part["ease"], key=part["ease"].get)
+    weight = max(part["blend"][knn], key=part["blend"][knn].get)
+    rows = {
+        "tower (mean of seeds 0-2)": lambda c: float(np.mean(c["part"]["tower"])),
+        "three towers summed": lambda c: c["part"]["towers_summed"],
+        "tower on every warm interaction (mean)": lambda c: float(np.mean(c["all"]["tower"])),
+        "three such towers summed": lambda c: c["all"]["towers_summed"],
+        f"user-kNN {knn}": lambda c: c["part"]["user_knn"][knn],
+        f"EASE lam={lam}": lambda c: c["part"]["ease"][lam],
+        f"three towers + user-kNN, weight {weight}": lambda c: c["part"]["blend"][knn][weight],
+    }
+    summary = {
+        name: {"validation": round(get(val), 4), "test": round(get(test), 4)}
+        for name, get in rows.items()
+    }
+    log.info("%s summary: %s", data.name, summary)
+    return {"picks": {"user_knn": knn, "ease_lam": lam, "blend_weight": weight},
+            "summary": summary, "validation": val, "test": test,
+            "validation_users": val["users"], "test_users": test["users"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir", default=None, help="MovieLens folder (default: $NEXTWATCH_DATA)"
+    )
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-latest-small"])
+    parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    payload: dict = {"k": K, "seeds": list(SEEDS), "datasets": {}}
+    for name in args.datasets:
+        payload["datasets"][name] = plateau(load_movielens(name, args.data_dir))
+        common.write_results("cold_plateau", payload, args.output)  # partial results survive
+    payload["wall_seconds"] = round(time.perf_counter() - start, 1)
+    payload["peak_rss_mb"] = peak_rss_mb()
+    log.info("wrote %s", common.write_results("cold_plateau", payload, args.output))
+
+
+if __name__ == "__main__":
+    main()
