@@ -13,11 +13,16 @@ whether another family of recommender, or more of the same, gets further on the 
 * user-kNN and EASE, the memory-based families;
 * the three towers blended with user-kNN (z-scored per user): two families, one list.
 
+Part ``first-five`` says what a user's first five ratings are made of: the share of all users'
+first-five slots taken by the ten items most often among them, against those ten items' share of
+all ratings (sign-up pages that showed everyone the same films make the first five alike).
+
 Settings (the user-kNN grid, EASE's L2 strength, the blend weight) are picked on validation users,
 the carve of ``cold_start.py --only age-knots`` (a second cold-user split, ``default_rng(8)``,
 inside the warm users), and then reported on the test users, where nothing is picked.
 
     python benchmarks/cold_plateau.py --data-dir ../shared/data        # ~40 min on 2 cores
+    python benchmarks/cold_plateau.py --parts first-five                 # seconds
 
 Writes ``benchmarks/results/cold_plateau.json``.
 """
@@ -37,7 +42,7 @@ from towers.coldstart import cold_user_split
 from towers.features import UserFeatures
 from towers.movielens import load_movielens
 from towers.presets import benchmark_options, new_user_config
-from towers.splits import make_split
+from towers.splits import chronological, make_split
 from towers.train import peak_rss_mb, train_tower
 
 log = logging.getLogger("cold_plateau")
@@ -132,19 +137,44 @@ def plateau(data) -> dict:
             "validation_users": val["users"], "test_users": test["users"]}  # fmt: skip
 
 
+def first_five(data, top: int = 10) -> dict:
+    """How alike users' first ``K`` items (in protocol order) are: the ``top`` items most often
+    among them, their share of the first-``K`` slots, and their share of all ratings."""
+    ordered = chronological(data.interactions)
+    first = ordered.groupby("user_id", sort=False).head(K)
+    counts = first["item_id"].astype(str).value_counts()
+    everywhere = ordered["item_id"].astype(str).value_counts()
+    titles = data.items.set_index(data.items["item_id"].astype(str))["title"]
+    common_ = counts.index[:top]
+    return {"users": int(ordered["user_id"].nunique()), "distinct_items": int(len(counts)),
+            f"top{top}": [{"item_id": i, "title": str(titles.get(i, i)),
+                          "users": int(counts[i])} for i in common_],
+            f"top{top}_share_of_first_{K}": round(float(counts.iloc[:top].sum() / len(first)), 4),
+            f"top{top}_share_of_all_ratings": round(
+                float(everywhere.reindex(common_).sum() / len(ordered)), 4)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data-dir", default=None, help="MovieLens folder (default: $NEXTWATCH_DATA)"
     )
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-latest-small"])
+    parser.add_argument(
+        "--parts", nargs="+", choices=["families", "first-five"], default=["families", "first-five"]
+    )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.perf_counter()
     payload: dict = {"k": K, "seeds": list(SEEDS), "datasets": {}}
     for name in args.datasets:
-        payload["datasets"][name] = plateau(load_movielens(name, args.data_dir))
+        data = load_movielens(name, args.data_dir)
+        entry = payload["datasets"].setdefault(name, {})
+        if "first-five" in args.parts:
+            entry["first_five"] = first_five(data)
+        if "families" in args.parts:
+            entry.update(plateau(data))
         common.write_results("cold_plateau", payload, args.output)  # partial results survive
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()
