@@ -104,7 +104,7 @@ def user_knn_scores(
 
 USER_KNN_GRID = [
     {"size_power": a, "sharpness": b, "idf": i}
-    for a in (0.0, 0.5, 1.0) for b in (1.0, 2.0, 4.0) for i in (False, True)
+    for a in (0.0, 0.5, 1.0) for b in (1.0, 2.0, 4.0, 8.0) for i in (False, True)
 ]  # fmt: skip
 
 
