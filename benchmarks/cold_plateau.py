@@ -15,7 +15,8 @@ whether another family of recommender, or more of the same, gets further on the 
 
 Part ``first-five`` says what a user's first five ratings are made of: the share of all users'
 first-five slots taken by the ten items most often among them, against those ten items' share of
-all ratings (sign-up pages that showed everyone the same films make the first five alike).
+all ratings (sign-up pages that showed everyone the same films make the first five alike), and
+how long users took from their first rating to their last.
 
 Settings (the user-kNN grid, EASE's L2 strength, the blend weight) are picked on validation users,
 the carve of ``cold_start.py --only age-knots`` (a second cold-user split, ``default_rng(8)``,
@@ -139,19 +140,23 @@ def plateau(data) -> dict:
 
 def first_five(data, top: int = 10) -> dict:
     """How alike users' first ``K`` items (in protocol order) are: the ``top`` items most often
-    among them, their share of the first-``K`` slots, and their share of all ratings."""
+    among them, their share of the first-``K`` slots, and their share of all ratings; and how
+    long a user's ratings span (from their first to their last)."""
     ordered = chronological(data.interactions)
     first = ordered.groupby("user_id", sort=False).head(K)
     counts = first["item_id"].astype(str).value_counts()
     everywhere = ordered["item_id"].astype(str).value_counts()
     titles = data.items.set_index(data.items["item_id"].astype(str))["title"]
     common_ = counts.index[:top]
+    span = ordered.groupby("user_id")["timestamp"].agg(lambda t: t.max() - t.min()) / 3600.0
     return {"users": int(ordered["user_id"].nunique()), "distinct_items": int(len(counts)),
             f"top{top}": [{"item_id": i, "title": str(titles.get(i, i)),
                           "users": int(counts[i])} for i in common_],
             f"top{top}_share_of_first_{K}": round(float(counts.iloc[:top].sum() / len(first)), 4),
             f"top{top}_share_of_all_ratings": round(
-                float(everywhere.reindex(common_).sum() / len(ordered)), 4)}  # fmt: skip
+                float(everywhere.reindex(common_).sum() / len(ordered)), 4),
+            "median_hours_first_to_last_rating": round(float(span.median()), 2),
+            "users_rating_within_a_day": round(float((span < 24.0).mean()), 4)}  # fmt: skip
 
 
 def main() -> None:
