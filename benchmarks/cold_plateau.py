@@ -13,6 +13,11 @@ whether another family of recommender, or more of the same, gets further on the 
 * user-kNN and EASE, the memory-based families;
 * the three towers blended with user-kNN (z-scored per user): two families, one list.
 
+Part ``served`` asks what a new user gets from the service, whose tower preset is the benchmark
+preset (not the new-user one) and whose ranker reorders its 100 candidates: the served preset
+and the ranker trained for it with the validated settings (``ranking.train.validated_settings``),
+on the test users at ``k = 5``, next to the candidate order and most-popular.
+
 Part ``first-five`` says what a user's first five ratings are made of: the share of all users'
 first-five slots taken by the ten items most often among them, against those ten items' share of
 all ratings (sign-up pages that showed everyone the same films make the first five alike), and
@@ -24,6 +29,7 @@ inside the warm users), and then reported on the test users, where nothing is pi
 
     python benchmarks/cold_plateau.py --data-dir ../shared/data        # ~40 min on 2 cores
     python benchmarks/cold_plateau.py --parts first-five                 # seconds
+    python benchmarks/cold_plateau.py --parts served                     # ~30 min
 
 Writes ``benchmarks/results/cold_plateau.json``.
 """
@@ -32,17 +38,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import baselines as bl
 import cold_start as cs
 import common
 import numpy as np
+import pandas as pd
 
+from ranking.artefact import load_ranker
+from ranking.pipeline import candidate_examples, predict, tower_retrieve, train_ranker_job
+from ranking.train import validated_settings
+from towers.artefact import save_artefact
 from towers.coldstart import cold_user_split
+from towers.examples import PAD
 from towers.features import UserFeatures
+from towers.metrics import retrieval_metrics
 from towers.movielens import load_movielens
-from towers.presets import benchmark_options, new_user_config
+from towers.presets import benchmark_config, benchmark_options, new_user_config
 from towers.splits import chronological, make_split
 from towers.train import peak_rss_mb, train_tower
 
@@ -159,6 +174,68 @@ def first_five(data, top: int = 10) -> dict:
             "users_rating_within_a_day": round(float((span < 24.0).mean()), 4)}  # fmt: skip
 
 
+def served(data, work: Path, candidates: int = 100) -> dict:
+    """The served tower preset's ``candidates`` for each test cold user at ``k = 5``, in the
+    tower's order and reordered by the served ranker (its ``serving_logit``), as ``nextwatch
+    serve`` answers; the store holds the user's five ratings, so the ranker's user features
+    (count, mean rating, time since the last) are those of five ratings."""
+    split = cold_user_split(data.interactions)
+    warm = make_split(split.train, "temporal-user-20")
+    train = data.with_interactions(warm.train)
+    options = benchmark_options(verbose=0, dataset=data.name)
+    result = train_tower(train, benchmark_config(data.name), options)
+    tower_dir = save_artefact(result, work / "tower", data=train)
+    config, ranker_options = validated_settings(data.name)
+    start = time.perf_counter()
+    train_ranker_job(tower_dir, train, work / "ranker", config=config, options=ranker_options)
+    ranker_seconds = time.perf_counter() - start
+    ranker = load_ranker(work / "ranker")
+
+    asked, relevant = split.first_k(K)
+    ids = sorted(asked)
+    hist, rel = [asked[u] for u in ids], [relevant[u] for u in ids]
+    cold = chronological(split.cold)
+    first = cold[cold["user_id"].astype(str).isin(set(ids))].groupby("user_id").head(K)
+    when = first.groupby(first["user_id"].astype(str))["timestamp"].max().reindex(ids)
+    times = when.to_numpy(np.int64)
+    store = pd.concat([warm.train, first], ignore_index=True)
+    _, retrieve = tower_retrieve(tower_dir, data.users, candidates)
+    padded = np.array([[PAD] * (50 - len(h)) + h for h in hist], dtype=object)
+    got = retrieve(padded, [set(h) for h in hist], times, np.asarray(ids, dtype=object))
+    examples = candidate_examples(ids, hist, got, store, times, 50)
+    logits = predict(ranker, examples, data.users)["serving_logit"]
+
+    index = {i: n for n, i in enumerate(result.model.item_ids)}
+    tower_order = np.full((len(ids), 50), -1, np.int64)
+    ranked_order = np.full((len(ids), 50), -1, np.int64)
+    for g in range(len(ids)):
+        rows = np.flatnonzero(examples.group == g)
+        items = np.array([index[str(i)] for i in examples.item_id[rows]], np.int64)
+        tower_order[g, : min(50, len(items))] = items[:50]
+        ranked = items[np.argsort(-logits[rows], kind="stable")][:50]
+        ranked_order[g, : len(ranked)] = ranked
+    rel_sets = cs.relevant_sets(index, rel)
+
+    def metrics(order: np.ndarray) -> dict:
+        out = retrieval_metrics(order, rel_sets, ks=(10, 50))
+        return {k: round(v, 4) for k, v in out.items() if k != "hr@10"}
+
+    popular = cs._rank(np.tile(cs._counts(warm.train, list(index)), (len(ids), 1)), index,
+                       hist, rel)  # fmt: skip
+    out = {"users": len(ids), "candidates": candidates, "tower_preset": "benchmark_config",
+           "ranker": {"tower_score_weight": config.tower_score_weight, "members": config.members,
+                      "label_horizon": ranker_options.label_horizon,
+                      "train_seconds": round(ranker_seconds, 1)},
+           "most-popular": popular, "candidate_order": metrics(tower_order),
+           "ranked_order": metrics(ranked_order)}  # fmt: skip
+    for name in ("candidate_order", "ranked_order"):
+        out[f"{name}_recall@50_vs_most_popular"] = round(
+            out[name]["recall@50"] / popular["recall@50"], 4
+        )
+    log.info("%s served: %s", data.name, out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -166,7 +243,10 @@ def main() -> None:
     )
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-latest-small"])
     parser.add_argument(
-        "--parts", nargs="+", choices=["families", "first-five"], default=["families", "first-five"]
+        "--parts",
+        nargs="+",
+        choices=["families", "first-five", "served"],
+        default=["families", "first-five"],
     )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
@@ -180,6 +260,9 @@ def main() -> None:
             entry["first_five"] = first_five(data)
         if "families" in args.parts:
             entry.update(plateau(data))
+        if "served" in args.parts:
+            with tempfile.TemporaryDirectory(prefix="nextwatch-cold-served-") as work:
+                entry["served"] = served(data, Path(work))
         common.write_results("cold_plateau", payload, args.output)  # partial results survive
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()
