@@ -16,7 +16,8 @@ whether another family of recommender, or more of the same, gets further on the 
 Part ``served`` asks what a new user gets from the service, whose tower preset is the benchmark
 preset (not the new-user one) and whose ranker reorders its 100 candidates: the served preset
 and the ranker trained for it with the validated settings (``ranking.train.validated_settings``),
-on the test users at ``k = 5``, next to the candidate order and most-popular.
+on the test users at ``k = 5``, next to the candidate order and most-popular. Part
+``served-new-user`` does the same with the new-user preset and a ranker trained for it.
 
 Part ``first-five`` says what a user's first five ratings are made of: the share of all users'
 first-five slots taken by the ten items most often among them, against those ten items' share of
@@ -27,9 +28,10 @@ Settings (the user-kNN grid, EASE's L2 strength, the blend weight) are picked on
 the carve of ``cold_start.py --only age-knots`` (a second cold-user split, ``default_rng(8)``,
 inside the warm users), and then reported on the test users, where nothing is picked.
 
-    python benchmarks/cold_plateau.py --data-dir ../shared/data        # ~40 min on 2 cores
+    python benchmarks/cold_plateau.py --data-dir ../shared/data        # ~25 min on 2 cores
     python benchmarks/cold_plateau.py --parts first-five                 # seconds
-    python benchmarks/cold_plateau.py --parts served                     # ~30 min
+    python benchmarks/cold_plateau.py --parts served                     # ~15 min
+    python benchmarks/cold_plateau.py --parts served-new-user            # ~15 min
 
 Writes ``benchmarks/results/cold_plateau.json``.
 """
@@ -174,16 +176,18 @@ def first_five(data, top: int = 10) -> dict:
             "users_rating_within_a_day": round(float((span < 24.0).mean()), 4)}  # fmt: skip
 
 
-def served(data, work: Path, candidates: int = 100) -> dict:
+def served(data, work: Path, new_user: bool = False, candidates: int = 100) -> dict:
     """The served tower preset's ``candidates`` for each test cold user at ``k = 5``, in the
     tower's order and reordered by the served ranker (its ``serving_logit``), as ``nextwatch
     serve`` answers; the store holds the user's five ratings, so the ranker's user features
-    (count, mean rating, time since the last) are those of five ratings."""
+    (count, mean rating, time since the last) are those of five ratings. With ``new_user``, the
+    tower is the new-user preset instead, and the ranker is trained for it the same way."""
     split = cold_user_split(data.interactions)
     warm = make_split(split.train, "temporal-user-20")
     train = data.with_interactions(warm.train)
     options = benchmark_options(verbose=0, dataset=data.name)
-    result = train_tower(train, benchmark_config(data.name), options)
+    preset = new_user_config(data.name) if new_user else benchmark_config(data.name)
+    result = train_tower(train, preset, options)
     tower_dir = save_artefact(result, work / "tower", data=train)
     config, ranker_options = validated_settings(data.name)
     start = time.perf_counter()
@@ -222,7 +226,8 @@ def served(data, work: Path, candidates: int = 100) -> dict:
 
     popular = cs._rank(np.tile(cs._counts(warm.train, list(index)), (len(ids), 1)), index,
                        hist, rel)  # fmt: skip
-    out = {"users": len(ids), "candidates": candidates, "tower_preset": "benchmark_config",
+    out = {"users": len(ids), "candidates": candidates,
+           "tower_preset": "new_user_config" if new_user else "benchmark_config",
            "ranker": {"tower_score_weight": config.tower_score_weight, "members": config.members,
                       "label_horizon": ranker_options.label_horizon,
                       "train_seconds": round(ranker_seconds, 1)},
@@ -245,7 +250,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["families", "first-five", "served"],
+        choices=["families", "first-five", "served", "served-new-user"],
         default=["families", "first-five"],
     )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
@@ -260,9 +265,12 @@ def main() -> None:
             entry["first_five"] = first_five(data)
         if "families" in args.parts:
             entry.update(plateau(data))
-        if "served" in args.parts:
-            with tempfile.TemporaryDirectory(prefix="nextwatch-cold-served-") as work:
-                entry["served"] = served(data, Path(work))
+        for part in ("served", "served-new-user"):
+            if part in args.parts:
+                with tempfile.TemporaryDirectory(prefix="nextwatch-cold-served-") as work:
+                    entry[part.replace("-", "_")] = served(
+                        data, Path(work), new_user=part == "served-new-user"
+                    )
         common.write_results("cold_plateau", payload, args.output)  # partial results survive
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()
