@@ -163,12 +163,11 @@ def first_five(data, top: int = 10) -> dict:
     first = ordered.groupby("user_id", sort=False).head(K)
     counts = first["item_id"].astype(str).value_counts()
     everywhere = ordered["item_id"].astype(str).value_counts()
-    titles = data.items.set_index(data.items["item_id"].astype(str))["title"]
     common_ = counts.index[:top]
     span = ordered.groupby("user_id")["timestamp"].agg(lambda t: t.max() - t.min()) / 3600.0
     return {"users": int(ordered["user_id"].nunique()), "distinct_items": int(len(counts)),
-            f"top{top}": [{"item_id": i, "title": str(titles.get(i, i)),
-                          "users": int(counts[i])} for i in common_],
+            # IDs and counts only: titles are MovieLens's files, which may not be redistributed.
+            f"top{top}": [{"item_id": i, "users": int(counts[i])} for i in common_],
             f"top{top}_share_of_first_{K}": round(float(counts.iloc[:top].sum() / len(first)), 4),
             f"top{top}_share_of_all_ratings": round(
                 float(everywhere.reindex(common_).sum() / len(ordered)), 4),
