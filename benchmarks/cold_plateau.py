@@ -17,7 +17,9 @@ Part ``served`` asks what a new user gets from the service, whose tower preset i
 preset (not the new-user one) and whose ranker reorders its 100 candidates: the served preset
 and the ranker trained for it with the validated settings (``ranking.train.validated_settings``),
 on the test users at ``k = 5``, next to the candidate order and most-popular. Part
-``served-new-user`` does the same with the new-user preset and a ranker trained for it.
+``served-new-user`` does the same with the new-user preset and a ranker trained for it. Part
+``served-routed`` is what the service returns since its artefact holds both towers: the
+new-user preset's candidates, rescored by the ranker trained for the benchmark preset.
 
 Part ``first-five`` says what a user's first five ratings are made of: the share of all users'
 first-five slots taken by the ten items most often among them, against those ten items' share of
@@ -32,6 +34,7 @@ inside the warm users), and then reported on the test users, where nothing is pi
     python benchmarks/cold_plateau.py --parts first-five                 # seconds
     python benchmarks/cold_plateau.py --parts served                     # ~15 min
     python benchmarks/cold_plateau.py --parts served-new-user            # ~15 min
+    python benchmarks/cold_plateau.py --parts served-routed              # ~17 min
 
 Writes ``benchmarks/results/cold_plateau.json``.
 """
@@ -175,22 +178,35 @@ def first_five(data, top: int = 10) -> dict:
             "users_rating_within_a_day": round(float((span < 24.0).mean()), 4)}  # fmt: skip
 
 
-def served(data, work: Path, new_user: bool = False, candidates: int = 100) -> dict:
-    """The served tower preset's ``candidates`` for each test cold user at ``k = 5``, in the
-    tower's order and reordered by the served ranker (its ``serving_logit``), as ``nextwatch
-    serve`` answers; the store holds the user's five ratings, so the ranker's user features
-    (count, mean rating, time since the last) are those of five ratings. With ``new_user``, the
-    tower is the new-user preset instead, and the ranker is trained for it the same way."""
+def served(data, work: Path, part: str = "served", candidates: int = 100) -> dict:
+    """A tower's ``candidates`` for each test cold user at ``k = 5``, in the tower's order and
+    reordered by a ranker (its ``serving_logit``), as ``nextwatch serve`` answers; the store
+    holds the user's five ratings, so the ranker's user features (count, mean rating, time since
+    the last) are those of five ratings.
+
+    ``part`` ``served``: the benchmark preset and the ranker the service trains for it (what the
+    service returned before it had a new-user tower); ``served-new-user``: the new-user preset
+    and a ranker trained for it; ``served-routed``: the new-user preset's candidates rescored
+    by the benchmark preset's ranker, which is what ``nextwatch serve`` returns now that its
+    artefact holds both towers (``serving.api.Recommender`` sends a user with at most
+    ``towers.presets.NEW_USER_MAX_RATINGS`` rated items to the new-user tower)."""
     split = cold_user_split(data.interactions)
     warm = make_split(split.train, "temporal-user-20")
     train = data.with_interactions(warm.train)
     options = benchmark_options(verbose=0, dataset=data.name)
-    preset = new_user_config(data.name) if new_user else benchmark_config(data.name)
-    result = train_tower(train, preset, options)
-    tower_dir = save_artefact(result, work / "tower", data=train)
+    towers = {"served": "benchmark", "served-new-user": "new_user", "served-routed": "new_user"}
+    rankers = {"served": "benchmark", "served-new-user": "new_user", "served-routed": "benchmark"}
+    presets = {"benchmark": benchmark_config(data.name), "new_user": new_user_config(data.name)}
+    dirs, results = {}, {}
+    for name in dict.fromkeys([towers[part], rankers[part]]):  # the candidates' tower first
+        results[name] = train_tower(train, presets[name], options)
+        dirs[name] = save_artefact(results[name], work / name, data=train)
+    result, tower_dir = results[towers[part]], dirs[towers[part]]
     config, ranker_options = validated_settings(data.name)
     start = time.perf_counter()
-    train_ranker_job(tower_dir, train, work / "ranker", config=config, options=ranker_options)
+    train_ranker_job(
+        dirs[rankers[part]], train, work / "ranker", config=config, options=ranker_options
+    )
     ranker_seconds = time.perf_counter() - start
     ranker = load_ranker(work / "ranker")
 
@@ -226,7 +242,8 @@ def served(data, work: Path, new_user: bool = False, candidates: int = 100) -> d
     popular = cs._rank(np.tile(cs._counts(warm.train, list(index)), (len(ids), 1)), index,
                        hist, rel)  # fmt: skip
     out = {"users": len(ids), "candidates": candidates,
-           "tower_preset": "new_user_config" if new_user else "benchmark_config",
+           "tower_preset": f"{towers[part]}_config",
+           "ranker_trained_for": f"{rankers[part]}_config",
            "ranker": {"tower_score_weight": config.tower_score_weight, "members": config.members,
                       "label_horizon": ranker_options.label_horizon,
                       "train_seconds": round(ranker_seconds, 1)},
@@ -249,7 +266,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["families", "first-five", "served", "served-new-user"],
+        choices=["families", "first-five", "served", "served-new-user", "served-routed"],
         default=["families", "first-five"],
     )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
@@ -264,12 +281,10 @@ def main() -> None:
             entry["first_five"] = first_five(data)
         if "families" in args.parts:
             entry.update(plateau(data))
-        for part in ("served", "served-new-user"):
+        for part in ("served", "served-new-user", "served-routed"):
             if part in args.parts:
                 with tempfile.TemporaryDirectory(prefix="nextwatch-cold-served-") as work:
-                    entry[part.replace("-", "_")] = served(
-                        data, Path(work), new_user=part == "served-new-user"
-                    )
+                    entry[part.replace("-", "_")] = served(data, Path(work), part)
         common.write_results("cold_plateau", payload, args.output)  # partial results survive
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()

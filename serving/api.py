@@ -35,10 +35,11 @@ import pandas as pd
 from ranking.artefact import load_rank_scorer
 from serving.api_types import Query, Recommendation, Recommendations, UnknownItemError
 from serving.rerank import Reranker
-from towers.artefact import artefact_version
+from towers.artefact import NEW_USER_DIR, artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history, genre_names
 from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
+from towers.presets import NEW_USER_MAX_RATINGS
 from towers.retrieval import Retriever
 
 FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
@@ -65,6 +66,12 @@ class Recommender:
         The ranking stage; without it the generator's order is returned.
     num_candidates : int
         Candidates retrieved for the ranker to rescore.
+    new_user : Retriever, optional
+        A second generator (the new-user tower, ``towers.presets.new_user_config``) that
+        answers every query with at most ``new_user_max`` known items in its history; the
+        ranker, if any, rescores its candidates as it does the main generator's.
+    new_user_max : int
+        The most known history items a query may have to go to ``new_user`` (>= 0).
     """
 
     def __init__(
@@ -75,8 +82,16 @@ class Recommender:
         version: str = "unversioned",
         reranker: Reranker | None = None,
         num_candidates: int = 100,
+        new_user: Retriever | None = None,
+        new_user_max: int = NEW_USER_MAX_RATINGS,
     ) -> None:
+        if isinstance(new_user_max, bool) or not isinstance(new_user_max, numbers.Integral):
+            raise ValueError(f"new_user_max must be an integer >= 0, got {new_user_max!r}")
+        if new_user_max < 0:
+            raise ValueError(f"new_user_max must be >= 0, got {new_user_max}")
         self.retriever = retriever
+        self.new_user = new_user
+        self.new_user_max = int(new_user_max)
         self.reranker = reranker
         self.num_candidates = num_candidates
         self.users = users
@@ -149,7 +164,17 @@ class Recommender:
             counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
             popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
             reranker = Reranker(scorer, popularity)
-        return cls(retriever, items, table, version, reranker)
+        new_user = None
+        if (artefact / NEW_USER_DIR / "config.json").exists():
+            new_user = Retriever.from_artefact(artefact / NEW_USER_DIR)
+        return cls(retriever, items, table, version, reranker, new_user=new_user)
+
+    def generator(self, known: int) -> Retriever:
+        """The retriever that answers a history of ``known`` known items: the new-user tower
+        for at most ``new_user_max`` of them (when the artefact has one), else the main one."""
+        if self.new_user is not None and known <= self.new_user_max:
+            return self.new_user
+        return self.retriever
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -277,7 +302,20 @@ class Recommender:
         # One pass over each history: the known IDs (the bag, and the ranker's history) and
         # the ignored ones (reported in the response).
         split = [self.retriever.encoder.split_known(h) for h in histories]
-        queries_matrix = self.encode([s[0] for s in split], [r[1] for r in resolved])
+        # Each query's generator (the new-user tower for short histories), and one encoder pass
+        # per generator over its queries.
+        generators = [self.generator(len(s[0])) for s in split]
+        vectors: list[np.ndarray] = [np.empty(0)] * len(queries)
+        for generator in {id(g): g for g in generators}.values():
+            rows = [i for i, g in enumerate(generators) if g is generator]
+            encoded = generator.encoder.queries(
+                self.encoder_inputs(
+                    [split[i][0] for i in rows], [resolved[i][1] for i in rows],
+                    generator.encoder.max_history,
+                )
+            )  # fmt: skip
+            for row, vector in zip(rows, encoded, strict=True):
+                vectors[row] = vector
         for q in queries:
             if not isinstance(q.exclude, Iterable):
                 raise ValueError(f"exclude must be a sequence of strings, got {q.exclude!r}")
@@ -287,14 +325,14 @@ class Recommender:
             for q, h in zip(queries, histories, strict=True)
         ]
         out: list[Recommendations | None] = [None] * len(queries)
-        groups: dict[tuple[int, frozenset[str] | None], list[int]] = {}
-        for i, key in enumerate(zip(ks, allowed, strict=True)):
-            groups.setdefault(key, []).append(i)
-        for (k, allow), rows in groups.items():
+        groups: dict[tuple[int, frozenset[str] | None, int], list[int]] = {}
+        for i, (k, allow, generator) in enumerate(zip(ks, allowed, generators, strict=True)):
+            groups.setdefault((k, allow, id(generator)), []).append(i)
+        for (k, allow, _), rows in groups.items():
             ranked = [self.reranker is not None and queries[r].rank for r in rows]
             fetch = max(k, self.num_candidates) if any(ranked) else k
-            found = self.retriever.search(
-                queries_matrix[rows], fetch, [exclude[r] for r in rows], allow
+            found = generators[rows[0]].search(
+                np.stack([vectors[r] for r in rows]), fetch, [exclude[r] for r in rows], allow
             )
             for r, got, rank in zip(rows, found, ranked, strict=True):
                 known, ignored = split[r]
@@ -311,14 +349,19 @@ class Recommender:
                     resolved[r][2],
                     ignored,
                     bool(rank),
+                    "new-user" if generators[r] is self.new_user else "main",
                 )
         return [o for o in out if o is not None]
 
     def encoder_inputs(
-        self, histories: Sequence[Sequence[str]], features: Sequence[Mapping[str, object]]
+        self,
+        histories: Sequence[Sequence[str]],
+        features: Sequence[Mapping[str, object]],
+        max_history: int | None = None,
     ) -> dict[str, np.ndarray]:
         """The query tower's raw input dict for known-item ``histories`` (oldest first) and
-        already-checked ``features`` (one mapping per row)."""
+        already-checked ``features`` (one mapping per row), with the last ``max_history``
+        items (default: the main tower's window)."""
         demographics = {
             "age": np.array(
                 [math.nan if f.get("age") is None else float(f["age"]) for f in features],
@@ -330,7 +373,9 @@ class Recommender:
             },
         }
         return query_inputs(
-            [list(h) for h in histories], max_history=self.max_history, demographics=demographics
+            [list(h) for h in histories],
+            max_history=self.max_history if max_history is None else max_history,
+            demographics=demographics,
         )
 
     def encode(
@@ -378,4 +423,7 @@ class Recommender:
             "users": 0 if self.users is None else len(self.users),
             "index": self.retriever.index.params.mode,
             "ranker": self.reranker is not None,
+            "new_user_tower": None
+            if self.new_user is None
+            else {"max_ratings": self.new_user_max, "items": len(self.new_user.index)},
         }

@@ -37,6 +37,7 @@ class Recommendations:
     known_user: bool = False
     ignored_history: list[str] = field(default_factory=list)
     ranked: bool = False  # True: ordered by the ranker (score = exp(logit)), else by the tower
+    generator: str = "main"  # "new-user": the candidates came from the new-user tower
 
     def __iter__(self) -> Iterator[Recommendation]:
         return iter(self.items)

@@ -24,7 +24,14 @@ from ranking.pipeline import train_ranker_for_artefact
 from ranking.train import RankerOptions
 from serving.api import Recommender
 from serving.api_types import UnknownItemError
-from serving.cli_args import _build, _source, build_parser, retrain_options, tower_presets
+from serving.cli_args import (
+    _build,
+    _source,
+    build_parser,
+    new_user_preset,
+    retrain_options,
+    tower_presets,
+)
 from towers._tf import tf
 from towers.artefact import check_output, replace_directory
 from towers.data import DataError
@@ -127,7 +134,7 @@ def _train_shards(args: argparse.Namespace) -> dict:
 
     ignored = [flag for flag, given in (
         ("--protocol", args.protocol != "none"), ("--interactions", args.interactions),
-        ("--users", args.users),
+        ("--users", args.users), ("--new-user-tower", args.new_user_tower),
     ) if given]  # fmt: skip
     if ignored:
         raise ValueError(f"{', '.join(ignored)} do not apply to --shards (streaming training "
@@ -218,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "train-candidates":
             args.log_dir = args.log_dir or str(Path(args.output) / "logs")
             protocol = None if args.protocol == "none" else args.protocol
-            metrics = train_candidates(_source(args), args.output, *tower_presets(args), protocol)
+            metrics = train_candidates(
+                _source(args), args.output, *tower_presets(args), protocol, new_user_preset(args)
+            )
             log.info("artefact written to %s", args.output)
             print(
                 json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2)

@@ -14,7 +14,13 @@ from ranking.train import RankerOptions
 from towers.model import TowerConfig
 from towers.movielens import ARCHIVES, DATA_ENV
 from towers.pipeline import DataSource
-from towers.presets import benchmark_config, benchmark_options, warm_start_options
+from towers.presets import (
+    NEW_USER_MAX_RATINGS,
+    benchmark_config,
+    benchmark_options,
+    new_user_config,
+    warm_start_options,
+)
 from towers.splits import SPLITS
 from towers.synthetic import SyntheticConfig
 from towers.train import DECAYS, TrainOptions
@@ -130,6 +136,15 @@ def tower_presets(args: argparse.Namespace) -> tuple[TowerConfig, TrainOptions]:
     )
 
 
+def new_user_preset(args: argparse.Namespace) -> TowerConfig | None:
+    """``train-candidates --new-user-tower``'s second tower: the new-user preset of the dataset
+    chosen, with the model flags given on the command line; None without the flag."""
+    if not getattr(args, "new_user_tower", False):
+        return None
+    own = getattr(args, "interactions", None)
+    return _from_preset(new_user_config(None if own else args.dataset), args)
+
+
 def retrain_options(args: argparse.Namespace) -> TrainOptions:
     """``retrain``'s training options: the warm-start preset of the MovieLens dataset chosen
     (the shared one for ``--interactions``), with the flags given on the command line."""
@@ -166,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataclass_flags(train, benchmark_options(), "training", skip=("log_dir",), preset=True)
     train.add_argument("--log-dir", help="TensorBoard logs (default: OUTPUT/logs)")
+    train.add_argument(
+        "--new-user-tower", action="store_true",
+        help="also train the new-user preset into OUTPUT/new_user, which answers users with at "
+        f"most {NEW_USER_MAX_RATINGS} rated items (as `nextwatch serve` trains it)",
+    )  # fmt: skip
     scale = train.add_argument_group(
         "streaming and multi-worker (with --shards; TF_CONFIG selects MultiWorkerMirroredStrategy)"
     )

@@ -51,8 +51,10 @@ def because(
     list of (str or None)
         One entry per item: a history item ID, or None when no watched item raised its score.
     """
-    encoder = recommender.retriever.encoder
-    window = recommender.max_history
+    # The generator that answered this history (the new-user tower for a short one).
+    generator = recommender.generator(len(recommender.retriever.encoder.split_known(history)[0]))
+    encoder = generator.encoder
+    window = encoder.max_history
     known = encoder.known_tail(history, window + 1)  # the bag and the item just before it
     m = min(len(known), window)
     if m == 0 or not item_ids:
@@ -68,9 +70,9 @@ def because(
         without = np.concatenate([np.repeat(before[None, :], m, axis=0), without], axis=1)
     if without.shape[1]:
         rows[1:, window - without.shape[1] :] = without
-    inputs = recommender.encoder_inputs([[]] * (m + 1), [features] * (m + 1))
+    inputs = recommender.encoder_inputs([[]] * (m + 1), [features] * (m + 1), window)
     users = encoder.from_positions(rows, inputs)
-    index = recommender.retriever.index
+    index = generator.index
     vectors = np.stack([index.vector(i)[:-1] for i in item_ids])  # the bias cancels in a drop
     drops = leave_one_out_drops(users, vectors)
     best = np.argmax(drops, axis=0)

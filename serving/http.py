@@ -282,6 +282,7 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
             "version": served.version, "artefact": str(served.artefact),
             "trained_at": served.trained_at, "loaded_at": served.loaded_at,
             "items": info["items"], "ranker": info["ranker"], "index": info["index"],
+            "new_user_tower": info["new_user_tower"],
             "swaps": service.slot.swaps, "metrics": served.metrics,
         }  # fmt: skip
 

@@ -198,6 +198,10 @@ class RecommendationsOut(BaseModel):
     user_id: str | None
     model_version: str
     ranked: bool
+    generator: str = Field(
+        description='the tower that found the candidates: "new-user" for a history of at most '
+        'new_user_tower.max_ratings known items (GET /v1/model), else "main"'
+    )
     history_length: int
     events: int | None
     ignored_history: list[str]
@@ -244,6 +248,11 @@ class SimilarOut(BaseModel):
     items: list[RecommendedItem]
 
 
+class NewUserTowerOut(BaseModel):
+    max_ratings: int = Field(description="histories of at most this many known items go to it")
+    items: int
+
+
 class ModelOut(BaseModel):
     version: str
     artefact: str
@@ -252,6 +261,9 @@ class ModelOut(BaseModel):
     items: int
     ranker: bool
     index: str
+    new_user_tower: NewUserTowerOut | None = Field(
+        None, description="the second tower that answers users with few ratings, if any"
+    )
     swaps: int
     metrics: dict[str, float | int | str | bool | None]
 

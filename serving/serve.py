@@ -47,19 +47,24 @@ WORKER_ENV = "NEXTWATCH_WORKER"
 
 
 def train_first_model(registry: Registry, source: DataSource) -> Path:
-    """Train the benchmark tower and its ranker on ``source``, publish and promote them (the
-    ranker with the settings validated for a MovieLens dataset)."""
+    """Train the benchmark tower, the new-user tower beside it and the benchmark tower's ranker
+    on ``source``, publish and promote them (the ranker with the settings validated for a
+    MovieLens dataset). Users with at most ``towers.presets.NEW_USER_MAX_RATINGS`` rated items
+    get their candidates from the new-user tower (``serving.api.Recommender``)."""
     from ranking.pipeline import train_ranker_for_artefact
     from ranking.train import validated_settings
     from towers.pipeline import train_candidates
-    from towers.presets import benchmark_config, benchmark_options
+    from towers.presets import benchmark_config, benchmark_options, new_user_config
 
     staging = registry.staging()
     try:
         log.info("no model yet: training the benchmark configuration into %s", staging)
         # The dataset's preset (the shared one for a user's own log); no progress bars in logs.
         options = benchmark_options(verbose=0, dataset=source.dataset)
-        train_candidates(source, staging, benchmark_config(source.dataset), options)
+        train_candidates(
+            source, staging, benchmark_config(source.dataset), options,
+            new_user=new_user_config(source.dataset),
+        )  # fmt: skip
         ranker_config, ranker_options = validated_settings(source.dataset)
         log.info("training the ranker (label horizon %d, tower-score weight %g, %d member(s))",
                  ranker_options.label_horizon, ranker_config.tower_score_weight,

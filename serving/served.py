@@ -28,6 +28,7 @@ from serving.api import Recommender
 from serving.explain import because
 from serving.items import ItemCatalogue
 from serving.store import ItemRecord
+from towers.artefact import NEW_USER_DIR
 from towers.coldstart import onboarding_order
 from towers.content import CONTENT_FILE, ContentProjection, metadata_tokens
 
@@ -37,6 +38,10 @@ ONBOARDING_MAX = 100
 # The list's default trade of popularity against spread (benchmarks/cold_start.py: both MovieLens
 # datasets' pick on validation users, with 50 items shown, since 2026-11-30; 0.7 before).
 ONBOARDING_DIVERSITY = 0.9
+
+
+def _projection(directory: Path) -> ContentProjection | None:
+    return ContentProjection.load(directory) if (directory / CONTENT_FILE).exists() else None
 
 
 class NewItemsUnsupported(RuntimeError):
@@ -63,6 +68,7 @@ class Served:
     trained_at: str | None = None
     projection: ContentProjection | None = None
     added: AddedItems = field(default_factory=AddedItems)
+    new_user_projection: ContentProjection | None = None  # the new-user tower's, if it has one
 
     @classmethod
     def load(cls, artefact: str | Path) -> Served:
@@ -85,7 +91,8 @@ class Served:
                 and not (isinstance(v, float) and not math.isfinite(v))
             },
             config.get("created_at"),
-            ContentProjection.load(artefact) if (artefact / CONTENT_FILE).exists() else None,
+            _projection(artefact),
+            new_user_projection=_projection(artefact / NEW_USER_DIR),
         )
 
     @property
@@ -115,9 +122,19 @@ class Served:
                 f"model {self.version} has no content projection ({CONTENT_FILE}); retrain it "
                 "to add items from metadata"
             )
+        second = self.recommender.new_user
+        if second is not None and self.new_user_projection is None:
+            raise NewItemsUnsupported(
+                f"model {self.version}'s new-user tower has no content projection "
+                f"({NEW_USER_DIR}/{CONTENT_FILE}); retrain it to add items from metadata"
+            )
         tokens = [metadata_tokens(r.title, r.genres, r.year, r.tags) for r in new]
-        vectors = self.projection.predict(tokens)
         ids = [r.item_id for r in new]
+        # Both towers place the item (each from its own projection) before the catalogue
+        # names it, so that a new user finds it as soon as an established one does.
+        vectors = self.projection.predict(tokens)
+        if second is not None:
+            second.index.upsert(ids, self.new_user_projection.predict(tokens))
         self.recommender.retriever.index.upsert(ids, vectors)
         frame = pd.DataFrame(
             {

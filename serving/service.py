@@ -261,6 +261,7 @@ class LiveService:
             "user_id": user_id,
             "model_version": served.version,
             "ranked": result.ranked,
+            "generator": result.generator,
             "history_length": len(query.history or []),
             "events": None if state is None else state.events,
             "ignored_history": result.ignored_history,

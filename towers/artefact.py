@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: index/, version, catalogue files
 SERVING_FILE = "serving.npz"  # the query encoder's arrays (optional: older artefacts lack it)
 OPTIMIZER_FILE = "optimizer.npz"  # the training optimizer's state (optional)
+NEW_USER_DIR = "new_user"  # an optional second tower for users with few ratings (same layout)
 
 
 def save_artefact(

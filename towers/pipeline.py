@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from towers.artefact import (
+    NEW_USER_DIR,
     artefact_version,
     load_artefact,
     load_optimizer_state,
@@ -124,14 +125,19 @@ def train_candidates(
     config: TowerConfig | None = None,
     options: TrainOptions | None = None,
     protocol: str | None = None,
+    new_user: TowerConfig | None = None,
 ) -> dict:
     """Train the tower on ``source`` (on the train part of ``protocol`` if given), evaluate it on
-    the test part, and save the artefact at ``output``.
+    the test part, and save the artefact at ``output``. With ``new_user`` (e.g.
+    ``towers.presets.new_user_config``), a second tower of that configuration is trained on the
+    same data with the same ``options`` into ``output/new_user``, inside the same atomic write;
+    ``serving.api.Recommender`` answers users with few ratings from it.
 
     Returns
     -------
     dict
-        The metrics written to ``output/metrics.json``.
+        The metrics written to ``output/metrics.json`` (and the second tower's, under
+        ``new_user``).
     """
     data = source.load()
     train, split = split_dataset(data, protocol)
@@ -140,8 +146,18 @@ def train_candidates(
     if split is not None:
         extra["evaluation"] = evaluate_tower(result.model, train, split)
         log.info("%s on %s: %s", protocol, data.name, json.dumps(extra["evaluation"]))
-    save_artefact(result, output, extra, data=train)
-    return {**result.metrics, **extra}
+    second: dict = {}
+
+    def add_new_user(directory: Path) -> None:
+        log.info("training the new-user tower into %s", directory / NEW_USER_DIR)
+        sub = train_tower(train, new_user, options)
+        save_artefact(sub, directory / NEW_USER_DIR, {"protocol": protocol or "none"}, data=train)
+        second["new_user"] = {k: v for k, v in sub.metrics.items() if not isinstance(v, list)}
+
+    save_artefact(
+        result, output, extra, data=train, extra=None if new_user is None else add_new_user
+    )
+    return {**result.metrics, **extra, **second}
 
 
 def retrain_candidates(
@@ -185,8 +201,19 @@ def retrain_artefact(
         **lineage,
     }
     log.info("warm start from %s: %s", lineage["parent_version"], json.dumps(lineage))
-    save_artefact(result, output, {"protocol": "none"}, data=data, lineage=lineage)
-    return {**result.metrics, "lineage": lineage}
+    second: dict = {}
+
+    def add_new_user(directory: Path) -> None:
+        # The parent's new-user tower is warm-started the same way, inside the same atomic write.
+        sub = retrain_artefact(parent / NEW_USER_DIR, data, directory / NEW_USER_DIR, options, plan)
+        second["new_user"] = {k: v for k, v in sub.items() if not isinstance(v, list)}
+
+    has_second = (parent / NEW_USER_DIR / "config.json").exists()
+    save_artefact(
+        result, output, {"protocol": "none"}, data=data, lineage=lineage,
+        extra=add_new_user if has_second else None,
+    )  # fmt: skip
+    return {**result.metrics, "lineage": lineage, **second}
 
 
 def evaluate_artefact(

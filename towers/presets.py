@@ -95,6 +95,15 @@ def benchmark_config(dataset: str | None = None) -> TowerConfig:
     return replace(_BENCHMARK, **_DATASET_CONFIG.get(dataset or "", {}))
 
 
+# A user with at most this many rated items is answered by the new-user tower where the artefact
+# has one (``nextwatch serve`` trains it: serving.api.Recommender). At every k of cold-user-k
+# measured, 0 to 10, the new-user preset beat the benchmark preset on both MovieLens datasets in
+# Recall@50 (results/cold_start.json, 2026-12-01; at k = 10: 0.260 vs 0.233 on ml-latest-small,
+# 0.283 vs 0.271 on ml-100k), and it lost to it on established users (warm rows, 16 items or
+# more each). From 11 to 15 items nothing was measured, so the switch is at the last k that was.
+NEW_USER_MAX_RATINGS = 10
+
+
 def new_user_config(dataset: str | None = None) -> TowerConfig:
     """The benchmark configuration trained for new users as well: 100 extra examples per user in
     which the user's first ``m <= 10`` items predict a later one, and 50 % history dropout; on

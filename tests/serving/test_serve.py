@@ -160,10 +160,12 @@ def test_the_first_model_trains_its_ranker_with_the_validated_settings(
         VALIDATED_TOWER_SCORE_WEIGHTS,
     )
     from serving.serve import train_first_model
+    from towers.presets import new_user_config
 
     seen = {}
 
-    def fake_candidates(source, output, config, options):
+    def fake_candidates(source, output, config, options, new_user=None):
+        seen["new_user"] = new_user
         _fake_artefact(output, "v1")
 
     def fake_ranker(source, artefact, output=None, config=None, options=None):
@@ -178,4 +180,5 @@ def test_the_first_model_trains_its_ranker_with_the_validated_settings(
     assert seen["config"].tower_score_weight == VALIDATED_TOWER_SCORE_WEIGHTS.get(dataset, 0.0)
     assert seen["config"].members == VALIDATED_MEMBERS.get(dataset, 1)
     assert seen["config"].members == (2 if dataset else 1)
+    assert seen["new_user"] == new_user_config(dataset)  # the new-user tower beside it
     assert registry.current() is not None

@@ -1,0 +1,166 @@
+"""The new-user tower beside the main one: users with few rated items get their candidates from
+it (the API, the explanations, HTTP), new items are placed in both, and training and warm
+starts carry it inside the same artefact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.api import Recommender
+from serving.api_types import Query
+from serving.cli import main
+from serving.explain import because
+from serving.http import HttpSettings, create_app
+from serving.served import NewItemsUnsupported
+from serving.service import LiveService, ModelSlot, Served
+from serving.store import ItemRecord
+from tests.conftest import planted_dataset
+from tests.serving.test_cli import TINY, _run, _tiny_log
+from towers.artefact import NEW_USER_DIR, artefact_version, save_artefact
+from towers.content import ContentProjection, metadata_tokens
+from towers.model import TowerConfig
+from towers.pipeline import retrain_artefact
+from towers.presets import NEW_USER_MAX_RATINGS
+from towers.retrieval import Retriever
+from towers.train import TrainOptions, train_tower
+from towers.warmstart import WarmStart
+
+
+@pytest.fixture(scope="module")
+def two_towers(planted_ranked_artefact, tmp_path_factory):
+    """``planted_ranked_artefact`` with a new-user tower (first-items examples, history
+    dropout) trained on the same log in ``new_user/``."""
+    copy = tmp_path_factory.mktemp("two-towers") / "artefact"
+    shutil.copytree(planted_ranked_artefact, copy)
+    config = TowerConfig(
+        embedding_dim=8, token_dim=4, output_dim=8, depth=0, max_history=3, recent_history=2,
+        max_examples_per_user=None, cold_examples_per_user=4, history_dropout=0.3,
+    )  # fmt: skip
+    data = planted_dataset()
+    result = train_tower(data, config, TrainOptions(epochs=20, batch_size=32, verbose=0))
+    save_artefact(result, copy / NEW_USER_DIR, data=data)
+    return copy
+
+
+def _alone(artefact) -> Recommender:
+    return Recommender.load(artefact, users=False)
+
+
+def test_a_short_history_is_answered_by_the_new_user_tower(two_towers):
+    rec = _alone(two_towers)
+    assert rec.new_user is not None and rec.new_user_max == NEW_USER_MAX_RATINGS == 10
+    second, main_only = _alone(two_towers / NEW_USER_DIR), _alone(two_towers)
+    main_only.new_user = None
+    for history in ([], ["A"], ["A", "zzz"], ["C", "D", "E"]):  # unknown IDs do not count
+        got = rec.recommend(history=history, k=5, rank=False)
+        want = second.recommend(history=history, k=5, rank=False)
+        assert got.generator == "new-user" and got.item_ids == want.item_ids
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-6)
+        assert main_only.recommend(history=history, k=5, rank=False).generator == "main"
+    # The ranker rescores the new-user tower's candidates as it does the main one's.
+    ranked = rec.recommend(history=["A"], k=3)
+    assert ranked.ranked and ranked.generator == "new-user" and "A" not in ranked.item_ids
+
+
+def test_above_the_limit_the_main_tower_answers(two_towers):
+    main, second = (
+        Retriever.from_artefact(two_towers),
+        Retriever.from_artefact(two_towers / NEW_USER_DIR),
+    )
+    rec = _alone(two_towers)
+    routed = Recommender(main, rec.items, new_user=second, new_user_max=1)
+    assert routed.generator(1) is second and routed.generator(2) is main
+    plain = Recommender(main, rec.items)
+    for history in (["A", "B"], ["C", "D", "E"]):
+        got = routed.recommend(history=history, k=4, rank=False)
+        assert got.generator == "main"
+        assert got.item_ids == plain.recommend(history=history, k=4, rank=False).item_ids
+    # One batch mixing both generators answers each query as it would alone.
+    batch = [{"history": ["A"]}, {"history": ["A", "B"]}, {"history": ["C"]}]
+    alone = [routed.recommend(**q, k=4, rank=False).item_ids for q in batch]
+    mixed = routed.recommend_batch([Query(history=q["history"], k=4, rank=False) for q in batch])
+    assert [m.item_ids for m in mixed] == alone
+    assert [m.generator for m in mixed] == ["new-user", "main", "new-user"]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_a_bad_limit_is_refused_naming_it(two_towers, bad):
+    main = Retriever.from_artefact(two_towers)
+    with pytest.raises(ValueError, match="new_user_max"):
+        Recommender(main, _alone(two_towers).items, new_user=main, new_user_max=bad)
+
+
+def test_because_uses_the_tower_that_answered(two_towers):
+    rec, second = _alone(two_towers), _alone(two_towers / NEW_USER_DIR)
+    history = ["A", "E"]
+    items = rec.recommend(history=history, k=4, rank=False).item_ids
+    assert because(rec, history, {}, items) == because(second, history, {}, items)
+
+
+def test_new_items_are_placed_in_both_towers_from_their_own_projections(two_towers, tmp_path):
+    copy = tmp_path / "artefact"
+    shutil.copytree(two_towers, copy)
+    served = Served.load(copy)
+    record = ItemRecord("N", "Movie N (2024)", ("Comedy",), 2024)
+    assert served.add_items([record]) == ["N"]
+    tokens = [metadata_tokens(record.title, record.genres, record.year, record.tags)]
+    for index, directory in (
+        (served.recommender.retriever.index, copy),
+        (served.recommender.new_user.index, copy / NEW_USER_DIR),
+    ):
+        want = ContentProjection.load(directory).predict(tokens)[0]
+        np.testing.assert_allclose(index.vector("N"), want, rtol=1e-5)
+    assert "N" in served.recommender.recommend(history=["A"], k=20, rank=False).item_ids
+
+    # Without the new-user tower's projection nothing is placed anywhere.
+    (copy / NEW_USER_DIR / "content.npz").unlink()
+    served = Served.load(copy)
+    with pytest.raises(NewItemsUnsupported, match="new-user tower"):
+        served.add_items([replace(record, item_id="M")])
+    assert "M" not in served.recommender.retriever.index
+    assert "M" not in served.recommender.new_user.index
+
+
+def test_http_names_the_generator_and_the_model_describes_it(two_towers, planted_store):
+    service = LiveService(planted_store, ModelSlot(Served.load(two_towers)))
+    with TestClient(create_app(service, HttpSettings(api_key="secret"))) as client:
+        model = client.get("/v1/model").json()
+        assert model["new_user_tower"] == {"max_ratings": 10, "items": 8}
+        body = client.post("/v1/recommendations", json={"history": ["A"], "k": 3}).json()
+        assert body["generator"] == "new-user" and body["ranked"]
+        user = client.get("/v1/users/u3/recommendations?k=3").json()  # 3 stored ratings
+        assert user["generator"] == "new-user" and user["history_length"] == 3
+
+
+def test_a_warm_start_carries_the_new_user_tower(two_towers, tmp_path):
+    data = planted_dataset()
+    later = data.interactions.assign(timestamp=data.interactions["timestamp"] + 10_000).head(40)
+    grown = data.with_interactions(pd.concat([data.interactions, later], ignore_index=True))
+    options = TrainOptions(epochs=2, batch_size=32, verbose=0)
+    metrics = retrain_artefact(two_towers, grown, tmp_path / "child", options, WarmStart())
+    child = tmp_path / "child" / NEW_USER_DIR
+    lineage = json.loads((child / "config.json").read_text())["lineage"]
+    assert lineage["parent_version"] == artefact_version(two_towers / NEW_USER_DIR)
+    assert metrics["new_user"]["lineage"]["new_events"] == 40
+    assert _alone(tmp_path / "child").new_user is not None
+
+
+def test_train_candidates_trains_the_new_user_tower_on_request(tmp_path, capsys, caplog):
+    log, out = _tiny_log(tmp_path / "log.csv"), tmp_path / "art"
+    assert _run("train-candidates", log, out, f"--new-user-tower {TINY}") == 0
+    printed = json.loads(capsys.readouterr().out)
+    config = json.loads((out / NEW_USER_DIR / "config.json").read_text())["tower"]
+    assert config["cold_examples_per_user"] == 100 and config["output_dim"] == 8  # flags apply
+    assert printed["new_user"]["examples"] > printed["examples"]
+    assert not (out / NEW_USER_DIR / "content.npz").exists()  # no metadata: neither has one
+    assert _alone(out).recommend(history=["A"], k=2).generator == "new-user"
+    shards = ["train-candidates", "--shards", str(tmp_path), "--output", str(tmp_path / "a")]
+    assert main([*shards, "--new-user-tower"]) == 2
+    assert "--new-user-tower do not apply to --shards" in caplog.text
