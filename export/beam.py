@@ -41,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from export.candidates import SCHEMA, candidate_table
+from export.candidates import SCHEMA, candidate_table, load_generators
 from towers.catalogue import UserTable, check_history_type
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.retrieval import Retriever
@@ -99,12 +99,13 @@ class _TopK(beam.DoFn):
         self.version = version
         self.users = Metrics.counter("nextwatch", "users")
         self.retriever: Retriever | None = None
+        self.new_user: Retriever | None = None
         self.local: str | None = None
 
     def setup(self) -> None:
         # Once per worker (DoFn instance), not per bundle: loading TF and the index takes seconds.
         self.local = _local_artefact(self.artefact)
-        self.retriever = Retriever.from_artefact(self.local)
+        self.retriever, self.new_user = load_generators(self.local)
 
     def teardown(self) -> None:
         if self.local is not None and self.local != self.artefact:  # our copy of a remote one
@@ -122,6 +123,7 @@ class _TopK(beam.DoFn):
         yield candidate_table(
             self.retriever, users.user_ids, users.histories(rows), users.demographics(rows),
             k=self.k, exclude_seen=self.exclude_seen, model_version=self.version,
+            new_user=self.new_user,
         )  # fmt: skip
 
 

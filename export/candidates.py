@@ -17,7 +17,9 @@ Retrieval is :class:`towers.retrieval.Retriever`, the same core as the Python AP
 (``serving.api.Recommender``), with the user's stored history as the query and seen items
 excluded, so a user's rows equal ``Recommender.recommend(user_id, k=k, rank=False)``: the
 export is the candidate stage (the ranker rescores at request time). Users not in the user table
-get the answer for an empty history (as the API does for unknown users).
+get the answer for an empty history (as the API does for unknown users). Where the artefact has a
+new-user tower (``new_user/``), users with at most ``towers.presets.NEW_USER_MAX_RATINGS`` known
+items get its candidates, as they do from the API.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.registry import write_atomic
-from towers.artefact import artefact_version
+from towers.artefact import NEW_USER_DIR, artefact_version
 from towers.catalogue import USERS_FILE, UserTable
 from towers.features import query_inputs
+from towers.presets import NEW_USER_MAX_RATINGS
 from towers.retrieval import Retriever
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,15 @@ class ExportSummary:
     users_per_second: float
 
 
+def load_generators(artefact: str | Path) -> tuple[Retriever, Retriever | None]:
+    """The artefact's retriever, and its new-user tower's if it has one."""
+    second = Path(artefact) / NEW_USER_DIR
+    has_second = (second / "config.json").exists()
+    return Retriever.from_artefact(artefact), Retriever.from_artefact(
+        second
+    ) if has_second else None
+
+
 def candidate_table(
     retriever: Retriever,
     user_ids: Sequence[str],
@@ -81,6 +93,8 @@ def candidate_table(
     k: int,
     exclude_seen: bool,
     model_version: str,
+    new_user: Retriever | None = None,
+    new_user_max: int = NEW_USER_MAX_RATINGS,
 ) -> pa.Table:
     """Top ``k`` rows of a batch of users, in one encoder pass and one index search.
 
@@ -102,21 +116,34 @@ def candidate_table(
         Leave out items in each user's history.
     model_version : str
         Written in every row.
+    new_user : Retriever, optional
+        The new-user tower, which answers the users with at most ``new_user_max`` known items.
+    new_user_max : int
 
     Returns
     -------
     pyarrow.Table
         :data:`SCHEMA` rows, users in input order, rank 1 (best) first.
     """
-    known_only = retriever.encoder.known_only
-    inputs = query_inputs(
-        [known_only(h) for h in histories],
-        max_history=retriever.encoder.max_history,
-        demographics=demographics,
-    )
+    known = [retriever.encoder.known_only(h) for h in histories]
+    short = np.array([new_user is not None and len(h) <= new_user_max for h in known], bool)
     exclude = [set(h) for h in histories] if exclude_seen else None
+    found: list = [None] * len(known)
+    for generator, rows in ((retriever, np.flatnonzero(~short)), (new_user, np.flatnonzero(short))):
+        if not len(rows):
+            continue
+        inputs = query_inputs(
+            [known[r] for r in rows],
+            max_history=generator.encoder.max_history,
+            demographics=None
+            if demographics is None
+            else {c: np.asarray(v)[rows] for c, v in demographics.items()},
+        )
+        got = generator.retrieve(inputs, k, None if exclude is None else [exclude[r] for r in rows])
+        for r, g in zip(rows, got, strict=True):
+            found[r] = g
     columns: dict[str, list] = {name: [] for name in SCHEMA.names[:-1]}
-    for user, got in zip(user_ids, retriever.retrieve(inputs, k, exclude), strict=True):
+    for user, got in zip(user_ids, found, strict=True):
         n = len(got.item_ids)
         columns["user_id"].append(np.full(n, user, dtype=object))
         columns["rank"].append(np.arange(1, n + 1, dtype=np.int32))
@@ -138,7 +165,7 @@ class _ShardWriter:
     """Loads the artefact once per process and turns a shard of user rows into a file."""
 
     def __init__(self, artefact: str, user_table: str, batch_size: int) -> None:
-        self.retriever = Retriever.from_artefact(artefact)
+        self.retriever, self.new_user = load_generators(artefact)
         self.users = UserTable.read(user_table)
         self.version = artefact_version(artefact)
         self.batch_size = batch_size
@@ -152,7 +179,7 @@ class _ShardWriter:
                 candidate_table(
                     self.retriever, batch, self.users.histories(rows),
                     self.users.demographics(rows), k=k, exclude_seen=exclude_seen,
-                    model_version=self.version,
+                    model_version=self.version, new_user=self.new_user,
                 )
             )  # fmt: skip
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from export.candidates import candidate_table, export_candidates, load_generators
 from serving.api import Recommender
 from serving.api_types import Query
 from serving.cli import main
@@ -164,3 +165,24 @@ def test_train_candidates_trains_the_new_user_tower_on_request(tmp_path, capsys,
     shards = ["train-candidates", "--shards", str(tmp_path), "--output", str(tmp_path / "a")]
     assert main([*shards, "--new-user-tower"]) == 2
     assert "--new-user-tower do not apply to --shards" in caplog.text
+
+
+def test_the_batch_export_routes_as_the_api_does(two_towers, tmp_path):
+    rec = Recommender.load(two_towers)  # with the training users' histories
+    export_candidates(two_towers, tmp_path / "out", k=3)
+    rows = pd.read_parquet(tmp_path / "out")
+    for user in ("u0", "u41", "u79"):  # three ratings each: the new-user tower's candidates
+        got = rec.recommend(user, k=3, rank=False)
+        assert got.generator == "new-user"
+        assert rows.loc[rows["user_id"] == user, "item_id"].tolist() == got.item_ids
+    # A lower limit sends the longer histories to the main tower, in the API and the export.
+    main, second = load_generators(two_towers)
+    routed = Recommender(main, rec.items, new_user=second, new_user_max=1)
+    histories = [["A"], ["A", "B"], [], ["C", "D", "E"]]
+    table = candidate_table(
+        main, ["a", "b", "c", "d"], histories, None, k=3, exclude_seen=True,
+        model_version="v", new_user=second, new_user_max=1,
+    ).to_pandas()  # fmt: skip
+    for user, history in zip("abcd", histories, strict=True):
+        want = routed.recommend(history=history, k=3, rank=False).item_ids
+        assert table.loc[table["user_id"] == user, "item_id"].tolist() == want
