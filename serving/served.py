@@ -152,7 +152,8 @@ class Served:
     def onboarding(self, n: int, diversity: float = ONBOARDING_DIVERSITY) -> list[str]:
         """The ``n`` items to ask a new user to rate first: popular enough to be known, spread
         across the item space (:func:`towers.coldstart.onboarding_order`, with ``diversity``).
-        Trained items only, so that every rating moves the user's vector."""
+        Trained items only, so that every rating moves the user's vector. The space is that of
+        the tower that will read the ratings: the new-user tower where the model has one."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         if isinstance(diversity, bool) or not isinstance(diversity, numbers.Real):
@@ -163,9 +164,10 @@ class Served:
         order = orders.get(diversity)
         if order is None:
             rec = self.recommender
-            knows = rec.retriever.encoder.knows
-            ids = [i for i in rec.retriever.index.item_ids if knows(i)]
-            vectors = np.stack([rec.retriever.index.vector(i)[:-1] for i in ids])
+            tower = rec.new_user or rec.retriever
+            knows = tower.encoder.knows
+            ids = [i for i in tower.index.item_ids if knows(i)]
+            vectors = np.stack([tower.index.vector(i)[:-1] for i in ids])
             counts = rec.items.set_index(rec.items["item_id"].astype(str))
             popularity = (
                 counts["popularity"].reindex(ids).fillna(0.0).to_numpy()

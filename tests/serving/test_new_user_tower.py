@@ -25,6 +25,7 @@ from serving.store import ItemRecord
 from tests.conftest import planted_dataset
 from tests.serving.test_cli import TINY, _run, _tiny_log
 from towers.artefact import NEW_USER_DIR, artefact_version, save_artefact
+from towers.coldstart import onboarding_order
 from towers.content import ContentProjection, metadata_tokens
 from towers.model import TowerConfig
 from towers.pipeline import retrain_artefact
@@ -186,3 +187,18 @@ def test_the_batch_export_routes_as_the_api_does(two_towers, tmp_path):
     for user, history in zip("abcd", histories, strict=True):
         want = routed.recommend(history=history, k=3, rank=False).item_ids
         assert table.loc[table["user_id"] == user, "item_id"].tolist() == want
+
+
+def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers):
+    served = Served.load(two_towers)
+
+    def order(tower) -> list[str]:
+        ids = [i for i in tower.index.item_ids if tower.encoder.knows(i)]
+        vectors = np.stack([tower.index.vector(i)[:-1] for i in ids])
+        items = served.recommender.items.set_index("item_id")
+        counts = items["popularity"].reindex(ids).to_numpy()
+        return [ids[r] for r in onboarding_order(vectors, counts, 8, diversity=0.9)]
+
+    want = order(served.recommender.new_user)
+    assert want != order(served.recommender.retriever)  # the two spaces disagree here
+    assert served.onboarding(8, diversity=0.9) == want
