@@ -12,6 +12,7 @@ from fastapi import FastAPI, HTTPException, Query, Response, params
 from serving.api_types import UnknownItemError
 from serving.http_params import ItemId, K
 from serving.schemas import ItemAdded, ItemIn, ItemOut, OnboardingOut, SimilarOut
+from serving.served import ONBOARDING_DIVERSITY_NEW_USER
 from serving.service import ONBOARDING_DIVERSITY, ONBOARDING_MAX, LiveService, NewItemsUnsupported
 from serving.store import ItemRecord
 from towers.content import metadata_tokens
@@ -68,8 +69,15 @@ def add_item_routes(app: FastAPI, service: LiveService, admin: params.Depends) -
     async def onboarding(
         n: Annotated[int, Query(ge=1, le=ONBOARDING_MAX, description="how many items")] = 12,
         diversity: Annotated[
-            float, Query(ge=0, le=1, description="0: most popular first; 1: most spread out")
-        ] = ONBOARDING_DIVERSITY,
+            float | None,
+            Query(
+                ge=0,
+                le=1,
+                description="0: most popular first; 1: most spread out; default: "
+                f"{ONBOARDING_DIVERSITY_NEW_USER} for a model with a new-user tower (its "
+                f"validated pick), else {ONBOARDING_DIVERSITY}",
+            ),
+        ] = None,
     ) -> dict:
         """Items to ask a new user to rate first: well known, and spread across the item space,
         so that a few ratings tell the model much about the user."""

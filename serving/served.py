@@ -35,9 +35,13 @@ from towers.content import CONTENT_FILE, ContentProjection, metadata_tokens
 log = logging.getLogger(__name__)
 
 ONBOARDING_MAX = 100
-# The list's default trade of popularity against spread (benchmarks/cold_start.py: both MovieLens
-# datasets' pick on validation users, with 50 items shown, since 2026-11-30; 0.7 before).
+# The list's default trade of popularity against spread, picked on validation users by
+# benchmarks/cold_start.py for the tower whose item space the list spreads over: 0.9 (with 50
+# items shown) for the benchmark preset on both MovieLens datasets (2026-11-30), 0.7 (with 20
+# shown) for the new-user preset on both (--only onboarding-new-user, 2026-12-01), which is the
+# tower that reads a new user's ratings where the model has one.
 ONBOARDING_DIVERSITY = 0.9
+ONBOARDING_DIVERSITY_NEW_USER = 0.7
 
 
 def _projection(directory: Path) -> ContentProjection | None:
@@ -149,11 +153,16 @@ class Served:
         self.catalogue.add(frame)
         return ids
 
-    def onboarding(self, n: int, diversity: float = ONBOARDING_DIVERSITY) -> list[str]:
+    def onboarding(self, n: int, diversity: float | None = None) -> list[str]:
         """The ``n`` items to ask a new user to rate first: popular enough to be known, spread
         across the item space (:func:`towers.coldstart.onboarding_order`, with ``diversity``).
         Trained items only, so that every rating moves the user's vector. The space is that of
-        the tower that will read the ratings: the new-user tower where the model has one."""
+        the tower that will read the ratings: the new-user tower where the model has one.
+        ``diversity`` None is that tower's default (:data:`ONBOARDING_DIVERSITY_NEW_USER` or
+        :data:`ONBOARDING_DIVERSITY`)."""
+        if diversity is None:
+            second = self.recommender.new_user is not None
+            diversity = ONBOARDING_DIVERSITY_NEW_USER if second else ONBOARDING_DIVERSITY
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         if isinstance(diversity, bool) or not isinstance(diversity, numbers.Real):

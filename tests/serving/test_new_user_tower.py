@@ -192,13 +192,18 @@ def test_the_batch_export_routes_as_the_api_does(two_towers, tmp_path):
 def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers):
     served = Served.load(two_towers)
 
-    def order(tower) -> list[str]:
+    def order(tower, diversity: float) -> list[str]:
         ids = [i for i in tower.index.item_ids if tower.encoder.knows(i)]
         vectors = np.stack([tower.index.vector(i)[:-1] for i in ids])
         items = served.recommender.items.set_index("item_id")
         counts = items["popularity"].reindex(ids).to_numpy()
-        return [ids[r] for r in onboarding_order(vectors, counts, 8, diversity=0.9)]
+        return [ids[r] for r in onboarding_order(vectors, counts, 8, diversity=diversity)]
 
-    want = order(served.recommender.new_user)
-    assert want != order(served.recommender.retriever)  # the two spaces disagree here
+    want = order(served.recommender.new_user, 0.9)
+    assert want != order(served.recommender.retriever, 0.9)  # the two spaces disagree here
     assert served.onboarding(8, diversity=0.9) == want
+    # By default, the diversity validated for the new-user preset (0.7; 0.9 without one).
+    assert served.onboarding(8) == order(served.recommender.new_user, 0.7)
+    served.recommender.new_user = None
+    served.__dict__.pop("_onboarding")
+    assert served.onboarding(8) == order(served.recommender.retriever, 0.9)
