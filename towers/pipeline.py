@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from towers.artefact import (
@@ -150,7 +150,10 @@ def train_candidates(
 
     def add_new_user(directory: Path) -> None:
         log.info("training the new-user tower into %s", directory / NEW_USER_DIR)
-        sub = train_tower(train, new_user, options)
+        own = options
+        if options is not None and options.log_dir:  # its own TensorBoard run beside the main one
+            own = replace(options, log_dir=str(Path(options.log_dir) / NEW_USER_DIR))
+        sub = train_tower(train, new_user, own)
         save_artefact(sub, directory / NEW_USER_DIR, {"protocol": protocol or "none"}, data=train)
         second["new_user"] = {k: v for k, v in sub.metrics.items() if not isinstance(v, list)}
 

@@ -162,6 +162,7 @@ def test_train_candidates_trains_the_new_user_tower_on_request(tmp_path, capsys,
     assert config["cold_examples_per_user"] == 100 and config["output_dim"] == 8  # flags apply
     assert printed["new_user"]["examples"] > printed["examples"]
     assert not (out / NEW_USER_DIR / "content.npz").exists()  # no metadata: neither has one
+    assert any((out / "logs" / NEW_USER_DIR).rglob("events.out.tfevents*"))  # its own curves
     assert _alone(out).recommend(history=["A"], k=2).generator == "new-user"
     shards = ["train-candidates", "--shards", str(tmp_path), "--output", str(tmp_path / "a")]
     assert main([*shards, "--new-user-tower"]) == 2
