@@ -78,10 +78,8 @@ class ExportSummary:
 def load_generators(artefact: str | Path) -> tuple[Retriever, Retriever | None]:
     """The artefact's retriever, and its new-user tower's if it has one."""
     second = Path(artefact) / NEW_USER_DIR
-    has_second = (second / "config.json").exists()
-    return Retriever.from_artefact(artefact), Retriever.from_artefact(
-        second
-    ) if has_second else None
+    new_user = Retriever.from_artefact(second) if (second / "config.json").exists() else None
+    return Retriever.from_artefact(artefact), new_user
 
 
 def candidate_table(
