@@ -127,21 +127,23 @@ def serving_artefact(
     ranker: bool = False,
     seed: int = 0,
 ) -> Path:
-    """The benchmark preset trained on all of ml-latest-small (what ``nextwatch serve`` will
-    serve), trained once and cached at ``artefacts/bench-ml-latest-small`` (trained again when
+    """The benchmark preset trained on all of ml-latest-small, with the new-user tower beside it
+    (what ``nextwatch serve`` will serve), trained once and cached at
+    ``artefacts/bench-ml-latest-small`` (trained again when
     the preset or its training options change; an artefact the caller names is used as it is,
     and only trained if it does not exist); with ``ranker``,
     also its ranker, with the settings ``nextwatch serve`` trains it with
     (:func:`ranking.train.validated_settings`; a cached ranker trained with other settings is
     trained again). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
-    from towers.artefact import FORMAT_VERSION
+    from towers.artefact import FORMAT_VERSION, NEW_USER_DIR
     from towers.files import read_json
     from towers.pipeline import DataSource, train_candidates
-    from towers.presets import benchmark_config, benchmark_options
+    from towers.presets import benchmark_config, benchmark_options, new_user_config
 
     options = benchmark_options(verbose=0, seed=seed, dataset="ml-latest-small")
     preset = benchmark_config("ml-latest-small")
+    second = new_user_config("ml-latest-small")
     own = path is not None and (Path(path) / "config.json").exists()
     if own:
         # The caller's own artefact is used as it is, never retrained over.
@@ -156,10 +158,18 @@ def serving_artefact(
         default = "bench-ml-latest-small" + (f"-seed{seed}" if seed else "")
         path = Path(path) if path else ROOT / "artefacts" / default
         config = path / "config.json"
-        if not _is_cached(config, FORMAT_VERSION, preset.to_dict(), asdict(options)):
+        if not (
+            _is_cached(config, FORMAT_VERSION, preset.to_dict(), asdict(options))
+            and _is_cached(
+                path / NEW_USER_DIR / "config.json", FORMAT_VERSION, second.to_dict(),
+                asdict(options),
+            )
+        ):  # fmt: skip
             if path == ROOT / "artefacts" / default and config.exists():
                 shutil.rmtree(path)  # the cache of another preset, ranker included
-            train_candidates(DataSource("ml-latest-small", data_dir), path, preset, options)
+            train_candidates(
+                DataSource("ml-latest-small", data_dir), path, preset, options, new_user=second
+            )
     if ranker:
         from ranking.pipeline import train_ranker_for_artefact
         from ranking.train import validated_settings
