@@ -12,8 +12,8 @@ from fastapi import FastAPI, HTTPException, Query, Response, params
 from serving.api_types import UnknownItemError
 from serving.http_params import ItemId, K
 from serving.schemas import ItemAdded, ItemIn, ItemOut, OnboardingOut, SimilarOut
-from serving.served import ONBOARDING_DIVERSITY_NEW_USER
-from serving.service import ONBOARDING_DIVERSITY, ONBOARDING_MAX, LiveService, NewItemsUnsupported
+from serving.served import ONBOARDING_DIVERSITY, ONBOARDING_DIVERSITY_NEW_USER, ONBOARDING_MAX
+from serving.service import LiveService, NewItemsUnsupported
 from serving.store import ItemRecord
 from towers.content import metadata_tokens
 
