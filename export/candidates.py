@@ -41,11 +41,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.registry import write_atomic
-from towers.artefact import NEW_USER_DIR, artefact_version
+from towers.artefact import artefact_version
 from towers.catalogue import USERS_FILE, UserTable
 from towers.features import query_inputs
 from towers.presets import NEW_USER_MAX_RATINGS
-from towers.retrieval import Retriever
+from towers.retrieval import Retriever, new_user_retriever, route
 
 log = logging.getLogger(__name__)
 FORMATS = ("parquet", "csv")
@@ -77,9 +77,7 @@ class ExportSummary:
 
 def load_generators(artefact: str | Path) -> tuple[Retriever, Retriever | None]:
     """The artefact's retriever, and its new-user tower's if it has one."""
-    second = Path(artefact) / NEW_USER_DIR
-    new_user = Retriever.from_artefact(second) if (second / "config.json").exists() else None
-    return Retriever.from_artefact(artefact), new_user
+    return Retriever.from_artefact(artefact), new_user_retriever(artefact)
 
 
 def candidate_table(
@@ -124,12 +122,11 @@ def candidate_table(
         :data:`SCHEMA` rows, users in input order, rank 1 (best) first.
     """
     known = [retriever.encoder.known_only(h) for h in histories]
-    short = np.array([new_user is not None and len(h) <= new_user_max for h in known], bool)
+    chosen = [route(retriever, new_user, len(h), new_user_max) for h in known]
     exclude = [set(h) for h in histories] if exclude_seen else None
     found: list = [None] * len(known)
-    for generator, rows in ((retriever, np.flatnonzero(~short)), (new_user, np.flatnonzero(short))):
-        if not len(rows):
-            continue
+    for generator in {id(g): g for g in chosen}.values():
+        rows = np.array([r for r, g in enumerate(chosen) if g is generator])
         inputs = query_inputs(
             [known[r] for r in rows],
             max_history=generator.encoder.max_history,

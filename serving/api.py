@@ -35,12 +35,12 @@ import pandas as pd
 from ranking.artefact import load_rank_scorer
 from serving.api_types import Query, Recommendation, Recommendations, UnknownItemError
 from serving.rerank import Reranker
-from towers.artefact import NEW_USER_DIR, artefact_version
+from towers.artefact import artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history, genre_names
 from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.presets import NEW_USER_MAX_RATINGS
-from towers.retrieval import Retriever
+from towers.retrieval import Retriever, new_user_retriever, route
 
 FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
 RANKER_DIR = "ranker"  # inside the tower artefact: written by `nextwatch train-ranker`
@@ -164,17 +164,14 @@ class Recommender:
             counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
             popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
             reranker = Reranker(scorer, popularity)
-        new_user = None
-        if (artefact / NEW_USER_DIR / "config.json").exists():
-            new_user = Retriever.from_artefact(artefact / NEW_USER_DIR)
-        return cls(retriever, items, table, version, reranker, new_user=new_user)
+        return cls(
+            retriever, items, table, version, reranker, new_user=new_user_retriever(artefact)
+        )
 
     def generator(self, known: int) -> Retriever:
         """The retriever that answers a history of ``known`` known items: the new-user tower
         for at most ``new_user_max`` of them (when the artefact has one), else the main one."""
-        if self.new_user is not None and known <= self.new_user_max:
-            return self.new_user
-        return self.retriever
+        return route(self.retriever, self.new_user, known, self.new_user_max)
 
     # ----------------------------------------------------------------------------------------------
     @property

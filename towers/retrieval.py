@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from towers.artefact import load_query_encoder
+from towers.artefact import NEW_USER_DIR, load_query_encoder
 from towers.index import ItemIndex
 from towers.query import QueryEncoder
 
@@ -154,3 +154,15 @@ class Retriever:
                 widest = max(len(exclude[r]) for r in pending)
                 fetch = min(size, max(4 * fetch, k + widest))
         return [r for r in results if r is not None]
+
+
+def new_user_retriever(directory: str | Path) -> Retriever | None:
+    """The new-user tower of the artefact at ``directory`` (its ``new_user/``), if it has one."""
+    second = Path(directory) / NEW_USER_DIR
+    return Retriever.from_artefact(second) if (second / "config.json").exists() else None
+
+
+def route(main: Retriever, new_user: Retriever | None, known: int, limit: int) -> Retriever:
+    """The retriever that answers a history of ``known`` known items: ``new_user`` for at most
+    ``limit`` of them (when there is one), else ``main``."""
+    return new_user if new_user is not None and known <= limit else main
