@@ -12,7 +12,13 @@ from fastapi import FastAPI, HTTPException, Query, Response, params
 from serving.api_types import UnknownItemError
 from serving.http_params import ItemId, K
 from serving.schemas import ItemAdded, ItemIn, ItemOut, OnboardingOut, SimilarOut
-from serving.served import ONBOARDING_DIVERSITY, ONBOARDING_DIVERSITY_NEW_USER, ONBOARDING_MAX
+from serving.served import (
+    ONBOARDING_DIVERSITY,
+    ONBOARDING_DIVERSITY_NEW_USER,
+    ONBOARDING_LENGTH,
+    ONBOARDING_LENGTH_NEW_USER,
+    ONBOARDING_MAX,
+)
 from serving.service import LiveService, NewItemsUnsupported
 from serving.store import ItemRecord
 from towers.content import metadata_tokens
@@ -67,7 +73,15 @@ def add_item_routes(app: FastAPI, service: LiveService, admin: params.Depends) -
 
     @app.get("/v1/onboarding", response_model=OnboardingOut)
     async def onboarding(
-        n: Annotated[int, Query(ge=1, le=ONBOARDING_MAX, description="how many items")] = 12,
+        n: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=ONBOARDING_MAX,
+                description=f"how many items; default: {ONBOARDING_LENGTH_NEW_USER} for a model "
+                f"with a new-user tower (its validated pick), else {ONBOARDING_LENGTH}",
+            ),
+        ] = None,
         diversity: Annotated[
             float | None,
             Query(

@@ -42,6 +42,10 @@ ONBOARDING_MAX = 100
 # tower that reads a new user's ratings where the model has one.
 ONBOARDING_DIVERSITY = 0.9
 ONBOARDING_DIVERSITY_NEW_USER = 0.7
+# The list's default length: the number of items shown in the setting picked with the diversity
+# above (each validation user rated what they had seen of the first n, up to five).
+ONBOARDING_LENGTH = 50
+ONBOARDING_LENGTH_NEW_USER = 20
 
 
 def _projection(directory: Path) -> ContentProjection | None:
@@ -153,15 +157,18 @@ class Served:
         self.catalogue.add(frame)
         return ids
 
-    def onboarding(self, n: int, diversity: float | None = None) -> list[str]:
+    def onboarding(self, n: int | None = None, diversity: float | None = None) -> list[str]:
         """The ``n`` items to ask a new user to rate first: popular enough to be known, spread
         across the item space (:func:`towers.coldstart.onboarding_order`, with ``diversity``).
         Trained items only, so that every rating moves the user's vector. The space is that of
         the tower that will read the ratings: the new-user tower where the model has one.
-        ``diversity`` None is that tower's default (:data:`ONBOARDING_DIVERSITY_NEW_USER` or
-        :data:`ONBOARDING_DIVERSITY`)."""
+        ``n`` and ``diversity`` None are that tower's validated setting
+        (:data:`ONBOARDING_LENGTH_NEW_USER` and :data:`ONBOARDING_DIVERSITY_NEW_USER`, or
+        :data:`ONBOARDING_LENGTH` and :data:`ONBOARDING_DIVERSITY`)."""
+        second = self.recommender.new_user is not None
+        if n is None:
+            n = ONBOARDING_LENGTH_NEW_USER if second else ONBOARDING_LENGTH
         if diversity is None:
-            second = self.recommender.new_user is not None
             diversity = ONBOARDING_DIVERSITY_NEW_USER if second else ONBOARDING_DIVERSITY
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")

@@ -133,7 +133,7 @@ def test_every_worker_and_every_swapped_in_model_gets_the_stored_items(
         assert "N" in _candidates(one, ["A"])  # the new model placed it before serving
 
 
-def test_onboarding_lists_distinct_trained_items(client):
+def test_onboarding_lists_distinct_trained_items(client, monkeypatch):
     response = client.get("/v1/onboarding?n=4")
     assert response.status_code == 200
     ids = [i["item_id"] for i in response.json()["items"]]
@@ -142,6 +142,8 @@ def test_onboarding_lists_distinct_trained_items(client):
     everything = [i["item_id"] for i in client.get("/v1/onboarding?n=100").json()["items"]]
     assert sorted(everything) == list("ABCDEFGH")  # never an item nobody has rated
     assert client.get("/v1/onboarding?n=0").status_code == 422
+    monkeypatch.setattr("serving.served.ONBOARDING_LENGTH", 3)  # the default n, shortened
+    assert len(client.get("/v1/onboarding").json()["items"]) == 3
     assert client.get("/v1/onboarding?n=101").status_code == 422
 
 

@@ -190,7 +190,7 @@ def test_the_batch_export_routes_as_the_api_does(two_towers, tmp_path):
         assert table.loc[table["user_id"] == user, "item_id"].tolist() == want
 
 
-def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers):
+def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers, monkeypatch):
     served = Served.load(two_towers)
 
     def order(tower, diversity: float) -> list[str]:
@@ -205,6 +205,11 @@ def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers):
     assert served.onboarding(8, diversity=0.9) == want
     # By default, the diversity validated for the new-user preset (0.7; 0.9 without one).
     assert served.onboarding(8) == order(served.recommender.new_user, 0.7)
+    # ... and the length validated with it (20 items; 50 without), here shortened to fit.
+    monkeypatch.setattr("serving.served.ONBOARDING_LENGTH_NEW_USER", 3)
+    monkeypatch.setattr("serving.served.ONBOARDING_LENGTH", 5)
+    assert served.onboarding() == order(served.recommender.new_user, 0.7)[:3]
     served.recommender.new_user = None
     served.__dict__.pop("_onboarding")
     assert served.onboarding(8) == order(served.recommender.retriever, 0.9)
+    assert served.onboarding() == order(served.recommender.retriever, 0.9)[:5]
