@@ -21,6 +21,8 @@ Protocols (``../shared/PROTOCOLS.md``) on ml-latest-small and ml-100k, with the 
         --output benchmarks/results/cold_start_time_popularity.json             # ~4 min
     python benchmarks/cold_start.py --only onboarding-new-user \
         --output benchmarks/results/cold_start_onboarding_new_user.json         # ~10 min
+    python benchmarks/cold_start.py --only switch \
+        --output benchmarks/results/cold_start_switch.json                      # ~7 min
 
 Writes ``benchmarks/results/cold_start.json``.
 """
@@ -477,6 +479,71 @@ def age_knot_validation(data, knots=AGE_KNOTS, seeds=(0, 1, 2)) -> dict:
                 for n in sorted({0, chosen})}}  # fmt: skip
 
 
+SWITCH_KS = (5, 10, 15, 20, 30, 50, 100)
+NEAR = 10
+
+
+def _switch_carve(data, split, ks, near: int = NEAR) -> dict:
+    """Both presets trained on ``split``'s warm users (their temporal-user-20 train part) and
+    asked about its cold users after their first ``k`` items, for each ``k``: Recall@10/50 and
+    NDCG@10 against all their later items (protocol cold-user-k) and against their next
+    ``near`` items only (what they watch soon), and the new-user preset's mean relative margin
+    over the benchmark preset's in the three, for each."""
+    warm = make_split(split.train, "temporal-user-20")
+    train = data.with_interactions(warm.train)
+    users = UserFeatures.from_frame(data.users)
+    times = split.cold.groupby("user_id")["timestamp"].apply(list).to_dict()
+    presets = {"nextwatch": benchmark_config(data.name),
+               "nextwatch-new-user": new_user_config(data.name)}  # fmt: skip
+    scorers, index = {}, {}
+    for name, config in presets.items():
+        model = train_tower(train, config, benchmark_options(verbose=0, dataset=data.name))
+        scorers[name] = _cold_scorer(model.model, times, users)
+        index = {i: n for n, i in enumerate(model.model.item_ids)}
+    by_k = {}
+    for k in ks:
+        histories, later = split.first_k(k)
+        ids = sorted(histories)
+        hist = [histories[u] for u in ids]
+        row: dict = {"users": len(ids)}
+        scores = {name: scorer(histories, k)[1] for name, scorer in scorers.items()}
+        for target, rel in (("rest", [later[u] for u in ids]),
+                            (f"next{near}", [later[u][:near] for u in ids])):  # fmt: skip
+            cell = {name: _rank(s, index, hist, rel) for name, s in scores.items()}
+            old, new = cell["nextwatch"], cell["nextwatch-new-user"]
+            metrics = ("recall@10", "recall@50", "ndcg@10")
+            cell["new_user_margin"] = round(
+                float(np.mean([new[m] / max(old[m], 1e-12) - 1.0 for m in metrics])), 4
+            )
+            row[target] = cell
+        log.info("%s switch k=%d: %s", data.name, k, row)
+        by_k[str(k)] = row
+    return by_k
+
+
+def switch_point(data, ks=SWITCH_KS, near: int = NEAR) -> dict:
+    """Up to how many rated items the new-user preset should answer a user
+    (``towers.presets.NEW_USER_MAX_RATINGS``), picked on validation users (the carve of
+    :func:`onboarding_validation`): the largest ``k`` of ``ks`` up to which the new-user preset
+    beats the benchmark preset at every ``k``: the mean of its two margins (each the mean
+    relative margin over Recall@10, Recall@50 and NDCG@10; one against all later items, one
+    against the next ``near``) is positive. The test users' figures are reported, not used."""
+    outer = cold_user_split(data.interactions)
+    inner = cold_user_split(outer.train, seed=8)
+    validation = _switch_carve(data, inner, ks, near)
+    chosen = 0
+    for k in ks:
+        row = validation[str(k)]
+        if np.mean([row[t]["new_user_margin"] for t in ("rest", f"next{near}")]) <= 0:
+            break
+        chosen = k
+    test = _switch_carve(data, outer, ks, near)
+    return {"ks": list(ks), "near": near,
+            "validation_users": int(inner.cold["user_id"].nunique()),
+            "test_users": int(outer.cold["user_id"].nunique()), "validation": validation,
+            "chosen": chosen, "test": test}  # fmt: skip
+
+
 DAY = 86_400.0
 
 
@@ -542,7 +609,15 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["users", "items", "sweep", "age-knots", "time-popularity", "onboarding-new-user"],
+        choices=[
+            "users",
+            "items",
+            "sweep",
+            "age-knots",
+            "time-popularity",
+            "onboarding-new-user",
+            "switch",
+        ],
         default=["users", "items"],
     )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
@@ -568,6 +643,8 @@ def main() -> None:
             entry["age_knots"] = age_knot_validation(data)
         if "onboarding-new-user" in args.only:
             entry["onboarding_new_user"] = onboarding_new_user(data)
+        if "switch" in args.only:
+            entry["switch"] = switch_point(data)
         common.write_results("cold_start", payload, args.output)  # partial results survive
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()

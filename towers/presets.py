@@ -96,12 +96,16 @@ def benchmark_config(dataset: str | None = None) -> TowerConfig:
 
 
 # A user with at most this many rated items is answered by the new-user tower where the artefact
-# has one (``nextwatch serve`` trains it: serving.api.Recommender). At every k of cold-user-k
-# measured, 0 to 10, the new-user preset beat the benchmark preset on both MovieLens datasets in
-# Recall@50 (results/cold_start.json, 2026-12-01; at k = 10: 0.260 vs 0.233 on ml-latest-small,
-# 0.283 vs 0.271 on ml-100k), and it lost to it on established users (warm rows, 16 items or
-# more each). From 11 to 15 items nothing was measured, so the switch is at the last k that was.
-NEW_USER_MAX_RATINGS = 10
+# has one (``nextwatch serve`` trains it: serving.api.Recommender). Picked on validation users
+# (``benchmarks/cold_start.py --only switch``, results/cold_start_switch.json, 2026-12-01): after
+# a user's first k items, for k = 5, 10, 15, 20, 30, 50, 100, both presets rank for the user's
+# later items and for their next 10, and the pick is the largest k up to which the new-user
+# preset's mean relative margin (Recall@10, Recall@50, NDCG@10; the mean over the two targets)
+# stays positive: 15 on ml-100k (+0.049, +0.078, +0.009, then -0.023 at 20) and 20 on
+# ml-latest-small (-0.040 at 30). One limit serves both, so it is the smaller. It was 10, the
+# largest k of cold-user-k, before 11 to 100 were measured. Established MovieLens users (16
+# training items or more in temporal-user-20) still never reach the new-user tower.
+NEW_USER_MAX_RATINGS = 15
 
 
 def new_user_config(dataset: str | None = None) -> TowerConfig:

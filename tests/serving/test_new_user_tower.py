@@ -57,7 +57,7 @@ def _alone(artefact) -> Recommender:
 
 def test_a_short_history_is_answered_by_the_new_user_tower(two_towers):
     rec = _alone(two_towers)
-    assert rec.new_user is not None and rec.new_user_max == NEW_USER_MAX_RATINGS == 10
+    assert rec.new_user is not None and rec.new_user_max == NEW_USER_MAX_RATINGS == 15
     second, main_only = _alone(two_towers / NEW_USER_DIR), _alone(two_towers)
     main_only.new_user = None
     for history in ([], ["A"], ["A", "zzz"], ["C", "D", "E"]):  # unknown IDs do not count
@@ -134,7 +134,7 @@ def test_http_names_the_generator_and_the_model_describes_it(two_towers, planted
     service = LiveService(planted_store, ModelSlot(Served.load(two_towers)))
     with TestClient(create_app(service, HttpSettings(api_key="secret"))) as client:
         model = client.get("/v1/model").json()
-        assert model["new_user_tower"] == {"max_ratings": 10, "items": 8}
+        assert model["new_user_tower"] == {"max_ratings": 15, "items": 8}
         body = client.post("/v1/recommendations", json={"history": ["A"], "k": 3}).json()
         assert body["generator"] == "new-user" and body["ranked"]
         user = client.get("/v1/users/u3/recommendations?k=3").json()  # 3 stored ratings
