@@ -37,7 +37,7 @@ inside the warm users), and then reported on the test users, where nothing is pi
 
     python benchmarks/cold_plateau.py --data-dir ../shared/data        # ~25 min on 2 cores
     python benchmarks/cold_plateau.py --parts first-five                 # seconds
-    python benchmarks/cold_plateau.py --parts dae                        # ~10 min
+    python benchmarks/cold_plateau.py --parts dae                        # ~5 min
     python benchmarks/cold_plateau.py --parts served                     # ~15 min
     python benchmarks/cold_plateau.py --parts served-new-user            # ~15 min
     python benchmarks/cold_plateau.py --parts served-routed              # ~17 min
