@@ -497,9 +497,9 @@ def _switch_carve(data, split, ks, near: int = NEAR) -> dict:
                "nextwatch-new-user": new_user_config(data.name)}  # fmt: skip
     scorers, index = {}, {}
     for name, config in presets.items():
-        model = train_tower(train, config, benchmark_options(verbose=0, dataset=data.name))
-        scorers[name] = _cold_scorer(model.model, times, users)
-        index = {i: n for n, i in enumerate(model.model.item_ids)}
+        model = train_tower(train, config, benchmark_options(verbose=0, dataset=data.name)).model
+        scorers[name] = _cold_scorer(model, times, users)
+        index = {i: n for n, i in enumerate(model.item_ids)}  # the same order in both presets
     by_k = {}
     for k in ks:
         histories, later = split.first_k(k)
