@@ -93,8 +93,9 @@ def add_item_routes(app: FastAPI, service: LiveService, admin: params.Depends) -
             ),
         ] = None,
     ) -> dict:
-        """Items to ask a new user to rate first: well known, and spread across the item space,
-        so that a few ratings tell the model much about the user."""
+        """Items to ask a new user to rate first, in asking order: well known, and spread across
+        the item space, so that a few ratings tell the model much about the user. A client goes
+        down the list (the page shows it a page at a time) until the user has rated five."""
         served = service.slot.current
         with service.compute:
             ids = served.onboarding(n, diversity)

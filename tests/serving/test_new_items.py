@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.http import HttpSettings, create_app
-from serving.service import LiveService, ModelSlot, Served
+from serving.service import ONBOARDING_MAX, LiveService, ModelSlot, Served
 from tests.conftest import planted_dataset
 
 KEY = {"X-API-Key": "secret"}
@@ -139,12 +139,14 @@ def test_onboarding_lists_distinct_trained_items(client, monkeypatch):
     ids = [i["item_id"] for i in response.json()["items"]]
     assert len(ids) == len(set(ids)) == 4 and set(ids) <= set("ABCDEFGH")
     assert client.post("/v1/items", json=COMEDY, headers=KEY).status_code == 201
-    everything = [i["item_id"] for i in client.get("/v1/onboarding?n=100").json()["items"]]
+    everything = [
+        i["item_id"] for i in client.get(f"/v1/onboarding?n={ONBOARDING_MAX}").json()["items"]
+    ]
     assert sorted(everything) == list("ABCDEFGH")  # never an item nobody has rated
     assert client.get("/v1/onboarding?n=0").status_code == 422
     monkeypatch.setattr("serving.served.ONBOARDING_LENGTH", 3)  # the default n, shortened
     assert len(client.get("/v1/onboarding").json()["items"]) == 3
-    assert client.get("/v1/onboarding?n=101").status_code == 422
+    assert client.get(f"/v1/onboarding?n={ONBOARDING_MAX + 1}").status_code == 422
 
 
 def test_onboarding_starts_with_the_most_popular_item(client):

@@ -203,12 +203,14 @@ def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers, monk
     want = order(served.recommender.new_user, 0.9)
     assert want != order(served.recommender.retriever, 0.9)  # the two spaces disagree here
     assert served.onboarding(8, diversity=0.9) == want
-    # By default, the diversity validated for the new-user preset (0.7; 0.9 without one).
-    assert served.onboarding(8) == order(served.recommender.new_user, 0.7)
-    # ... and the length validated with it (20 items; 50 without), here shortened to fit.
+    # By default, the setting validated for the tower that reads the ratings (the two presets'
+    # picks, here set apart, and the lengths shortened to fit).
+    monkeypatch.setattr("serving.served.ONBOARDING_DIVERSITY_NEW_USER", 0.5)
+    monkeypatch.setattr("serving.served.ONBOARDING_DIVERSITY", 0.9)
     monkeypatch.setattr("serving.served.ONBOARDING_LENGTH_NEW_USER", 3)
     monkeypatch.setattr("serving.served.ONBOARDING_LENGTH", 5)
-    assert served.onboarding() == order(served.recommender.new_user, 0.7)[:3]
+    assert served.onboarding(8) == order(served.recommender.new_user, 0.5)
+    assert served.onboarding() == order(served.recommender.new_user, 0.5)[:3]
     served.recommender.new_user = None
     served.__dict__.pop("_onboarding")
     assert served.onboarding(8) == order(served.recommender.retriever, 0.9)

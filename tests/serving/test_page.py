@@ -367,3 +367,31 @@ def test_keyboard_rating_two_tabs_and_a_hot_swap(
     expect(page.get_by_test_id("model-version")).to_have_text(f"Model {new.version}")
     context.close()
     assert errors == []
+
+
+def test_the_onboarding_list_is_shown_a_page_at_a_time(browser, base_url, service):
+    expected = service.slot.current.onboarding()
+    assert len(expected) == 8  # every trained item of the planted artefact, in asking order
+    context = browser.new_context(**PHONE)
+    context.add_init_script("window.NEXTWATCH_ONBOARDING_PAGE = 3")
+    page = context.new_page()
+    errors = _watch_errors(page)
+    page.goto(f"{base_url}/#key={KEY}")
+    rows = page.locator('[data-testid="onboarding"] > li')
+    more = page.get_by_test_id("onboarding-more")
+    for shown in (3, 6, 8):
+        expect(rows).to_have_count(shown)
+        assert rows.evaluate_all("rows => rows.map(r => r.dataset.itemId)") == expected[:shown]
+        if shown < 8:
+            expect(more).to_be_visible()
+            if shown == 3:
+                page.screenshot(path=_artifacts() / "page-phone-onboarding-pages.png")
+            if shown == 6:  # a search hides the list and its button; clearing it brings both back
+                page.get_by_test_id("search-input").fill("movie")
+                expect(more).to_be_hidden()
+                page.get_by_test_id("search-input").fill("")
+                expect(more).to_be_visible()
+            more.click()
+    expect(more).to_be_hidden()  # the whole list is shown
+    context.close()
+    assert errors == []
