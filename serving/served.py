@@ -210,6 +210,9 @@ class Served:
             result = self.recommender.recommend(history=history, k=10)
             because(self.recommender, history, {}, result.item_ids)
         self.recommender.similar_items(str(ids[0]), k=10)
+        # The default onboarding list (300 items) takes ~0.1 s to pick, under the service's
+        # compute lock: once per model, before it goes live.
+        self.onboarding()
 
 
 class ModelSlot:

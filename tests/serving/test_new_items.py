@@ -149,6 +149,15 @@ def test_onboarding_lists_distinct_trained_items(client, monkeypatch):
     assert client.get(f"/v1/onboarding?n={ONBOARDING_MAX + 1}").status_code == 422
 
 
+def test_a_swapped_in_model_has_its_default_onboarding_list_ready(planted_ranked_artefact):
+    slot = ModelSlot(Served.load(planted_ranked_artefact))
+    _, new = slot.reload(planted_ranked_artefact)
+    ready = dict(new.__dict__["_onboarding"])  # picked while warming, before the swap
+    assert len(ready) == 1
+    assert new.onboarding() == next(iter(ready.values()))[: len(new.onboarding())]
+    assert new.__dict__["_onboarding"] == ready  # the default asked nothing new
+
+
 def test_onboarding_starts_with_the_most_popular_item(client):
     popularity = {i: 0 for i in "ABCDEFGH"}
     for item in planted_dataset().interactions["item_id"]:
