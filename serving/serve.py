@@ -159,7 +159,9 @@ def assemble(
     if artefact is None:
         raise FileNotFoundError(f"{home / POINTER} is missing: run prepare() first")
     freeze_imports()
-    slot = ModelSlot(Served.load(artefact))
+    served = Served.load(artefact)
+    served.warm()  # as a swapped-in model is, so that the first users do not pay for it
+    slot = ModelSlot(served)
     store = open_store(store_url)
     service = LiveService(store, slot, rules, history_cache_users=history_cache_users)
     registry = Registry(home / "models")
