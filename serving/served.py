@@ -40,9 +40,9 @@ ONBOARDING_MAX = 300
 # users by benchmarks/cold_start.py (2026-12-01) for the tower whose item space the list spreads
 # over, with one setting for both MovieLens datasets (the largest mean validation margin; each
 # validation user goes down the list and rates what they have seen of it until they have rated
-# five, or the list ends): 0.9 over all 300 items for the benchmark preset (the default part)
-# and for the new-user preset (--only onboarding-new-user), the tower that reads a new user's
-# ratings where the model has one. The page shows the list a page at a time.
+# five, or the list ends): 0.9 over all 300 items for the benchmark preset (the benchmark's
+# default run) and for the new-user preset (--only onboarding-new-user), the tower that reads a
+# new user's ratings where the model has one. The page shows the list a page at a time.
 ONBOARDING_DIVERSITY = 0.9
 ONBOARDING_DIVERSITY_NEW_USER = 0.9
 ONBOARDING_LENGTH = 300
@@ -210,8 +210,8 @@ class Served:
             result = self.recommender.recommend(history=history, k=10)
             because(self.recommender, history, {}, result.item_ids)
         self.recommender.similar_items(str(ids[0]), k=10)
-        # The default onboarding list (300 items) takes ~0.1 s to pick, under the service's
-        # compute lock: once per model, before it goes live.
+        # The default onboarding list: a greedy pick over 300 items, made under the service's
+        # compute lock, so once per model, before it goes live.
         self.onboarding()
 
 

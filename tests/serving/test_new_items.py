@@ -154,8 +154,8 @@ def test_a_swapped_in_model_has_its_default_onboarding_list_ready(planted_ranked
     _, new = slot.reload(planted_ranked_artefact)
     ready = dict(new.__dict__["_onboarding"])  # picked while warming, before the swap
     assert len(ready) == 1
-    assert new.onboarding() == next(iter(ready.values()))[: len(new.onboarding())]
-    assert new.__dict__["_onboarding"] == ready  # the default asked nothing new
+    new.onboarding()
+    assert new.__dict__["_onboarding"] == ready  # the default list was the one picked
 
 
 def test_onboarding_starts_with_the_most_popular_item(client):
