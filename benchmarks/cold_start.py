@@ -267,17 +267,14 @@ def onboarding_comparison(split, model, index, counts, scores_for, rate: int = 5
             picked = {u: [i for i in offered if i in set(w)][:rate] for u, w in watched.items()}
             union = {u: set(first[u]) | set(picked[u]) for u in watched}
             relevant = {u: [i for i in w if i not in union[u]] for u, w in watched.items()}
-            users = sorted(u for u in watched if relevant[u])
+            users = sorted(u for u in watched if relevant[u])  # scores_for's order too
+            seen = [sorted(union[u]) for u in users]
+            rel = [relevant[u] for u in users]
             result = {}
             for label, hist in (("first-five", first), ("onboarding", picked)):
-                ids, scores = scores_for({u: hist[u] for u in users}, rate)
-                result[label] = _rank(
-                    scores, index, [sorted(union[u]) for u in ids], [relevant[u] for u in ids]
-                )
-            seen = [sorted(union[u]) for u in users]
-            result["most-popular"] = _rank(
-                np.tile(counts, (len(users), 1)), index, seen, [relevant[u] for u in users]
-            )
+                _, scores = scores_for({u: hist[u] for u in users}, rate)
+                result[label] = _rank(scores, index, seen, rel)
+            result["most-popular"] = _rank(np.tile(counts, (len(users), 1)), index, seen, rel)
             for label in ("first-five", "onboarding"):
                 result[f"{label}_recall@50_vs_most_popular"] = round(
                     result[label]["recall@50"] / max(result["most-popular"]["recall@50"], 1e-12), 3
