@@ -184,15 +184,21 @@ class Served:
             tower = rec.new_user or rec.retriever
             knows = tower.encoder.knows
             ids = [i for i in tower.index.item_ids if knows(i)]
-            vectors = np.stack([tower.index.vector(i)[:-1] for i in ids])
             counts = rec.items.set_index(rec.items["item_id"].astype(str))
             popularity = (
                 counts["popularity"].reindex(ids).fillna(0.0).to_numpy()
                 if "popularity" in counts
                 else np.zeros(len(ids))
             )
-            rows = onboarding_order(vectors, popularity, ONBOARDING_MAX, diversity=diversity)
-            order = [ids[r] for r in rows]
+            # The greedy pick reads only its pool, the most popular items (ties: index order), so
+            # only the pool's vectors are fetched; kept in index order, it orders ties the same.
+            pool = np.sort(np.lexsort((np.arange(len(ids)), -popularity))[:ONBOARDING_MAX])
+            pool_ids = [ids[r] for r in pool]
+            vectors = tower.index.vectors(pool_ids)[:, :-1]
+            rows = onboarding_order(
+                vectors, popularity[pool], ONBOARDING_MAX, pool=ONBOARDING_MAX, diversity=diversity
+            )
+            order = [pool_ids[r] for r in rows]
             if len(orders) < 8:  # a few settings are cached; any float would grow it unbounded
                 orders[diversity] = order
         return order[:n]

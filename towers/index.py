@@ -227,6 +227,21 @@ class ItemIndex:
                 raise KeyError(f"item id {item_id!r} is not in the index")
             return self._vectors[self._position[item_id]].copy()
 
+    def vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The indexed vectors of ``item_ids``, one row each, in their order (a copy).
+
+        Raises
+        ------
+        KeyError
+            If an item is not indexed (the first such ID is named).
+        """
+        with self._lock.read():
+            missing = [i for i in item_ids if i not in self._position]
+            if missing:
+                raise KeyError(f"item id {missing[0]!r} is not in the index")
+            rows = np.fromiter((self._position[i] for i in item_ids), np.int64, len(item_ids))
+            return self._vectors[rows]
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items with the largest inner product for each query.
 

@@ -193,12 +193,13 @@ def test_the_batch_export_routes_as_the_api_does(two_towers, tmp_path):
 def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers, monkeypatch):
     served = Served.load(two_towers)
 
-    def order(tower, diversity: float) -> list[str]:
+    def order(tower, diversity: float, n: int = 8, pool: int = 300) -> list[str]:
         ids = [i for i in tower.index.item_ids if tower.encoder.knows(i)]
         vectors = np.stack([tower.index.vector(i)[:-1] for i in ids])
         items = served.recommender.items.set_index("item_id")
         counts = items["popularity"].reindex(ids).to_numpy()
-        return [ids[r] for r in onboarding_order(vectors, counts, 8, diversity=diversity)]
+        rows = onboarding_order(vectors, counts, n, pool=pool, diversity=diversity)
+        return [ids[r] for r in rows]
 
     want = order(served.recommender.new_user, 0.9)
     assert want != order(served.recommender.retriever, 0.9)  # the two spaces disagree here
@@ -215,3 +216,10 @@ def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers, monk
     served.__dict__.pop("_onboarding")
     assert served.onboarding(8) == order(served.recommender.retriever, 0.9)
     assert served.onboarding() == order(served.recommender.retriever, 0.9)[:5]
+    # Only the pool's vectors are fetched: a pool smaller than the catalogue picks the same list.
+    monkeypatch.setattr("serving.served.ONBOARDING_MAX", 4)
+    served.__dict__.pop("_onboarding")
+    for diversity in (0.0, 0.9):
+        assert served.onboarding(4, diversity) == order(
+            served.recommender.retriever, diversity, n=4, pool=4
+        )

@@ -52,6 +52,13 @@ def test_upsert_adds_and_replaces(index):
     np.testing.assert_allclose(index.vector("a"), [-5, 0, 0])
 
 
+def test_vectors_returns_rows_in_the_order_asked(index):
+    np.testing.assert_allclose(index.vectors(["e", "a", "e"]), VECTORS[[4, 0, 4]])
+    assert index.vectors([]).shape == (0, 3)
+    with pytest.raises(KeyError, match="'nope'"):
+        index.vectors(["a", "nope"])
+
+
 def test_delete_keeps_the_remaining_ids_right(index):
     index.delete(["a"])  # ScaNN moves the last row ("e") into a's place
     assert len(index) == 4 and "a" not in index
