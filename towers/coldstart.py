@@ -150,6 +150,7 @@ def onboarding_order(
     p = (logp - logp.min()) / span if span > 0 else np.ones_like(logp)
     unit = vectors[candidates]
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T  # one product for the pool, not one per step
     # (1 - s) / 2 maps cosine similarity to [0, 1]; before the first pick it is 1 for all.
     closest = np.full(len(candidates), -1.0)
     taken = np.zeros(len(candidates), dtype=bool)
@@ -160,7 +161,7 @@ def onboarding_order(
         best = int(np.argmax(gain))
         order.append(best)
         taken[best] = True
-        closest = np.maximum(closest, unit @ unit[best])
+        np.maximum(closest, similarity[best], out=closest)
     return candidates[np.asarray(order, dtype=np.int64)]
 
 
