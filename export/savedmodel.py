@@ -156,7 +156,7 @@ class _IndexModule(_QueryModule):
         self.k = min(k, len(ids))
         self.num_items = len(ids)
         self.item_ids = tf.constant(ids)
-        self.vectors = np.stack([index.vector(i) for i in ids]).astype(np.float32)
+        self.vectors = index.vectors(ids).astype(np.float32)
         self.item_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(ids), tf.range(len(ids), dtype=tf.int32)

@@ -73,7 +73,7 @@ def because(
     inputs = recommender.encoder_inputs([[]] * (m + 1), [features] * (m + 1), window)
     users = encoder.from_positions(rows, inputs)
     index = generator.index
-    vectors = np.stack([index.vector(i)[:-1] for i in item_ids])  # the bias cancels in a drop
+    vectors = index.vectors(item_ids)[:, :-1]  # the bias cancels in a drop
     drops = leave_one_out_drops(users, vectors)
     best = np.argmax(drops, axis=0)
     bag_ids = known[-m:]
