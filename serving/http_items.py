@@ -87,7 +87,8 @@ def add_item_routes(app: FastAPI, service: LiveService, admin: params.Depends) -
             Query(
                 ge=0,
                 le=1,
-                description="0: most popular first; 1: most spread out; default: "
+                description="0: most popular first; 1: most spread out; rounded to two "
+                "decimals; default: "
                 f"{ONBOARDING_DIVERSITY_NEW_USER} for a model with a new-user tower (its "
                 f"validated pick), else {ONBOARDING_DIVERSITY}",
             ),

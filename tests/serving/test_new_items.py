@@ -158,6 +158,16 @@ def test_a_swapped_in_model_has_its_default_onboarding_list_ready(planted_ranked
     assert new.__dict__["_onboarding"] == ready  # the default list was the one picked
 
 
+def test_onboarding_picks_a_diversity_once_to_two_decimals(planted_ranked_artefact):
+    served = Served.load(planted_ranked_artefact)
+    picked = served.onboarding(8, 0.5)
+    assert served.onboarding(8, 0.504) == picked  # the same list, from the cache
+    assert served.onboarding(8, 0.496) == picked
+    for n in range(40):  # every list is cached, and there are at most 101 of them
+        served.onboarding(8, n / 400)
+    assert set(served.__dict__["_onboarding"]) == {0.5, *(round(n / 400, 2) for n in range(40))}
+
+
 def test_onboarding_starts_with_the_most_popular_item(client):
     popularity = {i: 0 for i in "ABCDEFGH"}
     for item in planted_dataset().interactions["item_id"]:
