@@ -299,9 +299,7 @@ def _served_onboarding(ask, model, counts, cold, at: dict, train) -> dict:
     cold = cold.assign(user_id=cold["user_id"].astype(str), item_id=cold["item_id"].astype(str))
     watched = {u: g["item_id"].tolist() for u, g in cold.groupby("user_id", sort=False)}
     first = {u: w[:K] for u, w in watched.items()}
-    picked = {u: [i for i in offered if i in set(w)][:K] for u, w in watched.items()}
-    union = {u: set(first[u]) | set(picked[u]) for u in watched}
-    relevant = {u: [i for i in w if i not in union[u]] for u, w in watched.items()}
+    picked, union, relevant = cs.onboarding_sets(watched, first, offered, K)
     ids = sorted(u for u in watched if relevant[u])
     times = np.array([at[u] for u in ids], np.int64)
     index = ask.index

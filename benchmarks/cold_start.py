@@ -247,6 +247,16 @@ def _cold_scorer(model, times: dict, users: UserFeatures | None):
 SHOWN = (20, 50, 100, 300)
 
 
+def onboarding_sets(watched: dict, first: dict, offered: list, rate: int = 5):
+    """``(picked, union, relevant)`` per user: what each user rates going down ``offered``
+    (what they watched of it, in list order, up to ``rate``), that and their ``first`` items,
+    and the rest of what they ``watched``, which both are scored on."""
+    picked = {u: [i for i in offered if i in set(w)][:rate] for u, w in watched.items()}
+    union = {u: set(first[u]) | set(picked[u]) for u in watched}
+    relevant = {u: [i for i in w if i not in union[u]] for u, w in watched.items()}
+    return picked, union, relevant
+
+
 def onboarding_comparison(split, model, index, counts, scores_for, rate: int = 5) -> dict:
     """Cold users rate what they have seen of the onboarding list (up to ``rate`` items, in list
     order) vs their own first ``rate`` items; both ranked on the same relevant items, with both
@@ -264,9 +274,7 @@ def onboarding_comparison(split, model, index, counts, scores_for, rate: int = 5
             for d in (0.0, 0.3, 0.5, 0.7, 0.9)
         }
         for name, offered in lists.items():
-            picked = {u: [i for i in offered if i in set(w)][:rate] for u, w in watched.items()}
-            union = {u: set(first[u]) | set(picked[u]) for u in watched}
-            relevant = {u: [i for i in w if i not in union[u]] for u, w in watched.items()}
+            picked, union, relevant = onboarding_sets(watched, first, offered, rate)
             users = sorted(u for u in watched if relevant[u])  # scores_for's order too
             seen = [sorted(union[u]) for u in users]
             rel = [relevant[u] for u in users]

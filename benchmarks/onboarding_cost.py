@@ -3,8 +3,8 @@
 ``serving.served.Served.onboarding`` picks the list with a greedy pass over the 300 most popular
 trained items (``towers.coldstart.onboarding_order``), under the service's compute lock, so no
 recommendation is computed while it runs. The default list is picked while a model warms (at
-start and before a hot swap), and the lists of the first 8 settings asked are cached per model;
-any other setting is picked again at each request. This benchmark loads the model
+start and before a hot swap); any other diversity (rounded to two decimals) is picked on its
+first request and then cached for the model. This benchmark loads the model
 ``nextwatch serve`` serves for ml-latest-small (both towers: the list spreads over the new-user
 tower's item space) and measures, on one thread:
 
@@ -43,14 +43,18 @@ DIVERSITIES = (0.0, 0.3, 0.5, 0.7, 0.9)
 SIZES = (12, 20, 50, 100, 300)
 
 
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def uncached_pick(served: Served, diversity: float, calls: int) -> dict:
     """p50 / p99 of a pick of the whole list at ``diversity`` with the cache emptied first."""
     times = []
     for _ in range(calls):
         served.__dict__.pop("_onboarding", None)
-        start = time.perf_counter()
-        served.onboarding(ONBOARDING_MAX, diversity)
-        times.append(time.perf_counter() - start)
+        times.append(_timed(lambda: served.onboarding(ONBOARDING_MAX, diversity)))
     return latency_ms(times)
 
 
@@ -105,12 +109,6 @@ def main() -> None:
         },
         args.output,
     )
-
-
-def _timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
