@@ -138,6 +138,7 @@ def simulate_impressions(
     label_mask: np.ndarray | None = None,
     negatives_per_impression: int | None = None,
     label_horizon: int = 1,
+    max_position: int | None = None,
 ) -> RankingExamples:
     """Impressions at (up to ``events_per_user``) events of each user that have a history.
 
@@ -165,16 +166,22 @@ def simulate_impressions(
     label_horizon : int
         Positives of an impression: the shown items among the user's next ``label_horizon``
         watches (1: the next watch only, as in the paper), each weighted by its rating.
+    max_position : int, optional
+        Only events with at most this many earlier events of the same user (a history of
+        ``1..max_position`` items): a new user's impressions. None: every event.
     """
     if label_horizon < 1:
         raise ValueError(f"label_horizon must be >= 1, got {label_horizon}")
+    if max_position is not None and max_position < 1:
+        raise ValueError(f"max_position must be >= 1 or None (every event), got {max_position}")
     if label_mask is not None:
         interactions = interactions.assign(_label_ok=np.asarray(label_mask, bool))
     ctx = event_context(interactions)
     ordered = ctx.ordered
     rng = np.random.default_rng(seed)
     ok = ordered["_label_ok"].to_numpy(bool) if label_mask is not None else True
-    eligible = np.flatnonzero((ctx.position >= 1) & ok)
+    early = ctx.position <= max_position if max_position is not None else True
+    eligible = np.flatnonzero((ctx.position >= 1) & ok & early)
     if events_per_user is not None:
         keys = rng.random(len(eligible))
         frame = pd.DataFrame({"row": eligible, "user": ordered["user_id"].to_numpy()[eligible],
@@ -199,13 +206,16 @@ def simulate_impressions(
         k: [] for k in ("event", "item", "score", "rank", "label", "prev", "neg_weight", "row")
     }
     all_users = ordered["user_id"].to_numpy()
+    # One past each row's user's last row: a label never comes from another user.
+    last = np.r_[all_users[1:] != all_users[:-1], True]
+    end = np.minimum.accumulate(np.where(last, np.arange(len(items)), len(items))[::-1])[::-1] + 1
     shown_before: dict[str, Counter] = {}
     for n, (row, (cand_ids, cand_scores)) in enumerate(zip(eligible, shown, strict=True)):
-        future = range(row, min(row + label_horizon, len(items)))
+        future = range(row, min(row + label_horizon, end[row]))
         # Item -> its row: the first of the user's next watches of it.
         targets = {}
         for j in future:
-            if all_users[j] == all_users[row] and (label_mask is None or ok[j]):
+            if label_mask is None or ok[j]:
                 targets.setdefault(items[j], j)
         is_target = np.fromiter((c in targets for c in cand_ids), bool, len(cand_ids))
         if not is_target.any():

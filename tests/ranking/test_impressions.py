@@ -147,3 +147,18 @@ def test_a_watch_without_a_rating_is_left_out_of_means_and_weighs_as_the_mean_ra
     assert rows.numeric["user_mean"][2] == 5.0  # u1's c: the other rated item is a alone
     before = rating_examples(log, max_history=3, context="before")
     assert before.numeric["user_mean"][2] == 5.0
+
+
+def test_max_position_keeps_only_new_users_impressions_with_every_later_watch_a_positive():
+    ex = simulate_impressions(
+        LOG, fake_tower, num_candidates=4, max_history=3, events_per_user=None,
+        label_horizon=10**6, max_position=1,
+    )  # fmt: skip
+    assert _rows(ex) == [
+        # u1 at t20 (history a, one item): b and c, both later, are positives; t30 (two) is out
+        ("u1", "b", 1.0, 4.0, 0, 1), ("u1", "c", 1.0, 2.0, 0, 0), ("u1", "d", 0.0, 1.0, 0, 0),
+        # u2 at t15: a alone; u1's later events never become u2's labels
+        ("u2", "a", 1.0, 3.0, 0, 1), ("u2", "c", 0.0, 1.0, 0, 0), ("u2", "d", 0.0, 1.0, 0, 0),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="max_position"):
+        simulate_impressions(LOG, fake_tower, max_position=0)
