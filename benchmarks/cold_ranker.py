@@ -1,23 +1,21 @@
 """A ranker trained on new users' impressions, for ``cold_plateau.py --parts served-cold-ranker``.
 
-The service reranks the new-user tower's candidates with the ranker trained for the benchmark
-preset, on established users' impressions (``cold_served.served``, part ``served-routed``).
-This part asks whether a ranker trained for the question a new user asks does better: its
-impressions are the new-user tower's top 100 at each of up to ``COLD_EVENTS_PER_USER`` events
-among a warm user's first ``towers.presets.NEW_USER_MAX_RATINGS`` (a history of 1 to 15 items),
-and their positives are every shown item the user watched later, protocol cold-user-k's
-relevance (``ranking.impressions.simulate_impressions`` with ``max_position``). The candidates
-come from a copy of the tower trained on the other half of the users (cross-fitting,
-``ranking.pipeline.cross_fit_retrieve``), so that they are out of sample, as a new user's are.
-The ranker has the validated configuration of the dataset (``ranking.train.validated_settings``)
-and also learns from every training rating, as the served one does.
+Until 2026-12-01 the service reranked the new-user tower's candidates with the ranker trained
+for the benchmark preset, on established users' impressions (``cold_served.served``, part
+``served-routed``). This part asks whether a ranker trained for the question a new user asks
+does better: :func:`ranking.pipeline.train_new_user_ranker_job`, whose impressions are the
+new-user tower's top 100 at up to 5 events among each warm user's first
+``towers.presets.NEW_USER_MAX_RATINGS`` (a history of 1 to 15 items), with every shown item the
+user watched later a positive (protocol cold-user-k's relevance), from copies of the tower
+trained without the user (cross-fitting), and the dataset's validated ranker configuration.
 
-On a carve it trains both towers, the served ranker and the new-user ranker, and scores the
-cold users' top 50 at ``k = 5`` for each ranker at each tower-score weight of ``WEIGHTS`` (the
-served score is ``logit + weight * tower_score``). The ranker and weight are picked on validation
-users (the carve of ``cold_start.py --only age-knots``) by Recall@50, then reported on the test
-users, next to the served ranker at its served weight; on the test users, onboarding is scored
-through both rankers at the served weight as well (``cold_served.served_onboarding``).
+On a carve it trains both towers and both rankers, and scores the cold users' top 50 at
+``k = 5`` for each ranker at each tower-score weight of ``WEIGHTS`` (the served score is
+``logit + weight * tower_score``). The ranker and weight are picked on validation users (the
+carve of ``cold_start.py --only age-knots``) by Recall@50, then reported on the test users, next
+to both rankers at the served weight; on the test users, onboarding is scored through both
+rankers at the served weight as well (``cold_served.served_onboarding``). The picks set
+``ranking.train.VALIDATED_NEW_USER_RANKER``.
 """
 
 from __future__ import annotations
@@ -33,15 +31,15 @@ from cold_common import K, rank_scores, relevant_sets, train_counts
 from cold_served import ServedAsk, served_onboarding
 
 from ranking.artefact import load_ranker
-from ranking.impressions import concat, rating_examples, simulate_impressions
 from ranking.pipeline import (
+    NEW_USER_IMPRESSIONS,
     candidate_examples,
-    cross_fit_retrieve,
     predict,
     tower_retrieve,
+    train_new_user_ranker_job,
     train_ranker_job,
 )
-from ranking.train import train_ranker, validated_settings
+from ranking.train import validated_settings
 from towers.artefact import save_artefact
 from towers.coldstart import cold_user_split
 from towers.examples import PAD
@@ -57,7 +55,6 @@ from towers.train import train_tower
 
 log = logging.getLogger("cold_plateau")
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
-COLD_EVENTS_PER_USER = 5
 CANDIDATES = 100
 
 
@@ -78,24 +75,15 @@ def _weighted(ranker, examples, users, groups, items, rel_sets, popular) -> dict
     return out
 
 
-def new_user_ranker(data, train, tower_dir: Path, item_ids: list[str], work: Path):
-    """The ranker trained on cross-fitted new-user impressions of ``train`` (see the module's
-    docstring), with its row counts and training seconds."""
+def new_user_ranker(data, train, tower_dir: Path, work: Path):
+    """The ranker ``nextwatch serve`` trains for the new-user tower at ``tower_dir``
+    (:func:`ranking.pipeline.train_new_user_ranker_job`), with its row counts and seconds."""
     config, options = validated_settings(data.name)
     start = time.perf_counter()
-    retrieve = cross_fit_retrieve(tower_dir, train, CANDIDATES, work / "cross-fit")
-    impressions = simulate_impressions(
-        train.interactions, retrieve, num_candidates=CANDIDATES, max_history=config.max_history,
-        events_per_user=COLD_EVENTS_PER_USER, seed=options.seed, label_horizon=10**9,
-        max_position=NEW_USER_MAX_RATINGS,
-    )  # fmt: skip
-    ratings = rating_examples(train.interactions, max_history=config.max_history)
-    examples = concat([impressions, ratings])
-    ranker, _ = train_ranker(examples, item_ids, train.items, config, options, train.users)
-    info = {"impression_rows": len(impressions),
-            "positive_share": round(float(np.mean(impressions.label)), 4),
+    metrics = train_new_user_ranker_job(tower_dir, train, work / "new-user-ranker", config, options)
+    info = {"impression_rows": metrics["impression_rows"],
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    return ranker, info
+    return load_ranker(work / "new-user-ranker"), info
 
 
 def carve(data, split, work: Path, onboarding: bool = False) -> dict:
@@ -163,8 +151,8 @@ def carve(data, split, work: Path, onboarding: bool = False) -> dict:
 
 
 def cold_ranker(data, work: Path) -> dict:
-    """:func:`carve` on validation users, the pick (ranker and weight, by Recall@50), and
-    :func:`carve` on the test users, where nothing is picked."""
+    """:func:`carve` on validation users, the pick (ranker and weight, by Recall@50 over
+    most-popular), and :func:`carve` on the test users, where nothing is picked."""
     outer = cold_user_split(data.interactions)
     val = carve(data, cold_user_split(outer.train, seed=8), work / "validation")
     test = carve(data, outer, work / "test", onboarding=True)
@@ -184,6 +172,6 @@ def cold_ranker(data, work: Path) -> dict:
     summary["candidate order"] = {"validation": val["candidate_order"],
                                   "test": test["candidate_order"]}  # fmt: skip
     log.info("%s cold ranker summary: %s", data.name, summary)
-    return {"weights": list(WEIGHTS), "events_per_user": COLD_EVENTS_PER_USER,
+    return {"weights": list(WEIGHTS), "impressions": NEW_USER_IMPRESSIONS,
             "max_position": NEW_USER_MAX_RATINGS, "pick": {"ranker": ranker, "weight": weight},
             "summary": summary, "validation": val, "test": test}  # fmt: skip

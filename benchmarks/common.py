@@ -132,7 +132,8 @@ def serving_artefact(
     ``artefacts/bench-ml-latest-small`` (trained again when
     the preset or its training options change; an artefact the caller names is used as it is,
     and only trained if it does not exist); with ``ranker``,
-    also its ranker, with the settings ``nextwatch serve`` trains it with
+    also its rankers (the benchmark preset's and the new-user tower's), with the settings
+    ``nextwatch serve`` trains them with
     (:func:`ranking.train.validated_settings`; a cached ranker trained with other settings is
     trained again). Another ``seed`` gives another
     model version (cached at ``artefacts/bench-ml-latest-small-seed<seed>``), for hot swaps."""
@@ -176,10 +177,18 @@ def serving_artefact(
 
         rank_config, rank_options = validated_settings("ml-latest-small")
         cached = path / "ranker"
-        found = (cached / "config.json").exists()
-        if found and not own and not _ranker_is_current(cached, rank_config, rank_options):
-            shutil.rmtree(cached)  # trained with other settings, or by older code
-            found = False
+        second = path / NEW_USER_DIR / "ranker"  # the new-user tower's own, since 2026-12-01
+        # The caller's own artefact is used as it is when it has a ranker.
+        found = (cached / "config.json").exists() and (own or (second / "config.json").exists())
+        if (
+            found
+            and not own
+            and not all(_ranker_is_current(d, rank_config, rank_options) for d in (cached, second))
+        ):
+            found = False  # trained with other settings, or by older code
+        if not found and not own:
+            for directory in (cached, second):
+                shutil.rmtree(directory, ignore_errors=True)
         if not found:
             train_ranker_for_artefact(DataSource("ml-latest-small", data_dir), path,
                                       config=rank_config, options=rank_options)  # fmt: skip

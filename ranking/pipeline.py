@@ -24,13 +24,14 @@ from ranking.impressions import (
     simulate_impressions,
 )
 from ranking.model import RankerConfig
-from ranking.train import RankerOptions, ranker_inputs, train_ranker
-from towers.artefact import artefact_version, save_artefact
+from ranking.train import RankerOptions, new_user_ranker_validated, ranker_inputs, train_ranker
+from towers.artefact import NEW_USER_DIR, artefact_version, save_artefact
 from towers.data import Dataset
 from towers.examples import PAD, example_age
 from towers.features import UserFeatures, query_inputs
 from towers.model import TowerConfig
 from towers.pipeline import DataSource, split_dataset
+from towers.presets import NEW_USER_MAX_RATINGS
 from towers.retrieval import Retriever
 from towers.splits import per_user_tail
 from towers.train import TrainOptions, TrainResult, train_tower
@@ -217,6 +218,66 @@ def cross_fit_retrieve(
     return retrieve
 
 
+# A new user's impressions (train_new_user_ranker_job): up to 5 per user, each at one of the
+# user's first NEW_USER_MAX_RATINGS events, from a tower cross-fitted over 2 folds of users.
+NEW_USER_IMPRESSIONS = {"num_candidates": 100, "events_per_user": 5, "folds": 2}
+ALL_LATER = 10**9  # a label horizon past any user's last event: every later watch is a positive
+
+
+def train_new_user_ranker_job(
+    tower_artefact: str | Path,
+    train: Dataset,
+    output: str | Path,
+    config: RankerConfig | None = None,
+    options: RankerOptions | None = None,
+    num_candidates: int = NEW_USER_IMPRESSIONS["num_candidates"],
+    events_per_user: int = NEW_USER_IMPRESSIONS["events_per_user"],
+    folds: int = NEW_USER_IMPRESSIONS["folds"],
+) -> dict:
+    """Train the ranker for the new-user tower at ``tower_artefact`` and save it at ``output``.
+
+    Its impressions are the ones a new user gets: the tower's top ``num_candidates`` at up to
+    ``events_per_user`` events among each user's first ``towers.presets.NEW_USER_MAX_RATINGS``
+    (a history of 1 to 15 items), whose positives are every shown item the user watched later
+    (protocol cold-user-k's relevance; ``options.label_horizon`` is not used). The candidates
+    come from copies of the tower trained without the user (:func:`cross_fit_retrieve`), as a
+    new user's are out of sample; the rating head learns from every training rating.
+    ``benchmarks/cold_plateau.py --parts served-cold-ranker`` measured it against the benchmark
+    preset's ranker on the new-user tower's candidates (README, "Cold start").
+
+    Raises
+    ------
+    ValueError
+        If ``num_candidates``, ``events_per_user`` < 1 or ``folds`` < 2.
+    """
+    if num_candidates < 1 or events_per_user < 1:
+        raise ValueError(
+            f"num_candidates and events_per_user must be >= 1, got {num_candidates}, "
+            f"{events_per_user}"
+        )
+    config = config or RankerConfig()
+    options = options or RankerOptions()
+    retriever = Retriever.from_artefact(tower_artefact)
+    with tempfile.TemporaryDirectory(prefix="nextwatch-cross-fit-") as tmp:
+        retrieve = cross_fit_retrieve(tower_artefact, train, num_candidates, Path(tmp), folds)
+        impressions = simulate_impressions(
+            train.interactions, retrieve, num_candidates=num_candidates,
+            max_history=config.max_history, events_per_user=events_per_user, seed=options.seed,
+            label_horizon=ALL_LATER, max_position=NEW_USER_MAX_RATINGS,
+        )  # fmt: skip
+    ratings = rating_examples(train.interactions, max_history=config.max_history, context="before")
+    log.info("new-user ranker: %d impression rows, %d rating rows", len(impressions), len(ratings))
+    ranker, metrics = train_ranker(
+        concat([impressions, ratings]), retriever.index.item_ids, train.items, config, options,
+        train.users,
+    )  # fmt: skip
+    save_ranker(ranker, output, metrics, artefact_version(tower_artefact), options,
+                {"num_candidates": num_candidates, "events_per_user": events_per_user,
+                 "new_user": True, "max_position": NEW_USER_MAX_RATINGS,
+                 "folds": folds})  # fmt: skip
+    return metrics
+
+
 def train_ranker_for_artefact(
     source: DataSource,
     artefact: str | Path,
@@ -225,8 +286,14 @@ def train_ranker_for_artefact(
     options: RankerOptions | None = None,
     num_candidates: int = 100,
     events_per_user: int | None = 20,
+    new_user_ranker: bool | None = None,
 ) -> dict:
     """Train the ranker on the data and split the tower artefact was trained on.
+
+    With ``new_user_ranker`` (None: :func:`ranking.train.new_user_ranker_validated` for the
+    artefact's dataset), an artefact with a new-user tower (``new_user/``) also gets that
+    tower's own ranker (:func:`train_new_user_ranker_job`, with the same configuration and
+    options) in ``new_user/ranker``, when ``output`` is the default.
 
     Raises
     ------
@@ -243,10 +310,19 @@ def train_ranker_for_artefact(
         )
     protocol = json.loads((artefact / "metrics.json").read_text()).get("protocol", "none")
     train, _ = split_dataset(data, protocol)
-    return train_ranker_job(
+    metrics = train_ranker_job(
         artefact, train, output or artefact / "ranker", config, options, num_candidates,
         events_per_user,
     )  # fmt: skip
+    second = artefact / NEW_USER_DIR
+    if new_user_ranker is None:
+        new_user_ranker = new_user_ranker_validated(meta.get("dataset"))
+    if new_user_ranker and output is None and (second / "config.json").exists():
+        log.info("training the new-user tower's ranker into %s", second / "ranker")
+        metrics["new_user"] = train_new_user_ranker_job(
+            second, train, second / "ranker", config, options
+        )
+    return metrics
 
 
 def candidate_examples(

@@ -94,6 +94,14 @@ IMPRESSION_DEFAULTS = {"num_candidates": 100, "events_per_user": 20}
 VALIDATED_LABEL_HORIZONS = {"ml-latest-small": 30, "ml-100k": 30}
 VALIDATED_TOWER_SCORE_WEIGHTS = {"ml-latest-small": 1.0, "ml-100k": 2.0}
 VALIDATED_MEMBERS = {"ml-latest-small": 2, "ml-100k": 2}
+# Whether the new-user tower gets its own ranker, trained on new users' impressions
+# (ranking.pipeline.train_new_user_ranker_job), picked on validation users by cold-user-5
+# Recall@50 among both rankers at tower-score weights 0 to 8 (benchmarks/cold_plateau.py --parts
+# served-cold-ranker, results/cold_plateau_cold_ranker.json, 2026-12-01): on ml-latest-small the
+# new-user ranker at the served weight, 1.509x most-popular against 1.442x for the main ranker;
+# on ml-100k the main ranker at weight 8, 1.357x, against 1.355x for the new-user ranker at the
+# served weight (1.345x for the main ranker there). Other data: no ranker of its own (not measured).
+VALIDATED_NEW_USER_RANKER = {"ml-latest-small": True, "ml-100k": False}
 
 
 def validated_settings(dataset: str | None) -> tuple[RankerConfig, RankerOptions]:
@@ -107,6 +115,12 @@ def validated_settings(dataset: str | None) -> tuple[RankerConfig, RankerOptions
     )
     horizon = VALIDATED_LABEL_HORIZONS.get(name, RankerOptions().label_horizon)
     return config, RankerOptions(label_horizon=horizon)
+
+
+def new_user_ranker_validated(dataset: str | None) -> bool:
+    """Whether the new-user tower of a model of ``dataset`` gets its own ranker
+    (:data:`VALIDATED_NEW_USER_RANKER`; False for any other data)."""
+    return VALIDATED_NEW_USER_RANKER.get(dataset or "", False)
 
 
 def learning_rate(

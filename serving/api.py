@@ -35,7 +35,7 @@ import pandas as pd
 from ranking.artefact import load_rank_scorer
 from serving.api_types import Query, Recommendation, Recommendations, UnknownItemError
 from serving.rerank import Reranker
-from towers.artefact import artefact_version
+from towers.artefact import NEW_USER_DIR, artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history, genre_names
 from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
@@ -68,10 +68,13 @@ class Recommender:
         Candidates retrieved for the ranker to rescore.
     new_user : Retriever, optional
         A second generator (the new-user tower, ``towers.presets.new_user_config``) that
-        answers every query with at most ``new_user_max`` known items in its history; the
-        ranker, if any, rescores its candidates as it does the main generator's.
+        answers every query with at most ``new_user_max`` known items in its history; its
+        candidates are rescored by ``new_user_reranker``, or without one by ``reranker``.
     new_user_max : int
         The most known history items a query may have to go to ``new_user`` (>= 0).
+    new_user_reranker : Reranker, optional
+        The ranker trained for ``new_user`` on new users' impressions
+        (:func:`ranking.pipeline.train_new_user_ranker_job`).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Recommender:
         num_candidates: int = 100,
         new_user: Retriever | None = None,
         new_user_max: int = NEW_USER_MAX_RATINGS,
+        new_user_reranker: Reranker | None = None,
     ) -> None:
         if isinstance(new_user_max, bool) or not isinstance(new_user_max, numbers.Integral):
             raise ValueError(f"new_user_max must be an integer >= 0, got {new_user_max!r}")
@@ -93,6 +97,7 @@ class Recommender:
         self.new_user = new_user
         self.new_user_max = int(new_user_max)
         self.reranker = reranker
+        self.new_user_reranker = new_user_reranker if new_user is not None else None
         self.num_candidates = num_candidates
         self.users = users
         self.version = version
@@ -153,20 +158,24 @@ class Recommender:
         if users and (artefact / USERS_FILE).exists():
             table = UserTable.read(artefact / USERS_FILE)
         version = artefact_version(artefact)
-        reranker = None
-        if (artefact / RANKER_DIR / "config.json").exists():
-            scorer, tower_version = load_rank_scorer(artefact / RANKER_DIR)
-            if tower_version != version:
-                raise ValueError(
-                    f"{artefact / RANKER_DIR} was trained for tower {tower_version}, not "
-                    f"{version}: retrain it with `nextwatch train-ranker --artefact {artefact}`"
-                )
-            counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
-            popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
-            reranker = Reranker(scorer, popularity)
+        counts = items["popularity"] if "popularity" in items else pd.Series(0.0, items.index)
+        popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
+        new_user = new_user_retriever(artefact)
         return cls(
-            retriever, items, table, version, reranker, new_user=new_user_retriever(artefact)
-        )
+            retriever, items, table, version, _reranker(artefact, version, popularity),
+            new_user=new_user,
+            new_user_reranker=None if new_user is None else _reranker(
+                artefact / NEW_USER_DIR, artefact_version(artefact / NEW_USER_DIR), popularity,
+                artefact,
+            ),
+        )  # fmt: skip
+
+    def reranker_for(self, generator: Retriever) -> Reranker | None:
+        """The ranker that rescores ``generator``'s candidates: the new-user tower's own, if
+        the artefact has one, else the main ranker (None: no ranking stage)."""
+        if generator is self.new_user and self.new_user_reranker is not None:
+            return self.new_user_reranker
+        return self.reranker
 
     def generator(self, known: int) -> Retriever:
         """The retriever that answers a history of ``known`` known items: the new-user tower
@@ -326,7 +335,8 @@ class Recommender:
         for i, (k, allow, generator) in enumerate(zip(ks, allowed, generators, strict=True)):
             groups.setdefault((k, allow, id(generator)), []).append(i)
         for (k, allow, _), rows in groups.items():
-            ranked = [self.reranker is not None and queries[r].rank for r in rows]
+            reranker = self.reranker_for(generators[rows[0]])
+            ranked = [reranker is not None and queries[r].rank for r in rows]
             fetch = max(k, self.num_candidates) if any(ranked) else k
             found = generators[rows[0]].search(
                 np.stack([vectors[r] for r in rows]), fetch, [exclude[r] for r in rows], allow
@@ -334,7 +344,7 @@ class Recommender:
             for r, got, rank in zip(rows, found, ranked, strict=True):
                 known, ignored = split[r]
                 if rank:
-                    ids, scores = self.reranker.rerank(
+                    ids, scores = reranker.rerank(
                         got.item_ids, got.scores, known, resolved[r][3],
                         resolved[r][1], k,
                     )  # fmt: skip
@@ -422,5 +432,27 @@ class Recommender:
             "ranker": self.reranker is not None,
             "new_user_tower": None
             if self.new_user is None
-            else {"max_ratings": self.new_user_max, "items": len(self.new_user.index)},
+            else {
+                "max_ratings": self.new_user_max,
+                "items": len(self.new_user.index),
+                "ranker": "own"
+                if self.new_user_reranker is not None
+                else ("main" if self.reranker is not None else None),
+            },
         }
+
+
+def _reranker(
+    directory: Path, version: str, popularity: Mapping[str, float], artefact: Path | None = None
+) -> Reranker | None:
+    """The ranker in ``directory/ranker`` (None if there is none), checked against the version
+    of the tower it reranks; ``artefact`` names the artefact to retrain in the error."""
+    if not (directory / RANKER_DIR / "config.json").exists():
+        return None
+    scorer, tower_version = load_rank_scorer(directory / RANKER_DIR)
+    if tower_version != version:
+        raise ValueError(
+            f"{directory / RANKER_DIR} was trained for tower {tower_version}, not {version}: "
+            f"retrain it with `nextwatch train-ranker --artefact {artefact or directory}`"
+        )
+    return Reranker(scorer, popularity)

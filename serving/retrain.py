@@ -25,11 +25,12 @@ from pathlib import Path
 import pandas as pd
 
 from ranking.artefact import ranker_impressions, ranker_settings
-from ranking.pipeline import train_ranker_job
+from ranking.pipeline import train_new_user_ranker_job, train_ranker_job
 from serving.pointer import write_pointer
 from serving.promotion import Decision, check_tolerance, guarded_promote, recent_holdout
 from serving.registry import Registry
 from serving.store import EventStore, open_store
+from towers.artefact import NEW_USER_DIR
 from towers.data import Dataset
 from towers.pipeline import DataSource, retrain_artefact
 from towers.train import TrainOptions
@@ -147,6 +148,14 @@ def retrain_home(
             train_ranker_job(
                 staging, train, staging / "ranker", ranker_config, ranker_options,
                 **ranker_impressions(parent / "ranker"),
+            )  # fmt: skip
+        second = parent / NEW_USER_DIR / "ranker"
+        if ranker and (second / "config.json").exists() and (staging / NEW_USER_DIR).exists():
+            # The new-user tower's own ranker, on new users' impressions, as it was trained.
+            ranker_config, ranker_options = ranker_settings(second)
+            train_new_user_ranker_job(
+                staging / NEW_USER_DIR, train, staging / NEW_USER_DIR / "ranker", ranker_config,
+                ranker_options, **ranker_impressions(second),
             )  # fmt: skip
         version = registry.publish(staging)
     except BaseException:

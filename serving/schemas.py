@@ -251,6 +251,11 @@ class SimilarOut(BaseModel):
 class NewUserTowerOut(BaseModel):
     max_ratings: int = Field(description="histories of at most this many known items go to it")
     items: int
+    ranker: Literal["own", "main"] | None = Field(
+        default=None,
+        description='the ranker of its candidates: "own" (trained on new users\' impressions), '
+        '"main" (the main tower\'s) or null (none: its own order)',
+    )
 
 
 class ModelOut(BaseModel):

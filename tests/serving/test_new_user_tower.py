@@ -14,6 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from export.candidates import candidate_table, export_candidates, load_generators
+from ranking.artefact import ranker_impressions, ranker_settings
+from ranking.model import RankerConfig
+from ranking.pipeline import train_new_user_ranker_job
+from ranking.train import RankerOptions, new_user_ranker_validated
 from serving.api import Recommender
 from serving.api_types import Query
 from serving.cli import main
@@ -48,6 +52,21 @@ def two_towers(planted_ranked_artefact, tmp_path_factory):
     data = planted_dataset()
     result = train_tower(data, config, TrainOptions(epochs=20, batch_size=32, verbose=0))
     save_artefact(result, copy / NEW_USER_DIR, data=data)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def two_rankers(two_towers, tmp_path_factory):
+    """``two_towers`` with the new-user tower's own ranker, trained on new users' impressions
+    (``ranking.pipeline.train_new_user_ranker_job``), in ``new_user/ranker``."""
+    copy = tmp_path_factory.mktemp("two-rankers") / "artefact"
+    shutil.copytree(two_towers, copy)
+    config = RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10,
+                          tower_score_weight=0.5)  # fmt: skip
+    train_new_user_ranker_job(
+        copy / NEW_USER_DIR, planted_dataset(), copy / NEW_USER_DIR / "ranker", config,
+        RankerOptions(epochs=3, batch_size=64), num_candidates=5, events_per_user=3,
+    )  # fmt: skip
     return copy
 
 
@@ -134,7 +153,7 @@ def test_http_names_the_generator_and_the_model_describes_it(two_towers, planted
     service = LiveService(planted_store, ModelSlot(Served.load(two_towers)))
     with TestClient(create_app(service, HttpSettings(api_key="secret"))) as client:
         model = client.get("/v1/model").json()
-        assert model["new_user_tower"] == {"max_ratings": 15, "items": 8}
+        assert model["new_user_tower"] == {"max_ratings": 15, "items": 8, "ranker": "main"}
         body = client.post("/v1/recommendations", json={"history": ["A"], "k": 3}).json()
         assert body["generator"] == "new-user" and body["ranked"]
         user = client.get("/v1/users/u3/recommendations?k=3").json()  # 3 stored ratings
@@ -223,3 +242,68 @@ def test_onboarding_spreads_over_the_new_user_towers_item_space(two_towers, monk
         assert served.onboarding(4, diversity) == order(
             served.recommender.retriever, diversity, n=4, pool=4
         )
+
+
+def test_the_new_user_towers_own_ranker_rescores_its_candidates_only(two_rankers):
+    rec = _alone(two_rankers)
+    assert rec.new_user_reranker is not None and rec.new_user_reranker is not rec.reranker
+    assert rec.reranker_for(rec.new_user) is rec.new_user_reranker
+    assert rec.reranker_for(rec.retriever) is rec.reranker
+    # The new-user tower with its ranker alone answers a short history the same way.
+    second = Retriever.from_artefact(two_rankers / NEW_USER_DIR)
+    alone = Recommender(second, rec.items, reranker=rec.new_user_reranker)
+    for history in (["A"], ["C", "D"]):
+        got = rec.recommend(history=history, k=3)
+        assert got.generator == "new-user" and got.ranked
+        assert got.item_ids == alone.recommend(history=history, k=3).item_ids
+    # A long history goes to the main tower and the main ranker, as before.
+    main_only = _alone(two_rankers)
+    main_only.new_user = None
+    long = rec.recommend(history=["A", "B"], k=3)
+    rec.new_user_max = 1
+    assert (
+        rec.recommend(history=["A", "B"], k=3).item_ids
+        == main_only.recommend(history=["A", "B"], k=3).item_ids
+    )
+    assert long.generator == "new-user"
+    assert rec.describe()["new_user_tower"]["ranker"] == "own"
+    # It learned from new users' impressions, with the configuration it was given.
+    saved = two_rankers / NEW_USER_DIR / "ranker"
+    meta = json.loads((saved / "config.json").read_text())
+    assert meta["impressions"]["new_user"] and meta["impressions"]["max_position"] == 15
+    assert ranker_impressions(saved) == {"num_candidates": 5, "events_per_user": 3}
+    assert ranker_settings(saved)[0].tower_score_weight == 0.5
+    # Where validation picked it: `nextwatch serve` trains one for ml-latest-small only.
+    assert new_user_ranker_validated("ml-latest-small")
+    assert not new_user_ranker_validated("ml-100k") and not new_user_ranker_validated(None)
+
+
+def test_a_new_user_ranker_for_another_tower_version_is_refused_naming_it(two_rankers, tmp_path):
+    copy = tmp_path / "artefact"
+    shutil.copytree(two_rankers, copy)
+    config = copy / NEW_USER_DIR / "ranker" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tower_version": "other"}))
+    with pytest.raises(ValueError, match="new_user/ranker was trained for tower other"):
+        _alone(copy)
+
+
+def test_a_retrain_trains_the_new_user_ranker_again_as_it_was(two_rankers, tmp_path):
+    from serving.retrain import retrain_home
+    from tests.serving.test_promotion import _home_with_new_events
+    from towers.pipeline import DataSource
+
+    home, registry, serving, flags = _home_with_new_events(tmp_path, two_rankers)
+    files = dict(zip(flags[::2], flags[1::2], strict=True))
+    source = DataSource(dataset=None, interactions=files["--interactions"],
+                        items=files["--items"], users=files["--users"])  # fmt: skip
+    options = TrainOptions(epochs=1, batch_size=8, verbose=0)
+    decision = retrain_home(home, source, options=options, tolerance=1.0)
+    child = registry.root / decision.version / NEW_USER_DIR / "ranker"
+    parent = serving / NEW_USER_DIR / "ranker"
+    assert ranker_settings(child) == ranker_settings(parent)
+    assert ranker_impressions(child) == ranker_impressions(parent)
+    meta = json.loads((child / "config.json").read_text())
+    assert (
+        meta["tower_version"] == artefact_version(child.parent) != artefact_version(parent.parent)
+    )
+    assert _alone(registry.root / decision.version).new_user_reranker is not None
