@@ -74,7 +74,7 @@ class Recommender:
         The most known history items a query may have to go to ``new_user`` (>= 0).
     new_user_reranker : Reranker, optional
         The ranker trained for ``new_user`` on new users' impressions
-        (:func:`ranking.pipeline.train_new_user_ranker_job`).
+        (:func:`ranking.pipeline.train_new_user_ranker_job`); ignored without ``new_user``.
     """
 
     def __init__(

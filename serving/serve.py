@@ -47,11 +47,12 @@ WORKER_ENV = "NEXTWATCH_WORKER"
 
 
 def train_first_model(registry: Registry, source: DataSource) -> Path:
-    """Train the benchmark tower, the new-user tower beside it and a ranker for each on
-    ``source``, publish and promote them (the rankers with the settings validated for a
-    MovieLens dataset; the new-user tower's on new users' impressions). Users with at most
-    ``towers.presets.NEW_USER_MAX_RATINGS`` rated items get their candidates from the new-user
-    tower and its ranker (``serving.api.Recommender``)."""
+    """Train the benchmark tower, the new-user tower beside it and the benchmark tower's ranker
+    on ``source``, and where validation picked it (``ranking.train.VALIDATED_NEW_USER_RANKER``:
+    ml-latest-small) the new-user tower's own ranker, trained on new users' impressions; publish
+    and promote them (the rankers with the settings validated for a MovieLens dataset). Users
+    with at most ``towers.presets.NEW_USER_MAX_RATINGS`` rated items get their candidates from
+    the new-user tower, reranked by its own ranker if it has one (``serving.api.Recommender``)."""
     from ranking.pipeline import train_ranker_for_artefact
     from ranking.train import validated_settings
     from towers.pipeline import train_candidates
@@ -67,7 +68,7 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
             new_user=new_user_config(source.dataset),
         )  # fmt: skip
         ranker_config, ranker_options = validated_settings(source.dataset)
-        log.info("training the rankers (label horizon %d, tower-score weight %g, %d member(s))",
+        log.info("training the ranker(s) (label horizon %d, tower-score weight %g, %d member(s))",
                  ranker_options.label_horizon, ranker_config.tower_score_weight,
                  ranker_config.members)  # fmt: skip
         train_ranker_for_artefact(source, staging, config=ranker_config, options=ranker_options)
