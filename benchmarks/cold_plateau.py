@@ -30,6 +30,10 @@ service's default onboarding list and rates what they have seen of it until they
 and the same user's first five are compared with it on the same relevant items, both as the
 tower orders its candidates and as the ranker reorders them (what the service returns).
 
+Part ``served-cold-ranker`` (``cold_ranker.py``) trains a ranker on new users' impressions
+(``ranking.pipeline.train_new_user_ranker_job``) and compares it with the served one on the
+new-user tower's candidates, picking per dataset on validation users which the service uses.
+
 Part ``first-five`` says what a user's first five ratings are made of: the share of all users'
 first-five slots taken by the ten items most often among them, against those ten items' share of
 all ratings (sign-up pages that showed everyone the same films make the first five alike), and
@@ -47,6 +51,8 @@ inside the warm users), and then reported on the test users, where nothing is pi
     python benchmarks/cold_plateau.py --parts served-routed              # ~17 min
     python benchmarks/cold_plateau.py --parts served-onboarding \
         --output benchmarks/results/cold_plateau_served_onboarding.json  # ~19 min
+    python benchmarks/cold_plateau.py --parts served-cold-ranker \
+        --output benchmarks/results/cold_plateau_cold_ranker.json        # ~55 min
 
 Writes ``benchmarks/results/cold_plateau.json``.
 """
