@@ -27,8 +27,8 @@ from pathlib import Path
 import common  # noqa: F401  (puts the checkout before this folder on the path)
 import numpy as np
 import pandas as pd
-from cold_common import K, rank_scores, relevant_sets, train_counts
-from cold_served import ServedAsk, served_onboarding
+from cold_common import rank_scores, relevant_sets, train_counts
+from cold_served import ServedAsk, asked_at_k, served_onboarding
 
 from ranking.artefact import load_ranker
 from ranking.pipeline import (
@@ -50,7 +50,7 @@ from towers.presets import (
     benchmark_options,
     new_user_config,
 )
-from towers.splits import chronological, make_split
+from towers.splits import make_split
 from towers.train import train_tower
 
 log = logging.getLogger("cold_plateau")
@@ -103,16 +103,9 @@ def carve(data, split, work: Path, onboarding: bool = False) -> dict:
     rankers = {"served": load_ranker(work / "ranker")}
     info = {"served": {"seconds": round(time.perf_counter() - start, 1)}}
     item_ids = list(new_user.model.item_ids)
-    rankers["new-user"], info["new-user"] = new_user_ranker(data, train, tower_dir, item_ids, work)
+    rankers["new-user"], info["new-user"] = new_user_ranker(data, train, tower_dir, work)
 
-    asked, relevant = split.first_k(K)
-    ids = sorted(asked)
-    hist, rel = [asked[u] for u in ids], [relevant[u] for u in ids]
-    cold = chronological(split.cold)
-    cold = cold[cold["user_id"].astype(str).isin(set(ids))]
-    first = cold.groupby("user_id").head(K)
-    when = first.groupby(first["user_id"].astype(str))["timestamp"].max().reindex(ids)
-    times = when.to_numpy(np.int64)
+    ids, hist, rel, cold, first, times = asked_at_k(split)
     _, retrieve = tower_retrieve(tower_dir, data.users, CANDIDATES)
     index = {i: n for n, i in enumerate(item_ids)}
     counts = train_counts(warm.train, item_ids)

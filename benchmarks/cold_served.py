@@ -106,6 +106,20 @@ def served_onboarding(ask, model, counts, cold, at: dict, train) -> dict:
     return out
 
 
+def asked_at_k(split) -> tuple[list[str], list, list, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """``split``'s cold users with items after their first ``K``: their IDs (sorted), first
+    ``K`` items, the rest (relevant), their log in time order, its first ``K`` rows per user, and
+    the time of each one's ``K``-th event (when they are asked)."""
+    asked, relevant = split.first_k(K)
+    ids = sorted(asked)
+    hist, rel = [asked[u] for u in ids], [relevant[u] for u in ids]
+    cold = chronological(split.cold)
+    cold = cold[cold["user_id"].astype(str).isin(set(ids))]
+    first = cold.groupby("user_id").head(K)
+    when = first.groupby(first["user_id"].astype(str))["timestamp"].max().reindex(ids)
+    return ids, hist, rel, cold, first, when.to_numpy(np.int64)
+
+
 def served(data, work: Path, part: str = "served", candidates: int = 100) -> dict:
     """A tower's ``candidates`` for each test cold user at ``k = 5``, in the tower's order and
     reordered by a ranker (its ``serving_logit``), as ``nextwatch serve`` answers; the store
@@ -140,14 +154,7 @@ def served(data, work: Path, part: str = "served", candidates: int = 100) -> dic
     ranker_seconds = time.perf_counter() - start
     ranker = load_ranker(work / "ranker")
 
-    asked, relevant = split.first_k(K)
-    ids = sorted(asked)
-    hist, rel = [asked[u] for u in ids], [relevant[u] for u in ids]
-    cold = chronological(split.cold)
-    cold = cold[cold["user_id"].astype(str).isin(set(ids))]
-    first = cold.groupby("user_id").head(K)
-    when = first.groupby(first["user_id"].astype(str))["timestamp"].max().reindex(ids)
-    times = when.to_numpy(np.int64)
+    ids, hist, rel, cold, first, times = asked_at_k(split)
     _, retrieve = tower_retrieve(tower_dir, data.users, candidates)
     index = {i: n for n, i in enumerate(result.model.item_ids)}
     counts = train_counts(warm.train, list(index))
