@@ -18,6 +18,11 @@
                ``gender``, ``occupation``, ``zip_prefix``) plus ``user_count``, ``user_mean`` and
                ``time_since_last`` (float ``[batch]``). Outputs ``item_ids``, ``scores``
                (``exp(logit)``) and ``model_version``, as ``nextwatch.serving.api`` with ranking.
+               Where the artefact has a new-user tower, each row is routed as the API routes
+               it (:mod:`export.routed`), and ``generator`` names the tower that answered.
+``new_user_ranker``
+               the new-user tower's own ranker (``new_user/ranker``), where it has one: the
+               ``ranker`` model's inputs and outputs, for the new-user tower's candidates.
 
 JSON has no NaN, so a negative ``user_mean``, ``time_since_last``, ``age`` or ``history_rating``
 means "unknown" (``history_rating``: a watch without a rating, or padding).
@@ -30,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from export.routed import RoutedModule, check_new_user_max
 from export.savedmodel import (
     NO_ITEM_SCORE,
     _BruteForceModule,
@@ -38,15 +44,17 @@ from export.savedmodel import (
     _signature,
     compact,
     distinct_known,
+    saved_index,
 )
 from ranking.artefact import load_ranker
 from ranking.ensemble import RankerEnsemble
 from ranking.impressions import NUMERIC
 from ranking.model import Ranker
 from towers._tf import tf
-from towers.artefact import artefact_version, load_artefact
+from towers.artefact import NEW_USER_DIR, artefact_version, load_artefact
 from towers.catalogue import ITEMS_FILE
 from towers.index import ItemIndex
+from towers.presets import NEW_USER_MAX_RATINGS
 
 RANKING_MODELS = ("ranker", "two_stage")
 UNKNOWN_IF_NEGATIVE = ("time_since_last", "user_mean")
@@ -153,12 +161,20 @@ def export_ranking_savedmodels(
     num_candidates: int = 100,
     serving_version: int = 1,
     overwrite: bool = False,
+    new_user_max: int | None = NEW_USER_MAX_RATINGS,
 ) -> dict[str, Path]:
     """Export ``output/ranker/<v>`` and ``output/two_stage/<v>`` for an artefact with a ranker.
 
     Each version directory is written beside its place and renamed into it when complete (see
     :func:`export.savedmodel.export_savedmodels`). ``two_stage`` retrieves
     ``max(num_candidates, k)`` candidates, as the Python API does.
+
+    Where the artefact has a new-user tower (``new_user/``), ``two_stage`` routes each row as
+    the API does (:mod:`export.routed`): a history of at most ``new_user_max`` distinct known
+    items gets the new-user tower's candidates, rescored by its own ranker
+    (``new_user/ranker``) if it has one, else by the main ranker; the output ``generator``
+    names the tower. An own ranker is also exported alone, as ``new_user_ranker``. None for
+    ``new_user_max`` exports the main tower and ranker alone.
 
     Raises
     ------
@@ -167,46 +183,78 @@ def export_ranking_savedmodels(
     FileExistsError
         If a version directory exists and ``overwrite`` is false (checked before writing).
     ValueError
-        On a bad argument, or a ranker trained for another version of the tower.
+        On a bad argument, or a ranker trained for another version of its tower.
     """
     for name, value in (("k", k), ("num_candidates", num_candidates),
                         ("serving_version", serving_version)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_new_user_max(new_user_max)
     artefact = Path(artefact)
     if not (artefact / "ranker" / "config.json").exists():
         raise FileNotFoundError(f"{artefact} has no ranker/: run `nextwatch train-ranker` first")
+    second = artefact / NEW_USER_DIR
+    routed = new_user_max is not None and (second / "config.json").exists()
+    own = routed and (second / "ranker" / "config.json").exists()
+    names = (*RANKING_MODELS, *(("new_user_ranker",) if own else ()))
     output = Path(output)
     if not overwrite:
-        for name in RANKING_MODELS:
+        for name in names:
             if (output / name / str(serving_version)).exists():
                 raise FileExistsError(_exists_message(output / name / str(serving_version)))
-    ranker = load_ranker(artefact / "ranker")
     version = artefact_version(artefact)
-    if ranker.tower_version != version:
-        raise ValueError(
-            f"{artefact / 'ranker'} was trained for tower {ranker.tower_version}, not "
-            f"{version}: retrain it (nextwatch train-ranker)"
-        )
+    ranker = _checked_ranker(artefact, version, artefact)
+    # Both rankers are checked before anything is written.
+    second_ranker = _checked_ranker(second, artefact_version(second), artefact) if own else ranker
     model = load_artefact(artefact)
-    index = (  # as export_savedmodels and the API: an artefact without index/ gets one built
-        ItemIndex.load(artefact / "index")
-        if (artefact / "index" / "index.json").exists()
-        else ItemIndex.build(model.item_ids, model.item_matrix())
-    )
+    index = saved_index(artefact, model)
     popularity: dict[str, float] = {}
     if (artefact / ITEMS_FILE).exists():
         items = pd.read_parquet(artefact / ITEMS_FILE)
         if "popularity" in items:  # else 0 for every item, as the API does
             popularity = dict(zip(items["item_id"].astype(str), items["popularity"], strict=True))
-    ranker_module = _RankerModule(ranker, version)
-    path = output / "ranker" / str(serving_version)
-    _save(ranker_module, ranker_module.score, path, spec=_ranker_signature(ranker),
-          overwrite=overwrite)  # fmt: skip
+    out = {"ranker": _save_ranker(ranker, version, output / "ranker" / str(serving_version),
+                                  overwrite)}  # fmt: skip
     two = _TwoStageModule(model, version, index, ranker, popularity, num_candidates, k)
     spec = _signature(model)
+    answer, module = two.two_stage, two
+    if routed:
+        new_user_model = load_artefact(second)
+        if own:
+            out["new_user_ranker"] = _save_ranker(
+                second_ranker, version, output / "new_user_ranker" / str(serving_version),
+                overwrite,
+            )  # fmt: skip
+        # The new-user tower's answers carry the artefact's version, as the service's do.
+        two_second = _TwoStageModule(
+            new_user_model, version, saved_index(second, new_user_model), second_ranker,
+            popularity, num_candidates, k,
+        )  # fmt: skip
+        module = RoutedModule(
+            two, two_second, two.two_stage, two_second.two_stage, model, new_user_max,
+            max(two.final_k, two_second.final_k),
+        )  # fmt: skip
+        answer = module.answer
+        spec = {**_signature(new_user_model), **spec}
     for name in ("user_count", "user_mean", "time_since_last"):
         spec[name] = tf.TensorSpec([None], tf.float32, name=name)
-    two_path = output / "two_stage" / str(serving_version)
-    _save(two, two.two_stage, two_path, spec=spec, overwrite=overwrite)
-    return {"ranker": path, "two_stage": two_path}
+    out["two_stage"] = output / "two_stage" / str(serving_version)
+    _save(module, answer, out["two_stage"], spec=spec, overwrite=overwrite)
+    return out
+
+
+def _checked_ranker(directory: Path, version: str, artefact: Path) -> Ranker | RankerEnsemble:
+    """``directory/ranker``, refused (naming it) if it was trained for another tower version
+    than ``version``; ``artefact`` names the artefact to retrain."""
+    ranker = load_ranker(directory / "ranker")
+    if ranker.tower_version != version:
+        raise ValueError(
+            f"{directory / 'ranker'} was trained for tower {ranker.tower_version}, not "
+            f"{version}: retrain it (nextwatch train-ranker --artefact {artefact})"
+        )
+    return ranker
+
+
+def _save_ranker(ranker: Ranker | RankerEnsemble, version: str, path: Path, overwrite: bool):
+    module = _RankerModule(ranker, version)
+    return _save(module, module.score, path, spec=_ranker_signature(ranker), overwrite=overwrite)

@@ -17,6 +17,9 @@ Outputs:
   excluded. When fewer than ``k`` items are eligible the tail is ``""`` with score
   ``-3.4028235e38`` (JSON has no infinity).
 * every model also returns ``model_version`` string ``[batch]``, the artefact version.
+* where the artefact has a new-user tower, the retrieval models also return ``generator``
+  string ``[batch]``, ``"new-user"`` or ``"main"``: each row is answered by the tower the
+  service would pick (:mod:`export.routed`).
 
 The brute-force model uses only stock TensorFlow ops (lookups, matmul, top-k), so stock TF
 Serving loads it. The ScaNN model needs ScaNN's custom ops: TF Serving built with them (Google's
@@ -30,78 +33,22 @@ Directory layout (TF Serving's ``<model_base_path>/<numeric version>``)::
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 
+from export.bags import NO_ITEM_SCORE, compact, distinct_known
+from export.routed import RoutedModule, check_new_user_max
 from towers._tf import tf
-from towers.artefact import artefact_version, load_artefact, replace_directory
+from towers.artefact import NEW_USER_DIR, artefact_version, load_artefact, replace_directory
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.index import ItemIndex, configure
 from towers.leftovers import remove_dead, work_dir
 from towers.model import CandidateTower
+from towers.presets import NEW_USER_MAX_RATINGS
 
 MODEL_NAMES = ("query_tower", "retrieval_brute_force", "retrieval_scann")
-NO_ITEM_SCORE = float(np.finfo(np.float32).min)
-
-
-def distinct_known(history: tf.Tensor, known: tf.Tensor) -> tf.Tensor:
-    """The known items of each row less those repeated later in it.
-
-    Parameters
-    ----------
-    history : tf.Tensor
-        String ``[batch, n]``, oldest first.
-    known : tf.Tensor
-        Bool ``[batch, n]``: which positions hold a known item (never a pad).
-
-    Returns
-    -------
-    tf.Tensor
-        Bool ``[batch, n]``: ``known`` without every position whose item appears again, known,
-        at a later position of its row, so a repeated item counts once, at its last position
-        (as ``towers.catalogue.distinct_history``).
-    """
-    # Linear in the batch's size (one hash pass), not quadratic in the history length: key each
-    # position by (row, item), find every key's last known position, keep a known position
-    # only where it is its key's last.
-    batch, n = tf.shape(history)[0], tf.shape(history)[1]
-    rows = tf.strings.as_string(tf.repeat(tf.range(batch)[:, None], n, axis=1))
-    keys = tf.reshape(tf.strings.join([rows, history], separator="\x1f"), [-1])
-    _, segment = tf.unique(keys)
-    position = tf.reshape(tf.tile(tf.range(n)[None, :], [batch, 1]), [-1])
-    flat_known = tf.reshape(known, [-1])
-    last = tf.math.unsorted_segment_max(
-        tf.where(flat_known, position, -1), segment, num_segments=tf.size(keys)
-    )
-    is_last = tf.equal(position, tf.gather(last, segment))
-    return known & tf.reshape(is_last, [batch, n])
-
-
-def compact(values: tf.Tensor, keep: tf.Tensor, width: int, pad) -> tf.Tensor:
-    """The kept ``values`` of each row moved right in order, the newest ``width`` of them.
-
-    Parameters
-    ----------
-    values : tf.Tensor
-        ``[batch, n]``, oldest first (history items, or values aligned with them).
-    keep : tf.Tensor
-        Bool ``[batch, n]``.
-    width : int
-        Columns of the result.
-    pad
-        The value of the dropped positions and of the left padding.
-
-    Returns
-    -------
-    tf.Tensor
-        ``[batch, width]``, left-padded with ``pad``. Rows compacted with the same ``keep``
-        stay aligned.
-    """
-    order = tf.argsort(tf.cast(keep, tf.int32), axis=1, stable=True)  # dropped ones first
-    values = tf.gather(tf.where(keep, values, pad), order, batch_dims=1)
-    values = values[:, tf.maximum(tf.shape(values)[1] - width, 0) :]
-    return tf.pad(values, [[0, 0], [width - tf.shape(values)[1], 0]], constant_values=pad)
 
 
 def _signature(model: CandidateTower) -> dict[str, tf.TensorSpec]:
@@ -213,11 +160,23 @@ class _ScannModule(_IndexModule):
         self._scann_ops = scann_ops
         builder = configure(scann_ops.builder(self.vectors, self.k, "dot_product"), index.params)
         self.searcher_state = builder.build().serialize_to_module()
+        # The searcher's own resource name. ScaNN's searcher_from_module leaves it empty, and
+        # two searchers in one SavedModel (export.routed: the main and the new-user tower) then
+        # shared one resource: one tower searched the other's item vectors, and now and then
+        # (3 loads in 45) the process crashed setting it up (0 in 40 with a name of its own).
+        self.searcher_name = f"nextwatch-scann-{uuid.uuid4().hex}"
 
     def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         # Fetch room for every history item, so exclusion still leaves k.
         fetch = tf.minimum(self.k + tf.shape(request["history"])[1], self.num_items)
-        searcher = self._scann_ops.searcher_from_module(self.searcher_state)
+        state = self.searcher_state
+        handle = self._scann_ops.tensors_to_scann(
+            state.dataset, state.scann_config, state.serialized_partitioner,
+            state.datapoint_to_token, state.ah_codebook, state.hashed_dataset,
+            state.int8_dataset, state.int8_multipliers, state.dp_norms,
+            shared_name=self.searcher_name,
+        )  # fmt: skip
+        searcher = self._scann_ops.ScannSearcher(handle)
         rows, scores = searcher.search_batched(self.queries(request), final_num_neighbors=fetch)
         return self.outputs(request, tf.cast(rows, tf.int32), scores)
 
@@ -275,6 +234,22 @@ def _exists_message(path: Path) -> str:
     )
 
 
+def saved_index(artefact: Path, model: CandidateTower) -> ItemIndex:
+    """The artefact's saved index (so upserted and deleted items match the Python API), or one
+    built from the tower's item vectors for an artefact without ``index/``."""
+    index_dir = artefact / "index"
+    if (index_dir / "index.json").exists():
+        return ItemIndex.load(index_dir)
+    return ItemIndex.build(model.item_ids, model.item_matrix())
+
+
+def _retrieval_module(
+    name: str, model: CandidateTower, version: str, k: int, index: ItemIndex
+) -> _IndexModule:
+    kind = _BruteForceModule if name == "retrieval_brute_force" else _ScannModule
+    return kind(model, version, k, index)
+
+
 def export_savedmodels(
     artefact: str | Path,
     output: str | Path,
@@ -282,11 +257,16 @@ def export_savedmodels(
     models: tuple[str, ...] = MODEL_NAMES,
     serving_version: int = 1,
     overwrite: bool = False,
+    new_user_max: int | None = NEW_USER_MAX_RATINGS,
 ) -> dict[str, Path]:
     """Export the artefact's models under ``output/<name>/<serving_version>``.
 
     Each model is saved into a temporary directory beside its version directory and renamed into
-    place when complete, so TF Serving never sees a partial version.
+    place when complete, so TF Serving never sees a partial version. Where the artefact has a
+    new-user tower (``new_user/``), the retrieval models route each row as the API does
+    (:mod:`export.routed`): a history of at most ``new_user_max`` distinct known items is
+    answered by the new-user tower, and the output ``generator`` names the tower. The
+    ``query_tower`` model is the main tower's (its vectors go with the main tower's items).
 
     Parameters
     ----------
@@ -302,6 +282,9 @@ def export_savedmodels(
         TF Serving's numeric version directory.
     overwrite : bool
         Replace version directories that already exist (default: refuse).
+    new_user_max : int or None
+        The most known items a history may have to go to the new-user tower (the service's
+        limit by default); None exports the main tower alone, as for an artefact without one.
 
     Returns
     -------
@@ -329,19 +312,21 @@ def export_savedmodels(
         or (serving_version < 1)
     ):
         raise ValueError(f"serving_version must be a positive integer, got {serving_version!r}")
+    check_new_user_max(new_user_max)
     output = Path(output)
     if not overwrite:
         for name in models:
             if (output / name / str(serving_version)).exists():
                 raise FileExistsError(_exists_message(output / name / str(serving_version)))
+    artefact = Path(artefact)
     model = load_artefact(artefact)
     version = artefact_version(artefact)
-    index_dir = Path(artefact) / "index"
-    index = (
-        ItemIndex.load(index_dir)
-        if (index_dir / "index.json").exists()
-        else ItemIndex.build(model.item_ids, model.item_matrix())
-    )
+    index = saved_index(artefact, model)
+    second = artefact / NEW_USER_DIR
+    routed = new_user_max is not None and (second / "config.json").exists()
+    if routed:
+        new_user_model = load_artefact(second)
+        new_user_index = saved_index(second, new_user_model)
     out: dict[str, Path] = {}
     for name in models:
         path = output / name / str(serving_version)
@@ -355,14 +340,20 @@ def export_savedmodels(
                 }
 
             out[name] = _save(module, fn, path, overwrite=overwrite)
-        elif name == "retrieval_brute_force":
-            module = _BruteForceModule(model, version, k, index)
-            out[name] = _save(module, module.top_k, path, overwrite=overwrite)
-        else:
-            module = _ScannModule(model, version, k, index)
-            out[name] = _save(
-                module, module.top_k, path, overwrite=overwrite, namespace_whitelist=["Scann"]
-            )
+            continue
+        options = {"namespace_whitelist": ["Scann"]} if name == "retrieval_scann" else {}
+        module = _retrieval_module(name, model, version, k, index)
+        if not routed:
+            out[name] = _save(module, module.top_k, path, overwrite=overwrite, **options)
+            continue
+        # The new-user tower's answers carry the artefact's version, as the service's do.
+        second_module = _retrieval_module(name, new_user_model, version, k, new_user_index)
+        both = RoutedModule(
+            module, second_module, module.top_k, second_module.top_k, model, new_user_max,
+            max(module.k, second_module.k),
+        )  # fmt: skip
+        spec = {**_signature(new_user_model), **_signature(model)}
+        out[name] = _save(both, both.answer, path, spec, overwrite=overwrite, **options)
     return out
 
 

@@ -37,6 +37,7 @@ from towers.artefact import check_output, replace_directory
 from towers.data import DataError
 from towers.leftovers import remove_dead, work_dir
 from towers.pipeline import evaluate_artefact, retrain_candidates, train_candidates
+from towers.presets import NEW_USER_MAX_RATINGS
 from towers.synthetic import ITEMS_FILE, SyntheticConfig, generate, shard_paths
 from towers.warmstart import WarmStart
 
@@ -288,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = export_savedmodels(
                 args.artefact, args.output, k=args.k, models=tuple(args.models),
                 serving_version=args.serving_version, overwrite=args.overwrite,
+                new_user_max=None if args.main_tower_only else NEW_USER_MAX_RATINGS,
             )  # fmt: skip
             print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
         elif args.command == "serve":

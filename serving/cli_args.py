@@ -325,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     models.add_argument("--serving-version", type=int, default=1, help="numeric version dir")
     models.add_argument(
+        "--main-tower-only", action="store_true",
+        help="export the main tower alone; by default, where the artefact has a new-user tower, "
+        f"the retrieval models send histories of at most {NEW_USER_MAX_RATINGS} known items to "
+        "it, as the service does",
+    )  # fmt: skip
+    models.add_argument(
         "--overwrite", action="store_true",
         help="replace the version directories if they exist (default: refuse)",
     )  # fmt: skip

@@ -107,3 +107,47 @@ def planted_ranked_artefact(planted_artefact, tmp_path_factory) -> Path:
         holdout=False,
     )  # fmt: skip
     return copy
+
+
+@pytest.fixture(scope="session")
+def two_towers(planted_ranked_artefact, tmp_path_factory):
+    """``planted_ranked_artefact`` with a new-user tower (first-items examples, history
+    dropout) trained on the same log in ``new_user/``."""
+    import shutil
+
+    from towers.artefact import NEW_USER_DIR, save_artefact
+    from towers.model import TowerConfig
+    from towers.train import TrainOptions, train_tower
+
+    copy = tmp_path_factory.mktemp("two-towers") / "artefact"
+    shutil.copytree(planted_ranked_artefact, copy)
+    config = TowerConfig(
+        embedding_dim=8, token_dim=4, output_dim=8, depth=0, max_history=3, recent_history=2,
+        max_examples_per_user=None, cold_examples_per_user=4, history_dropout=0.3,
+    )  # fmt: skip
+    data = planted_dataset()
+    result = train_tower(data, config, TrainOptions(epochs=20, batch_size=32, verbose=0))
+    save_artefact(result, copy / NEW_USER_DIR, data=data)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def two_rankers(two_towers, tmp_path_factory):
+    """``two_towers`` with the new-user tower's own ranker, trained on new users' impressions
+    (``ranking.pipeline.train_new_user_ranker_job``), in ``new_user/ranker``."""
+    import shutil
+
+    from ranking.model import RankerConfig
+    from ranking.pipeline import train_new_user_ranker_job
+    from ranking.train import RankerOptions
+    from towers.artefact import NEW_USER_DIR
+
+    copy = tmp_path_factory.mktemp("two-rankers") / "artefact"
+    shutil.copytree(two_towers, copy)
+    config = RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10,
+                          tower_score_weight=0.5)  # fmt: skip
+    train_new_user_ranker_job(
+        copy / NEW_USER_DIR, planted_dataset(), copy / NEW_USER_DIR / "ranker", config,
+        RankerOptions(epochs=3, batch_size=64), num_candidates=5, events_per_user=3,
+    )  # fmt: skip
+    return copy

@@ -49,7 +49,7 @@ LOADER = textwrap.dedent(
         model = tf.saved_model.load(f"{base}/{name}/1")
         result = model.signatures["serving_default"](**feed)
         out[name] = {k: v.numpy().tolist() for k, v in result.items()}
-        for key in ("item_ids", "model_version"):
+        for key in ("item_ids", "model_version", "generator"):
             if key in out[name]:
                 out[name][key] = [
                     [b.decode() for b in row] if isinstance(row, list) else row.decode()

@@ -14,10 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from export.candidates import candidate_table, export_candidates, load_generators
+from export.ranking_savedmodel import export_ranking_savedmodels
 from ranking.artefact import ranker_impressions, ranker_settings
-from ranking.model import RankerConfig
-from ranking.pipeline import train_new_user_ranker_job
-from ranking.train import RankerOptions, new_user_ranker_validated
+from ranking.train import new_user_ranker_validated
 from serving.api import Recommender
 from serving.api_types import Query
 from serving.cli import main
@@ -28,46 +27,14 @@ from serving.service import LiveService, ModelSlot, Served
 from serving.store import ItemRecord
 from tests.conftest import planted_dataset
 from tests.serving.test_cli import TINY, _run, _tiny_log
-from towers.artefact import NEW_USER_DIR, artefact_version, save_artefact
+from towers.artefact import NEW_USER_DIR, artefact_version
 from towers.coldstart import onboarding_order
 from towers.content import ContentProjection, metadata_tokens
-from towers.model import TowerConfig
 from towers.pipeline import retrain_artefact
 from towers.presets import NEW_USER_MAX_RATINGS
 from towers.retrieval import Retriever
-from towers.train import TrainOptions, train_tower
+from towers.train import TrainOptions
 from towers.warmstart import WarmStart
-
-
-@pytest.fixture(scope="module")
-def two_towers(planted_ranked_artefact, tmp_path_factory):
-    """``planted_ranked_artefact`` with a new-user tower (first-items examples, history
-    dropout) trained on the same log in ``new_user/``."""
-    copy = tmp_path_factory.mktemp("two-towers") / "artefact"
-    shutil.copytree(planted_ranked_artefact, copy)
-    config = TowerConfig(
-        embedding_dim=8, token_dim=4, output_dim=8, depth=0, max_history=3, recent_history=2,
-        max_examples_per_user=None, cold_examples_per_user=4, history_dropout=0.3,
-    )  # fmt: skip
-    data = planted_dataset()
-    result = train_tower(data, config, TrainOptions(epochs=20, batch_size=32, verbose=0))
-    save_artefact(result, copy / NEW_USER_DIR, data=data)
-    return copy
-
-
-@pytest.fixture(scope="module")
-def two_rankers(two_towers, tmp_path_factory):
-    """``two_towers`` with the new-user tower's own ranker, trained on new users' impressions
-    (``ranking.pipeline.train_new_user_ranker_job``), in ``new_user/ranker``."""
-    copy = tmp_path_factory.mktemp("two-rankers") / "artefact"
-    shutil.copytree(two_towers, copy)
-    config = RankerConfig(hidden_units=(16,), rating_units=(8,), max_history=3, num_quantiles=10,
-                          tower_score_weight=0.5)  # fmt: skip
-    train_new_user_ranker_job(
-        copy / NEW_USER_DIR, planted_dataset(), copy / NEW_USER_DIR / "ranker", config,
-        RankerOptions(epochs=3, batch_size=64), num_candidates=5, events_per_user=3,
-    )  # fmt: skip
-    return copy
 
 
 def _alone(artefact) -> Recommender:
@@ -285,6 +252,10 @@ def test_a_new_user_ranker_for_another_tower_version_is_refused_naming_it(two_ra
     config.write_text(json.dumps({**json.loads(config.read_text()), "tower_version": "other"}))
     with pytest.raises(ValueError, match="new_user/ranker was trained for tower other"):
         _alone(copy)
+    # The SavedModel export refuses it too, before it writes any model.
+    with pytest.raises(ValueError, match="new_user/ranker was trained for tower other"):
+        export_ranking_savedmodels(copy, tmp_path / "models")
+    assert not (tmp_path / "models").exists()
 
 
 def test_a_retrain_trains_the_new_user_ranker_again_as_it_was(two_rankers, tmp_path):
