@@ -32,18 +32,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ranking.artefact import load_rank_scorer
 from serving.api_types import Query, Recommendation, Recommendations, UnknownItemError
-from serving.rerank import Reranker
+from serving.labels import ItemLabels
+from serving.rerank import Reranker, load_reranker
 from towers.artefact import NEW_USER_DIR, artefact_version
-from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history, genre_names
+from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
 from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.presets import NEW_USER_MAX_RATINGS
 from towers.retrieval import Retriever, new_user_retriever, route
 
 FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
-RANKER_DIR = "ranker"  # inside the tower artefact: written by `nextwatch train-ranker`
 
 
 def _check_k(k: object) -> int:
@@ -103,29 +102,7 @@ class Recommender:
         self.version = version
         self.items = items
         self.max_history = retriever.encoder.max_history
-        self._titles: dict[str, str] = {}
-        self._genres: dict[str, tuple[str, ...]] = {}
-        self._index_metadata(items)
-
-    def _index_metadata(self, items: pd.DataFrame) -> None:
-        # Whole columns to Python lists first (one conversion each, not one per element).
-        ids = items["item_id"].astype(str).tolist()
-        self._titles.update(zip(ids, items["title"].astype(str).tolist(), strict=True))
-        self._genres.update(
-            (i, genre_names(gs)) for i, gs in zip(ids, items["genres"].tolist(), strict=True)
-        )
-        by_genre: dict[str, set[str]] = {}
-        for item, genres in self._genres.items():
-            for genre in genres:
-                by_genre.setdefault(genre.lower(), set()).add(item)
-        self._genre_names = sorted({g for gs in self._genres.values() for g in gs})
-        # Each genre's items, and one allowed set per filter asked for (so the index keeps its
-        # rows, ItemIndex.search_among), replaced together: a filter built from the old sets
-        # can only land in the old cache.
-        self._genre_state: tuple[dict[str, frozenset[str]], dict] = (
-            {g: frozenset(s) for g, s in by_genre.items()},
-            {},
-        )
+        self.labels = ItemLabels(items)
 
     def add_items(self, items: pd.DataFrame) -> None:
         """Titles and genres of items placed in the index at run time (from metadata), so that
@@ -134,7 +111,7 @@ class Recommender:
             [self.items[~self.items["item_id"].astype(str).isin(items["item_id"])], items],
             ignore_index=True,
         )
-        self._index_metadata(items)
+        self.labels.update(items)
 
     @classmethod
     def load(cls, artefact: str | Path, users: bool = True) -> Recommender:
@@ -162,9 +139,9 @@ class Recommender:
         popularity = dict(zip(items["item_id"].astype(str), counts, strict=True))
         new_user = new_user_retriever(artefact)
         return cls(
-            retriever, items, table, version, _reranker(artefact, version, popularity),
+            retriever, items, table, version, load_reranker(artefact, version, popularity),
             new_user=new_user,
-            new_user_reranker=None if new_user is None else _reranker(
+            new_user_reranker=None if new_user is None else load_reranker(
                 artefact / NEW_USER_DIR, artefact_version(artefact / NEW_USER_DIR), popularity,
                 artefact,
             ),
@@ -186,28 +163,10 @@ class Recommender:
     @property
     def genres(self) -> list[str]:
         """The genre names a filter may use."""
-        return list(self._genre_names)
+        return self.labels.genre_names
 
     def title(self, item_id: str) -> str:
-        return self._titles.get(str(item_id), "")
-
-    def _allowed(self, genres: Sequence[str]) -> frozenset[str] | None:
-        if isinstance(genres, str):
-            genres = [genres]
-        if not genres:
-            return None
-        by_genre, cache = self._genre_state
-        names = frozenset(str(g).lower() for g in genres)
-        found = cache.get(names)
-        if found is not None:
-            return found
-        unknown = [g for g in genres if str(g).lower() not in by_genre]
-        if unknown:
-            raise ValueError(f"genres has unknown names {unknown}; known: {self._genre_names}")
-        found = frozenset().union(*(by_genre[name] for name in names))
-        if len(cache) < 256:
-            cache[names] = found
-        return found
+        return self.labels.title(item_id)
 
     def _features(self, features: Mapping[str, object] | None) -> dict[str, object]:
         if features is not None and not isinstance(features, Mapping):
@@ -303,7 +262,7 @@ class Recommender:
             return []
         resolved = [self._resolve(q) for q in queries]
         ks = [_check_k(q.k) for q in queries]
-        allowed = [self._allowed(q.genres) for q in queries]
+        allowed = [self.labels.allowed(q.genres) for q in queries]
         histories = [r[0] for r in resolved]
         # One pass over each history: the known IDs (the bag, and the ranker's history) and
         # the ignored ones (reported in the response).
@@ -406,7 +365,7 @@ class Recommender:
         try:
             vector = self.retriever.index.vector(item_id)
         except KeyError:
-            if item_id in self._titles:  # in the catalogue, but nobody watched it in training
+            if item_id in self.labels:  # in the catalogue, but nobody watched it in training
                 raise UnknownItemError(
                     f"item_id {item_id!r} has no item vector in model {self.version}: nobody "
                     "watched it in the training data (POST /v1/items places it from metadata)"
@@ -418,7 +377,7 @@ class Recommender:
 
     def _items(self, ids: list[str], scores: list[float]) -> list[Recommendation]:
         return [
-            Recommendation(i, float(s), self._titles.get(i, ""), self._genres.get(i, ()))
+            Recommendation(i, float(s), self.labels.title(i), self.labels.genres(i))
             for i, s in zip(ids, scores, strict=True)
         ]
 
@@ -440,19 +399,3 @@ class Recommender:
                 else ("main" if self.reranker is not None else None),
             },
         }
-
-
-def _reranker(
-    directory: Path, version: str, popularity: Mapping[str, float], artefact: Path | None = None
-) -> Reranker | None:
-    """The ranker in ``directory/ranker`` (None if there is none), checked against the version
-    of the tower it reranks; ``artefact`` names the artefact to retrain in the error."""
-    if not (directory / RANKER_DIR / "config.json").exists():
-        return None
-    scorer, tower_version = load_rank_scorer(directory / RANKER_DIR)
-    if tower_version != version:
-        raise ValueError(
-            f"{directory / RANKER_DIR} was trained for tower {tower_version}, not {version}: "
-            f"retrain it with `nextwatch train-ranker --artefact {artefact or directory}`"
-        )
-    return Reranker(scorer, popularity)

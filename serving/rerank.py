@@ -14,12 +14,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from ranking.artefact import load_rank_scorer
 from ranking.scorer import RankScorer
 from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
+
+RANKER_DIR = "ranker"  # inside the tower artefact: written by `nextwatch train-ranker`
 
 
 class Reranker:
@@ -88,3 +92,19 @@ class Reranker:
         logits = self.scorer(inputs, rating=False)["serving_logit"]
         order = np.argsort(-logits, kind="stable")[:k]
         return [str(item_ids[j]) for j in order], [float(np.exp(logits[j])) for j in order]
+
+
+def load_reranker(
+    directory: Path, version: str, popularity: Mapping[str, float], artefact: Path | None = None
+) -> Reranker | None:
+    """The ranker in ``directory/ranker`` (None if there is none), checked against the version
+    of the tower it reranks; ``artefact`` names the artefact to retrain in the error."""
+    if not (directory / RANKER_DIR / "config.json").exists():
+        return None
+    scorer, tower_version = load_rank_scorer(directory / RANKER_DIR)
+    if tower_version != version:
+        raise ValueError(
+            f"{directory / RANKER_DIR} was trained for tower {tower_version}, not {version}: "
+            f"retrain it with `nextwatch train-ranker --artefact {artefact or directory}`"
+        )
+    return Reranker(scorer, popularity)
