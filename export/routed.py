@@ -43,7 +43,7 @@ def known_counts(model: CandidateTower, history: tf.Tensor) -> tf.Tensor:
 
 def _pad(answer: dict[str, tf.Tensor], width: int) -> dict[str, tf.Tensor]:
     """``item_ids`` and ``scores`` padded on the right to ``width`` columns (``""`` and
-    :data:`export.savedmodel.NO_ITEM_SCORE`, as a model pads a short answer)."""
+    :data:`export.bags.NO_ITEM_SCORE`, as a model pads a short answer)."""
     out = dict(answer)
     extra = width - tf.shape(answer["item_ids"])[1]
     out["item_ids"] = tf.pad(answer["item_ids"], [[0, 0], [0, extra]], constant_values="")

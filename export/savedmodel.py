@@ -163,7 +163,7 @@ class _ScannModule(_IndexModule):
         # The searcher's own resource name. ScaNN's searcher_from_module leaves it empty, and
         # two searchers in one SavedModel (export.routed: the main and the new-user tower) then
         # shared one resource: one tower searched the other's item vectors, and now and then
-        # (3 loads in 45) the process crashed setting it up (0 in 40 with a name of its own).
+        # the process crashed setting it up.
         self.searcher_name = f"nextwatch-scann-{uuid.uuid4().hex}"
 
     def top_k(self, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
