@@ -323,7 +323,12 @@ def export_savedmodels(
     version = artefact_version(artefact)
     index = saved_index(artefact, model)
     second = artefact / NEW_USER_DIR
-    routed = new_user_max is not None and (second / "config.json").exists()
+    # Only the retrieval models route: a query_tower-only export never loads the second tower.
+    routed = (
+        new_user_max is not None
+        and (second / "config.json").exists()
+        and any(name != "query_tower" for name in models)
+    )
     if routed:
         new_user_model = load_artefact(second)
         new_user_index = saved_index(second, new_user_model)
