@@ -13,8 +13,9 @@ tower's item space) and measures, on one thread:
 * ``cached``: the default call once the list is cached, with the catalogue lookups that the
   endpoint makes for each item (``n`` = 20 and 300);
 * ``response_bytes``: the JSON body of ``GET /v1/onboarding`` as the endpoint's response model
-  serialises it, for ``n`` = 12 (one page), 20, 50, 100 and 300, plain and gzip-compressed (the
-  service sends it plain).
+  serialises it, for ``n`` = 12 (one page), 20, 50, 100 and 300, plain and gzip-compressed at
+  the service's level; ``sent_gzip`` says whether the service compresses it (answers of at least
+  ``serving.http.GZIP_MIN_BYTES``, to a client that accepts gzip).
 
     python benchmarks/onboarding_cost.py --data-dir ../shared/data   # seconds (+5 min to train)
 
@@ -30,6 +31,7 @@ import time
 
 from common import latency_ms, serving_artefact, write_results
 
+from serving.http import GZIP_LEVEL, GZIP_MIN_BYTES
 from serving.schemas import OnboardingOut
 from serving.served import (
     ONBOARDING_DIVERSITY_NEW_USER,
@@ -90,7 +92,11 @@ def main() -> None:
     sizes = {}
     for n in SIZES:
         body = endpoint_body(served, n)
-        sizes[f"n-{n}"] = {"bytes": len(body), "gzip_bytes": len(gzip.compress(body))}
+        sizes[f"n-{n}"] = {
+            "bytes": len(body),
+            "gzip_bytes": len(gzip.compress(body, GZIP_LEVEL)),
+            "sent_gzip": len(body) >= GZIP_MIN_BYTES,
+        }
     for name, part in (("pick", pick), ("cached", cached), ("response_bytes", sizes)):
         log.info("%s: %s", name, part)
     write_results(

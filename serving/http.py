@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.gzip import GZipMiddleware
 
 from serving.http_errors import (
     field_name,  # noqa: F401  (re-exported: serving.http.field_name is public API)
@@ -66,6 +67,8 @@ from serving.store import IdempotencyConflict, StoreUnavailable
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 USER_FIELDS = ("age", "gender", "occupation", "zip_prefix")  # what POST /v1/users sets
+GZIP_MIN_BYTES = 8192  # answers at least this long are gzip-compressed for clients that accept it
+GZIP_LEVEL = 6
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,10 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
+    # Large answers (the page, the 300-film onboarding list, long searches) go gzip-compressed
+    # to a client that accepts it; a recommendation list is under the threshold and is sent
+    # plain, so the event loop spends no time compressing it.
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -230,6 +230,18 @@ def test_items_lookup_search_and_similar(client):
     assert client.get("/v1/items/nope/similar").status_code == 404
 
 
+def test_large_answers_are_gzipped_for_clients_that_accept_it(client):
+    page = client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert page.headers["content-encoding"] == "gzip" and "<html" in page.text  # httpx decodes
+    assert int(page.headers["content-length"]) < len(page.content) // 2
+    plain = client.get("/", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == page.text
+    small = client.post(
+        "/v1/recommendations", json={"history": ["A"]}, headers={"Accept-Encoding": "gzip"}
+    )
+    assert small.status_code == 200 and "content-encoding" not in small.headers
+
+
 def test_model_health_metrics_and_reload(client, planted_artefact):
     model = client.get("/v1/model").json()
     assert model["ranker"] and model["swaps"] == 0
