@@ -19,7 +19,7 @@ ago).
 These are the graph's own times in Python; TF Serving adds its request handling (gRPC or REST)
 on top, which this machine has no TF Serving binary to measure.
 
-    python benchmarks/savedmodel_latency.py --data-dir ../shared/data   # ~2 min (+ training)
+    python benchmarks/savedmodel_latency.py --data-dir ../shared/data   # ~6 min (+ training)
 
 Writes ``benchmarks/results/savedmodel_latency.json``.
 """
