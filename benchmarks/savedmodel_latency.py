@@ -73,7 +73,9 @@ def _inputs(name: str, history: np.ndarray) -> dict[str, tf.Tensor]:
     return inputs
 
 
-def time_pair(name: str, paths: dict[str, Path], shapes: dict[str, np.ndarray], calls: int):
+def time_pair(
+    name: str, paths: dict[str, Path], shapes: dict[str, np.ndarray], calls: int
+) -> dict[str, dict]:
     """p50 / p99 of ``calls`` calls per request shape for each export of model ``name``, the
     exports' calls interleaved (so that the machine's drift falls on both alike), and which
     tower answered each shape."""
