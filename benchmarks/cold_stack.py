@@ -28,7 +28,7 @@ weighted by one over their positives, as Recall@50 weights them) and the number 
 picked on validation users (a second cold-user split inside the warm users, ``seed=8``), and
 the pick is reported on the test users at seeds 0-2 (tower, folds and trees).
 
-    python benchmarks/cold_stack.py --data-dir ../shared/data   # ml-100k, about 25 min
+    python benchmarks/cold_stack.py --data-dir ../shared/data   # ml-100k, 16 min
 """
 
 from __future__ import annotations
