@@ -104,10 +104,12 @@ class Counts:
         n, m = len(ref), len(items)
         every, first, later, day = (np.zeros((n, m), np.float32) for _ in range(4))
         after = np.zeros((m, m), np.float32)
+        stars = np.zeros(m, np.float64)
         for row, h in enumerate(ref.values()):
             cols = np.array([self.index.get(i, -1) for i in h.items])
             kept = cols >= 0
             cols, times = cols[kept], h.times[kept]
+            np.add.at(stars, cols, h.stars[kept])
             every[row, cols] = 1.0
             first[row, cols[:K]] = 1.0
             later[row, cols[K:]] = 1.0
@@ -122,10 +124,6 @@ class Counts:
         self.popularity_day = day.mean(0)
         self.follows_first = (first.T @ later) / (first.sum(0) + 1.0)[:, None]
         self.follows = after / rated[:, None]
-        stars = np.zeros(m, np.float64)
-        for h in ref.values():
-            cols = np.array([self.index.get(i, -1) for i in h.items])
-            np.add.at(stars, cols[cols >= 0], h.stars[cols >= 0])
         self.mean_stars = (stars + 3.5 * 5) / (every.sum(0) + 5)  # shrunk toward 3.5
         self.demographic_lift: dict[str, dict[str, np.ndarray]] = {}
         keys = demographic_keys(users, list(ref))
