@@ -167,8 +167,8 @@ def examples(counts: Counts, asked: dict[str, History], towers: dict[str, np.nda
         masked[seen] = -np.inf
         cand = np.argsort(-masked, kind="stable")[:CANDIDATES]
         size = len(cand)
-        if not len(seen):  # none of the five is known: nothing follows them
-            seen, stars = np.zeros(0, np.int64), np.zeros(1, np.float32)
+        if not len(seen):  # none of the five is known: nothing follows them, stars count 0
+            stars = np.zeros(1, np.float32)
         first = counts.follows_first[seen][:, cand] if len(seen) else np.zeros((1, size))
         follows = counts.follows[seen][:, cand] if len(seen) else np.zeros((1, size))
         lift = np.log((first + EPS) / (counts.popularity_later[cand] + EPS))
