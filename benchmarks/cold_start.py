@@ -13,6 +13,8 @@ Protocols (``../shared/PROTOCOLS.md``) on ml-latest-small and ml-100k, with the 
 * cold-item: the held-out items added from metadata by the content projection, ranked among
   themselves for each user who watched one: AUC and Recall@10, next to random order and to
   most-popular-within-genre; the ridge projection next to one trained on the softmax objective.
+  ``--only items-joint`` adds one trained jointly with the tower (``joint_content.py``), its ID
+  dropout picked on a second carve of items.
 
     python benchmarks/cold_start.py --data-dir ../shared/data          # ~11 min on 2 cores
     python benchmarks/cold_start.py --only sweep --output benchmarks/results/cold_start_sweep.json
@@ -24,6 +26,8 @@ Protocols (``../shared/PROTOCOLS.md``) on ml-latest-small and ml-100k, with the 
         --output benchmarks/results/cold_start_onboarding_new_user.json         # ~10 min
     python benchmarks/cold_start.py --only switch \
         --output benchmarks/results/cold_start_switch.json                      # ~7 min
+    python benchmarks/cold_start.py --only items-joint \
+        --output benchmarks/results/cold_start_items_joint.json
 
 Writes ``benchmarks/results/cold_start.json``.
 """
@@ -35,7 +39,7 @@ import logging
 import time
 
 import common
-from cold_items import cold_items
+from cold_items import cold_items, joint_items
 from cold_tuning import age_knot_validation, sweep, switch_point, time_popularity
 from cold_users import cold_users, joint_pick, onboarding_new_user
 
@@ -58,6 +62,7 @@ def main() -> None:
         choices=[
             "users",
             "items",
+            "items-joint",
             "sweep",
             "age-knots",
             "time-popularity",
@@ -81,6 +86,8 @@ def main() -> None:
             entry["cold_user"] = cold_users(data)
         if "items" in args.only:
             entry["cold_item"] = cold_items(data)
+        if "items-joint" in args.only:
+            entry["cold_item_joint"] = joint_items(data)
         if "sweep" in args.only:
             entry["sweep"] = sweep(data)
         if "time-popularity" in args.only:

@@ -75,6 +75,25 @@ def frame_tokens(items: pd.DataFrame, item_ids: Sequence[str]) -> list[list[str]
     ]
 
 
+def token_vocabulary(
+    tokens: Sequence[Sequence[str]], min_count: int = 2, max_features: int = 4000
+) -> list[str]:
+    """The tokens that get a weight, sorted: the ``max_features`` most frequent of those that
+    describe at least ``min_count`` items (ties by token).
+
+    Raises
+    ------
+    NoMetadataError
+        If no token describes ``min_count`` items.
+    """
+    freq = Counter(t for bag in tokens for t in set(bag))
+    common = sorted((t for t, c in freq.items() if c >= min_count), key=lambda t: (-freq[t], t))
+    vocabulary = sorted(common[:max_features])
+    if not vocabulary:
+        raise NoMetadataError(f"no metadata token describes {min_count} or more items")
+    return vocabulary
+
+
 class ContentProjection:
     """A linear map from an item's token bag to its ``[vector, bias]`` row.
 
@@ -203,11 +222,7 @@ class ContentProjection:
             for v in grid
         ):
             raise ValueError(f"l2 must be a number >= 0 or a non-empty list of them, got {l2!r}")
-        freq = Counter(t for bag in tokens for t in set(bag))
-        common = sorted((t for t, c in freq.items() if c >= min_count), key=lambda t: (-freq[t], t))
-        vocabulary = sorted(common[:max_features])
-        if not vocabulary:
-            raise NoMetadataError(f"no metadata token describes {min_count} or more items")
+        vocabulary = token_vocabulary(tokens, min_count, max_features)
         probe = cls(vocabulary, np.zeros((len(vocabulary), targets.shape[1])), targets[0], 0.0)
         x = probe.features(tokens).astype(np.float64)
         grid = [float(l2)] if isinstance(l2, int | float) else [float(v) for v in l2]
