@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.content import ContentProjection, NoMetadataError, frame_tokens, metadata_tokens
+from towers.content import (
+    ContentProjection,
+    NoMetadataError,
+    frame_tokens,
+    metadata_tokens,
+    token_vocabulary,
+)
 
 TOKENS = [["a"], ["b"], ["a", "b"], ["c", "a"], ["c"], ["b", "c"], ["rare"]]
 
@@ -35,6 +41,17 @@ def test_features_are_unit_norm_bags_of_known_tokens():
     assert fit.vocabulary == ["a", "b", "c"]  # "rare" describes one item only
     x = fit.features([["a", "b"], ["c", "unknown"], []])
     np.testing.assert_allclose(x, [[2**-0.5, 2**-0.5, 0], [0, 0, 1], [0, 0, 0]], rtol=1e-6)
+
+
+def test_the_vocabulary_keeps_the_most_frequent_tokens_that_describe_enough_items():
+    # a: 4 items (listed twice for the last one, which counts once), b: 3, c: 3, rare: 1.
+    tokens = [*TOKENS, ["a", "a"]]
+    assert token_vocabulary(tokens) == ["a", "b", "c"]
+    assert token_vocabulary(tokens, min_count=1) == ["a", "b", "c", "rare"]
+    # a first, then b and c (3 each) by name: the cut keeps a and b.
+    assert token_vocabulary(tokens, max_features=2) == ["a", "b"]
+    with pytest.raises(NoMetadataError, match="5 or more items"):
+        token_vocabulary(tokens, min_count=5)
 
 
 def test_ridge_recovers_an_exact_linear_map():
