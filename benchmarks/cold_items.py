@@ -69,7 +69,7 @@ def softmax_projection(model, train, tokens, epochs: int = 4, seed: int = 0) -> 
 
 RIDGE = "nextwatch (ridge projection)"
 #: ID dropout of the jointly trained projection, picked on the validation carve of items.
-JOINT_DROPOUT = (0.25, 0.5, 0.75)
+JOINT_DROPOUT = (0.0, 0.1, 0.25, 0.5)
 
 
 def _joint_name(dropout: float) -> str:
