@@ -27,7 +27,7 @@ Protocols (``../shared/PROTOCOLS.md``) on ml-latest-small and ml-100k, with the 
     python benchmarks/cold_start.py --only switch \
         --output benchmarks/results/cold_start_switch.json                      # ~7 min
     python benchmarks/cold_start.py --only items-joint \
-        --output benchmarks/results/cold_start_items_joint.json
+        --output benchmarks/results/cold_start_items_joint.json                 # ~22 min
 
 Writes ``benchmarks/results/cold_start.json``.
 """

@@ -79,9 +79,10 @@ class JointContentTower(CandidateTower):
             np.float32
         )
 
-    def compute_loss_value(self, user_vectors, labels, seen=None, training: bool = True):
+    def compute_loss_value(self, user_vectors, labels, seen=None):
+        # Called by train_step only, so the ID parts are dropped (test_step has its own loss).
         label_idx = tf.cast(self.label_indices(labels), tf.int64)
-        vectors, bias = self.rows(training)
+        vectors, bias = self.rows(training=True)
         if self.full_softmax:
             return full_softmax_loss(user_vectors, label_idx, vectors, bias, seen)
         return sampled_softmax_loss(
