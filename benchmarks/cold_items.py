@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from cold_common import (
     train_counts,
     user_vectors,
@@ -76,7 +77,12 @@ def _joint_name(dropout: float) -> str:
     return f"nextwatch (projection trained jointly, ID dropout {dropout})"
 
 
-def cold_items(data, split=None, joint: Sequence[float] = (), softmax: bool = True) -> dict:
+def cold_items(
+    data,
+    split: tuple[pd.DataFrame, pd.DataFrame, list[str]] | None = None,
+    joint: Sequence[float] = (),
+    softmax: bool = True,
+) -> dict:
     """Protocol cold-item on ``split`` (``(train, held-out interactions, held-out item IDs)``;
     the protocol's by default): every model's AUC and Recall@10 among the held-out items. The
     ridge projection and the baselines always; the softmax-trained projection if ``softmax``;
