@@ -40,7 +40,14 @@ from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
 from towers.checks import positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.presets import NEW_USER_MAX_RATINGS
-from towers.retrieval import Retriever, new_user_retriever, route
+from towers.retrieval import (
+    PLACED_SHARE,
+    Retriever,
+    cap_placed,
+    new_user_retriever,
+    placed_cap,
+    route,
+)
 
 FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
 
@@ -74,6 +81,9 @@ class Recommender:
     new_user_reranker : Reranker, optional
         The ranker trained for ``new_user`` on new users' impressions
         (:func:`ranking.pipeline.train_new_user_ranker_job`); ignored without ``new_user``.
+    placed_share : float or None
+        The share of each list (at least one item) that items placed from metadata may take,
+        candidates and answers alike (:func:`towers.retrieval.placed_cap`); None: no cap.
     """
 
     def __init__(
@@ -87,7 +97,9 @@ class Recommender:
         new_user: Retriever | None = None,
         new_user_max: int = NEW_USER_MAX_RATINGS,
         new_user_reranker: Reranker | None = None,
+        placed_share: float | None = PLACED_SHARE,
     ) -> None:
+        placed_cap(1, placed_share)  # checks it
         if isinstance(new_user_max, bool) or not isinstance(new_user_max, numbers.Integral):
             raise ValueError(f"new_user_max must be an integer >= 0, got {new_user_max!r}")
         if new_user_max < 0:
@@ -98,6 +110,7 @@ class Recommender:
         self.reranker = reranker
         self.new_user_reranker = new_user_reranker if new_user is not None else None
         self.num_candidates = num_candidates
+        self.placed_share = placed_share
         self.users = users
         self.version = version
         self.items = items
@@ -294,21 +307,26 @@ class Recommender:
         for i, (k, allow, generator) in enumerate(zip(ks, allowed, generators, strict=True)):
             groups.setdefault((k, allow, id(generator)), []).append(i)
         for (k, allow, _), rows in groups.items():
-            reranker = self.reranker_for(generators[rows[0]])
+            generator = generators[rows[0]]
+            reranker = self.reranker_for(generator)
             ranked = [reranker is not None and queries[r].rank for r in rows]
             fetch = max(k, self.num_candidates) if any(ranked) else k
-            found = generators[rows[0]].search(
-                np.stack([vectors[r] for r in rows]), fetch, [exclude[r] for r in rows], allow
-            )
+            found = generator.search(
+                np.stack([vectors[r] for r in rows]), fetch, [exclude[r] for r in rows], allow,
+                placed_cap(fetch, self.placed_share),
+            )  # fmt: skip
+            # Items placed from metadata are held to their share of the answer too.
+            placed = generator.placed
+            cap = placed_cap(k, self.placed_share) if placed else None
             for r, got, rank in zip(rows, found, ranked, strict=True):
                 known, ignored = split[r]
+                ids, scores = got.item_ids, got.scores
                 if rank:
                     ids, scores = reranker.rerank(
-                        got.item_ids, got.scores, known, resolved[r][3],
-                        resolved[r][1], k,
+                        ids, scores, known, resolved[r][3], resolved[r][1],
+                        k if cap is None else len(ids),
                     )  # fmt: skip
-                else:
-                    ids, scores = got.item_ids[:k], got.scores[:k]
+                ids, scores = cap_placed(ids, scores, k, placed, cap)
                 out[r] = Recommendations(
                     self._items(ids, scores),
                     None if queries[r].user_id is None else str(queries[r].user_id),
@@ -372,7 +390,8 @@ class Recommender:
                 ) from None
             raise UnknownItemError(f"item_id {item_id!r} is not in the catalogue") from None
         vector[-1] = 0.0  # drop the bias term from the score
-        got = self.retriever.search(vector[None, :], k, [{item_id}])[0]
+        cap = placed_cap(k, self.placed_share)
+        got = self.retriever.search(vector[None, :], k, [{item_id}], max_placed=cap)[0]
         return self._items(got.item_ids, got.scores)
 
     def _items(self, ids: list[str], scores: list[float]) -> list[Recommendation]:

@@ -143,8 +143,8 @@ class Served:
         # names it, so that a new user finds it as soon as an established one does.
         vectors = self.projection.predict(tokens)
         if second is not None:
-            second.index.upsert(ids, self.new_user_projection.predict(tokens))
-        self.recommender.retriever.index.upsert(ids, vectors)
+            second.place(ids, self.new_user_projection.predict(tokens))
+        self.recommender.retriever.place(ids, vectors)
         frame = pd.DataFrame(
             {
                 "item_id": ids,

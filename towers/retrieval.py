@@ -12,10 +12,17 @@ exactly the top ``k`` of the allowed, unexcluded items; with a tree + hashing in
 (and at most :data:`EXACT_AMONG_MAX` items) is instead scored exactly over its own items
 (:meth:`towers.index.ItemIndex.search_among`): a rare genre's items are cheaper to score than
 to dig out of a search of everything, and the answer is exact on any index.
+
+Items placed from metadata (:meth:`Retriever.place`) can be held to a share of each list
+(``max_placed``): a content projection's vectors are stretched to compete with trained ones, and
+when a large part of the catalogue is placed at once they would otherwise fill most lists
+(``benchmarks/bulk_items.py``).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +45,69 @@ class Retrieved:
     scores: list[float]
 
 
+#: The share of a list that items placed from metadata may take, by default (at least one item):
+#: picked by ``benchmarks/bulk_items.py`` (README, "A bulk import of new items").
+PLACED_SHARE = 0.1
+
+
+def placed_cap(k: int, share: float | None) -> int | None:
+    """How many of ``k`` items may be placed from metadata: ``floor(share * k)``, at least 1, so
+    that one new item can always be recommended; None (no cap) for ``share`` None.
+
+    Raises
+    ------
+    ValueError
+        If ``share`` is not a number in [0, 1] (or None).
+    """
+    if share is None:
+        return None
+    if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share <= 1:
+        raise ValueError(f"placed share must be a number in [0, 1] or None, got {share!r}")
+    return max(1, math.floor(share * k + 1e-9))
+
+
 def _keep(
-    ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[str], allowed: frozenset[str] | None
+    ids: Sequence[str] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    k: int,
+    exclude: set[str],
+    allowed: frozenset[str] | None,
+    placed: frozenset[str] = frozenset(),
+    max_placed: int | None = None,
 ) -> Retrieved:
     out_ids: list[str] = []
     out_scores: list[float] = []
-    for item, score in zip(ids.tolist(), scores.tolist(), strict=True):
+    capped = max_placed is not None and bool(placed)
+    taken = 0
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
+    scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
+    for item, score in zip(ids, scores, strict=True):
         if not item or item in exclude or (allowed is not None and item not in allowed):
             continue
+        if capped and item in placed:
+            if taken == max_placed:
+                continue
+            taken += 1
         out_ids.append(item)
         out_scores.append(score)
         if len(out_ids) == k:
             break
     return Retrieved(out_ids, out_scores)
+
+
+def cap_placed(
+    item_ids: Sequence[str],
+    scores: Sequence[float],
+    k: int,
+    placed: frozenset[str],
+    cap: int | None,
+) -> tuple[list[str], list[float]]:
+    """The first ``k`` of an ordered list with at most ``cap`` of the ``placed`` items (the
+    rest of them dropped; None: no cap)."""
+    if cap is None or not placed:
+        return list(item_ids[:k]), list(scores[:k])
+    kept = _keep(item_ids, scores, k, set(), None, placed, cap)
+    return kept.item_ids, kept.scores
 
 
 class Retriever:
@@ -61,6 +118,11 @@ class Retriever:
     encoder : QueryEncoder
     index : ItemIndex
         Its vectors are ``[w_i, b_i]``; queries are ``[u, 1]``.
+
+    Attributes
+    ----------
+    placed : frozenset of str
+        The items placed in the index from metadata since loading (:meth:`place`).
     """
 
     def __init__(self, encoder: QueryEncoder, index: ItemIndex) -> None:
@@ -71,6 +133,14 @@ class Retriever:
             )
         self.encoder = encoder
         self.index = index
+        self.placed: frozenset[str] = frozenset()
+
+    def place(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Upsert vectors for items that the tower was not trained on (from the content
+        projection) and remember them as placed, so that searches can cap them."""
+        self.index.upsert(item_ids, vectors)
+        # A new set, swapped in whole: searches running beside this read one set or the other.
+        self.placed = self.placed | frozenset(map(str, item_ids))
 
     @classmethod
     def from_artefact(cls, directory: str | Path) -> Retriever:
@@ -91,6 +161,7 @@ class Retriever:
         k: int,
         exclude: Sequence[set[str]] | None = None,
         allowed: frozenset[str] | None = None,
+        max_placed: int | None = None,
     ) -> list[Retrieved]:
         """Top ``k`` items for each query row.
 
@@ -104,12 +175,15 @@ class Retriever:
             Item IDs never to return, per user (seen items, explicit exclusions).
         allowed : frozenset of str, optional
             If given, only these items may be returned (e.g. the items of some genres).
+        max_placed : int, optional
+            At most this many of the items placed from metadata (:attr:`placed`) per row
+            (:func:`placed_cap`); None: no cap.
 
         Returns
         -------
         list of Retrieved, one per row of ``inputs``
         """
-        return self.search(self.encoder.queries(inputs), k, exclude, allowed)
+        return self.search(self.encoder.queries(inputs), k, exclude, allowed, max_placed)
 
     def search(
         self,
@@ -117,10 +191,18 @@ class Retriever:
         k: int,
         exclude: Sequence[set[str]] | None = None,
         allowed: frozenset[str] | None = None,
+        max_placed: int | None = None,
     ) -> list[Retrieved]:
         """As :meth:`retrieve`, from ready index queries (shape ``(n, index.dim)``)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if max_placed is not None and (
+            isinstance(max_placed, bool)
+            or not isinstance(max_placed, numbers.Integral)
+            or max_placed < 0
+        ):
+            raise ValueError(f"max_placed must be an integer >= 0 or None, got {max_placed!r}")
+        placed = self.placed
         n = queries.shape[0]
         exclude = list(exclude) if exclude is not None else [set() for _ in range(n)]
         if len(exclude) != n:
@@ -130,10 +212,12 @@ class Retriever:
         # bounded margin and widen only the rows that come up short.
         longest = max((len(e) for e in exclude), default=0)
         if allowed is not None and len(allowed) <= min(EXACT_AMONG_MAX, size // 2):
-            # k plus every excluded item: no row can come up short while allowed items remain.
-            ids, scores = self.index.search_among(queries, k + longest, allowed)
+            # k plus every excluded item (and every placed one past the cap): no row can come up
+            # short while allowed items remain.
+            capped = len(placed & allowed) if max_placed is not None else 0
+            ids, scores = self.index.search_among(queries, k + longest + capped, allowed)
             return [
-                _keep(r_ids, r_scores, k, exclude[row], None)
+                _keep(r_ids, r_scores, k, exclude[row], None, placed, max_placed)
                 for row, (r_ids, r_scores) in enumerate(zip(ids, scores, strict=True))
             ]
         fetch = min(size, k + min(longest, 3 * k))
@@ -145,7 +229,7 @@ class Retriever:
             ids, scores = self.index.search(queries[pending], fetch)
             short = []
             for row, (r_ids, r_scores) in zip(pending, zip(ids, scores, strict=True), strict=True):
-                got = _keep(r_ids, r_scores, k, exclude[row], allowed)
+                got = _keep(r_ids, r_scores, k, exclude[row], allowed, placed, max_placed)
                 results[row] = got
                 if len(got.item_ids) < k and fetch < size:
                     short.append(row)

@@ -178,3 +178,32 @@ def test_a_genre_filter_finds_an_item_added_after_the_filter_was_first_asked(pla
     index.upsert(["Z"], index.vector("E"))
     rec.add_items(pd.DataFrame({"item_id": ["Z"], "title": ["Z"], "genres": [["Horror"]]}))
     assert "Z" in rec.recommend(history=["A"], k=10, genres=["horror"]).item_ids
+
+
+def test_items_placed_from_metadata_take_at_most_their_share_of_each_list(
+    planted_ranked_artefact,
+):
+    import pandas as pd
+
+    rec = Recommender.load(planted_ranked_artefact)
+    top = rec.recommend(history=["A"], k=1, rank=False).item_ids[0]
+    placed = ["P1", "P2", "P3"]  # three items placed far above everything for this history
+    vectors = np.stack([rec.retriever.index.vector(top) * f for f in (4.0, 3.0, 2.0)])
+    rec.retriever.place(placed, vectors)
+    rec.add_items(pd.DataFrame({"item_id": placed, "title": placed, "genres": [["Horror"]] * 3}))
+    assert rec.placed_share == 0.1  # the default: at most one in ten, and at least one
+
+    def new(result):
+        return [i for i in result.item_ids if i in placed]
+
+    assert new(rec.recommend(history=["A"], k=4, rank=False)) == ["P1"]
+    assert new(rec.recommend(history=["A"], k=4)) in (["P1"], ["P2"], ["P3"])  # ranked
+    assert new(rec.recommend(history=["A"], k=4, genres=["Horror"], rank=False)) == ["P1"]
+    assert len(rec.recommend(history=["A"], k=4, rank=False)) == 4  # filled with trained items
+    assert len([r for r in rec.similar_items(top, k=4) if r.item_id in placed]) == 1
+    rec.placed_share = None
+    assert rec.recommend(history=["A"], k=4, rank=False).item_ids[:3] == placed
+    rec.placed_share = 0.5
+    assert new(rec.recommend(history=["A"], k=4, rank=False)) == ["P1", "P2"]
+    with pytest.raises(ValueError, match="placed share must be a number in \\[0, 1\\]"):
+        Recommender(rec.retriever, rec.items, placed_share=2.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from towers.index import ItemIndex
-from towers.retrieval import Retriever
+from towers.retrieval import Retriever, cap_placed, placed_cap
 
 # 6 items on a line: for the query [1, 1] ([u, 1] with u = 1) item i scores i (w = i, b = 0).
 IDS = ["i0", "i1", "i2", "i3", "i4", "i5"]
@@ -45,6 +45,50 @@ def test_bad_arguments_are_named(retriever):
         retriever.search(QUERY, 1, [set(), set()])
     with pytest.raises(ValueError, match="dimensions"):
         Retriever(SimpleNamespace(output_dim=5), retriever.index)
+
+
+def test_placed_cap_is_the_share_of_k_rounded_down_and_at_least_one():
+    assert [placed_cap(k, 0.1) for k in (1, 9, 10, 19, 20, 100)] == [1, 1, 1, 1, 2, 10]
+    assert placed_cap(10, 0.25) == 2 and placed_cap(10, 1.0) == 10 and placed_cap(10, 0) == 1
+    assert placed_cap(10, None) is None
+    for share in (-0.1, 1.5, "0.1", True, float("nan")):
+        with pytest.raises(ValueError, match="placed share must be a number in \\[0, 1\\]"):
+            placed_cap(10, share)
+
+
+def test_placed_items_are_held_to_the_cap_and_the_list_filled_with_trained_ones(retriever):
+    # Three items placed from metadata above every trained one: p9 > p8 > p7 > i5 > ... > i0.
+    vectors = np.array([[9, 0], [8, 0], [7, 0]], np.float32)
+    retriever.place(["p9", "p8", "p7"], vectors)
+    assert retriever.placed == {"p9", "p8", "p7"}
+    (got,) = retriever.search(QUERY, 4)
+    assert got.item_ids == ["p9", "p8", "p7", "i5"]
+    (got,) = retriever.search(QUERY, 4, max_placed=1)
+    assert got.item_ids == ["p9", "i5", "i4", "i3"] and got.scores == [9.0, 5.0, 4.0, 3.0]
+    (got,) = retriever.search(QUERY, 4, [{"p9"}], max_placed=1)
+    assert got.item_ids == ["p8", "i5", "i4", "i3"]
+    (got,) = retriever.search(QUERY, 4, max_placed=0)
+    assert got.item_ids == ["i5", "i4", "i3", "i2"]
+    # The cap may leave a row short of k: it is searched again, wider (k = 7 fetches 7 first).
+    (got,) = retriever.search(QUERY, 7, max_placed=1)
+    assert got.item_ids == ["p9", "i5", "i4", "i3", "i2", "i1", "i0"]
+    # A small filter is scored exactly over its items, placed ones past the cap left out.
+    allowed = frozenset({"p9", "p8", "i1", "i0"})
+    (got,) = retriever.search(QUERY, 3, None, allowed, max_placed=1)
+    assert got.item_ids == ["p9", "i1", "i0"]
+    with pytest.raises(ValueError, match="max_placed must be an integer >= 0 or None"):
+        retriever.search(QUERY, 3, max_placed=-1)
+
+
+def test_cap_placed_keeps_the_order_and_drops_placed_items_past_the_cap():
+    ids, scores = ["p1", "a", "p2", "b", "p3", "c"], [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    assert cap_placed(ids, scores, 4, frozenset({"p1", "p2", "p3"}), 1) == (
+        ["p1", "a", "b", "c"], [6.0, 5.0, 3.0, 1.0],
+    )  # fmt: skip
+    assert cap_placed(ids, scores, 3, frozenset({"p1", "p2", "p3"}), None) == (
+        ["p1", "a", "p2"], [6.0, 5.0, 4.0],
+    )  # fmt: skip
+    assert cap_placed(ids, scores, 3, frozenset(), 0) == (["p1", "a", "p2"], [6.0, 5.0, 4.0])
 
 
 def tree_retriever(rng: np.random.Generator, items: int = 4000):
