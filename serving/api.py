@@ -127,10 +127,13 @@ class Recommender:
         self.labels.update(items)
 
     @classmethod
-    def load(cls, artefact: str | Path, users: bool = True) -> Recommender:
+    def load(
+        cls, artefact: str | Path, users: bool = True, placed_share: float | None = PLACED_SHARE
+    ) -> Recommender:
         """Load the artefact directory written by ``nextwatch train-candidates``; ``users=False``
         leaves out the training users' histories (a caller that passes histories itself, such
-        as the live service, which reads them from its event store).
+        as the live service, which reads them from its event store); ``placed_share`` as the
+        constructor's.
 
         Raises
         ------
@@ -158,6 +161,7 @@ class Recommender:
                 artefact / NEW_USER_DIR, artefact_version(artefact / NEW_USER_DIR), popularity,
                 artefact,
             ),
+            placed_share=placed_share,
         )  # fmt: skip
 
     def reranker_for(self, generator: Retriever) -> Reranker | None:

@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rules=EventRules(rating_min=args.rating_min, rating_max=args.rating_max),
                 retrain_every_events=args.retrain_every_events,
                 retrain_every_seconds=args.retrain_every_seconds,
-                history_cache_users=args.history_cache_users,
+                history_cache_users=args.history_cache_users, placed_share=args.placed_share,
             )  # fmt: skip
             serve(options, _source(args), args.host, args.port, args.workers)
     except (DataError, ValueError, OSError, UnknownItemError, LookupError,

@@ -4,6 +4,7 @@ helpers that turn parsed flags into the project's config objects (see :mod:`serv
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
@@ -21,6 +22,7 @@ from towers.presets import (
     new_user_config,
     warm_start_options,
 )
+from towers.retrieval import PLACED_SHARE
 from towers.splits import SPLITS
 from towers.synthetic import SyntheticConfig
 from towers.train import DECAYS, TrainOptions
@@ -63,6 +65,19 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--item-col", default="item")
     group.add_argument("--rating-col", default="rating")
     group.add_argument("--timestamp-col", default="timestamp")
+
+
+def _share(text: str) -> float | None:
+    """``--placed-share``: a number in [0, 1], or "none"."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        share = math.nan
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'none', got {text!r}")
+    return share
 
 
 def _source(args: argparse.Namespace) -> DataSource:
@@ -363,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-cache-users", type=int, default=10_000,
         help="users whose folded histories each process keeps; 0 reads every history whole "
         "(default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--placed-share", type=_share, default=PLACED_SHARE,
+        help="the most of any list that items added from metadata (POST /v1/items) may take, "
+        "at least one item; 'none': no cap (default: %(default)s)",
     )  # fmt: skip
     serve.add_argument("--rating-min", type=float, default=0.5, help="(default: %(default)s)")
     serve.add_argument("--rating-max", type=float, default=5.0, help="(default: %(default)s)")

@@ -17,6 +17,7 @@ Everything lives in one home directory (``--home``, ``$NEXTWATCH_HOME``, else
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from serving.registry import Registry
 from serving.service import EventRules, LiveService, ModelSlot, Served, freeze_imports
 from serving.store import EventStore, open_store
 from towers.pipeline import DataSource
+from towers.retrieval import PLACED_SHARE, placed_cap
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,10 @@ class ServeOptions:
     retrain_every_events: int | None = None  # run `nextwatch retrain --home` after N events
     retrain_every_seconds: float | None = None  # ... or every S seconds
     history_cache_users: int = 10_000  # folded histories each process keeps (0: none)
+    placed_share: float | None = PLACED_SHARE  # of a list, for items added from metadata
 
     def __post_init__(self) -> None:
+        placed_cap(1, self.placed_share)  # checks it
         if self.retrain_every_events is not None and self.retrain_every_events < 1:
             raise ValueError(
                 f"retrain_every_events must be >= 1 (or None: no event trigger), got "
@@ -155,15 +159,17 @@ def assemble(
     rules: EventRules,
     registry_reload: bool,
     history_cache_users: int = 10_000,
+    placed_share: float | None = PLACED_SHARE,
 ) -> tuple[FastAPI, EventStore, LiveService]:
     """One worker's app: load the pointed-to artefact, open the store, wire hot swaps."""
     artefact = read_pointer(home)
     if artefact is None:
         raise FileNotFoundError(f"{home / POINTER} is missing: run prepare() first")
     freeze_imports()
-    served = Served.load(artefact)
+    loader = functools.partial(Served.load, placed_share=placed_share)  # also for swaps
+    served = loader(artefact)
     served.warm()  # as a swapped-in model is, so that the first users do not pay for it
-    slot = ModelSlot(served)
+    slot = ModelSlot(served, loader)
     store = open_store(store_url)
     service = LiveService(store, slot, rules, history_cache_users=history_cache_users)
     registry = Registry(home / "models")
@@ -196,6 +202,7 @@ def build_service(options: ServeOptions, source: DataSource) -> tuple:
         options.rules,
         registry_reload=options.artefact is None,
         history_cache_users=options.history_cache_users,
+        placed_share=options.placed_share,
     )
     served = service.slot.current
     info = {
@@ -215,7 +222,7 @@ def worker_app() -> FastAPI:
     config = json.loads(os.environ[WORKER_ENV])
     app, _, _ = assemble(
         Path(config["home"]), config["store"], EventRules(**config["rules"]),
-        config["registry_reload"], config["history_cache_users"],
+        config["registry_reload"], config["history_cache_users"], config["placed_share"],
     )  # fmt: skip
     return app
 
@@ -257,6 +264,7 @@ def serve(
                     "rules": asdict(options.rules),
                     "registry_reload": options.artefact is None,
                     "history_cache_users": options.history_cache_users,
+                    "placed_share": options.placed_share,
                 }
             ),  # fmt: skip
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),

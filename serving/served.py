@@ -31,6 +31,7 @@ from serving.store import ItemRecord
 from towers.artefact import NEW_USER_DIR
 from towers.coldstart import onboarding_order
 from towers.content import CONTENT_FILE, ContentProjection, metadata_tokens
+from towers.retrieval import PLACED_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,12 @@ class Served:
     new_user_projection: ContentProjection | None = None  # the new-user tower's, if it has one
 
     @classmethod
-    def load(cls, artefact: str | Path) -> Served:
-        """Load an artefact directory (tower, index, catalogue and ranker if present)."""
+    def load(cls, artefact: str | Path, placed_share: float | None = PLACED_SHARE) -> Served:
+        """Load an artefact directory (tower, index, catalogue and ranker if present); items
+        placed from metadata take at most ``placed_share`` of a list (``Recommender``'s)."""
         artefact = Path(artefact).resolve()
-        recommender = Recommender.load(artefact, users=False)  # histories come from the store
+        # Histories come from the store.
+        recommender = Recommender.load(artefact, users=False, placed_share=placed_share)
         config = json.loads((artefact / "config.json").read_text())
         metrics_path = artefact / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

@@ -368,3 +368,14 @@ def test_recommend_and_train_ranker_refuse_mistakes_before_working(
     assert "ranker trained" not in caplog.text  # refused before any training
     assert main(["evaluate", "--artefact", art, "--output", str(tmp_path)]) == 2
     assert "is a directory: give a file name" in caplog.text
+
+
+def test_serve_takes_the_share_of_a_list_for_items_added_from_metadata(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).placed_share == 0.1
+    assert parser.parse_args(["serve", "--placed-share", "0.25"]).placed_share == 0.25
+    assert parser.parse_args(["serve", "--placed-share", "None"]).placed_share is None
+    for bad in ("1.5", "-0.1", "nan", "a tenth"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--placed-share", bad])
+        assert "expected a number in [0, 1] or 'none'" in capsys.readouterr().err

@@ -90,6 +90,26 @@ def test_build_service_seeds_an_empty_store_and_serves(tmp_path, planted_artefac
     assert info["events"] == 240
 
 
+def test_the_share_for_items_added_from_metadata_holds_across_a_swap(
+    tmp_path, planted_artefact, monkeypatch
+):
+    monkeypatch.setenv("NEXTWATCH_API_KEY", "k")
+    source = DataSource(dataset=None, interactions=None)
+    options = ServeOptions(
+        home=tmp_path / "home", artefact=planted_artefact, seed=False, placed_share=0.3
+    )
+    app, store, _ = build_service(options, source)
+    try:
+        slot = app.state.service.slot
+        assert slot.current.recommender.placed_share == 0.3
+        _, new = slot.reload()
+        assert new.recommender.placed_share == 0.3
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="placed share must be a number in \\[0, 1\\]"):
+        ServeOptions(home=tmp_path, placed_share=1.5)
+
+
 def test_a_worker_that_loaded_before_a_swap_follows_it(tmp_path, planted_artefact):
     write_pointer(tmp_path, planted_artefact)
     slot = ModelSlot(Served.load(planted_artefact))
