@@ -24,9 +24,13 @@ service before ``Recommender.placed_share``), placed and held to **a share of ea
 most ``floor(share * k)``, at least one: ``towers.retrieval.placed_cap``), and placed with the
 stretch scaled down, with no cap, as the other way to keep them from crowding. Recall@10,
 Recall@50, NDCG@10; the share of top-10 slots the placed items take; and the share of placed
-items that reach at least one user's top 10 (their exposure).
+items that reach at least one user's top 10 (their exposure). Then the same for the ranked top
+10 (``rank=True``, the service's default answer) under ``"ranked"``, from a ranker trained for
+each carve's tower with the settings ``nextwatch serve`` uses
+(``ranking.train.validated_settings``); ``--no-ranker`` skips it.
 
-    python benchmarks/bulk_items.py --data-dir ../shared/data     # ~6 min on 2 cores
+    python benchmarks/bulk_items.py --data-dir ../shared/data     # ~15 min on 2 cores
+    python benchmarks/bulk_items.py --data-dir ../shared/data --no-ranker     # ~3.5 min
 
 Writes ``benchmarks/results/bulk_items.json``.
 """
@@ -44,6 +48,8 @@ import common
 import numpy as np
 import pandas as pd
 
+from ranking.pipeline import train_ranker_job
+from ranking.train import validated_settings
 from serving.api_types import Query
 from serving.served import Served
 from serving.store import ItemRecord
@@ -87,7 +93,7 @@ def _stretched(projection: ContentProjection, factor: float) -> ContentProjectio
     )  # fmt: skip
 
 
-def carve(data, seed: int, work: Path) -> dict:
+def carve(data, seed: int, work: Path, ranker: bool = True) -> dict:
     """Every row of the module docstring for the held-out items of ``cold_item_split(seed)``."""
     _, _, cold_ids = cold_item_split(data.interactions, seed=seed)
     cold = set(cold_ids)
@@ -103,6 +109,12 @@ def carve(data, seed: int, work: Path) -> dict:
     )
     save_artefact(result, work, data=subset)
     train_seconds = time.perf_counter() - start
+    if ranker:
+        start = time.perf_counter()
+        rank_config, rank_options = validated_settings(data.name)
+        train_ranker_job(work, subset, work / "ranker", rank_config, rank_options)
+        train_seconds = {"tower": round(train_seconds, 1),
+                         "ranker": round(time.perf_counter() - start, 1)}  # fmt: skip
     placed = records(data.items, sorted(cold & set(data.interactions["item_id"].astype(str))))
 
     histories = train.groupby(train["user_id"].astype(str))["item_id"].apply(
@@ -128,22 +140,26 @@ def carve(data, seed: int, work: Path) -> dict:
     in_relevant = sum(len(rel & placed_ids) for rel in relevant_ids)
     total_relevant = sum(len(rel) for rel in relevant_ids)
 
+    def measured(rec, k: int, rank: bool) -> dict:
+        queries = [Query(history=histories.get(u, []), k=k, rank=rank) for u in users]
+        lists = [r.item_ids for r in rec.recommend_batch(queries)]
+        ranked = np.array([[code(i) for i in ids] for ids in lists], np.int64)
+        metrics = retrieval_metrics(ranked, relevant, ks=(k,))
+        out = {f"recall@{k}": round(metrics[f"recall@{k}"], 4)}
+        if k == 10:
+            out["ndcg@10"] = round(metrics["ndcg@10"], 4)
+            slots = [i in placed_ids for ids in lists for i in ids]
+            out["placed_share_of_top10"] = round(float(np.mean(slots)), 4)
+            shown = {i for ids in lists for i in ids if i in placed_ids}
+            out["placed_items_in_some_top10"] = round(len(shown) / len(placed_ids), 4)
+        return out
+
     def answer(served: Served, share: float | None) -> dict:
         rec = served.recommender
         rec.placed_share = share
-        out: dict[str, float] = {}
-        for k in (10, 50):
-            queries = [Query(history=histories.get(u, []), k=k, rank=False) for u in users]
-            lists = [r.item_ids for r in rec.recommend_batch(queries)]
-            ranked = np.array([[code(i) for i in ids] for ids in lists], np.int64)
-            metrics = retrieval_metrics(ranked, relevant, ks=(k,))
-            out[f"recall@{k}"] = round(metrics[f"recall@{k}"], 4)
-            if k == 10:
-                out["ndcg@10"] = round(metrics["ndcg@10"], 4)
-                slots = [i in placed_ids for ids in lists for i in ids]
-                out["placed_share_of_top10"] = round(float(np.mean(slots)), 4)
-                shown = {i for ids in lists for i in ids if i in placed_ids}
-                out["placed_items_in_some_top10"] = round(len(shown) / len(placed_ids), 4)
+        out = {**measured(rec, 10, False), **measured(rec, 50, False)}
+        if rec.reranker is not None:
+            out["ranked"] = measured(rec, 10, True)
         return out
 
     def loaded(stretch: float = 1.0) -> Served:
@@ -170,7 +186,7 @@ def carve(data, seed: int, work: Path) -> dict:
         "placed_items": len(placed),
         "placed_share_of_relevant": round(in_relevant / total_relevant, 4),
         "spread": round(float(served.projection.spread), 3),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": train_seconds if ranker else round(train_seconds, 1),
         "place_seconds": round(place_seconds, 2),
         "rows": rows,
     }
@@ -184,6 +200,9 @@ def main() -> None:
         "--data-dir", default=None, help="MovieLens folder (default: $NEXTWATCH_DATA)"
     )
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
+    parser.add_argument(
+        "--no-ranker", action="store_true", help="the generator's lists only (no ranked rows)"
+    )
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -197,7 +216,9 @@ def main() -> None:
         payload["datasets"][name] = {}
         for seed in CARVES:
             with tempfile.TemporaryDirectory(prefix="nextwatch-bulk-items-") as work:
-                payload["datasets"][name][f"carve {seed}"] = carve(data, seed, Path(work))
+                payload["datasets"][name][f"carve {seed}"] = carve(
+                    data, seed, Path(work), ranker=not args.no_ranker
+                )
             common.write_results("bulk_items", payload, args.output)
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     payload["peak_rss_mb"] = peak_rss_mb()
