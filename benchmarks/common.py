@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -44,7 +45,11 @@ def machine() -> dict:
     }
 
 
+@functools.cache
 def git_commit() -> str:
+    """HEAD, with ``-dirty`` if tracked files differ from it. Read once per run: a benchmark that
+    writes its JSON after each part would otherwise find its own first write and call itself
+    dirty."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
