@@ -2,7 +2,7 @@
 
 As with the tower (``towers/query.py``), calling the Keras model for one request of 100
 candidates costs milliseconds of dispatch on 2 CPU cores; :class:`RankScorer` copies the weights
-once and runs the same arithmetic in numpy. ``tests/ranking/test_scorer.py`` checks it against
+once and runs the same arithmetic in numpy. ``tests/ranking/test_ranker.py`` checks it against
 the Keras model; the ranker SavedModel runs the Keras graph itself. Its arrays are saved with
 the ranker (``ranker/serving.npz``), so a server loads it without TensorFlow building it.
 """
@@ -22,7 +22,6 @@ from ranking.model import (
     RATING_RANGE,
     Ranker,
     RankerConfig,
-    genre_affinity,
     genre_profile,
 )
 from ranking.normalize import QuantileNormalizer
@@ -189,6 +188,8 @@ class RankScorer:
         self._years = self._array("years", rows)
         self._cdf = dict(normalizers)
         self._year_features = self._cdf["year"].expand(self._years)  # per lookup position
+        # genre_affinity's divisor per lookup position: the item's genre count, at least 1.
+        self._genre_counts = np.maximum(self._genres.sum(1, keepdims=True), 1.0)
         self._vocab = {
             col: {v: i + 1 for i, v in enumerate(vocab)}
             for col, vocab in self.demographic_vocabularies.items()
@@ -300,8 +301,10 @@ class RankScorer:
         ranking_only = [expand(name) for name in NUMERIC if name not in RATING_FEATURES]
         if self.config.user_genres:
             profile = genre_profile(self._genres[history], known)  # one row per history row
-            both = genre_affinity(np.broadcast_to(profile, (n, profile.shape[1])), genres)
-            ranking_only += [(profile, USER), (both[:, profile.shape[1] :], ROW)]
+            # genre_affinity's columns past the profile, which is already a USER block.
+            matched = profile * genres
+            affinity = matched.sum(1, keepdims=True) / self._genre_counts[item]
+            ranking_only += [(profile, USER), (matched, ROW), (affinity, ROW)]
         logits, ratings = [], []
         for member in self._members:
             bag = (member.embedding[history] * known[..., None]).sum(1) / np.maximum(
@@ -319,24 +322,26 @@ class RankScorer:
             if rating:
                 shared = _columns(parts, n)
                 ratings.append(self._rating(member, shared, item_vec, item, history, inputs))
-        logit = logits[0] if len(logits) == 1 else np.mean(logits, axis=0)
+        logit = logits[0] if len(logits) == 1 else sum(logits[1:], logits[0]) / len(logits)
         out = {"logit": logit, "serving_logit": logit}
         if self.config.tower_score_weight:
             score = np.asarray(inputs["tower_score"], np.float32).ravel()
             out["serving_logit"] = logit + self.config.tower_score_weight * score
         if rating:
-            out["rating"] = ratings[0] if len(ratings) == 1 else np.mean(ratings, axis=0)
+            out["rating"] = (
+                ratings[0] if len(ratings) == 1 else sum(ratings[1:], ratings[0]) / len(ratings)
+            )
         return out
 
     @staticmethod
     def _one_user(inputs: Mapping[str, np.ndarray], demographic_rows: dict) -> bool:
         """Whether every per-user input holds one value (or NaN) on all rows."""
-        for name in USER_LEVEL:
-            values = np.asarray(inputs[name], np.float32).ravel()
-            first = values[0]
-            if not (values == first if first == first else np.isnan(values)).all():
-                return False
-        return all(rows.min() == rows.max() for rows in demographic_rows.values())
+        values = np.stack([np.asarray(inputs[name], np.float32).ravel() for name in USER_LEVEL])
+        first = values[:, :1]
+        same = (values == first) | (np.isnan(values) & np.isnan(first))
+        return bool(same.all()) and all(
+            rows.min() == rows.max() for rows in demographic_rows.values()
+        )
 
     def _item_features(self, member: _Member) -> np.ndarray:
         """The item-only blocks of every lookup position, in their column order: embedding,
@@ -354,10 +359,12 @@ class RankScorer:
             split = member.split = _Split.of(member, blocks, self._item_features)
         _, bias, relu = member.rank_layers[0]
         n = len(item)
-        h = split.product(blocks, USER, n) + bias  # one row
-        h = h + split.product(blocks, ROW, n) + split.item_share(blocks, item)
+        # Summed in place into the item share, a fresh array (a gather or a product).
+        h = split.item_share(blocks, item)
+        h += split.product(blocks, ROW, n)
+        h += split.product(blocks, USER, n) + bias  # one row, broadcast over the candidates
         if relu:
-            h = np.maximum(h, 0.0)
+            np.maximum(h, 0.0, out=h)
         return _dense(h, member.rank_layers[1:])[:, 0]
 
     def _rating(self, member: _Member, shared, item_vec, item, history, inputs) -> np.ndarray:

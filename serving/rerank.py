@@ -69,7 +69,7 @@ class Reranker:
         n = len(item_ids)
         if n == 0:
             return [], []
-        tail = [str(i) for i in history][-self.max_history :]
+        tail = [str(i) for i in history[-self.max_history :]]
         row = np.array([[PAD] * (self.max_history - len(tail)) + tail], dtype=object)
         last = stats.get("last_timestamp", math.nan)
         count = stats.get("rating_count", math.nan)

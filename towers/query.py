@@ -145,6 +145,9 @@ class QueryEncoder:
         """``history`` as (the IDs the model knows, the IDs it does not), each in order, in one
         pass: :meth:`known_only`'s list and the ignored IDs that a response reports (padding,
         ``""``, is in neither)."""
+        distinct = set(history)
+        if "" not in distinct and distinct <= self._item_position.keys():  # all known: one C pass
+            return list(history), []
         get = self._item_position.get
         known: list[str] = []
         ignored: list[str] = []

@@ -21,6 +21,21 @@ def test_histories_keep_each_repeated_item_at_its_last_position():
     # u1: "a" at 0 and 2, "b" at 1 and 4: kept at 2 and 4.
     assert table.histories(np.array([0, 1, 2, -1])) == [["a", "c", "b"], [], ["x"], []]
     assert table.histories(table.rows(["u3", "nobody", "u1"])) == [["x"], [], ["a", "c", "b"]]
+    # One row (a request's user) is read on its own path: the same answers.
+    assert [table.histories(np.array([r])) for r in (0, 1, 2, -1)] == [
+        [["a", "c", "b"]], [[]], [["x"]], [[]]
+    ]  # fmt: skip
+
+
+def test_one_row_is_read_from_any_chunk_of_a_chunked_table():
+    first = pa.table({"user_id": ["u1"], "history": pa.array([["a"]], pa.list_(pa.string()))})
+    second = pa.table(
+        {"user_id": ["u2"], "history": pa.array([["b", "c", "b"]], pa.list_(pa.string()))}
+    )
+    table = UserTable(pa.concat_tables([first, second]))
+    assert table.histories(table.rows(["u2"])) == [["c", "b"]]
+    assert table.histories(table.rows(["u1"])) == [["a"]]
+    assert table.histories(table.rows(["u2", "u1"])) == [["c", "b"], ["a"]]
 
 
 @pytest.mark.parametrize(

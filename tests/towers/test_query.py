@@ -42,6 +42,10 @@ def test_split_known_and_known_tail(planted_artefact):
     # Padding is in neither list; order is kept; repeats stay (histories arrive folded).
     assert encoder.split_known(history) == (["A", "B", "A", "C"], ["zzz", "yyy"])
     assert encoder.split_known([]) == ([], [])
+    # All known (the set check's path), and all known but padding (the loop's).
+    assert encoder.split_known(["C", "A", "C"]) == (["C", "A", "C"], [])
+    assert encoder.split_known(["C", "", "A"]) == (["C", "A"], [])
+    assert encoder.split_known(["C", 3]) == (["C"], [3])  # a non-text ID is not an item
     assert encoder.known_only(history) == encoder.split_known(history)[0]
     assert encoder.known_tail(history, 2) == ["A", "C"]
     assert encoder.known_tail(history, 3) == ["B", "A", "C"]
