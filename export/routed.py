@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from export.bags import NO_ITEM_SCORE, distinct_known
 from towers._tf import tf
+from towers.checks import count_int
 from towers.model import CandidateTower
 
 Answer = Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
@@ -29,8 +30,7 @@ Answer = Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
 def check_new_user_max(value: object) -> None:
     """Raise ValueError naming ``new_user_max`` unless ``value`` is an integer >= 0 or None
     (None: no routing)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"new_user_max must be an integer >= 0 or None, got {value!r}")
+    count_int("new_user_max", value, optional=True)
 
 
 def known_counts(model: CandidateTower, history: tf.Tensor) -> tf.Tensor:

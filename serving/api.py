@@ -25,19 +25,26 @@ read lock per search (``upsert``/``delete`` take the write lock).
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from serving.api_types import Query, Recommendation, Recommendations, UnknownItemError
+from serving.api_types import (
+    FEATURES,
+    Query,
+    Recommendation,
+    Recommendations,
+    UnknownItemError,
+    check_features,
+    checked,
+)
 from serving.labels import ItemLabels
 from serving.rerank import Reranker, load_reranker
 from towers.artefact import NEW_USER_DIR, artefact_version
 from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
-from towers.checks import positive_int
+from towers.checks import count_int, positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.presets import NEW_USER_MAX_RATINGS
 from towers.retrieval import (
@@ -48,12 +55,6 @@ from towers.retrieval import (
     placed_cap,
     route,
 )
-
-FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
-
-
-def _check_k(k: object) -> int:
-    return positive_int("k", k)
 
 
 class Recommender:
@@ -100,13 +101,9 @@ class Recommender:
         placed_share: float | None = PLACED_SHARE,
     ) -> None:
         placed_cap(1, placed_share)  # checks it
-        if isinstance(new_user_max, bool) or not isinstance(new_user_max, numbers.Integral):
-            raise ValueError(f"new_user_max must be an integer >= 0, got {new_user_max!r}")
-        if new_user_max < 0:
-            raise ValueError(f"new_user_max must be >= 0, got {new_user_max}")
         self.retriever = retriever
         self.new_user = new_user
-        self.new_user_max = int(new_user_max)
+        self.new_user_max = count_int("new_user_max", new_user_max)
         self.reranker = reranker
         self.new_user_reranker = new_user_reranker if new_user is not None else None
         self.num_candidates = num_candidates
@@ -185,22 +182,9 @@ class Recommender:
     def title(self, item_id: str) -> str:
         return self.labels.title(item_id)
 
-    def _features(self, features: Mapping[str, object] | None) -> dict[str, object]:
-        if features is not None and not isinstance(features, Mapping):
-            raise ValueError(f"features must be a mapping of name to value, got {features!r}")
-        features = dict(features or {})
-        unknown = sorted(set(features) - set(FEATURES))
-        if unknown:
-            raise ValueError(f"features has unknown names {unknown}; known: {list(FEATURES)}")
-        age = features.get("age")
-        if age is not None:
-            if isinstance(age, bool) or not isinstance(age, numbers.Real) or not 0 <= age <= 130:
-                raise ValueError(f"features['age'] must be a number in [0, 130], got {age!r}")
-        return features
-
     def _resolve(self, query: Query) -> tuple[list[str], dict[str, object], bool, dict]:
         """History, features, whether the user is known, and their rating stats."""
-        features = self._features(query.features)
+        features = check_features(query.features)
         known = False
         history: list[str] = []
         stored: dict[str, object] = {}
@@ -216,8 +200,6 @@ class Recommender:
                     stored = {c: demo[c][0] for c in FEATURES}
                 stats = {c: float(v[0]) for c, v in self.users.stats(rows).items()}
         if query.history is not None:
-            if isinstance(query.history, str):
-                raise ValueError("history must be a sequence of item IDs, not one string")
             history = distinct_history(query.history)
             stats["rating_count"] = float(len(history))
         if query.stats is not None:
@@ -262,14 +244,6 @@ class Recommender:
         -------
         Recommendations
         """
-        # A bare string is one ID or genre, not a sequence of characters.
-        for name, value in (("exclude", exclude), ("genres", genres)):
-            if not isinstance(value, Iterable):  # lists, tuples, sets, arrays, Series, ...
-                raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
-        if history is not None and (isinstance(history, str) or not isinstance(history, Iterable)):
-            raise ValueError(f"history must be a sequence of item IDs, got {history!r}")
-        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        genres = (genres,) if isinstance(genres, str) else tuple(genres)
         query = Query(user_id, history, features, k, exclude, genres, exclude_seen, rank)
         return self.recommend_batch([query])[0]
 
@@ -277,8 +251,9 @@ class Recommender:
         """:meth:`recommend` for many queries with one encoder pass and batched searches."""
         if not queries:
             return []
+        queries = [checked(q) for q in queries]
         resolved = [self._resolve(q) for q in queries]
-        ks = [_check_k(q.k) for q in queries]
+        ks = [positive_int("k", q.k) for q in queries]
         allowed = [self.labels.allowed(q.genres) for q in queries]
         histories = [r[0] for r in resolved]
         # One pass over each history: the known IDs (the bag, and the ranker's history) and
@@ -298,12 +273,8 @@ class Recommender:
             )  # fmt: skip
             for row, vector in zip(rows, encoded, strict=True):
                 vectors[row] = vector
-        for q in queries:
-            if not isinstance(q.exclude, Iterable):
-                raise ValueError(f"exclude must be a sequence of strings, got {q.exclude!r}")
         exclude = [
-            ({q.exclude} if isinstance(q.exclude, str) else set(map(str, q.exclude)))
-            | (set(h) if q.exclude_seen else set())
+            set(map(str, q.exclude)) | (set(h) if q.exclude_seen else set())
             for q, h in zip(queries, histories, strict=True)
         ]
         out: list[Recommendations | None] = [None] * len(queries)
@@ -382,7 +353,7 @@ class Recommender:
             If ``item_id`` is not in the catalogue, or has no item vector (a catalogue item that
             nobody watched in the training data, until ``POST /v1/items`` places it).
         """
-        k = _check_k(k)
+        k = positive_int("k", k)
         item_id = str(item_id)
         try:
             vector = self.retriever.index.vector(item_id)

@@ -1,14 +1,21 @@
 """The Python retrieval API's value types: a query, the recommendations it gets, and the error
-for an item the model does not know.
+for an item the model does not know; and the checks of a query's arguments.
 
-:class:`serving.api.Recommender` takes :class:`Query` and returns :class:`Recommendations` of
-:class:`Recommendation`; all three are frozen dataclasses.
+:class:`serving.api.Recommender` takes :class:`Query` (after :func:`checked`) and returns
+:class:`Recommendations` of :class:`Recommendation`; all three are frozen dataclasses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
+import numbers
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from towers.features import DEMOGRAPHIC_COLUMNS
+
+#: The names a query's ``features`` may have.
+FEATURES = ("age", *DEMOGRAPHIC_COLUMNS)
 
 
 class UnknownItemError(KeyError):
@@ -64,3 +71,53 @@ class Query:
     exclude_seen: bool = True
     rank: bool = True
     stats: Mapping[str, float] | None = None  # rating_count, rating_mean, last_timestamp
+
+
+def checked(query: Query) -> Query:
+    """``query`` with a bare string ``exclude`` or ``genres`` read as one ID or genre (not as a
+    sequence of characters), and both as tuples.
+
+    Raises
+    ------
+    ValueError
+        Naming ``exclude`` or ``genres`` when it is not a sequence, and ``history`` when it is
+        one string or not a sequence.
+    """
+    for name in ("exclude", "genres"):
+        value = getattr(query, name)
+        if not isinstance(value, Iterable):  # lists, tuples, sets, arrays, Series, ...
+            raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
+    history = query.history
+    if history is not None and (isinstance(history, str) or not isinstance(history, Iterable)):
+        raise ValueError(f"history must be a sequence of item IDs, got {history!r}")
+    if type(query.exclude) is tuple and type(query.genres) is tuple:
+        return query
+    return dataclasses.replace(
+        query, exclude=_as_tuple(query.exclude), genres=_as_tuple(query.genres)
+    )
+
+
+def _as_tuple(value: Iterable) -> tuple:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def check_features(features: Mapping[str, object] | None) -> dict[str, object]:
+    """A query's ``features`` as a dict, checked.
+
+    Raises
+    ------
+    ValueError
+        If ``features`` is not a mapping, has a name outside :data:`FEATURES`, or its ``age``
+        is not a number in [0, 130].
+    """
+    if features is not None and not isinstance(features, Mapping):
+        raise ValueError(f"features must be a mapping of name to value, got {features!r}")
+    features = dict(features or {})
+    unknown = sorted(set(features) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"features has unknown names {unknown}; known: {list(FEATURES)}")
+    age = features.get("age")
+    if age is not None:
+        if isinstance(age, bool) or not isinstance(age, numbers.Real) or not 0 <= age <= 130:
+            raise ValueError(f"features['age'] must be a number in [0, 130], got {age!r}")
+    return features

@@ -94,3 +94,20 @@ def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def count_int(name: str, value: object, optional: bool = False) -> int | None:
+    """``value`` as an int if it is an integer >= 0 (not a bool); with ``optional``, None
+    passes as None.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and the value.
+    """
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        allowed = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer >= 0{allowed}, got {value!r}")
+    return int(value)

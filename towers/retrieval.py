@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from towers.artefact import NEW_USER_DIR, load_query_encoder
+from towers.checks import count_int
 from towers.index import ItemIndex
 from towers.query import QueryEncoder
 
@@ -196,12 +197,7 @@ class Retriever:
         """As :meth:`retrieve`, from ready index queries (shape ``(n, index.dim)``)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if max_placed is not None and (
-            isinstance(max_placed, bool)
-            or not isinstance(max_placed, numbers.Integral)
-            or max_placed < 0
-        ):
-            raise ValueError(f"max_placed must be an integer >= 0 or None, got {max_placed!r}")
+        max_placed = count_int("max_placed", max_placed, optional=True)
         placed = self.placed
         n = queries.shape[0]
         exclude = list(exclude) if exclude is not None else [set() for _ in range(n)]

@@ -55,6 +55,11 @@ def test_exclude_and_genre_filter(rec):
     fewer = rec.recommend(history=["A"], k=10, genres=["Horror", "Drama"], exclude=["E", "C"])
     assert set(fewer.item_ids) == {"D", "F", "G", "H"}
     assert rec.genres == ["Comedy", "Drama", "Horror"]
+    # A batch query's bare strings are one ID and one genre, as in recommend.
+    (batched,) = rec.recommend_batch([Query(history=["A"], k=10, genres="horror", exclude="E")])
+    assert set(batched.item_ids) == set("FGH")
+    with pytest.raises(ValueError, match="history must be a sequence of item IDs, got 'AB'"):
+        rec.recommend_batch([Query(history="AB")])
 
 
 def test_similar_items(rec):

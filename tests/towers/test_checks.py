@@ -53,3 +53,19 @@ def test_numbers_of_other_types_and_lists_are_converted_so_the_config_saves_as_j
     for bad in (np.nan, -3.0, 0.0):
         with pytest.raises(ValueError, match="embedding_scale must be a finite number > 0"):
             RankerConfig(embedding_scale=bad)
+
+
+def test_counts_and_positive_integers_by_name():
+    from towers.checks import count_int, positive_int
+
+    assert count_int("n", 0) == 0 and count_int("n", np.int64(3)) == 3
+    assert count_int("n", None, optional=True) is None
+    assert positive_int("k", np.int32(2)) == 2
+    for value in (-1, 1.0, True, "2", None):
+        with pytest.raises(ValueError, match=f"n must be an integer >= 0, got {value!r}"):
+            count_int("n", value)
+    with pytest.raises(ValueError, match="n must be an integer >= 0 or None, got -1"):
+        count_int("n", -1, optional=True)
+    for value in (0, 1.5, False):
+        with pytest.raises(ValueError, match=f"k must be a positive integer, got {value!r}"):
+            positive_int("k", value)
