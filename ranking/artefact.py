@@ -171,11 +171,11 @@ def load_ranker(directory: str | Path) -> Ranker | RankerEnsemble:
     genres, years = np.load(vocab / "item_genres.npy"), np.load(vocab / "item_years.npy")
     normalizers = {k: QuantileNormalizer.from_dict(v) for k, v in meta["normalizers"].items()}
     demographics = json.loads((vocab / "demographics.json").read_text()) or None
-    genre_names = (vocab / "genres.txt").read_text(encoding="utf-8").splitlines()
+    genres_named = genre_names(vocab)
     members = []
     for _ in range(meta["ranker"].members):
         members.append(Ranker(meta["ranker"], items, genres, years, normalizers, demographics))
-        members[-1].genre_names = genre_names
+        members[-1].genre_names = genres_named
     ranker = members[0] if len(members) == 1 else RankerEnsemble(members)
     ranker.tower_version = meta["tower_version"]
     dummy = {
@@ -186,6 +186,15 @@ def load_ranker(directory: str | Path) -> Ranker | RankerEnsemble:
     ranker(dummy)
     ranker.load_weights(str(directory / "weights" / "ranker")).expect_partial()
     return ranker
+
+
+def genre_names(vocab: Path) -> list[str] | None:
+    """The ranker's genre columns' names, from ``vocab/genres.txt`` (one per line; None
+    without the file)."""
+    path = vocab / "genres.txt"
+    if not path.exists():
+        return None
+    return [g for g in path.read_text(encoding="utf-8").splitlines() if g]
 
 
 def load_rank_scorer(directory: str | Path) -> tuple[RankScorer, str]:
@@ -213,6 +222,7 @@ def load_rank_scorer(directory: str | Path) -> tuple[RankScorer, str]:
             load_arrays(directory / SERVING_FILE),
             {k: QuantileNormalizer.from_dict(v) for k, v in meta["normalizers"].items()},
             json.loads((vocab / "demographics.json").read_text()),
+            genre_names(vocab),
         )
     except ValueError as exc:
         raise ValueError(f"{directory / SERVING_FILE}: {exc}") from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,18 +24,13 @@ from ranking.model import (
     genre_profile,
 )
 from ranking.normalize import QuantileNormalizer
+from ranking.numpy_net import ITEM, ROW, USER, Member, Split, columns, dense, grown
 from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.query import named_array
 
 #: Numeric inputs that describe the user, not the candidate: one value per serving request.
 USER_LEVEL = ("time_since_last", "prev_impressions", "user_count", "user_mean")
-#: What a block of the ranking head's input depends on: the item alone, the user alone (one row
-#: per serving request), or the pair.
-ITEM, USER, ROW = "item", "user", "row"
-#: The largest item table (lookup positions x first-layer units, floats) :class:`_Split` keeps;
-#: past it the item blocks are multiplied per request.
-MAX_ITEM_TABLE = 1 << 25
 
 
 def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
@@ -75,73 +69,6 @@ def _member_arrays(ranker: Ranker) -> dict[str, np.ndarray]:
     return arrays
 
 
-@dataclass
-class _Member:
-    """One network's tables and layers, as :class:`RankScorer` runs them."""
-
-    embedding: np.ndarray
-    bias: np.ndarray
-    demographics: dict[str, np.ndarray]
-    rated: np.ndarray | None
-    rank_layers: list[tuple[np.ndarray, np.ndarray, bool]]
-    rating_layers: list[tuple[np.ndarray, np.ndarray, bool]]
-    #: The first rank layer, split by what its inputs depend on (:meth:`RankScorer._rank_logit`).
-    split: _Split | None = None
-
-
-@dataclass
-class _Split:
-    """A first layer ``x W`` split by the kinds of ``x``'s column blocks: ``W``'s rows for the
-    user's blocks (multiplied as one row), for the pair's (one row per candidate), and for the
-    item's, whose products with every item are a table (one row per lookup position) when it
-    is at most :data:`MAX_ITEM_TABLE` floats."""
-
-    kinds: tuple[str, ...]
-    kernels: dict[str, np.ndarray]
-    item_table: np.ndarray | None
-
-    @classmethod
-    def of(cls, member: _Member, blocks: list[tuple[np.ndarray, str]], item_features) -> _Split:
-        kernel = member.rank_layers[0][0]
-        edges = np.cumsum([0, *(b.shape[1] for b, _ in blocks)])
-        kinds = tuple(kind for _, kind in blocks)
-        rows = {
-            kind: np.concatenate(
-                [np.arange(edges[i], edges[i + 1]) for i, k in enumerate(kinds) if k == kind]
-            )
-            for kind in set(kinds)
-        }
-        kernels = {kind: kernel[r] for kind, r in rows.items()}
-        table = None
-        if ITEM in kernels and len(member.embedding) * kernel.shape[1] <= MAX_ITEM_TABLE:
-            features = item_features(member)
-            if features.shape[1] != len(rows[ITEM]):  # the item blocks and their table disagree
-                raise RuntimeError(
-                    f"item features have {features.shape[1]} columns, not {len(rows[ITEM])}"
-                )
-            table = features.astype(np.float32) @ kernels[ITEM]
-        return cls(kinds, kernels, table)
-
-    def product(self, blocks: list[tuple[np.ndarray, str]], kind: str, n: int):
-        """The first layer's share (no bias) from the blocks of one ``kind``: one row for the
-        user's, ``n`` for the others (a block given as one row is the same for every row)."""
-        if kind not in self.kernels:
-            return 0.0
-        rows = 1 if kind == USER else n
-        picked = [
-            b if len(b) == rows else np.broadcast_to(b, (rows, b.shape[1]))
-            for b, k in blocks
-            if k == kind
-        ]
-        return np.concatenate(picked, axis=1, dtype=np.float32) @ self.kernels[kind]
-
-    def item_share(self, blocks: list[tuple[np.ndarray, str]], item: np.ndarray):
-        """The item blocks' share for the candidates at lookup positions ``item``."""
-        if self.item_table is None:
-            return self.product(blocks, ITEM, len(item))
-        return self.item_table[item]
-
-
 class RankScorer:
     """Ranking logits and predicted ratings for raw candidate rows.
 
@@ -177,8 +104,10 @@ class RankScorer:
         arrays: Mapping[str, np.ndarray],
         normalizers: Mapping[str, QuantileNormalizer],
         demographic_vocabularies: Mapping[str, Sequence[str]] | None = None,
+        genre_names: Sequence[str] | None = None,
     ) -> None:
         self.config = config
+        self.genre_names = None if genre_names is None else [str(g) for g in genre_names]
         self.arrays = {name: np.asarray(a) for name, a in arrays.items()}
         self.demographic_vocabularies = dict(demographic_vocabularies or {})
         self._position = {item: i + 2 for i, item in enumerate(item_ids)}
@@ -195,9 +124,15 @@ class RankScorer:
             for col, vocab in self.demographic_vocabularies.items()
         }
         self._members = [self._member(member_prefix(m), rows) for m in range(config.members)]
+        self._trained_rows = rows  # lookup positions past these are items added at run time
+        if self.genre_names is not None and len(self.genre_names) != self._genres.shape[1]:
+            raise ValueError(
+                f"genre_names has {len(self.genre_names)} names for {self._genres.shape[1]} "
+                "genre columns"
+            )
 
-    def _member(self, prefix: str, rows: int) -> _Member:
-        return _Member(
+    def _member(self, prefix: str, rows: int) -> Member:
+        return Member(
             embedding=self._array(prefix + "item_embedding", rows),
             bias=self._array(prefix + "item_bias", rows),
             demographics={col: self._array(f"{prefix}demographic/{col}") for col in self._vocab},
@@ -229,7 +164,82 @@ class RankScorer:
             arrays,
             ranker.normalizers,
             ranker.demographic_vocabularies,
+            getattr(ranker, "genre_names", None),
         )
+
+    def add_items(
+        self,
+        item_ids: Sequence[str],
+        genres: Sequence[Sequence[str]],
+        years: Sequence[float | None],
+    ) -> list[str]:
+        """Give items the ranker was not trained on their genres and year, so that a candidate
+        placed from metadata (``POST /v1/items``) is scored with them rather than as an unknown
+        ID with no metadata. Its ID embedding and bias stay zero, as an unknown ID's; in a
+        history it still counts as unknown (the bag reads trained items only). Items of the
+        training vocabulary are skipped, one added before is updated, and genre names the
+        ranker was not trained with are ignored. Returns the IDs added or updated.
+
+        Thread-safe against concurrent scoring: rows are written before the IDs are looked up.
+
+        Raises
+        ------
+        ValueError
+            If ``item_ids``, ``genres`` and ``years`` differ in length.
+        """
+        if not len(item_ids) == len(genres) == len(years):
+            raise ValueError(
+                f"item_ids, genres and years have {len(item_ids)}, {len(genres)} and "
+                f"{len(years)} entries"
+            )
+        column = {g: j for j, g in enumerate(self.genre_names or ())}
+        rows: dict[str, int] = {}
+        for item in map(str, item_ids):
+            position = self._position.get(item)
+            if position is None or position >= self._trained_rows:
+                rows[item] = position if position is not None else -1
+        end = len(self._position) + 1  # positions in use: the items, pad and unknown
+        for item, position in rows.items():
+            if position < 0:
+                rows[item] = end
+                end += 1
+        self._grow(end)
+        done: list[str] = []
+        for item, gs, year in zip(map(str, item_ids), genres, years, strict=True):
+            if item not in rows:
+                continue
+            position = rows[item]
+            self._genres[position] = 0.0
+            for g in gs:
+                if str(g) in column:
+                    self._genres[position, column[str(g)]] = 1.0
+            self._years[position] = np.nan if year is None else float(year)
+            done.append(item)
+        written = np.fromiter(rows.values(), np.int64, len(rows))
+        self._year_features[written] = self._cdf["year"].expand(self._years[written])
+        self._genre_counts[written] = np.maximum(self._genres[written].sum(1, keepdims=True), 1)
+        for member in self._members:
+            split = member.split
+            if split is not None and split.item_table is not None and ITEM in split.kernels:
+                features = self._item_features(member)[written]
+                split.item_table[written] = features.astype(np.float32) @ split.kernels[ITEM]
+        self._position.update(rows)  # last: a request finds the item only once it is written
+        return done
+
+    def _grow(self, rows: int) -> None:
+        """Room for ``rows`` lookup positions in every per-position table (doubling, so that
+        adding items one at a time copies each table O(log n) times; new rows are zero)."""
+        self._genres = grown(self._genres, rows)
+        self._years = grown(self._years, rows)
+        self._year_features = grown(self._year_features, rows)
+        self._genre_counts = grown(self._genre_counts, rows, fill=1.0)
+        for member in self._members:
+            member.embedding = grown(member.embedding, rows)
+            member.bias = grown(member.bias, rows)
+            if member.rated is not None:
+                member.rated = grown(member.rated, rows)
+            if member.split is not None and member.split.item_table is not None:
+                member.split.item_table = grown(member.split.item_table, rows)
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Lookup positions of raw item IDs: 0 for padding (``""``), 1 for an unknown ID."""
@@ -269,11 +279,13 @@ class RankScorer:
         features (counts, mean rating, time since the last event, demographics) are the same on
         every row. The ranking head's first layer then takes those features once, as one row,
         and each candidate's item-only features (embedding, genres, year) as a row of a table
-        multiplied once per model (:class:`_Split`); the logits are the same up to float
+        multiplied once per model (:class:`Split`); the logits are the same up to float
         rounding."""
         item = self.positions(inputs["item_id"])
         n = len(item)
         history = self.positions(inputs["history"])
+        if len(self._position) + 1 > self._trained_rows:  # items added at run time: unknown here
+            history = np.where(history < self._trained_rows, history, 1)
         known = (history >= 2).astype(np.float32)
         demographic_rows = {}
         for col in DEMOGRAPHIC_COLUMNS:
@@ -318,9 +330,9 @@ class RankScorer:
             if one:
                 logits.append(self._rank_logit(member, blocks, item))
             else:
-                logits.append(_dense(_columns(blocks, n), member.rank_layers)[:, 0])
+                logits.append(dense(columns(blocks, n), member.rank_layers)[:, 0])
             if rating:
-                shared = _columns(parts, n)
+                shared = columns(parts, n)
                 ratings.append(self._rating(member, shared, item_vec, item, history, inputs))
         logit = logits[0] if len(logits) == 1 else sum(logits[1:], logits[0]) / len(logits)
         out = {"logit": logit, "serving_logit": logit}
@@ -343,20 +355,20 @@ class RankScorer:
             rows.min() == rows.max() for rows in demographic_rows.values()
         )
 
-    def _item_features(self, member: _Member) -> np.ndarray:
+    def _item_features(self, member: Member) -> np.ndarray:
         """The item-only blocks of every lookup position, in their column order: embedding,
         genres, year features."""
         return np.concatenate([member.embedding, self._genres, self._year_features], axis=1)
 
     def _rank_logit(
-        self, member: _Member, blocks: list[tuple[np.ndarray, str]], item: np.ndarray
+        self, member: Member, blocks: list[tuple[np.ndarray, str]], item: np.ndarray
     ) -> np.ndarray:
         """The ranking head for one user's candidates (``blocks`` of :meth:`__call__`'s serving
         case: ``USER`` blocks one row, the others one row per candidate)."""
         kinds = tuple(kind for _, kind in blocks)
         split = member.split
         if split is None or split.kinds != kinds:
-            split = member.split = _Split.of(member, blocks, self._item_features)
+            split = member.split = Split.of(member, blocks, self._item_features)
         _, bias, relu = member.rank_layers[0]
         n = len(item)
         # Summed in place into the item share, a fresh array (a gather or a product).
@@ -365,9 +377,9 @@ class RankScorer:
         h += split.product(blocks, USER, n) + bias  # one row, broadcast over the candidates
         if relu:
             np.maximum(h, 0.0, out=h)
-        return _dense(h, member.rank_layers[1:])[:, 0]
+        return dense(h, member.rank_layers[1:])[:, 0]
 
-    def _rating(self, member: _Member, shared, item_vec, item, history, inputs) -> np.ndarray:
+    def _rating(self, member: Member, shared, item_vec, item, history, inputs) -> np.ndarray:
         """One member's rating head."""
         n = len(item)
         r = shared.astype(np.float32, copy=False)
@@ -377,21 +389,6 @@ class RankScorer:
                 rated_bag = np.repeat(rated_bag, n, axis=0)
             rated_dot = (item_vec * rated_bag).sum(1, keepdims=True)
             r = np.concatenate([r, rated_bag, rated_dot], axis=1).astype(np.float32)
-        z = _dense(r, member.rating_layers)[:, 0] + member.bias[item]
+        z = dense(r, member.rating_layers)[:, 0] + member.bias[item]
         low, high = RATING_RANGE
         return low + (high - low) / (1.0 + np.exp(-z))
-
-
-def _columns(blocks: list[tuple[np.ndarray, str]], n: int) -> np.ndarray:
-    """The arrays of ``blocks`` (1 or ``n`` rows each) side by side, as ``n`` float32 rows."""
-    return np.concatenate(
-        [np.broadcast_to(b, (n, b.shape[1])) for b, _ in blocks], axis=1, dtype=np.float32
-    )
-
-
-def _dense(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, bool]]) -> np.ndarray:
-    for kernel, bias, relu in layers:
-        x = x @ kernel + bias
-        if relu:
-            x = np.maximum(x, 0.0)
-    return x

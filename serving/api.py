@@ -115,13 +115,16 @@ class Recommender:
         self.labels = ItemLabels(items)
 
     def add_items(self, items: pd.DataFrame) -> None:
-        """Titles and genres of items placed in the index at run time (from metadata), so that
-        results carry them and genre filters find them. The caller upserts their vectors."""
+        """Titles, genres and years of items placed in the index at run time (from metadata), so
+        that results carry them, genre filters find them and the rankers score them with them.
+        The caller upserts their vectors."""
         self.items = pd.concat(
             [self.items[~self.items["item_id"].astype(str).isin(items["item_id"])], items],
             ignore_index=True,
         )
         self.labels.update(items)
+        for reranker in {id(r): r for r in (self.reranker, self.new_user_reranker) if r}.values():
+            reranker.add_items(items)
 
     @classmethod
     def load(

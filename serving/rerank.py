@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ranking.artefact import load_rank_scorer
 from ranking.scorer import RankScorer
@@ -54,6 +55,17 @@ class Reranker:
         # One request of two unknown items builds the scorer's serving tables (RankScorer's
         # first-layer split) now, at load, instead of in the first user's request.
         self.rerank(["\0warm-up-a", "\0warm-up-b"], [0.0, 0.0], [], {}, {}, 1)
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Items placed from metadata at run time (``item_id``, ``genres``, ``year``): the
+        ranker scores them with their genres and year (:meth:`RankScorer.add_items`), and with
+        no training ratings (popularity 0)."""
+        years = (
+            [None if pd.isna(y) else float(y) for y in items["year"]]
+            if "year" in items
+            else [None] * len(items)
+        )
+        self.scorer.add_items(items["item_id"].astype(str).tolist(), list(items["genres"]), years)
 
     def rerank(
         self,

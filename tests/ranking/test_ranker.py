@@ -294,7 +294,7 @@ def genred_items() -> pd.DataFrame:
 
 
 def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path, monkeypatch):
-    from ranking import scorer as scorer_module
+    from ranking import numpy_net as scorer_module
     from ranking.artefact import load_rank_scorer
     from ranking.scorer import RankScorer
     from ranking.train import ranker_inputs

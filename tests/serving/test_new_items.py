@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from serving.http import HttpSettings, create_app
 from serving.service import ONBOARDING_MAX, LiveService, ModelSlot, Served
+from serving.store import ItemRecord
 from tests.conftest import planted_dataset
 
 KEY = {"X-API-Key": "secret"}
@@ -196,3 +197,16 @@ def test_onboarding_diversity_zero_is_popularity_order(client):
     for bad in ("-0.1", "1.5", "x"):
         response = client.get(f"/v1/onboarding?n=2&diversity={bad}")
         assert response.status_code == 422 and "diversity" in response.text
+
+
+def test_the_ranker_scores_an_added_item_with_its_genres_and_year(planted_ranked_artefact):
+    served = Served.load(planted_ranked_artefact)
+    scorer = served.recommender.reranker.scorer
+    assert scorer.positions(np.array(["N"])).tolist() == [1]  # an unknown ID
+    served.add_items([ItemRecord("N", "Movie N (2024)", ("Comedy", "Space opera"), 1995)])
+    (row,) = scorer.positions(np.array(["N"]))
+    assert row >= 2
+    want = [float(g == "Comedy") for g in scorer.genre_names]
+    assert scorer._genres[row].tolist() == want and scorer._years[row] == 1995.0
+    ranked = served.recommender.recommend(history=["A"], k=20)
+    assert ranked.ranked and "N" in ranked.item_ids
