@@ -180,7 +180,8 @@ class RankScorer:
         training vocabulary are skipped, one added before is updated, and genre names the
         ranker was not trained with are ignored. Returns the IDs added or updated.
 
-        Thread-safe against concurrent scoring: rows are written before the IDs are looked up.
+        Safe against concurrent scoring: the rows are written before the IDs are published.
+        Calls to it must not overlap (the live service makes them under one lock).
 
         Raises
         ------
