@@ -222,7 +222,7 @@ class RankScorer:
         for member in self._members:
             split = member.split
             if split is not None and split.item_table is not None and ITEM in split.kernels:
-                features = self._item_features(member)[written]
+                features = self._item_features(member, written)
                 split.item_table[written] = features.astype(np.float32) @ split.kernels[ITEM]
         self._position.update(rows)  # last: a request finds the item only once it is written
         return done
@@ -356,10 +356,13 @@ class RankScorer:
             rows.min() == rows.max() for rows in demographic_rows.values()
         )
 
-    def _item_features(self, member: Member) -> np.ndarray:
-        """The item-only blocks of every lookup position, in their column order: embedding,
-        genres, year features."""
-        return np.concatenate([member.embedding, self._genres, self._year_features], axis=1)
+    def _item_features(self, member: Member, rows: np.ndarray | None = None) -> np.ndarray:
+        """The item-only blocks of every lookup position (or of ``rows``), in their column
+        order: embedding, genres, year features."""
+        tables = (member.embedding, self._genres, self._year_features)
+        if rows is not None:
+            tables = tuple(t[rows] for t in tables)
+        return np.concatenate(tables, axis=1)
 
     def _rank_logit(
         self, member: Member, blocks: list[tuple[np.ndarray, str]], item: np.ndarray
