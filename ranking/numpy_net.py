@@ -87,11 +87,13 @@ class Split:
         return self.item_table[item]
 
 
-def grown(table: np.ndarray, rows: int, fill: float = 0.0) -> np.ndarray:
-    """``table`` itself if it has ``rows`` rows, else a copy with at least twice its rows."""
+def grown(table: np.ndarray, rows: int, fill: float = 0.0, double: bool = True) -> np.ndarray:
+    """``table`` itself if it has ``rows`` rows, else a copy with ``rows`` rows (with
+    ``double``, at least twice its rows), the new ones ``fill``."""
     if len(table) >= rows:
         return table
-    out = np.full((max(rows, 2 * len(table)), *table.shape[1:]), fill, table.dtype)
+    size = max(rows, 2 * len(table)) if double else rows
+    out = np.full((size, *table.shape[1:]), fill, table.dtype)
     out[: len(table)] = table
     return out
 

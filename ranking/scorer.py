@@ -227,20 +227,28 @@ class RankScorer:
         self._position.update(rows)  # last: a request finds the item only once it is written
         return done
 
-    def _grow(self, rows: int) -> None:
-        """Room for ``rows`` lookup positions in every per-position table (doubling, so that
-        adding items one at a time copies each table O(log n) times; new rows are zero)."""
-        self._genres = grown(self._genres, rows)
-        self._years = grown(self._years, rows)
-        self._year_features = grown(self._year_features, rows)
-        self._genre_counts = grown(self._genre_counts, rows, fill=1.0)
+    def reserve(self, items: int) -> None:
+        """Room for ``items`` more items in every per-position table, so that the first
+        :meth:`add_items` calls copy nothing (a copy of the tables costs tens of milliseconds
+        at 10,000 items; the service reserves at load, after the serving tables are built)."""
+        self._grow(len(self._position) + 1 + items, double=False)
+
+    def _grow(self, rows: int, double: bool = True) -> None:
+        """Room for ``rows`` lookup positions in every per-position table (by default at least
+        doubling, so that adding items one at a time copies each table O(log n) times)."""
+
+        def grow(table: np.ndarray, fill: float = 0.0) -> np.ndarray:
+            return grown(table, rows, fill, double)
+
+        self._genres, self._years = grow(self._genres), grow(self._years)
+        self._year_features = grow(self._year_features)
+        self._genre_counts = grow(self._genre_counts, fill=1.0)
         for member in self._members:
-            member.embedding = grown(member.embedding, rows)
-            member.bias = grown(member.bias, rows)
+            member.embedding, member.bias = grow(member.embedding), grow(member.bias)
             if member.rated is not None:
-                member.rated = grown(member.rated, rows)
+                member.rated = grow(member.rated)
             if member.split is not None and member.split.item_table is not None:
-                member.split.item_table = grown(member.split.item_table, rows)
+                member.split.item_table = grow(member.split.item_table)
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Lookup positions of raw item IDs: 0 for padding (``""``), 1 for an unknown ID."""

@@ -25,6 +25,8 @@ from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
 
 RANKER_DIR = "ranker"  # inside the tower artefact: written by `nextwatch train-ranker`
+#: Items placed from metadata that a loaded ranker has room for before its tables are copied.
+RESERVED_ITEMS = 1024
 
 
 class Reranker:
@@ -55,6 +57,8 @@ class Reranker:
         # One request of two unknown items builds the scorer's serving tables (RankScorer's
         # first-layer split) now, at load, instead of in the first user's request.
         self.rerank(["\0warm-up-a", "\0warm-up-b"], [0.0, 0.0], [], {}, {}, 1)
+        # Then room for items placed from metadata, so that placing them copies no table.
+        scorer.reserve(RESERVED_ITEMS)
 
     def add_items(self, items: pd.DataFrame) -> None:
         """Items placed from metadata at run time (``item_id``, ``genres``, ``year``): the

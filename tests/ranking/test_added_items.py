@@ -90,3 +90,19 @@ def test_added_items_grow_the_tables_update_in_place_and_check_lengths(ranker):
     assert first("n0") == pytest.approx(want(_request(["n0", "A"], ["", "A"]))["logit"][0], 1e-5)
     with pytest.raises(ValueError, match="item_ids, genres and years have 2, 1 and 2 entries"):
         scorer.add_items(["x", "y"], [["Drama"]], [None, None])
+
+
+def test_reserved_rows_take_added_items_without_a_copy(ranker):
+    scorer = RankScorer.from_model(ranker)
+    scorer(_request(["A", "B"], ["", "A"]))  # builds the serving tables first
+    trained = len(scorer._members[0].split.item_table)
+    assert trained == len(ITEMS) + 2
+    scorer.reserve(3)
+    tables = [scorer._genres, *(m.split.item_table for m in scorer._members)]
+    assert [len(t) for t in tables] == [trained + 3] * 3
+    scorer.add_items(["x", "y", "z"], [["War"]] * 3, [None] * 3)
+    after = [scorer._genres, *(m.split.item_table for m in scorer._members)]
+    assert all(a is b for a, b in zip(tables, after, strict=True))  # written in place
+    scorer.add_items(["w"], [["War"]], [None])  # past the room: copied, doubling
+    assert len(scorer._genres) == 2 * (trained + 3) and scorer._genres is not tables[0]
+    assert scorer.positions(np.array(["x", "w"])).tolist() == [trained, trained + 3]
