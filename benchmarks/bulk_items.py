@@ -29,7 +29,7 @@ items that reach at least one user's top 10 (their exposure). Then the same for 
 each carve's tower with the settings ``nextwatch serve`` uses
 (``ranking.train.validated_settings``); ``--no-ranker`` skips it.
 
-    python benchmarks/bulk_items.py --data-dir ../shared/data     # ~34 min on 2 cores
+    python benchmarks/bulk_items.py --data-dir ../shared/data     # ~35-50 min on 2 cores
     python benchmarks/bulk_items.py --data-dir ../shared/data --no-ranker     # ~3.5 min
 
 Writes ``benchmarks/results/bulk_items.json``.
