@@ -170,7 +170,7 @@ class RankScorer:
     def add_items(
         self,
         item_ids: Sequence[str],
-        genres: Sequence[Sequence[str]],
+        genres: Sequence[Sequence[str] | None],
         years: Sequence[float | None],
     ) -> list[str]:
         """Give items the ranker was not trained on their genres and year, so that a candidate
@@ -211,7 +211,7 @@ class RankScorer:
                 continue
             position = rows[item]
             self._genres[position] = 0.0
-            for g in gs:
+            for g in () if gs is None else gs:
                 if str(g) in column:
                     self._genres[position, column[str(g)]] = 1.0
             self._years[position] = np.nan if year is None else float(year)

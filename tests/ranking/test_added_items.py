@@ -88,6 +88,8 @@ def test_added_items_grow_the_tables_update_in_place_and_check_lengths(ranker):
     assert first("n39") == pytest.approx(before, rel=1e-6) and first("n0") != before
     want = _with_item(scorer, "n0", [0.0, 0.0, 1.0], 1990.0)
     assert first("n0") == pytest.approx(want(_request(["n0", "A"], ["", "A"]))["logit"][0], 1e-5)
+    assert scorer.add_items(["bare"], [None], [None]) == ["bare"]  # no genres, no year
+    assert not scorer._genres[scorer.positions(np.array(["bare"]))[0]].any()
     with pytest.raises(ValueError, match="item_ids, genres and years have 2, 1 and 2 entries"):
         scorer.add_items(["x", "y"], [["Drama"]], [None, None])
 
