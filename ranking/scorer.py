@@ -194,16 +194,13 @@ class RankScorer:
                 f"{len(years)} entries"
             )
         column = {g: j for j, g in enumerate(self.genre_names or ())}
-        rows: dict[str, int] = {}
-        for item in map(str, item_ids):
-            position = self._position.get(item)
-            if position is None or position >= self._trained_rows:
-                rows[item] = position if position is not None else -1
         end = len(self._position) + 1  # positions in use: the items, pad and unknown
-        for item, position in rows.items():
-            if position < 0:
-                rows[item] = end
-                end += 1
+        rows: dict[str, int] = {}  # each added or updated item's position
+        for item in map(str, item_ids):
+            position = rows.get(item, self._position.get(item, end))
+            if position >= self._trained_rows:  # a trained item keeps its own row
+                rows[item] = position
+                end += position == end
         self._grow(end)
         done: list[str] = []
         for item, gs, year in zip(map(str, item_ids), genres, years, strict=True):
