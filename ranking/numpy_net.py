@@ -9,8 +9,12 @@ one row and each candidate's item-only blocks as a row of a table precomputed pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ranking.model import Ranker
 
 #: What a block of the ranking head's input depends on: the item alone, the user alone (one row
 #: per serving request), or the pair.
@@ -111,3 +115,40 @@ def dense(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, bool]]) -> n
         if relu:
             x = np.maximum(x, 0.0)
     return x
+
+
+def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
+    out = {f"{prefix}_relu": np.array([layer.activation.__name__ == "relu" for layer in layers])}
+    for i, layer in enumerate(layers):
+        out[f"{prefix}_{i}/kernel"] = layer.kernel.numpy()
+        out[f"{prefix}_{i}/bias"] = layer.bias.numpy()
+    return out
+
+
+def member_prefix(member: int) -> str:
+    """The prefix of a member's arrays: none for the first (as a single ranker's), then
+    ``member<m>/``."""
+    return f"member{member}/" if member else ""
+
+
+def member_arrays(ranker: Ranker) -> dict[str, np.ndarray]:
+    """One Keras network's weights as the arrays a :class:`Member` is built from: embeddings
+    (pad and unknown rows zeroed, as the model masks them), demographic tables (OOV row
+    zeroed) and the two towers."""
+    embedding = ranker.item_embedding.embeddings.numpy().copy()
+    embedding[:2] = 0.0
+    bias = ranker.item_bias.embeddings.numpy()[:, 0].copy()
+    bias[:2] = 0.0
+    arrays = {
+        "item_embedding": embedding,
+        "item_bias": bias,
+        **_stack("rank", [*ranker.rank_tower, ranker.rank_out]),
+        **_stack("rating", [*ranker.rating_tower, ranker.rating_out]),
+    }
+    if ranker.rated_embedding is not None:
+        arrays["rated_embedding"] = ranker.rated_embedding.embeddings.numpy()
+    for col in ranker.demographic_vocabularies:
+        table = ranker.demographic_embeddings[col].embeddings.numpy().copy()
+        table[0] = 0.0
+        arrays[f"demographic/{col}"] = table
+    return arrays

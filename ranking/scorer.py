@@ -24,49 +24,24 @@ from ranking.model import (
     genre_profile,
 )
 from ranking.normalize import QuantileNormalizer
-from ranking.numpy_net import ITEM, ROW, USER, Member, Split, columns, dense, grown
+from ranking.numpy_net import (
+    ITEM,
+    ROW,
+    USER,
+    Member,
+    Split,
+    columns,
+    dense,
+    grown,
+    member_arrays,
+    member_prefix,
+)
 from towers.examples import PAD
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.query import named_array
 
 #: Numeric inputs that describe the user, not the candidate: one value per serving request.
 USER_LEVEL = ("time_since_last", "prev_impressions", "user_count", "user_mean")
-
-
-def _stack(prefix: str, layers) -> dict[str, np.ndarray]:
-    out = {f"{prefix}_relu": np.array([layer.activation.__name__ == "relu" for layer in layers])}
-    for i, layer in enumerate(layers):
-        out[f"{prefix}_{i}/kernel"] = layer.kernel.numpy()
-        out[f"{prefix}_{i}/bias"] = layer.bias.numpy()
-    return out
-
-
-def member_prefix(member: int) -> str:
-    """The prefix of a member's arrays: none for the first (as a single ranker's), then
-    ``member<m>/``."""
-    return f"member{member}/" if member else ""
-
-
-def _member_arrays(ranker: Ranker) -> dict[str, np.ndarray]:
-    """One network's weights: embeddings (pad and unknown rows zeroed, as the model masks
-    them), demographic tables (OOV row zeroed) and the two towers."""
-    embedding = ranker.item_embedding.embeddings.numpy().copy()
-    embedding[:2] = 0.0
-    bias = ranker.item_bias.embeddings.numpy()[:, 0].copy()
-    bias[:2] = 0.0
-    arrays = {
-        "item_embedding": embedding,
-        "item_bias": bias,
-        **_stack("rank", [*ranker.rank_tower, ranker.rank_out]),
-        **_stack("rating", [*ranker.rating_tower, ranker.rating_out]),
-    }
-    if ranker.rated_embedding is not None:
-        arrays["rated_embedding"] = ranker.rated_embedding.embeddings.numpy()
-    for col in ranker.demographic_vocabularies:
-        table = ranker.demographic_embeddings[col].embeddings.numpy().copy()
-        table[0] = 0.0
-        arrays[f"demographic/{col}"] = table
-    return arrays
 
 
 class RankScorer:
@@ -157,7 +132,7 @@ class RankScorer:
         arrays = {"genres": ranker.genre_table.numpy(), "years": ranker.year_table.numpy()}
         for m, member in enumerate(members):
             prefix = member_prefix(m)
-            arrays.update({prefix + name: a for name, a in _member_arrays(member).items()})
+            arrays.update({prefix + name: a for name, a in member_arrays(member).items()})
         return cls(
             ranker.config,
             ranker.item_ids,

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,49 +27,11 @@ import numpy as np
 import towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before ScaNN imports TensorFlow)
 from towers.checks import positive_int
 from towers.index_params import IndexParams, configure
+from towers.rwlock import ReadWriteLock
 
 INDEX_FORMAT = 1
 #: The most floats :meth:`ItemIndex.search_among` keeps of item subsets' vectors (64 MB).
 SUBSET_CACHE_FLOATS = 1 << 24
-
-
-class _ReadWriteLock:
-    """Many concurrent searches, or one mutation (upsert/delete) at a time. A waiting writer
-    holds back new readers, so steady search traffic cannot starve an update."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
 
 def _check_unique(ids: list[str]) -> None:
@@ -133,7 +94,7 @@ class ItemIndex:
         _check_finite(self._vectors, self._ids, "the index's vectors")
         self.params = params
         self.dim = int(self._vectors.shape[1])
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
         # search_among's item subsets (IDs and vectors), keyed by the frozenset asked for.
         self._subsets: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
         self._subset_floats = 0
