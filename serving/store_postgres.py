@@ -22,17 +22,13 @@ from psycopg_pool import ConnectionPool
 from serving.store import (
     AppendResult,
     Event,
-    EventStore,
-    ItemRecord,
     StoreUnavailable,
     UserRecord,
     redact,
 )
 from serving.store_rows import (
     check_batch_size,
-    check_item,
     check_key,
-    check_paging,
     check_schema_version,
     check_user,
     event_rows,
@@ -41,9 +37,9 @@ from serving.store_rows import (
     merged_user,
     replay,
     to_event,
-    to_item,
     unique_users,
 )
+from serving.store_sql import USER_COLUMNS, SqlStore
 
 # pg_advisory_xact_lock keys (any bigint; these spell "nwevents" and "nwschema").
 _APPEND_LOCK = int.from_bytes(b"nwevents", "big") >> 1
@@ -81,8 +77,6 @@ _UPSERT_USERS = """INSERT INTO users (user_id, age, gender, occupation, zip_pref
     %s::text[]) AS x(u, a, g, o, z) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
     gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
 _INSERT_NEW_USERS = _UPSERT_USERS.split(" ON CONFLICT")[0] + " ON CONFLICT (user_id) DO NOTHING"
-_USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
-_ITEM_COLUMNS = "item_id, title, genres, year, tags, created_at, seq"
 _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created_at, seq)
     VALUES (%s, %s, %s, %s, %s, %s, nextval('items_seq'))
     ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, genres = excluded.genres,
@@ -90,7 +84,7 @@ _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created
 _EVENT_COLUMNS = 'user_id, item_id, kind, rating, "timestamp"'
 
 
-class PostgresStore(EventStore):
+class PostgresStore(SqlStore):
     """An :class:`~serving.store.EventStore` in a PostgreSQL database.
 
     Parameters
@@ -107,6 +101,11 @@ class PostgresStore(EventStore):
     StoreUnavailable
         The server cannot be reached or refuses the connection.
     """
+
+    MARK = "%s"
+    EVENT_COLUMNS = _EVENT_COLUMNS
+    NO_LIMIT = None  # LIMIT NULL: no limit
+    UPSERT_ITEM = _UPSERT_ITEM
 
     def __init__(self, url: str, *, max_connections: int = 8, timeout: float = 10.0) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
@@ -155,6 +154,8 @@ class PostgresStore(EventStore):
                 yield conn
         except psycopg.OperationalError as exc:  # also PoolTimeout and PoolClosed
             raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from exc
+
+    _read = _connection  # reads take no lock
 
     @contextmanager
     def _write(self, lock: bool = True) -> Iterator[psycopg.Connection]:
@@ -208,7 +209,7 @@ class PostgresStore(EventStore):
         with self._write(lock=False) as conn:
             conn.execute(_UPSERT_USERS, (time.time(), *([value] for value in row)))
             stored = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s", (user.user_id,)
+                f"SELECT {USER_COLUMNS} FROM users WHERE user_id = %s", (user.user_id,)
             ).fetchone()
         return UserRecord(*stored)
 
@@ -223,49 +224,15 @@ class PostgresStore(EventStore):
             # The row exists now; FOR UPDATE holds it until commit, so a concurrent update of
             # other fields waits and then reads this one's result.
             stored = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s FOR UPDATE", (user_id,)
+                f"SELECT {USER_COLUMNS} FROM users WHERE user_id = %s FOR UPDATE", (user_id,)
             ).fetchone()
             record = merged_user(stored, user_id, fields)
             row = check_user(record)
             conn.execute(_UPSERT_USERS, (time.time(), *([value] for value in row)))
             stored = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s", (user_id,)
+                f"SELECT {USER_COLUMNS} FROM users WHERE user_id = %s", (user_id,)
             ).fetchone()
         return UserRecord(*stored), not created
-
-    def get_user(self, user_id: str) -> UserRecord | None:
-        with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = %s", (user_id,)
-            ).fetchone()
-        return None if row is None else UserRecord(*row)
-
-    def event_count(self) -> int:
-        with self._connection() as conn:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-
-    def user_count(self) -> int:
-        with self._connection() as conn:
-            return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
-
-    def history_since(self, user_id: str, sequence: int = 0) -> list[tuple[int, Event]]:
-        check_paging(sequence, None)
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE user_id = %s AND seq > %s "
-                "ORDER BY seq",
-                (user_id, sequence),
-            ).fetchall()
-        return [(int(row[0]), to_event(row[1:])) for row in rows]
-
-    def events_since(self, sequence: int = 0, limit: int | None = None) -> list[tuple[int, Event]]:
-        check_paging(sequence, limit)
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
-                (sequence, limit),  # LIMIT NULL: no limit
-            ).fetchall()
-        return [(int(row[0]), to_event(row[1:])) for row in rows]
 
     def import_events(self, frame: pd.DataFrame, batch_size: int = 50_000) -> int:
         check_batch_size(batch_size)
@@ -290,30 +257,6 @@ class PostgresStore(EventStore):
         with self._write(lock=False) as conn:
             conn.execute(sql, (time.time(), *columns))
         return len(rows)
-
-    def upsert_item(self, item: ItemRecord) -> tuple[ItemRecord, bool]:
-        row = check_item(item)
-        with self._write() as conn:
-            existed = conn.execute(
-                "SELECT 1 FROM items WHERE item_id = %s", (item.item_id,)
-            ).fetchone()
-            conn.execute(_UPSERT_ITEM, (*row, time.time()))
-            stored = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = %s", (item.item_id,)
-            ).fetchone()
-        return to_item(stored), existed is None
-
-    def items_since(self, sequence: int = 0) -> list[ItemRecord]:
-        check_paging(sequence, None)
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE seq > %s ORDER BY seq", (sequence,)
-            ).fetchall()
-        return [to_item(row) for row in rows]
-
-    def ping(self) -> None:
-        with self._connection() as conn:
-            conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         self._pool.close()

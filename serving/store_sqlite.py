@@ -21,16 +21,12 @@ import pandas as pd
 from serving.store import (
     AppendResult,
     Event,
-    EventStore,
-    ItemRecord,
     StoreUnavailable,
     UserRecord,
 )
 from serving.store_rows import (
     check_batch_size,
-    check_item,
     check_key,
-    check_paging,
     check_schema_version,
     check_user,
     event_rows,
@@ -39,9 +35,9 @@ from serving.store_rows import (
     merged_user,
     replay,
     to_event,
-    to_item,
     unique_users,
 )
+from serving.store_sql import USER_COLUMNS, SqlStore
 
 BUSY_TIMEOUT_MS = 5000
 _IN_CHUNK = 500  # user IDs per IN (...) query, well under SQLite's bound-variable limit
@@ -76,8 +72,6 @@ _UPSERT_USER = """INSERT INTO users (user_id, age, gender, occupation, zip_prefi
     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET age = excluded.age,
     gender = excluded.gender, occupation = excluded.occupation, zip_prefix = excluded.zip_prefix"""
 _INSERT_NEW_USER = _UPSERT_USER.split(" ON CONFLICT")[0] + " ON CONFLICT (user_id) DO NOTHING"
-_USER_COLUMNS = "user_id, age, gender, occupation, zip_prefix, created_at"
-_ITEM_COLUMNS = "item_id, title, genres, year, tags, created_at, seq"
 _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created_at, seq)
     VALUES (?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM items))
     ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, genres = excluded.genres,
@@ -85,7 +79,7 @@ _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created
 _EVENT_COLUMNS = "user_id, item_id, kind, rating, timestamp"
 
 
-class SqliteStore(EventStore):
+class SqliteStore(SqlStore):
     """An :class:`~serving.store.EventStore` in one SQLite file.
 
     Parameters
@@ -103,6 +97,11 @@ class SqliteStore(EventStore):
     StoreUnavailable
         The file cannot be opened or switched to WAL mode.
     """
+
+    MARK = "?"
+    EVENT_COLUMNS = _EVENT_COLUMNS
+    NO_LIMIT = -1  # LIMIT -1: no limit
+    UPSERT_ITEM = _UPSERT_ITEM
 
     def __init__(self, path: str | Path, checkpoint_interval_s: float = 1.0) -> None:
         self._path = Path(path)
@@ -231,22 +230,12 @@ class SqliteStore(EventStore):
                     out[row[0]].append(to_event(row))
         return out
 
-    def history_since(self, user_id: str, sequence: int = 0) -> list[tuple[int, Event]]:
-        check_paging(sequence, None)
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE user_id = ? AND seq > ? "
-                "ORDER BY seq",
-                (user_id, sequence),
-            ).fetchall()
-        return [(row[0], to_event(row[1:])) for row in rows]
-
     def upsert_user(self, user: UserRecord) -> UserRecord:
         row = check_user(user)
         with self._write() as conn:
             conn.execute(_UPSERT_USER, (*row, time.time()))
             stored = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user.user_id,)
+                f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ?", (user.user_id,)
             ).fetchone()
         return UserRecord(*stored)
 
@@ -258,35 +247,11 @@ class SqliteStore(EventStore):
                 "ON CONFLICT (user_id) DO NOTHING",
                 (user_id, time.time()),
             ).rowcount
-            select = f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?"
+            select = f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ?"
             record = merged_user(conn.execute(select, (user_id,)).fetchone(), user_id, fields)
             conn.execute(_UPSERT_USER, (*check_user(record), time.time()))
             stored = conn.execute(select, (user_id,)).fetchone()
         return UserRecord(*stored), not created
-
-    def get_user(self, user_id: str) -> UserRecord | None:
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
-            ).fetchone()
-        return None if row is None else UserRecord(*row)
-
-    def event_count(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-
-    def user_count(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
-
-    def events_since(self, sequence: int = 0, limit: int | None = None) -> list[tuple[int, Event]]:
-        check_paging(sequence, limit)
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (sequence, -1 if limit is None else limit),  # LIMIT -1: no limit
-            ).fetchall()
-        return [(int(row[0]), to_event(row[1:])) for row in rows]
 
     def import_events(self, frame: pd.DataFrame, batch_size: int = 50_000) -> int:
         check_batch_size(batch_size)
@@ -307,30 +272,6 @@ class SqliteStore(EventStore):
         with self._write() as conn:
             conn.executemany(sql, [(*row, now) for row in rows])
         return len(rows)
-
-    def upsert_item(self, item: ItemRecord) -> tuple[ItemRecord, bool]:
-        row = check_item(item)
-        with self._write() as conn:
-            existed = conn.execute(
-                "SELECT 1 FROM items WHERE item_id = ?", (item.item_id,)
-            ).fetchone()
-            conn.execute(_UPSERT_ITEM, (*row, time.time()))
-            stored = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item.item_id,)
-            ).fetchone()
-        return to_item(stored), existed is None
-
-    def items_since(self, sequence: int = 0) -> list[ItemRecord]:
-        check_paging(sequence, None)
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE seq > ? ORDER BY seq", (sequence,)
-            ).fetchall()
-        return [to_item(row) for row in rows]
-
-    def ping(self) -> None:
-        with self._read() as conn:
-            conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         self._stop.set()
