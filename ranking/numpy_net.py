@@ -110,10 +110,13 @@ def columns(blocks: list[tuple[np.ndarray, str]], n: int) -> np.ndarray:
 
 
 def dense(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, bool]]) -> np.ndarray:
+    """The layers on ``x``, each ``x @ kernel + bias`` (ReLU where marked), in place on the
+    product (one array per layer)."""
     for kernel, bias, relu in layers:
-        x = x @ kernel + bias
+        x = x @ kernel
+        x += bias
         if relu:
-            x = np.maximum(x, 0.0)
+            np.maximum(x, 0.0, out=x)
     return x
 
 

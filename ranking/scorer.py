@@ -245,7 +245,7 @@ class RankScorer:
         return bag / np.sqrt(np.maximum(count, 1.0))
 
     def __call__(
-        self, inputs: Mapping[str, np.ndarray], rating: bool = True
+        self, inputs: Mapping[str, np.ndarray], rating: bool = True, one_user: bool = False
     ) -> dict[str, np.ndarray]:
         """``{"logit", "serving_logit", "rating"}`` for the raw input dict of
         :func:`ranking.train.ranker_inputs` (one row per candidate; ``history``, and
@@ -261,7 +261,8 @@ class RankScorer:
         every row. The ranking head's first layer then takes those features once, as one row,
         and each candidate's item-only features (embedding, genres, year) as a row of a table
         multiplied once per model (:class:`Split`); the logits are the same up to float
-        rounding."""
+        rounding. ``one_user=True`` says so for the per-user inputs, which may then be given as
+        one row each (the check that they agree is skipped, and only their first row is read)."""
         item = self.positions(inputs["item_id"])
         n = len(item)
         history = self.positions(inputs["history"])
@@ -272,11 +273,12 @@ class RankScorer:
         for col in DEMOGRAPHIC_COLUMNS:
             if col in self._vocab:
                 values = np.asarray(inputs[col], dtype=object).ravel()
+                values = values[:1] if one_user else values
                 get = self._vocab[col].get
                 demographic_rows[col] = np.fromiter(
                     (get(str(v), 0) for v in values), np.int64, len(values)
                 )
-        one = n > 1 and len(history) == 1 and self._one_user(inputs, demographic_rows)
+        one = n > 1 and len(history) == 1 and (one_user or self._one_user(inputs, demographic_rows))
         if one:  # every per-user feature from the first row only
             demographic_rows = {col: rows[:1] for col, rows in demographic_rows.items()}
 

@@ -94,18 +94,19 @@ class Reranker:
             "history": row,
             "tower_score": np.asarray(scores, np.float32),
             "tower_rank": np.arange(1, n + 1, dtype=np.float32),
-            "time_since_last": np.full(n, self.clock() - last, np.float32),
-            "prev_impressions": np.zeros(n, np.float32),
-            "user_count": np.full(n, count if np.isfinite(count) else len(history), np.float32),
-            "user_mean": np.full(n, stats.get("rating_mean", math.nan), np.float32),
+            # One user's: one row each (RankScorer's one_user).
+            "time_since_last": np.array([self.clock() - last], np.float32),
+            "prev_impressions": np.zeros(1, np.float32),
+            "user_count": np.array([count if np.isfinite(count) else len(history)], np.float32),
+            "user_mean": np.array([stats.get("rating_mean", math.nan)], np.float32),
             "item_popularity": np.array(
                 [self.popularity.get(i, 0.0) for i in item_ids], np.float32
             ),
         }
         if self.has_demographics:
             for col in DEMOGRAPHIC_COLUMNS:
-                inputs[col] = np.full(n, str(features.get(col) or ""), dtype=object)
-        logits = self.scorer(inputs, rating=False)["serving_logit"]
+                inputs[col] = np.array([str(features.get(col) or "")], dtype=object)
+        logits = self.scorer(inputs, rating=False, one_user=True)["serving_logit"]
         order = np.argsort(-logits, kind="stable")[:k]
         return [str(item_ids[j]) for j in order], [float(np.exp(logits[j])) for j in order]
 

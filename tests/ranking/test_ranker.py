@@ -10,8 +10,10 @@ from ranking.artefact import load_ranker, ranker_settings, save_ranker
 from ranking.impressions import NUMERIC, RankingExamples
 from ranking.model import RankerConfig
 from ranking.pipeline import predict
+from ranking.scorer import USER_LEVEL
 from ranking.train import RankerOptions, train_ranker
 from towers.data import empty_item_metadata
+from towers.features import DEMOGRAPHIC_COLUMNS
 
 ITEMS = ["A", "B", "C", "D"]
 SMALL = RankerConfig(hidden_units=(16, 8), rating_units=(8,), max_history=2, dropout=0.0)
@@ -328,6 +330,11 @@ def test_keras_numpy_and_saved_rankers_agree_with_user_genres(tmp_path, monkeypa
     assert fresh._members[0].split.item_table is not None  # the one-row path ran
     one_row = {"history": inputs["history"][:1], "item_popularity": inputs["item_popularity"][:1]}
     np.testing.assert_allclose(fresh({**inputs, **one_row})["logit"], got["logit"], rtol=1e-6)
+    # The service vouches for one user (one_user=True) and gives each per-user input one row.
+    per_user = {k: v[:1] for k, v in inputs.items() if k in (*USER_LEVEL, *DEMOGRAPHIC_COLUMNS)}
+    vouched = fresh({**inputs, **one_row, **per_user}, one_user=True)
+    np.testing.assert_allclose(vouched["logit"], got["logit"], rtol=1e-6)
+    np.testing.assert_allclose(vouched["rating"], got["rating"], rtol=1e-6)
     keras_out = predict(ranker, one)
     np.testing.assert_allclose(got["logit"], keras_out["logit"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["rating"], keras_out["rating"], rtol=1e-4, atol=1e-5)
