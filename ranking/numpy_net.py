@@ -1,5 +1,6 @@
-"""The numpy pieces :class:`ranking.scorer.RankScorer` runs: one network's tables and layers,
-its first layer split by what each input block depends on, and the dense stack.
+"""The numpy pieces :class:`ranking.scorer.RankScorer` runs: one network's tables and layers
+(and their arrays, read from a Keras network), its first layer split by what each input block
+depends on, and the dense stack.
 
 A serving request scores one user's candidates, so the user's blocks enter the first layer as
 one row and each candidate's item-only blocks as a row of a table precomputed per model
