@@ -131,7 +131,12 @@ def placed_history(data, seed: int) -> dict:
     recent = [u for u in user_ids if histories[u][-1] in cold]
     hist = [histories[u][-WINDOW:] for u in user_ids]
     times = [int(last_time[u]) for u in user_ids]
-    seen = [np.array([column[i] for i in set(h) if i in column], np.int64) for h in hist]
+    # Every film of the training part is left out of the answer, as the service leaves out
+    # all of a user's history, not only the bag's window.
+    seen = [
+        np.array([column[i] for i in set(histories[u]) if i in column], np.int64)
+        for u in user_ids
+    ]
     relevant = [relevant_of[u] for u in user_ids]
     users = UserFeatures.from_frame(data.users)
     window = model.time_window
@@ -153,8 +158,9 @@ def placed_history(data, seed: int) -> dict:
     arms["retrained"] = scores_of(QueryEncoder.from_model(full.model), full_matrix)
     counts = train_counts(train, items)
     arms["most-popular"] = np.tile(counts, (len(user_ids), 1))
+    newest = set(recent)
     rows = {"all": np.arange(len(user_ids)), "newest item held out": np.array(
-        [n for n, u in enumerate(user_ids) if u in set(recent)], np.int64
+        [n for n, u in enumerate(user_ids) if u in newest], np.int64
     )}  # fmt: skip
     tables = {}
     for name, take in rows.items():
