@@ -134,8 +134,7 @@ def placed_history(data, seed: int) -> dict:
     # Every film of the training part is left out of the answer, as the service leaves out
     # all of a user's history, not only the bag's window.
     seen = [
-        np.array([column[i] for i in set(histories[u]) if i in column], np.int64)
-        for u in user_ids
+        np.array([column[i] for i in set(histories[u]) if i in column], np.int64) for u in user_ids
     ]
     relevant = [relevant_of[u] for u in user_ids]
     users = UserFeatures.from_frame(data.users)
