@@ -332,6 +332,13 @@ def export_candidates(
                 "use a new output directory"
             )
     else:
+        # Part files without a manifest are not this command's: they would pass as finished.
+        foreign = sorted(output.glob("part-*"))
+        if foreign:
+            raise ValueError(
+                f"{output} holds {foreign[0].name} but no _manifest.json, so it is not an "
+                "export this command can resume; use a new or empty output directory"
+            )
         write_atomic(manifest_path, json.dumps(manifest, indent=2))
     (output / "_SUCCESS").unlink(missing_ok=True)
     for leftover in output.glob("_tmp-*"):  # shards a crashed run did not finish

@@ -43,7 +43,13 @@ from serving.api_types import (
 from serving.labels import ItemLabels
 from serving.rerank import Reranker, load_reranker
 from towers.artefact import NEW_USER_DIR, artefact_version
-from towers.catalogue import ITEMS_FILE, USERS_FILE, UserTable, distinct_history
+from towers.catalogue import (
+    ITEMS_FILE,
+    USERS_FILE,
+    UserTable,
+    complete_catalogue,
+    distinct_history,
+)
 from towers.checks import count_int, positive_int
 from towers.features import DEMOGRAPHIC_COLUMNS, query_inputs
 from towers.presets import NEW_USER_MAX_RATINGS
@@ -142,11 +148,8 @@ class Recommender:
         """
         artefact = Path(artefact)
         retriever = Retriever.from_artefact(artefact)
-        if (artefact / ITEMS_FILE).exists():
-            items = pd.read_parquet(artefact / ITEMS_FILE)
-        else:
-            ids = retriever.index.item_ids
-            items = pd.DataFrame({"item_id": ids, "title": "", "genres": [()] * len(ids)})
+        items = pd.read_parquet(artefact / ITEMS_FILE) if (artefact / ITEMS_FILE).exists() else None
+        items = complete_catalogue(items, retriever.index.item_ids)
         table = None
         if users and (artefact / USERS_FILE).exists():
             table = UserTable.read(artefact / USERS_FILE)

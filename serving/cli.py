@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shutil
@@ -39,6 +40,7 @@ from towers.leftovers import remove_dead, work_dir
 from towers.pipeline import evaluate_artefact, retrain_candidates, train_candidates
 from towers.presets import NEW_USER_MAX_RATINGS
 from towers.synthetic import ITEMS_FILE, SyntheticConfig, generate, shard_paths
+from towers.tables import read_table
 from towers.warmstart import WarmStart
 
 if TYPE_CHECKING:
@@ -48,7 +50,13 @@ log = logging.getLogger("nextwatch")
 
 
 def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+    """A comma-separated flag value, read as one CSV row: an ID that contains a comma is
+    quoted (``'"Star Wars, Episode IV",260'``)."""
+    try:
+        fields = next(csv.reader([value], skipinitialspace=True, strict=True), [])
+    except csv.Error as exc:
+        raise ValueError(f"cannot read {value!r} as comma-separated IDs: {exc}") from exc
+    return [v.strip() for v in fields if v.strip()]
 
 
 def read_user_list(path: str) -> list[str]:
@@ -66,9 +74,7 @@ def read_user_list(path: str) -> list[str]:
     if not file.exists():
         raise FileNotFoundError(f"users file {file} does not exist")
     if file.suffix.lower() in (".csv", ".parquet"):
-        frame = pd.read_parquet(file) if file.suffix.lower() == ".parquet" else pd.read_csv(
-            file, dtype=str, keep_default_na=False  # an empty cell is "", not the user "nan"
-        )  # fmt: skip
+        frame = read_table(file)  # a CSV's cells as text: an empty cell is "", not "nan"
         if "user_id" not in frame.columns:
             raise ValueError(f"{file} has no user_id column (columns: {list(frame.columns)})")
         column = frame["user_id"]
@@ -82,7 +88,9 @@ def read_user_list(path: str) -> list[str]:
                 f"({len(empty)} empty in all); every row needs a user ID"
             )
         return ids
-    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first ID.
+    text = file.read_text(encoding="utf-8-sig")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _recommend(args: argparse.Namespace) -> dict:

@@ -63,7 +63,10 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--users", help="user metadata file (user_id, age, gender, ...)")
     group.add_argument("--user-col", default="user")
     group.add_argument("--item-col", default="item")
-    group.add_argument("--rating-col", default="rating")
+    group.add_argument(
+        "--rating-col",
+        help="the rating column; it must exist if given (default: 'rating' if the file has it)",
+    )
     group.add_argument("--timestamp-col", default="timestamp")
 
 
@@ -296,11 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--artefact", default="artefacts/candidates", help="artefact directory")
     who = rec.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user ID of the training data")
-    who.add_argument("--history", help="comma-separated watched item IDs, oldest first")
+    who.add_argument(
+        "--history",
+        help="comma-separated watched item IDs, oldest first (quote an ID with a comma: "
+        "'\"Star Wars, Episode IV\",260')",
+    )
     who.add_argument("--similar-to", help="an item ID: its most similar items")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--genres", default="", help="comma-separated genre filter")
-    rec.add_argument("--exclude", default="", help="comma-separated item IDs to leave out")
+    rec.add_argument(
+        "--exclude", default="", help="comma-separated item IDs to leave out (quoted as --history)"
+    )
     rec.add_argument("--no-rank", action="store_true", help="the generator's order, unranked")
 
     cands = sub.add_parser("export-candidates", help="batch top-k candidates for every user")

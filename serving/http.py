@@ -45,7 +45,13 @@ from serving.http_params import (
     UserId,
     split_values,
 )
-from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
+from serving.metrics import (
+    CONTENT_TYPE,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    PathEncodingMiddleware,
+    ServiceMetrics,
+)
 from serving.schemas import (
     ID_PATTERN,
     EventBatch,
@@ -343,5 +349,6 @@ def create_app(service: LiveService, settings: HttpSettings) -> FastAPI:
     # plain, so the event loop spends no time compressing it.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(PathEncodingMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -74,11 +74,22 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
             return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's answer to a body it cannot decode (e.g. not UTF-8): say what is wrong.
-            return JSONResponse({"detail": "body: not valid JSON text (UTF-8)"}, status_code=400)
+            # FastAPI's answer to a body it cannot decode: say what is wrong.
+            return JSONResponse({"detail": _unparsable_body(exc.__cause__)}, status_code=400)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.error("event store unavailable: %s", exc)
         return JSONResponse({"detail": f"event store unavailable: {exc}"}, status_code=503)
+
+
+def _unparsable_body(cause: BaseException | None) -> str:
+    """Why a body that FastAPI could not decode was refused (FastAPI raises its 400 from the
+    decoder's exception)."""
+    if isinstance(cause, RecursionError):
+        return "body: JSON nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        # Python refuses to convert integers of more than 4,300 digits (sys.int_info).
+        return "body: a JSON number has too many digits"
+    return "body: not valid JSON text (UTF-8)"

@@ -12,16 +12,14 @@ from fastapi import Query
 from pydantic import AfterValidator
 
 from serving.schemas import ID_RULE, MAX_K, check_id
+from towers.tables import MAX_ID_LENGTH
 
-UserId = Annotated[
-    str, PathParam(min_length=1, max_length=128, description=ID_RULE), AfterValidator(check_id)
-]
-ItemId = Annotated[
-    str, PathParam(min_length=1, max_length=128, description=ID_RULE), AfterValidator(check_id)
-]
+_ID_PATH = PathParam(min_length=1, max_length=MAX_ID_LENGTH, description=ID_RULE)
+UserId = Annotated[str, _ID_PATH, AfterValidator(check_id)]
+ItemId = Annotated[str, _ID_PATH, AfterValidator(check_id)]
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K})")]
 ListParam = Annotated[
-    list[Annotated[str, Query(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]],
+    list[Annotated[str, Query(max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$")]],
     Query(max_length=1000, description="repeat the parameter, or separate values by commas"),
 ]
 

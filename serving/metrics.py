@@ -9,8 +9,10 @@ clients send.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import (
     CollectorRegistry,
@@ -159,11 +161,15 @@ class _BodyTooLarge(HTTPException):
 
 
 async def _too_large(send, max_bytes: int) -> None:
-    body = b'{"detail":"request body is larger than %d bytes"}' % max_bytes
+    await _refuse(send, 413, f"request body is larger than {max_bytes} bytes")
+
+
+async def _refuse(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -171,3 +177,21 @@ async def _too_large(send, max_bytes: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class PathEncodingMiddleware:
+    """Refuse with 400 a path whose percent-decoded bytes are not UTF-8. The server decodes such
+    bytes to U+FFFD, so ``/v1/users/%ff`` and ``/v1/users/%fe`` would both read one user."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw:
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                await _refuse(send, 400, "path: not valid UTF-8 once percent-decoded")
+                return
+        await self.app(scope, receive, send)

@@ -19,16 +19,17 @@ from pydantic import (
     field_validator,
 )
 
+from towers.tables import MAX_ID_LENGTH, MAX_TIMESTAMP
+
 MAX_K = 500  # largest k a request may ask for
 MAX_EVENTS = 1000  # largest event batch
 MAX_LIST = 1000  # largest history / exclude list in a body
-MAX_TIMESTAMP = 1e11  # year 5138: anything larger is a unit error (ms or µs since the epoch)
 
 # Header values (the idempotency key): no control characters (PostgreSQL cannot store NUL, and
 # logs must not be forged with newlines).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-ID_RULE = "1 to 128 printable characters, with no leading or trailing whitespace"
-NEW_ID_RULE = ID_RULE + ", and no '/'"
+ID_RULE = f"1 to {MAX_ID_LENGTH} printable characters, with no leading or trailing whitespace"
+NEW_ID_RULE = ID_RULE + ", with no '/' or ',', and not '.' or '..'"
 
 
 def check_id(value: str) -> str:
@@ -46,24 +47,32 @@ def check_id(value: str) -> str:
 
 
 def check_new_id(value: str) -> str:
-    """:func:`check_id`, and no ``/``, for an ID the service creates (a user, an added item):
-    no URL path (``/v1/users/{id}``, ``/v1/items/{id}/similar``) can carry one, since ``%2F``
-    is decoded before routing (``B%2Fsimilar`` would reach B's similar items). IDs that refer
-    to trained catalogue items may contain one (a catalogue is the user's own data)."""
-    if not value.isprintable() or value.strip() != value or "/" in value:
+    """:func:`check_id`, for an ID the service creates (a user, an added item), and one that every
+    URL can carry: no ``/``, since ``%2F`` is decoded before routing (``B%2Fsimilar`` would reach
+    B's similar items); not ``.`` or ``..``, which clients and browsers remove from a path (even
+    as ``%2E``), so ``/v1/users/./recommendations`` would ask for another resource; and no ``,``,
+    which separates the values of a query list (``?exclude=a,b``). IDs that refer to trained
+    catalogue items may contain any of these (a catalogue is the user's own data)."""
+    if (
+        not value.isprintable()
+        or value.strip() != value
+        or "/" in value
+        or "," in value
+        or value in (".", "..")
+    ):
         raise ValueError(f"must be {NEW_ID_RULE}, got {value!r}")
     return value
 
 
 Identifier = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=128),
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
     AfterValidator(check_id),
     Field(description=f"an ID: {ID_RULE}"),
 ]
 NewIdentifier = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=128),
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
     AfterValidator(check_new_id),
     Field(description=f"an ID: {NEW_ID_RULE}"),
 ]

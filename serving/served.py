@@ -115,6 +115,26 @@ class Served:
         """Whether ``item_id`` has a trained vector (not one placed from metadata)."""
         return self.recommender.retriever.encoder.knows(str(item_id))
 
+    def check_placeable(self) -> None:
+        """Check that this model can place items from metadata: every tower it serves with has a
+        content projection.
+
+        Raises
+        ------
+        NewItemsUnsupported
+            Naming the missing file.
+        """
+        if self.projection is None:
+            raise NewItemsUnsupported(
+                f"model {self.version} has no content projection ({CONTENT_FILE}); retrain it "
+                "to add items from metadata"
+            )
+        if self.recommender.new_user is not None and self.new_user_projection is None:
+            raise NewItemsUnsupported(
+                f"model {self.version}'s new-user tower has no content projection "
+                f"({NEW_USER_DIR}/{CONTENT_FILE}); retrain it to add items from metadata"
+            )
+
     def add_items(self, records: Sequence[ItemRecord]) -> list[str]:
         """Place items from their metadata: the content projection gives each a vector, which
         is upserted into the index, and the catalogue learns its title and genres. Items the
@@ -129,17 +149,8 @@ class Served:
         new = [r for r in records if not self.trained(r.item_id)]
         if not new:
             return []
-        if self.projection is None:
-            raise NewItemsUnsupported(
-                f"model {self.version} has no content projection ({CONTENT_FILE}); retrain it "
-                "to add items from metadata"
-            )
+        self.check_placeable()
         second = self.recommender.new_user
-        if second is not None and self.new_user_projection is None:
-            raise NewItemsUnsupported(
-                f"model {self.version}'s new-user tower has no content projection "
-                f"({NEW_USER_DIR}/{CONTENT_FILE}); retrain it to add items from metadata"
-            )
         tokens = [metadata_tokens(r.title, r.genres, r.year, r.tags) for r in new]
         ids = [r.item_id for r in new]
         # Both towers place the item (each from its own projection) before the catalogue

@@ -39,7 +39,6 @@ from serving.served import (
 )
 from serving.store import Event, EventStore, ItemRecord
 from towers.checks import check_field_types
-from towers.content import CONTENT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +128,17 @@ class LiveService:
         Raises
         ------
         NewItemsUnsupported
-            If the store holds added items and ``served`` has no content projection.
+            If the store holds added items and ``served`` cannot place items from metadata.
         """
-        if served.projection is not None:
-            return
-        added = [r for r in self.store.items_since(0) if not served.trained(r.item_id)]
-        if added:
-            raise NewItemsUnsupported(
-                f"model {served.version} has no content projection ({CONTENT_FILE}), so it "
-                f"could not serve the {len(added)} item(s) added from metadata (e.g. "
-                f"{added[0].item_id!r}); retrain it, or serve a model that has one"
-            )
+        try:
+            served.check_placeable()
+        except NewItemsUnsupported as exc:
+            added = [r for r in self.store.items_since(0) if not served.trained(r.item_id)]
+            if added:
+                raise NewItemsUnsupported(
+                    f"{exc}: the store holds {len(added)} item(s) added from metadata (e.g. "
+                    f"{added[0].item_id!r}), which it could not serve"
+                ) from exc
 
     def sync_items(self, force: bool = False) -> Served:
         """Apply items that were added to the store (by any server process) since the serving
@@ -183,11 +182,7 @@ class LiveService:
             raise ValueError(
                 f"item_id {item.item_id!r} is a trained item; its vector comes from training"
             )
-        if served.projection is None:
-            raise NewItemsUnsupported(
-                f"model {served.version} has no content projection ({CONTENT_FILE}); retrain "
-                "it to add items from metadata"
-            )
+        served.check_placeable()  # before anything is stored
         stored, created = self.store.upsert_item(item)
         return stored, created, self.sync_items(force=True)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from serving.store import (
     AppendResult,
@@ -84,6 +84,10 @@ _UPSERT_ITEM = """INSERT INTO items (item_id, title, genres, year, tags, created
 _EVENT_COLUMNS = 'user_id, item_id, kind, rating, "timestamp"'
 
 
+# Seconds a call waits for a pooled connection while the server is known to be unreachable.
+OUTAGE_WAIT_S = 0.05
+
+
 class PostgresStore(SqlStore):
     """An :class:`~serving.store.EventStore` in a PostgreSQL database.
 
@@ -94,7 +98,8 @@ class PostgresStore(SqlStore):
     max_connections : int
         The pool's maximum size (its minimum is 1).
     timeout : float
-        Seconds to wait for the server at open, and for a free pooled connection per call.
+        Seconds to wait for the server at open, and for a free pooled connection per call
+        (less through an outage: :meth:`_checkout`).
 
     Raises
     ------
@@ -115,6 +120,7 @@ class PostgresStore(SqlStore):
         if not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._url, self._timeout = url, float(timeout)
+        self._reachable = True  # the last call reached the server
         # libpq's connect_timeout is whole seconds and treats values below 2 as 2.
         connect = {"autocommit": True, "connect_timeout": max(2, math.ceil(timeout))}
         # A direct connection first: it reports the server's own error (refused, bad password)
@@ -150,10 +156,44 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         try:
-            with self._pool.connection(timeout=self._timeout) as conn:
-                yield conn
+            conn = self._checkout()
         except psycopg.OperationalError as exc:  # also PoolTimeout and PoolClosed
+            self._reachable = False
             raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from exc
+        try:
+            with conn:  # commits, or rolls back on an error, as the pool's connection() does
+                yield conn
+            self._reachable = True
+        except psycopg.OperationalError as exc:
+            self._reachable = False
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from exc
+        finally:
+            self._pool.putconn(conn)  # a broken connection is replaced by the pool
+
+    def _checkout(self) -> psycopg.Connection:
+        """A pooled connection, without holding up the caller through an outage.
+
+        The service calls the store on its event loop, so a call that waits out the full
+        ``timeout`` holds up every other request, health checks included. A call first waits
+        :data:`OUTAGE_WAIT_S`; if the pool meanwhile lost a connection or failed to open one,
+        the server is down and the call fails at once, else the pool is only busy and the call
+        waits out the rest of ``timeout``. Once a call has failed, calls wait only the short
+        time until one gets through (the pool keeps reconnecting in the background).
+        """
+        brief = min(self._timeout, OUTAGE_WAIT_S)
+        if not self._reachable:
+            return self._pool.getconn(timeout=brief)
+        start, failures = time.monotonic(), self._failures()
+        try:
+            return self._pool.getconn(timeout=brief)
+        except PoolTimeout:
+            if self._failures() != failures:
+                raise
+        return self._pool.getconn(timeout=max(brief, self._timeout - (time.monotonic() - start)))
+
+    def _failures(self) -> int:
+        stats = self._pool.get_stats()
+        return stats.get("connections_errors", 0) + stats.get("connections_lost", 0)
 
     _read = _connection  # reads take no lock
 

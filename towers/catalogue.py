@@ -60,6 +60,18 @@ def save_catalogue(directory: str | Path, data: Dataset) -> None:
     user_table(data.interactions, data.users).to_parquet(directory / USERS_FILE, index=False)
 
 
+def complete_catalogue(items: pd.DataFrame | None, item_ids: Sequence[str]) -> pd.DataFrame:
+    """The catalogue ``items``, with a row (titled by its ID) for every item of the index that
+    it lacks: an artefact trained before watched items without metadata were given rows would
+    otherwise recommend items that no lookup, search or event could name."""
+    known = set() if items is None else set(items["item_id"].astype(str))
+    missing = [str(i) for i in item_ids if str(i) not in known]
+    if not missing:
+        return items
+    rows = pd.DataFrame({"item_id": missing, "title": missing, "genres": [()] * len(missing)})
+    return rows if items is None else pd.concat([items, rows], ignore_index=True)
+
+
 def genre_names(genres: object) -> tuple[str, ...]:
     """An item's genres as a tuple of text. Parquet's list column arrives as a numpy object array
     per item, which ``tolist()`` turns into Python strings at once (iterating the array element

@@ -97,7 +97,7 @@ def load_interactions(
     *,
     user_col: str = "user",
     item_col: str = "item",
-    rating_col: str | None = "rating",
+    rating_col: str | None = None,
     timestamp_col: str = "timestamp",
     items_path: str | Path | None = None,
     users_path: str | Path | None = None,
@@ -112,10 +112,12 @@ def load_interactions(
     user_col, item_col, timestamp_col : str
         Column names of the user ID, item ID and timestamp (epoch seconds or ISO-8601).
     rating_col : str or None
-        Column name of an optional numeric rating. If the column is absent the ratings are NaN.
+        Column name of a numeric rating, which must exist if named. None reads a ``rating``
+        column if the file has one; without it the ratings are NaN.
     items_path : str or Path, optional
         Item metadata with ``item_id`` and any of ``title``, ``year``, ``genres``, ``tags``
-        (genres and tags ``|``-separated).
+        (genres and tags ``|``-separated). An interacted item the file does not list gets its
+        ID as title and no other metadata.
     users_path : str or Path, optional
         User metadata with ``user_id`` and any of ``age``, ``gender``, ``occupation``,
         ``zip_prefix``.
@@ -133,19 +135,33 @@ def load_interactions(
         non-numeric or non-finite ratings, or missing, infinite or unparseable timestamps.
     """
     path = Path(path)
+    frame = read_table(path)
+    if rating_col is not None:  # named, so it must be there (a typo must not drop the ratings)
+        require_columns(frame, path, {"rating": rating_col})
+    rating_col = rating_col or "rating"
     interactions = validate_interactions(
-        read_table(path),
+        frame,
         path,
         user_col=user_col,
         item_col=item_col,
         rating_col=rating_col,
         timestamp_col=timestamp_col,
     )
-    items = _load_item_metadata(Path(items_path)) if items_path else None
+    watched = interactions["item_id"].unique()
+    if items_path:
+        items = _load_item_metadata(Path(items_path))
+        # Every watched item is in the catalogue, so that it can be shown, looked up and rated.
+        unlisted = np.setdiff1d(watched.astype(str), items["item_id"].to_numpy(dtype=str))
+        if len(unlisted):
+            log.warning(
+                "%s lists no metadata for %d watched item(s), e.g. %r: titled by their IDs",
+                items_path, len(unlisted), unlisted[0],
+            )  # fmt: skip
+            items = pd.concat([items, empty_item_metadata(unlisted)], ignore_index=True)
+    else:
+        items = empty_item_metadata(watched)
     users = _load_user_metadata(Path(users_path)) if users_path else None
     sources = [p for p in (path, items_path, users_path) if p]
-    if items is None:
-        items = empty_item_metadata(interactions["item_id"].unique())
     # The same file read with other columns is other data (evaluate's leak guard compares it).
     # The default mapping adds nothing, so checksums recorded before this rule still match.
     columns = (user_col, item_col, rating_col, timestamp_col)

@@ -47,8 +47,10 @@ class DataSource:
     data_dir : str or None
     interactions, items, users : str or None
         A user's own CSV/Parquet files (used when ``dataset`` is None).
-    user_col, item_col, rating_col, timestamp_col : str
+    user_col, item_col, timestamp_col : str
         Column names in ``interactions``.
+    rating_col : str or None
+        The rating column, which must exist if named; None reads ``rating`` if the file has it.
     """
 
     dataset: str | None = "ml-latest-small"
@@ -58,13 +60,13 @@ class DataSource:
     users: str | None = None
     user_col: str = "user"
     item_col: str = "item"
-    rating_col: str | None = "rating"
+    rating_col: str | None = None
     timestamp_col: str = "timestamp"
 
     def __post_init__(self) -> None:
         if self.interactions:
             return
-        columns = (self.user_col, self.item_col, self.rating_col, self.timestamp_col)
+        columns = (self.user_col, self.item_col, self.rating_col or "rating", self.timestamp_col)
         given = [name for name, value in (("items", self.items), ("users", self.users)) if value]
         if columns != ("user", "item", "rating", "timestamp"):
             given.append("column names")

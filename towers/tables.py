@@ -17,6 +17,12 @@ import pandas as pd
 log = logging.getLogger("towers.data")
 
 
+MAX_ID_LENGTH = 128  # the longest user or item ID, in a file or a request
+# The latest epoch second accepted (year 5138): a larger value is a unit error (milliseconds or
+# microseconds since the epoch), which would put a file's events after every live one.
+MAX_TIMESTAMP = 1e11
+
+
 class DataError(ValueError):
     """A data file is missing, empty or malformed. The message names the file, column and a row."""
 
@@ -119,12 +125,22 @@ def id_text(values: pd.Series) -> pd.Series:
 
 
 def check_ids(ids: pd.Series, path: Path, column: str, role: str, frame: pd.DataFrame) -> None:
-    """Refuse missing (null/NaN) or blank IDs, naming the file, the column and the first bad row."""
+    """Refuse missing (null/NaN) or blank IDs, and IDs that the live service could not take
+    (over :data:`MAX_ID_LENGTH` characters, or not printable: control characters, a
+    non-breaking space), naming the file, the column and the first bad row."""
     empty = (ids.isna() | (ids == "")).to_numpy(dtype=bool)
     if empty.any():
         raise DataError(
             f"{path}: column {column!r} has empty {role} IDs (blank or null)"
             f"{example_row(frame, empty)}"
+        )
+    text = ids.astype(str)
+    unusable = ((text.str.len() > MAX_ID_LENGTH) | ~text.map(str.isprintable)).to_numpy(bool)
+    if unusable.any():
+        raise DataError(
+            f"{path}: column {column!r} has {role} IDs that are not 1 to {MAX_ID_LENGTH} "
+            "printable characters (no control characters or non-breaking spaces), which the "
+            f"service could not take in a request{example_row(frame, unusable)}"
         )
 
 
@@ -188,6 +204,12 @@ def parse_timestamps(values: pd.Series, path: Path, column: str, frame: pd.DataF
                 f"date-times{example_row(frame, bad)}"
             )
         seconds[needs_date] = _epoch_seconds(parsed)
+    too_late = seconds > MAX_TIMESTAMP
+    if too_late.any():
+        raise DataError(
+            f"{path}: column {column!r} has timestamps after the year 5138 (over {MAX_TIMESTAMP:g}"
+            f" s): give epoch seconds, not milliseconds{example_row(frame, too_late)}"
+        )
     return seconds.astype(np.int64)
 
 

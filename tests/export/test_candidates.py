@@ -49,6 +49,15 @@ def test_an_interrupted_export_resumes_without_redoing_finished_shards(planted_a
     assert not list(out.glob("_tmp-*"))
 
 
+def test_part_files_without_a_manifest_are_not_taken_for_finished_shards(
+    planted_artefact, tmp_path
+):
+    (tmp_path / "part-00000.parquet").write_text("junk")
+    with pytest.raises(ValueError, match="part-00000.parquet but no _manifest.json"):
+        export_candidates(planted_artefact, tmp_path, k=3)
+    assert not (tmp_path / "_manifest.json").exists() and not (tmp_path / "_SUCCESS").exists()
+
+
 def test_other_settings_are_refused_in_the_same_directory(planted_artefact, tmp_path):
     export_candidates(planted_artefact, tmp_path, k=3, shard_size=50)
     with pytest.raises(ValueError, match="other settings \\(\\['k'\\] differ\\)"):

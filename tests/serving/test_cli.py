@@ -6,6 +6,7 @@ import pytest
 
 from serving.cli import build_parser, main
 from serving.cli_args import retrain_options, tower_presets
+from towers.data import DataError
 from towers.presets import benchmark_config, benchmark_options, new_user_config
 
 TINY = "--epochs 2 --batch-size 16 --output-dim 8 --embedding-dim 8 --token-dim 4 --verbose 0"
@@ -272,6 +273,20 @@ def test_a_users_csv_with_an_empty_id_is_refused_by_row(planted_artefact, tmp_pa
     pd.DataFrame({"user_id": ["u1", "  ", None]}).to_parquet(parquet)
     assert main([*args, "--users", str(parquet)]) == 2
     assert "has an empty user_id in data row 2 (2 empty in all)" in caplog.text
+
+
+def test_user_lists_with_a_byte_order_mark_or_nothing_and_quoted_ids(tmp_path):
+    from serving.cli import _split, read_user_list
+
+    marked = tmp_path / "ids.txt"
+    marked.write_bytes(b"\xef\xbb\xbfu0\r\nu1\r\n")  # as Windows editors save it
+    assert read_user_list(str(marked)) == ["u0", "u1"]
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty.csv: file is empty"):
+        read_user_list(str(tmp_path / "empty.csv"))
+    assert _split('"Star Wars, Episode IV", 260,,') == ["Star Wars, Episode IV", "260"]
+    with pytest.raises(ValueError, match="as comma-separated IDs"):
+        _split('"unclosed, 260')
 
 
 def test_export_savedmodels_refuses_an_existing_version_and_maps_tf_errors(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from serving.explain import leave_one_out_drops
 from serving.http import HttpSettings, create_app
+from serving.http_errors import _unparsable_body
 from serving.schemas import MAX_K
 from serving.service import LiveService, ModelSlot, Served, user_state
 from serving.store import Event, UserRecord
@@ -167,12 +169,25 @@ def test_a_bad_body_is_reported_against_the_shape_it_has(client):
     assert broken.json()["detail"].startswith("body: invalid JSON at character 16")
     binary = client.post("/v1/events", content=b'{"user_id": "\xff"}', headers=json_type)
     assert binary.status_code in (400, 422) and binary.json()["detail"].startswith("body")
+    # Valid JSON that Python will not decode is named for what it is.
+    deep = b"[" * 1500 + b"]" * 1500  # deeper than the recursion limit, within the body limit
+    r = client.post("/v1/events", content=deep, headers=json_type)
+    assert (r.status_code, r.json()["detail"]) == (400, "body: JSON nested too deeply")
+    with pytest.raises(ValueError) as too_long:  # over this client's body limit: asked directly
+        json.loads("1" * 5000)
+    assert _unparsable_body(too_long.value) == "body: a JSON number has too many digits"
 
 
 def test_path_ids_follow_the_same_rule(client):
     r = client.get("/v1/users/x%20/recommendations")
     assert r.status_code == 422 and r.json()["detail"].startswith("user_id: Value error")
     assert client.get("/v1/items/%E2%80%8B").status_code == 422
+    # Bytes that are not UTF-8 would all decode to U+FFFD, one user for %ff, %fe, ...
+    r = client.get("/v1/users/%ff/recommendations")
+    assert (
+        r.status_code == 400 and r.json()["detail"] == "path: not valid UTF-8 once percent-decoded"
+    )
+    assert client.get("/v1/users/%E2%82%AC/recommendations").status_code == 200  # "€" is UTF-8
 
 
 def test_a_bad_event_in_a_batch_stores_nothing(client, store):

@@ -112,7 +112,7 @@ def test_a_swap_to_a_model_that_cannot_place_the_added_items_is_refused(
     shutil.copytree(planted_ranked_artefact, old)
     (old / "content.npz").unlink()
     r = client.post("/v1/admin/reload", json={"artefact": str(old)}, headers=KEY)
-    assert r.status_code == 422 and "could not serve the 1 item(s)" in r.json()["detail"]
+    assert r.status_code == 422 and "holds 1 item(s) added from metadata" in r.json()["detail"]
     assert "N" in _candidates(client, ["A"])  # the old model keeps serving it
     event = {"user_id": "x", "item_id": "N", "rating": 4}
     assert client.post("/v1/events", json=event, headers=KEY).status_code == 201

@@ -116,6 +116,28 @@ def test_new_items_are_placed_in_both_towers_from_their_own_projections(two_towe
     assert "M" not in served.recommender.new_user.index
 
 
+def test_without_the_new_user_projection_nothing_is_stored_or_swapped_in(
+    two_towers, planted_store, tmp_path
+):
+    broken = tmp_path / "no-new-user-projection"
+    shutil.copytree(two_towers, broken)
+    (broken / NEW_USER_DIR / "content.npz").unlink()
+    item = {"item_id": "N", "title": "Movie N (2024)", "genres": ["Comedy"], "year": 2024}
+    key = {"X-API-Key": "secret"}
+    service = LiveService(planted_store, ModelSlot(Served.load(broken)))
+    with TestClient(create_app(service, HttpSettings(api_key="secret"))) as client:
+        r = client.post("/v1/items", json=item, headers=key)
+        assert r.status_code == 409 and "new-user tower" in r.json()["detail"]
+    assert planted_store.items_since(0) == []  # refused before anything was stored
+
+    service = LiveService(planted_store, ModelSlot(Served.load(two_towers)))
+    with TestClient(create_app(service, HttpSettings(api_key="secret"))) as client:
+        assert client.post("/v1/items", json=item, headers=key).status_code == 201
+        r = client.post("/v1/admin/reload", json={"artefact": str(broken)}, headers=key)
+        assert r.status_code == 422 and "new-user tower" in r.json()["detail"]
+        assert client.get("/v1/items/N").status_code == 200  # still served
+
+
 def test_http_names_the_generator_and_the_model_describes_it(two_towers, planted_store):
     service = LiveService(planted_store, ModelSlot(Served.load(two_towers)))
     with TestClient(create_app(service, HttpSettings(api_key="secret"))) as client:

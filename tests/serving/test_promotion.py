@@ -278,7 +278,7 @@ def test_the_scheduler_retrains_in_a_process_after_n_events_or_a_period(tmp_path
         RetrainScheduler(tmp_path, lambda: 0)
     assert source_args(DataSource("ml-100k", "/data")) == [
         "--dataset", "ml-100k", "--data-dir", "/data", "--user-col", "user",
-        "--item-col", "item", "--rating-col", "rating", "--timestamp-col", "timestamp",
+        "--item-col", "item", "--timestamp-col", "timestamp",
     ]  # fmt: skip
 
 

@@ -97,19 +97,24 @@ def test_a_seed_keeps_the_users_registered_before_it(tmp_path):
         assert store.get_user("2").age == 30.0 and store.event_count() == 2
 
 
-def test_only_ids_the_service_creates_refuse_a_slash():
+@pytest.mark.parametrize("new_id", ["team/a", ".", "..", "a,b"])
+def test_only_ids_the_service_creates_must_fit_a_url(new_id):
     from pydantic import ValidationError
 
     from serving.schemas import EventIn, ItemIn, RecommendationRequest, UserIn
 
-    # A trained catalogue may have "/" in item IDs: events, histories and excludes refer to it.
-    assert EventIn(user_id="u", item_id="x/1", rating=3).item_id == "x/1"
-    assert RecommendationRequest(history=["x/1"], exclude=["y/2"]).history == ["x/1"]
-    for make in (lambda: EventIn(user_id="team/a", item_id="A", rating=3),
-                 lambda: UserIn(user_id="team/a"),
-                 lambda: ItemIn(item_id="new/1", title="New")):  # fmt: skip
-        with pytest.raises(ValidationError, match="no '/'"):
+    # A trained catalogue may have any of these in item IDs: events, histories and excludes
+    # refer to it.
+    assert EventIn(user_id="u", item_id=new_id, rating=3).item_id == new_id
+    assert RecommendationRequest(history=[new_id], exclude=[new_id]).history == [new_id]
+    # A created ID must survive a path ("." and ".." are removed by clients, "/" splits it)
+    # and a query list ("," separates ?exclude=a,b).
+    for make in (lambda: EventIn(user_id=new_id, item_id="A", rating=3),
+                 lambda: UserIn(user_id=new_id),
+                 lambda: ItemIn(item_id=new_id, title="New")):  # fmt: skip
+        with pytest.raises(ValidationError, match="no '/' or ','"):
             make()
+    assert EventIn(user_id="a.b", item_id="A", rating=3).user_id == "a.b"  # dots inside: fine
 
 
 def test_the_write_key_rates_and_only_the_admin_key_adds_items_or_reloads(service):
