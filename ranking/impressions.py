@@ -172,6 +172,12 @@ def simulate_impressions(
     """
     if label_horizon < 1:
         raise ValueError(f"label_horizon must be >= 1, got {label_horizon}")
+    lowest = np.nanmin(interactions["rating"].to_numpy(np.float64), initial=np.inf)
+    if lowest < 0:  # a negative weight would teach the ranker to push the watch down
+        raise ValueError(
+            f"interactions: ratings weigh the ranker's positives, so they must be >= 0; the "
+            f"lowest is {lowest:g} (shift a -1/+1 scale to 1/2, say)"
+        )
     if max_position is not None and max_position < 1:
         raise ValueError(f"max_position must be >= 1 or None (every event), got {max_position}")
     if label_mask is not None:

@@ -83,13 +83,28 @@ def train_first_model(registry: Registry, source: DataSource) -> Path:
     return path
 
 
-def seed_store(store: EventStore, source: DataSource) -> int:
+def seed_store(store: EventStore, source: DataSource, rules: EventRules | None = None) -> int:
     """Import ``source``'s ratings and demographics into an empty store; returns rows written.
 
     The events go in as one transaction (nothing serves yet, so no live write waits on it): a
     seed interrupted part-way leaves no events, and the next start seeds again, instead of
-    serving a partial log because the store is no longer empty."""
+    serving a partial log because the store is no longer empty.
+
+    Raises
+    ------
+    ValueError
+        If a rating lies outside ``rules``' range (default :class:`EventRules`), which live
+        ratings must keep to (nothing is written).
+    """
+    rules = rules or EventRules()
     data = source.load()
+    ratings = data.interactions["rating"].dropna()
+    if len(ratings) and not rules.rating_min <= ratings.min() <= ratings.max() <= rules.rating_max:
+        raise ValueError(
+            f"the log's ratings run from {ratings.min():g} to {ratings.max():g}, outside the "
+            f"range live ratings are held to, [{rules.rating_min:g}, {rules.rating_max:g}]: "
+            "give the log's scale with --rating-min and --rating-max"
+        )
     if data.users is not None and not data.users.empty:
         # Users registered before the first seed (a store started with --no-seed) keep theirs.
         store.import_users(data.users, keep_existing=True)
@@ -140,7 +155,7 @@ def prepare(options: ServeOptions, source: DataSource) -> tuple[Path, str, dict]
     store_url = options.store or f"sqlite:///{home / 'events.db'}"
     with open_store(store_url) as store:
         if options.seed and store.event_count() == 0:
-            rows = seed_store(store, source)
+            rows = seed_store(store, source, options.rules)
             log.info("seeded the empty event store with %d ratings from %s", rows, source.dataset)
         info = {
             "store": store.describe(),

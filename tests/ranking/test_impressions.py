@@ -162,3 +162,12 @@ def test_max_position_keeps_only_new_users_impressions_with_every_later_watch_a_
     ]  # fmt: skip
     with pytest.raises(ValueError, match="max_position"):
         simulate_impressions(LOG, fake_tower, max_position=0)
+
+
+def test_negative_ratings_are_refused_since_they_weigh_positives():
+    thumbs = LOG.assign(rating=[1.0, -1.0, 1.0, 1.0, -1.0])
+    with pytest.raises(ValueError, match="must be >= 0; the lowest is -1"):
+        simulate_impressions(thumbs, fake_tower, num_candidates=4, max_history=3)
+    unrated = LOG.assign(rating=np.nan)  # watches only: every positive weighs 1
+    ex = simulate_impressions(unrated, fake_tower, num_candidates=4, max_history=3)
+    assert (ex.weight[ex.label == 1] == 1.0).all()

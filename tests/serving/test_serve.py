@@ -21,7 +21,7 @@ from serving.serve import (
     seed_store,
     write_pointer,
 )
-from serving.service import ModelSlot, Served
+from serving.service import EventRules, ModelSlot, Served
 from tests.conftest import planted_dataset
 from towers.pipeline import DataSource
 
@@ -157,6 +157,16 @@ def test_the_seed_goes_in_as_one_transaction(tmp_path):
                         item_col="item_id")  # fmt: skip
     assert seed_store(store, source) == 240
     assert store.batch_size >= store.rows  # an interrupted seed leaves nothing half-imported
+
+    # Ratings on a scale the live service would refuse are refused before anything is written.
+    ten = tmp_path / "ten.csv"
+    ten.write_text("user,item,rating,timestamp\nu,A,4,1\nu,B,10,2\n")
+    store.rows = None
+    ten_source = DataSource(dataset=None, interactions=str(ten))
+    with pytest.raises(ValueError, match=r"run from 4 to 10, outside .*\[0.5, 5\].*--rating-max"):
+        seed_store(store, ten_source)
+    assert store.rows is None
+    assert seed_store(store, ten_source, EventRules(1, 10)) == 2
 
 
 def test_the_old_model_is_freed_after_a_swap(planted_artefact):
