@@ -306,7 +306,8 @@ def train_ranker_for_artefact(
     if meta["data_checksum"] != data.checksum:
         raise ValueError(
             f"{artefact} was trained on {meta['dataset']} (checksum {meta['data_checksum'][:12]}), "
-            f"not on {data.name} (checksum {data.checksum[:12]}): give the same data"
+            f"not on {data.name} (checksum {data.checksum[:12]}): give the same data (the same "
+            "files and column flags, --items and --users included)"
         )
     protocol = json.loads((artefact / "metrics.json").read_text()).get("protocol", "none")
     train, _ = split_dataset(data, protocol)

@@ -231,5 +231,6 @@ def _load_user_metadata(path: Path) -> pd.DataFrame:
     else:
         out["age"] = np.nan
     for col in ("gender", "occupation", "zip_prefix"):
-        out[col] = frame[col].astype(str).str.strip() if col in frame else ""
+        # As IDs: a Parquet float column's 1.0 is "1", and a missing value is "" (unknown).
+        out[col] = id_text(frame[col]).fillna("") if col in frame else ""
     return out.drop_duplicates("user_id", keep="last").reset_index(drop=True)

@@ -64,3 +64,14 @@ def test_an_old_catalogue_is_completed_with_the_index_items():
     assert full["item_id"].tolist() == ["A", "B"] and full["title"].tolist() == ["Film A", "B"]
     assert complete_catalogue(items, ["A"]) is items
     assert complete_catalogue(None, ["B"])["title"].tolist() == ["B"]
+
+
+def test_parquet_user_metadata_codes_read_as_text(tmp_path):
+    log = _write(tmp_path, "user,item,timestamp\n1,10,1\n2,11,2\n")
+    users = tmp_path / "users.parquet"
+    pd.DataFrame({"user_id": [1, 2], "zip_prefix": [1.0, None], "gender": ["F", None]}).to_parquet(
+        users
+    )
+    rows = load_interactions(log, users_path=users).users.set_index("user_id")
+    assert rows.loc["1", "zip_prefix"] == "1" and rows.loc["2", "zip_prefix"] == ""
+    assert rows.loc["2", "gender"] == ""
