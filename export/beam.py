@@ -9,14 +9,14 @@ Pipeline::
                                    by one worker, and a user table is often one row group)
     | ParDo(_TopK)                 setup(): load the Retriever once per worker;
                                    process(): one encoder pass and one ScaNN search per batch
-    | WriteToParquetBatched        output/part-SSSSS-of-NNNNN.parquet (export.candidates.SCHEMA)
+    | WriteToParquetBatched        output/part-SSSSS-of-NNNNN.parquet (export.rows.SCHEMA)
 
 then ``output/_manifest.json`` (model version, k, users, runner, seconds, users/s). A second
 branch counts each user ID (``Count.PerElement``): user IDs must be unique, as the single-process
 exporter requires, and a table that repeats one (within a shard or across shards) fails the run
 with the IDs named, and its part files are removed, since they hold some users twice.
 
-Each user's rows are computed by :func:`export.candidates.candidate_table`, as in the
+Each user's rows are computed by :func:`export.rows.candidate_table`, as in the
 single-process exporter, from the history and demographics that the user's row of ``users``
 holds: an empty or null history, or one of items the model does not know, gets the answer for a
 new user. The artefact, the users and the output may be on any filesystem Beam knows (local,
@@ -41,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from export.candidates import SCHEMA, candidate_table, load_generators
+from export.rows import SCHEMA, candidate_table, load_generators
 from towers.catalogue import UserTable, check_history_type
 from towers.features import DEMOGRAPHIC_COLUMNS
 from towers.retrieval import Retriever
@@ -88,7 +88,7 @@ def _local_artefact(artefact: str) -> str:
 
 
 class _TopK(beam.DoFn):
-    """A batch of user rows -> one :data:`export.candidates.SCHEMA` table of their top ``k``."""
+    """A batch of user rows -> one :data:`export.rows.SCHEMA` table of their top ``k``."""
 
     def __init__(self, artefact: str, schema: pa.Schema, k: int, exclude_seen: bool,
                  version: str) -> None:  # fmt: skip
@@ -189,10 +189,15 @@ def _users_schema(users: str) -> pa.Schema:
     first: pa.Schema | None = None
     for meta in files:
         with FileSystems.open(meta.path, compression_type="uncompressed") as f:
-            schema = pq.read_schema(f)
+            footer = pq.ParquetFile(f).metadata
+        schema = footer.schema.to_arrow_schema()
         missing = sorted({"user_id", "history"} - set(schema.names))
         if missing:
             raise ValueError(f"users file {meta.path} lacks columns {missing}")
+        nulls = _null_count(footer, schema.get_field_index("user_id"))
+        if nulls:
+            raise ValueError(f"users file {meta.path} has {nulls} null user_id(s): every row "
+                             "needs a user ID")  # fmt: skip
         try:  # checked here, before the job starts, as the single-process exporter does
             check_history_type(schema.field("history").type)
         except ValueError as exc:
@@ -210,6 +215,31 @@ def _users_schema(users: str) -> pa.Schema:
             )
     assert first is not None
     return first
+
+
+def _null_count(footer: pq.FileMetaData, column: int) -> int:
+    """Nulls in a top-level column, from the row groups' statistics (0 where none were written:
+    the job then finds them, as a failed step)."""
+    count = 0
+    for group in range(footer.num_row_groups):
+        stats = footer.row_group(group).column(column).statistics
+        if stats is not None and stats.has_null_count:
+            count += stats.null_count
+    return count
+
+
+def _leftovers(output: str) -> list[str]:
+    """Temporary files of a Beam write into ``output`` that never finished, and their folders
+    (a pattern matches files only)."""
+    files = FileSystems.match([FileSystems.join(output, "beam-temp-*/*")])[0].metadata_list
+    return sorted({p for m in files for p in (m.path, FileSystems.split(m.path)[0])})
+
+
+def _remove(paths: list[str]) -> None:
+    # Deepest first, so a folder is empty (or gone) when it is deleted.
+    for path in sorted(paths, key=len, reverse=True):
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
 
 
 def _pipeline_options(pipeline_args: list[str] | None) -> PipelineOptions:
@@ -272,6 +302,11 @@ def beam_export(
     schema = _users_schema(users)
     if FileSystems.match([FileSystems.join(output, "part-*")])[0].metadata_list:
         raise ValueError(f"output {output} already holds part-* files: use a new directory")
+    stale = _leftovers(output)
+    if stale:  # no part file yet: an earlier run of this export stopped before it finished
+        log.warning("removing %d temporary file(s) of an unfinished run from %s", len(stale),
+                    output)  # fmt: skip
+        _remove(stale)
     options = _pipeline_options(pipeline_args)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     start = time.perf_counter()
@@ -297,8 +332,12 @@ def beam_export(
         | "Write repeats"
         >> beam.io.WriteToText(FileSystems.join(output, REPEATS), shard_name_template="")
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except BaseException:
+        _remove(_leftovers(output))  # readers of the folder would take them for output
+        raise
     seconds = time.perf_counter() - start
     repeated = _counter(result, "repeated_user_ids")
     if repeated:

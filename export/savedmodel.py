@@ -301,9 +301,12 @@ def export_savedmodels(
     OSError
         If TensorFlow fails to write a model; the models written before it stay.
     """
+    if isinstance(models, str):
+        raise ValueError(f"models must be a sequence of names, not one string ({models!r})")
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
         raise ValueError(f"models has unknown names {unknown}; known: {list(MODEL_NAMES)}")
+    models = tuple(dict.fromkeys(models))  # a name given twice is exported once
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if (

@@ -121,7 +121,8 @@ class UserTable:
     Raises
     ------
     ValueError
-        If a column is missing, ``history`` is not a list column, or a user ID repeats.
+        If a column is missing, ``history`` is not a list column, or a user ID is null or
+        repeats.
     """
 
     def __init__(self, table: pa.Table | pd.DataFrame) -> None:
@@ -131,7 +132,14 @@ class UserTable:
         if missing:
             raise ValueError(f"user table lacks columns {sorted(missing)}")
         check_history_type(table.schema.field("history").type)
-        ids = pd.Index(table.column("user_id").cast(pa.string()).to_pandas())
+        user_ids = table.column("user_id")
+        if user_ids.null_count:
+            row = pc.index(pc.is_null(user_ids), True).as_py()
+            raise ValueError(
+                f"user table has {user_ids.null_count} null user_id(s), the first in row {row} "
+                "(counting from 0); every row needs a user ID"
+            )
+        ids = pd.Index(user_ids.cast(pa.string()).to_pandas())
         if ids.has_duplicates:
             raise ValueError(f"user table repeats user ids, e.g. {ids[ids.duplicated()][0]!r}")
         self.table = table

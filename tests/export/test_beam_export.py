@@ -108,6 +108,10 @@ def test_bad_input_is_named(planted_artefact, users, tmp_path):
     pq.write_table(pa.table({"user_id": ["u1"], "history": ["A|B"]}), text_history)
     with pytest.raises(ValueError, match="text.parquet: user table column 'history' must be"):
         beam_export(planted_artefact, text_history, tmp_path / "o")
+    null_id = tmp_path / "null.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", None], "history": [["A"], ["B"]]}), null_id)
+    with pytest.raises(ValueError, match="null.parquet has 1 null user_id"):
+        beam_export(planted_artefact, null_id, tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="artefact .* is not a nextwatch artefact"):
         beam_export(tmp_path, good, tmp_path / "o")
     (tmp_path / "o").mkdir()
@@ -130,9 +134,14 @@ def test_a_repeated_user_id_fails_the_run_and_keeps_no_part_files(
         beam_export(planted_artefact, folder / "part-*.parquet", tmp_path / "o", k=2,
                     batch_size=16, pipeline_args=IN_PROCESS)  # fmt: skip
     assert not list((tmp_path / "o").iterdir())  # no part files, manifest or check output
-    # A clean table leaves no trace of the check in the output.
+    # A clean table leaves no trace of the check in the output, nor does a run that stopped
+    # before it finished (its temporary files would be read as output).
+    stale = tmp_path / "ok" / "beam-temp-part-0123"
+    stale.mkdir(parents=True)
+    (stale / "cut-off.parquet").write_bytes(b"PAR1")
     beam_export(planted_artefact, users / "all.parquet", tmp_path / "ok", k=2,
                 pipeline_args=IN_PROCESS)  # fmt: skip
+    assert len(pd.read_parquet(tmp_path / "ok")) == 82 * 2
     assert sorted(
         p.name for p in (tmp_path / "ok").iterdir() if not p.name.startswith("part-")
     ) == ["_manifest.json"]

@@ -1,4 +1,9 @@
 import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -58,6 +63,15 @@ def test_part_files_without_a_manifest_are_not_taken_for_finished_shards(
     assert not (tmp_path / "_manifest.json").exists() and not (tmp_path / "_SUCCESS").exists()
 
 
+def test_a_user_table_with_a_null_user_id_is_refused_by_row(planted_artefact, tmp_path):
+    table = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", None], "history": [["A"], ["B"]]}), table)
+    with pytest.raises(
+        ValueError, match=r"users.parquet: .*1 null user_id\(s\), the first in row 1"
+    ):
+        export_candidates(planted_artefact, tmp_path / "out", k=3, user_table=table)
+
+
 def test_other_settings_are_refused_in_the_same_directory(planted_artefact, tmp_path):
     export_candidates(planted_artefact, tmp_path, k=3, shard_size=50)
     with pytest.raises(ValueError, match="other settings \\(\\['k'\\] differ\\)"):
@@ -84,6 +98,46 @@ def test_parallel_workers_write_the_same_rows(planted_artefact, tmp_path):
     summary = export_candidates(planted_artefact, tmp_path / "two", k=3, shard_size=20, workers=2)
     assert summary.shards_written == 4
     pd.testing.assert_frame_equal(_read(tmp_path / "two"), _read(tmp_path / "one"))
+
+
+def test_a_worker_that_cannot_load_the_model_names_it(planted_artefact, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(planted_artefact, broken)
+    (broken / "serving.npz").unlink()  # the query tower's arrays, and the weights they
+    shutil.rmtree(broken / "weights")  # would otherwise be rebuilt from
+    with pytest.raises(OSError, match=r"a worker process could not load the model: .*broken"):
+        export_candidates(broken, tmp_path / "out", k=3, shard_size=20, workers=2)
+
+
+def test_a_worker_ends_when_its_exporter_is_killed(tmp_path):
+    # The exporter (a child of this test) starts a worker that watches it, then is killed.
+    worker = (
+        "import os, time; from export.candidates import _exit_with_parent; "
+        "_exit_with_parent(os.getppid(), every_s=0.05); print('watching', flush=True); "
+        "time.sleep(60)"
+    )
+    exporter = (
+        "import subprocess, sys; "
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, "
+        "text=True); w.stdout.readline(); print(w.pid, flush=True); input()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", exporter], stdout=subprocess.PIPE,
+                              stdin=subprocess.PIPE, text=True)  # fmt: skip
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _gone(pid):
+        time.sleep(0.05)
+    assert _gone(pid)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie, if nobody reaped it yet, has exited too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_bad_arguments_are_named(planted_artefact, tmp_path):

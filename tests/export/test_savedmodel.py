@@ -177,6 +177,18 @@ def test_bad_arguments_are_named(planted_artefact, tmp_path):
         export_savedmodels(planted_artefact, tmp_path, models=("onnx",))
     with pytest.raises(ValueError, match="k must be"):
         export_savedmodels(planted_artefact, tmp_path, k=0)
+    with pytest.raises(ValueError, match="not one string"):
+        export_savedmodels(planted_artefact, tmp_path, models="query_tower")
+
+
+def test_a_model_named_twice_is_exported_once(planted_artefact, tmp_path, monkeypatch):
+    import export.savedmodel
+
+    saved = []
+    monkeypatch.setattr(export.savedmodel, "_save", lambda module, fn, path, *a, **kw: (
+        saved.append(path.parent.name) or path))  # fmt: skip
+    export_savedmodels(planted_artefact, tmp_path, models=("query_tower", "query_tower"))
+    assert saved == ["query_tower"]
 
 
 def test_exports_leave_only_version_directories(exported):

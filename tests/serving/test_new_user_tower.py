@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from export.candidates import candidate_table, export_candidates, load_generators
+from export.candidates import export_candidates
 from export.ranking_savedmodel import export_ranking_savedmodels
+from export.rows import candidate_table, load_generators
 from ranking.artefact import ranker_impressions, ranker_settings
 from ranking.train import new_user_ranker_validated
 from serving.api import Recommender
