@@ -33,8 +33,9 @@ from serving.cli_args import (
     retrain_options,
     tower_presets,
 )
+from serving.store import StoreUnavailable
 from towers._tf import tf
-from towers.artefact import check_output, replace_directory
+from towers.artefact import check_output, check_outside_registry, replace_directory
 from towers.data import DataError
 from towers.leftovers import remove_dead, work_dir
 from towers.pipeline import evaluate_artefact, retrain_candidates, train_candidates
@@ -224,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command in ("train-candidates", "retrain") and getattr(args, "output", None):
-            check_output(args.output)  # before training, not after
+            check_outside_registry(args.output)  # before training, not after
+            check_output(args.output)
         if args.command == "evaluate" and args.output:
             _check_writable(args.output)
         if args.command == "train-candidates" and args.shards:
@@ -273,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(args.output).write_text(json.dumps(metrics, indent=2))
             print(json.dumps(metrics, indent=2))
         elif args.command == "train-ranker":
-            check_ranker_output(Path(args.output or Path(args.artefact) / "ranker"))  # up front
+            ranker_output = Path(args.output or Path(args.artefact) / "ranker")
+            check_outside_registry(ranker_output)  # up front
+            check_ranker_output(ranker_output)
             metrics = train_ranker_for_artefact(
                 _source(args), args.artefact, args.output, _build(RankerConfig, args),
                 _build(RankerOptions, args), args.num_candidates, args.events_per_user,
@@ -314,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 history_cache_users=args.history_cache_users, placed_share=args.placed_share,
             )  # fmt: skip
             serve(options, _source(args), args.host, args.port, args.workers)
-    except (DataError, ValueError, OSError, UnknownItemError, LookupError,
+    except (DataError, ValueError, OSError, UnknownItemError, LookupError, StoreUnavailable,
             tf.errors.OpError) as exc:  # fmt: skip
         log.error("%s", exc)
         return 2

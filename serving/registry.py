@@ -172,15 +172,27 @@ class Registry:
         Raises
         ------
         CorruptVersion
-            If a file was changed, added or removed since publication.
+            If a file was changed, added or removed since publication, or the checksum file is
+            missing or unreadable.
         """
         directory = self.root / version
         if not (directory / "config.json").is_file():
             raise CorruptVersion(f"version {version} is no longer published: {directory} is gone")
         path = directory / CHECKSUMS
-        if not path.exists():
-            return  # published before checksums existed
-        expected = json.loads(path.read_text())
+        if not path.is_file():
+            raise CorruptVersion(
+                f"version {version} has no {CHECKSUMS}: its files cannot be checked"
+            )
+        try:
+            expected = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
+            raise CorruptVersion(f"version {version}: {path} is unreadable: {exc}") from exc
+        if not isinstance(expected, dict) or not all(
+            isinstance(digest, str) for digest in expected.values()
+        ):
+            raise CorruptVersion(
+                f"version {version}: {path} is not a map of file names to SHA-256 digests"
+            )
         actual = checksums(directory)
         if actual != expected:
             changed = sorted(

@@ -9,12 +9,14 @@ version untouched: the candidate is built in a staging directory, which the next
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +28,7 @@ import pandas as pd
 
 from ranking.artefact import ranker_impressions, ranker_settings
 from ranking.pipeline import train_new_user_ranker_job, train_ranker_job
-from serving.pointer import write_pointer
+from serving.pointer import POINTER, read_pointer, write_pointer
 from serving.promotion import Decision, check_tolerance, guarded_promote, recent_holdout
 from serving.registry import Registry
 from serving.store import EventStore, open_store
@@ -37,6 +39,7 @@ from towers.train import TrainOptions
 from towers.warmstart import WarmStart
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def store_dataset(store: EventStore, base: Dataset) -> Dataset:
@@ -77,12 +80,48 @@ def check_metadata_covers(parent: Path, base: Dataset, share: float = 0.5) -> No
     items = (parent / "vocab" / "items.txt").read_text(encoding="utf-8").split()
     if not items:
         return
-    known = len(set(items) & set(base.items["item_id"].astype(str)))
+    # Rows that say something: watched items the metadata file does not list have rows too,
+    # titled by their IDs (towers.data.load_interactions).
+    meta = base.items
+    ids = meta["item_id"].astype(str)
+    said = (meta["title"].astype(str) != ids) | meta["year"].notna()
+    said |= meta["genres"].map(len).astype(bool) | meta["tags"].map(len).astype(bool)
+    known = len(set(items) & set(ids[said]))
     if known < share * len(items):
         raise ValueError(
             f"the data source's item metadata ({base.name}) describes {known} of the serving "
             f"version's {len(items)} items: pass the source the home was trained on"
         )
+
+
+def reconcile_pointer(home: Path, registry: Registry) -> None:
+    """Point the workers at the registry's current version when a run died between promoting
+    it and writing the pointer: the pointer then names another of the registry's versions, and
+    the workers would serve that one until a restart. A pointer to an artefact outside the
+    registry (``serve --artefact``) is left alone. Call it holding ``registry.lock()``."""
+    current, pointed = registry.current(), read_pointer(home)
+    if current is None or pointed is None:
+        return
+    current, pointed = current.resolve(), pointed.resolve()
+    if pointed != current and pointed.parent == registry.root.resolve():
+        log.warning("%s named %s, but %s was promoted: pointing the workers at %s",
+                    POINTER, pointed.name, current.name, current.name)  # fmt: skip
+        write_pointer(home, current)
+
+
+def check_store_exists(store_url: str) -> None:
+    """Refuse an SQLite store that does not exist (a mistyped ``--store``), which opening it
+    would create empty.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the file.
+    """
+    if store_url.lower().startswith("sqlite:///"):
+        path = Path(store_url[len("sqlite:///") :])
+        if not path.is_file():
+            raise FileNotFoundError(f"no event store at {path} (--store {store_url})")
 
 
 def retrain_home(
@@ -119,13 +158,17 @@ def retrain_home(
     left = registry.clean_staging()
     if left:
         log.warning("removed staging directories of runs that died: %s", left)
+    with registry.lock():
+        reconcile_pointer(home, registry)
     parent = registry.current()
     if parent is None:
         raise FileNotFoundError(f"{registry.root} has no serving version to retrain from")
     registry.verify(parent.name)  # a damaged parent (e.g. its content projection) is refused
     base = source.load()
     check_metadata_covers(parent, base)
-    with open_store(store_url or f"sqlite:///{home / 'events.db'}") as store:
+    store_url = store_url or f"sqlite:///{home / 'events.db'}"
+    check_store_exists(store_url)
+    with open_store(store_url) as store:
         data = store_dataset(store, base)
     # New events are those after the serving version's training data. At most half of them are
     # held out, so that the candidate always has new events to learn from.
@@ -133,11 +176,20 @@ def retrain_home(
     since = plan.since if plan is not None and plan.since is not None else window_end + 1
     new_events = int((data.interactions["timestamp"] >= since).sum())
     if new_events < 2:
+        when = (
+            f"since --since ({since})" if plan is not None and plan.since is not None
+            else "since the serving version was trained"
+        )  # fmt: skip
         raise ValueError(
-            f"the store has {new_events} event(s) since the serving version was trained: too "
-            "few to both train on and check the candidate with"
+            f"the store has {new_events} event(s) {when}: too few to both train on and check "
+            "the candidate with"
         )
     holdout = recent_holdout(data.interactions, holdout_fraction, max_events=new_events // 2)
+    if len(holdout) == 0:  # found now, not after hours of training and a published version
+        raise ValueError(
+            "the newest events only re-watch items their users had watched before: there is "
+            "nothing to check a candidate on yet; retrain after more new watches"
+        )
     train = data.with_interactions(data.interactions[~holdout.rows].reset_index(drop=True))
     staging = registry.staging()
     try:
@@ -272,6 +324,27 @@ def background_priority() -> None:
     os.nice(19)
 
 
+def end_with_parent(parent: int) -> None:
+    """Have the calling process receive SIGTERM when ``parent`` (the thread that started it)
+    ends, where the OS can (Linux's ``PR_SET_PDEATHSIG``): a retrain must not outlive the
+    service that scheduled it, and promote a version when nothing serves. Used in a
+    ``preexec_fn``; exits at once if ``parent`` is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the retrain runs to its end
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _run_in_background(command: list[str]) -> int:
-    """Run ``command`` in the background priority class, so that serving keeps the upper hand."""
-    return subprocess.run(command, preexec_fn=background_priority, check=False).returncode
+    """Run ``command`` in the background priority class, so that serving keeps the upper hand,
+    and only while this process runs."""
+    parent = os.getpid()
+
+    def setup() -> None:
+        background_priority()
+        end_with_parent(parent)
+
+    return subprocess.run(command, preexec_fn=setup, check=False).returncode

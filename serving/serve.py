@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -133,9 +134,11 @@ class ServeOptions:
                 f"retrain_every_events must be >= 1 (or None: no event trigger), got "
                 f"{self.retrain_every_events}"
             )
-        if self.retrain_every_seconds is not None and not self.retrain_every_seconds > 0:
+        every_s = self.retrain_every_seconds
+        if every_s is not None and not (every_s > 0 and math.isfinite(every_s)):
             raise ValueError(
-                f"retrain_every_seconds must be > 0 (or None), got {self.retrain_every_seconds}"
+                f"retrain_every_seconds (--retrain-every-seconds) must be a finite number > 0 "
+                f"(or None: no timer), got {every_s}"
             )
         if self.history_cache_users < 0:
             raise ValueError(f"history_cache_users must be >= 0, got {self.history_cache_users}")
@@ -151,7 +154,11 @@ def prepare(options: ServeOptions, source: DataSource) -> tuple[Path, str, dict]
     if options.artefact is not None:
         artefact = options.artefact
     else:
-        artefact = registry.current() or train_first_model(registry, source)
+        artefact = registry.current()
+        if artefact is not None:  # refused before the pointer the workers follow moves
+            registry.verify(artefact.name)
+        else:
+            artefact = train_first_model(registry, source)
     store_url = options.store or f"sqlite:///{home / 'events.db'}"
     with open_store(store_url) as store:
         if options.seed and store.event_count() == 0:

@@ -140,6 +140,31 @@ def check_output(path: str | Path) -> None:
     )
 
 
+def check_outside_registry(path: str | Path) -> None:
+    """Refuse a path in a model registry (:mod:`serving.registry`) as a command's output: a
+    published version, or anything inside one, is never modified (its checksums would no longer
+    match), and only ``nextwatch retrain --home`` adds versions.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the path and the registry.
+    """
+    path = Path(path).resolve()
+    for directory in (path, *path.parents):
+        # serving.registry's files: a published version's checksums, a registry root's pointers
+        if (directory / "CHECKSUMS.json").is_file():
+            raise FileExistsError(
+                f"output {path} is in {directory}, a published version of a model registry, "
+                "which is never modified: choose another directory"
+            )
+        if directory != path and any((directory / m).is_file() for m in ("CURRENT", "HISTORY")):
+            raise FileExistsError(
+                f"output {path} is inside the model registry {directory}, whose versions only "
+                "`nextwatch retrain --home` publishes: choose a directory outside it"
+            )
+
+
 def _is_artefact(path: Path) -> bool:
     try:
         meta = json.loads((path / "config.json").read_text())
