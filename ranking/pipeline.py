@@ -112,7 +112,8 @@ def train_ranker_job(
     Raises
     ------
     ValueError
-        If ``num_candidates`` < 1 or ``events_per_user`` < 1 (None: every event).
+        If ``train`` has no interactions, or ``num_candidates`` or ``events_per_user`` is not
+        an int >= 1 (``events_per_user`` None: every event).
     """
     if (
         isinstance(num_candidates, bool)
@@ -120,9 +121,14 @@ def train_ranker_job(
         or num_candidates < 1
     ):
         raise ValueError(f"num_candidates must be an int >= 1, got {num_candidates!r}")
-    if events_per_user is not None and events_per_user < 1:
+    if len(train.interactions) == 0:
+        raise ValueError("train has no interactions: there are no impressions to learn from")
+    if events_per_user is not None and (
+        isinstance(events_per_user, bool) or not isinstance(events_per_user, int)
+        or events_per_user < 1
+    ):  # fmt: skip
         raise ValueError(
-            f"events_per_user must be >= 1 or None (every event), got {events_per_user}"
+            f"events_per_user must be an int >= 1 or None (every event), got {events_per_user!r}"
         )
     config = config or RankerConfig()
     options = options or RankerOptions()

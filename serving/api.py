@@ -112,7 +112,7 @@ class Recommender:
         self.new_user_max = count_int("new_user_max", new_user_max)
         self.reranker = reranker
         self.new_user_reranker = new_user_reranker if new_user is not None else None
-        self.num_candidates = num_candidates
+        self.num_candidates = positive_int("num_candidates", num_candidates)
         self.placed_share = placed_share
         self.users = users
         self.version = version

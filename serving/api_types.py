@@ -8,10 +8,14 @@ for an item the model does not know; and the checks of a query's arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from towers.catalogue import STATS
 from towers.features import DEMOGRAPHIC_COLUMNS
 
 #: The names a query's ``features`` may have.
@@ -80,8 +84,10 @@ def checked(query: Query) -> Query:
     Raises
     ------
     ValueError
-        Naming ``exclude`` or ``genres`` when it is not a sequence, and ``history`` when it is
-        one string or not a sequence.
+        Naming ``exclude`` or ``genres`` when it is not a sequence, ``history`` when it is
+        one string or not a sequence, and ``stats`` (:func:`check_stats`).
+    TypeError
+        Naming ``exclude_seen`` or ``rank`` when it is not a bool.
     """
     for name in ("exclude", "genres"):
         value = getattr(query, name)
@@ -90,11 +96,40 @@ def checked(query: Query) -> Query:
     history = query.history
     if history is not None and (isinstance(history, str) or not isinstance(history, Iterable)):
         raise ValueError(f"history must be a sequence of item IDs, got {history!r}")
+    for name in ("exclude_seen", "rank"):  # "False" would be true
+        if not isinstance(getattr(query, name), bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {getattr(query, name)!r}")
+    check_stats(query.stats)
     if type(query.exclude) is tuple and type(query.genres) is tuple:
         return query
     return dataclasses.replace(
         query, exclude=_as_tuple(query.exclude), genres=_as_tuple(query.genres)
     )
+
+
+def check_stats(stats: Mapping[str, object] | None) -> None:
+    """Check a query's rating ``stats``, which the ranker reads as they are.
+
+    Raises
+    ------
+    ValueError
+        If ``stats`` is not a mapping, names a statistic outside :data:`STATS`, or a value is
+        not a finite number (``rating_count`` and ``last_timestamp`` also at least 0).
+    """
+    if stats is None:
+        return
+    if not isinstance(stats, Mapping):
+        raise ValueError(f"stats must be a mapping of name to number, got {stats!r}")
+    unknown = sorted(map(str, set(stats) - set(STATS)))
+    if unknown:
+        raise ValueError(f"stats has unknown names {unknown}; known: {list(STATS)}")
+    for name, value in stats.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"stats[{name!r}] must be a number, got {value!r}")
+        low = -math.inf if name == "rating_mean" else 0.0
+        if not (math.isfinite(value) and value >= low):
+            limit = "a finite number" if name == "rating_mean" else "a finite number >= 0"
+            raise ValueError(f"stats[{name!r}] must be {limit}, got {value!r}")
 
 
 def _as_tuple(value: Iterable) -> tuple:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from towers.checks import positive_int
+from towers.checks import count_int, positive_int
 from towers.splits import chronological, item_sort_key
 
 
@@ -31,10 +31,11 @@ def held_out(ids: Sequence[str] | np.ndarray, fraction: float, seed: int) -> set
     Raises
     ------
     ValueError
-        If ``fraction`` is not in (0, 1).
+        If ``fraction`` is not in (0, 1), or ``seed`` is not an int >= 0.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    count_int("seed", seed)
     unique = pd.Series(pd.unique(pd.Series(ids, dtype=object).astype(str)))
     ordered = unique.iloc[np.argsort(item_sort_key(unique).to_numpy(), kind="stable")].tolist()
     size = int(np.ceil(fraction * len(ordered)))
@@ -59,9 +60,14 @@ class ColdUserSplit:
 
     def first_k(self, k: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Each held-out user's first ``k`` items (the history, oldest first) and the rest
-        (relevant). Users with no interaction after the first ``k`` are left out."""
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        (relevant). Users with no interaction after the first ``k`` are left out.
+
+        Raises
+        ------
+        ValueError
+            If ``k`` is not an int >= 0.
+        """
+        k = count_int("k", k)
         history, relevant = {}, {}
         for user, items in self.cold.groupby("user_id", sort=True)["item_id"]:
             items = items.astype(str).tolist()
@@ -133,13 +139,21 @@ def onboarding_order(
     -------
     numpy.ndarray of int64
         Row indices into ``vectors``, in asking order.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree or the catalogue is empty, a value is not finite, ``n`` or
+        ``pool`` is not a positive integer, or ``diversity`` is not in [0, 1].
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     popularity = np.asarray(popularity, dtype=np.float64)
-    if vectors.ndim != 2 or len(vectors) != len(popularity):
-        raise ValueError("vectors must be (num_items, d) with one popularity per row")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    if vectors.ndim != 2 or len(vectors) != len(popularity) or not len(vectors):
+        raise ValueError("vectors must be (num_items >= 1, d) with one popularity per row")
+    if not (np.isfinite(vectors).all() and np.isfinite(popularity).all()):
+        raise ValueError("vectors and popularity must be finite (no NaN or infinity)")
+    n = positive_int("n", n)
+    pool = positive_int("pool", pool)
     if not 0 <= diversity <= 1:
         raise ValueError(f"diversity must be in [0, 1], got {diversity}")
     # Most popular first; ties by lower index.
@@ -195,11 +209,20 @@ def cold_item_metrics(scores: np.ndarray, positives: np.ndarray, k: int = 10) ->
         Which held-out items each user interacted with (each row has at least one).
     k : int
         The recall cut-off.
+
+    Raises
+    ------
+    ValueError
+        If the arrays are not 2-D alike, ``k`` is not a positive integer, or a user has no
+        positive.
     """
     scores = np.asarray(scores, dtype=np.float64)
     positives = np.asarray(positives, dtype=bool)
-    if scores.shape != positives.shape:
-        raise ValueError(f"scores {scores.shape} and positives {positives.shape} differ")
+    if scores.shape != positives.shape or scores.ndim != 2:
+        raise ValueError(
+            f"scores and positives must be (n_users, n_cold_items) alike, got {scores.shape} and "
+            f"{positives.shape}"
+        )
     k = positive_int("k", k)
     if positives.ndim == 2 and len(positives) and not positives.any(axis=1).all():
         empty = int(np.flatnonzero(~positives.any(axis=1))[0])

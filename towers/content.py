@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import numbers
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from towers.checks import positive_int
 from towers.features import item_tokens
 
 CONTENT_FILE = "content.npz"
@@ -156,7 +158,15 @@ class ContentProjection:
         return out
 
     def predict(self, tokens: Sequence[Sequence[str]]) -> np.ndarray:
-        """``[vector, bias]`` rows for items given by their token lists, float32 ``(n, d)``."""
+        """``[vector, bias]`` rows for items given by their token lists, float32 ``(n, d)``.
+
+        Raises
+        ------
+        ValueError
+            If ``tokens`` is one string (it would be read as one item per letter).
+        """
+        if isinstance(tokens, str):
+            raise ValueError("tokens must be one list of tokens per item, not one string")
         fitted = self.features(tokens) @ self.weights + self.intercept
         return (self.center + self.spread * (fitted - self.center)).astype(np.float32)
 
@@ -198,14 +208,23 @@ class ContentProjection:
         Raises
         ------
         ValueError
-            If the shapes disagree, ``counts`` are not finite non-negative numbers (or all 0),
-            or ``l2`` is not a number >= 0 or a non-empty list of them.
+            If the shapes disagree, ``tokens`` is one string, ``targets`` has NaN or infinite
+            values, ``counts`` are not finite non-negative numbers (or all 0), ``min_count`` or
+            ``max_features`` is not a positive integer, or ``l2`` is not a number >= 0 or a
+            non-empty list of them.
         NoMetadataError
             If no token occurs ``min_count`` times.
         """
+        if isinstance(tokens, str):
+            raise ValueError("tokens must be one list of tokens per item, not one string")
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2 or len(targets) != len(tokens):
             raise ValueError(f"targets must be (len(tokens), d), got {targets.shape}")
+        bad = np.flatnonzero(~np.isfinite(targets).all(axis=1))
+        if len(bad):  # one NaN row would make every prediction NaN
+            raise ValueError(f"targets has NaN or infinite values in row(s) {bad[:5].tolist()}")
+        positive_int("min_count", min_count)
+        positive_int("max_features", max_features)
         if counts is not None:
             counts = np.asarray(counts, dtype=float)
             if counts.shape != (len(tokens),) or not np.all(np.isfinite(counts) & (counts >= 0)):
@@ -216,16 +235,16 @@ class ContentProjection:
             if not counts.any():
                 raise ValueError("counts are all 0: no item has a weight to fit on")
         weight = np.ones(len(tokens)) if counts is None else np.log1p(counts)
-        grid = [l2] if isinstance(l2, int | float) else list(l2)
+        grid = [l2] if isinstance(l2, numbers.Real) else list(l2)  # numpy scalars too
         if not grid or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
             for v in grid
         ):
             raise ValueError(f"l2 must be a number >= 0 or a non-empty list of them, got {l2!r}")
         vocabulary = token_vocabulary(tokens, min_count, max_features)
         probe = cls(vocabulary, np.zeros((len(vocabulary), targets.shape[1])), targets[0], 0.0)
         x = probe.features(tokens).astype(np.float64)
-        grid = [float(l2)] if isinstance(l2, int | float) else [float(v) for v in l2]
+        grid = [float(v) for v in grid]
         best = grid[0]
         if len(grid) > 1:
             order = np.random.default_rng(seed).permutation(len(tokens))

@@ -48,10 +48,14 @@ def _scann():
 
 
 def _id_list(item_ids: Sequence[str]) -> list[str]:
-    """``item_ids`` as a list of str; one string is refused (it would be read as its letters)."""
+    """``item_ids`` as a list of str; one string is refused (it would be read as its letters),
+    and so is the empty ID, which :meth:`ItemIndex.search` pads short answers with."""
     if isinstance(item_ids, str | bytes):
         raise TypeError(f"item_ids must be a sequence of IDs, not one string: {item_ids!r}")
-    return [str(i) for i in item_ids]
+    ids = [str(i) for i in item_ids]
+    if "" in ids:
+        raise ValueError("item_ids has an empty ID (search pads short answers with '')")
+    return ids
 
 
 def _check_finite(vectors: np.ndarray, ids: Sequence[str] | None, what: str) -> None:
@@ -117,9 +121,10 @@ class ItemIndex:
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = _id_list(item_ids)
-        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids) or vectors.shape[1] < 1:
             raise ValueError(
-                f"vectors must have shape (len(item_ids), d) = ({len(ids)}, d), got {vectors.shape}"
+                f"vectors must have shape (len(item_ids), d) = ({len(ids)}, d >= 1), got "
+                f"{vectors.shape}"
             )
         if not ids:
             raise ValueError("item_ids is empty: an index needs at least one item")
@@ -167,7 +172,7 @@ class ItemIndex:
         return len(self._ids)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._position
+        return str(item_id) in self._position
 
     @property
     def item_ids(self) -> list[str]:
@@ -183,6 +188,7 @@ class ItemIndex:
         KeyError
             If the item is not indexed.
         """
+        item_id = str(item_id)  # as upsert stores it
         with self._lock.read():
             if item_id not in self._position:
                 raise KeyError(f"item id {item_id!r} is not in the index")
@@ -195,7 +201,12 @@ class ItemIndex:
         ------
         KeyError
             If an item is not indexed (the first such ID is named).
+        TypeError
+            If ``item_ids`` is one string.
         """
+        if isinstance(item_ids, str | bytes):  # it would be read as its letters
+            raise TypeError(f"item_ids must be a sequence of IDs, not one string: {item_ids!r}")
+        item_ids = [str(i) for i in item_ids]
         with self._lock.read():
             missing = [i for i in item_ids if i not in self._position]
             if missing:

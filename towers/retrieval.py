@@ -203,6 +203,8 @@ class Retriever:
         exclude = list(exclude) if exclude is not None else [set() for _ in range(n)]
         if len(exclude) != n:
             raise ValueError(f"exclude has {len(exclude)} entries for {n} queries")
+        if any(isinstance(e, str | bytes) for e in exclude):  # "ABC" would exclude A, B and C
+            raise TypeError("exclude must hold one set of item IDs per query, not a string")
         size = len(self.index)
         # Room for dropped items: most of a long history is not in the top k, so start with a
         # bounded margin and widen only the rows that come up short.

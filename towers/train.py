@@ -267,6 +267,10 @@ def train_tower(
     if len(examples) == 0:
         raise ValueError("data has no interactions to learn from")
     model = init(examples) if init is not None else build_tower(data, config, examples.time_window)
+    if model.num_items < 2:  # every softmax would be certain: nothing to learn
+        raise ValueError(
+            f"data has {model.num_items} distinct item(s): a next-watch softmax needs at least 2"
+        )
     steps = math.ceil(len(examples) / options.batch_size)
     start_step = int(optimizer_state["iterations"]) if optimizer_state is not None else 0
     model.compile(optimizer=optimizer_for(model, learning_rate(options, steps, start_step)))
@@ -294,6 +298,11 @@ def train_tower(
         )
         known = np.isin(val_ex.label, model.item_ids)
         val_ex = val_ex.subset(known)
+        if len(val_ex) == 0:  # refused now, not by Keras after the first epoch
+            raise ValueError(
+                "validation has no next-watch example whose item the training data has: "
+                "nothing to validate on"
+            )
         # Left out of the validation softmax as out of the training one, so the curves compare.
         val_seen = (
             (seen_rows(val_ex, model.item_ids), val_ex, model.num_items)

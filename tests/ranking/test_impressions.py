@@ -171,3 +171,16 @@ def test_negative_ratings_are_refused_since_they_weigh_positives():
     unrated = LOG.assign(rating=np.nan)  # watches only: every positive weighs 1
     ex = simulate_impressions(unrated, fake_tower, num_candidates=4, max_history=3)
     assert (ex.weight[ex.label == 1] == 1.0).all()
+
+
+def test_a_ranker_job_names_an_empty_log_and_a_fractional_sample(planted_artefact, tmp_path):
+    from ranking.pipeline import train_ranker_job
+    from tests.conftest import planted_dataset
+
+    data = planted_dataset()
+    with pytest.raises(ValueError, match="train has no interactions"):
+        train_ranker_job(planted_artefact, data.with_interactions(data.interactions.iloc[:0]),
+                         tmp_path / "r")  # fmt: skip
+    for bad in (1.5, True):
+        with pytest.raises(ValueError, match="events_per_user must be an int >= 1"):
+            train_ranker_job(planted_artefact, data, tmp_path / "r", events_per_user=bad)

@@ -212,3 +212,26 @@ def test_items_placed_from_metadata_take_at_most_their_share_of_each_list(
     assert new(rec.recommend(history=["A"], k=4, rank=False)) == ["P1", "P2"]
     with pytest.raises(ValueError, match="placed share must be a number in \\[0, 1\\]"):
         Recommender(rec.retriever, rec.items, placed_share=2.0)
+
+
+@pytest.mark.parametrize(
+    ("stats", "message"),
+    [({"rating_mean": float("inf")}, r"stats\['rating_mean'\] must be a finite number"),
+     ({"rating_count": -1}, r"stats\['rating_count'\] must be a finite number >= 0"),
+     ({"rating_mean": "4.5x"}, r"stats\['rating_mean'\] must be a number"),
+     ({"ratings_mean": 4.0}, r"stats has unknown names \['ratings_mean'\]"),
+     ([("rating_mean", 4.0)], "stats must be a mapping")],
+)  # fmt: skip
+def test_a_querys_rating_stats_are_checked_since_the_ranker_reads_them(rec, stats, message):
+    with pytest.raises(ValueError, match=message):
+        rec.recommend_batch([Query(history=["A"], stats=stats)])
+
+
+def test_flags_and_the_candidate_count_are_checked(rec, planted_artefact):
+    with pytest.raises(TypeError, match="exclude_seen must be True or False, got 'False'"):
+        rec.recommend(history=["A"], exclude_seen="False")
+    with pytest.raises(TypeError, match="rank must be True or False"):
+        rec.recommend(history=["A"], rank=1)
+    for bad in (50.5, "100", -5):
+        with pytest.raises(ValueError, match="num_candidates must be a positive integer"):
+            Recommender(rec.retriever, rec.items, num_candidates=bad)
