@@ -151,3 +151,30 @@ def two_rankers(two_towers, tmp_path_factory):
         RankerOptions(epochs=3, batch_size=64), num_candidates=5, events_per_user=3,
     )  # fmt: skip
     return copy
+
+
+def child_survives_its_parent(parent_code: str, timeout_s: float = 10.0) -> bool:
+    """Run ``parent_code`` in a Python process (it starts a child, prints the child's PID and
+    waits), kill that process, and say whether the child is still running ``timeout_s`` later
+    (a zombie nobody reaped yet has ended)."""
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE,
+                              stdin=subprocess.PIPE, text=True)  # fmt: skip
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+
+    def running() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    return running()

@@ -1,9 +1,5 @@
 import json
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -13,6 +9,7 @@ import pytest
 
 from export.candidates import export_candidates
 from serving.api import Recommender
+from tests.conftest import child_survives_its_parent
 
 
 @pytest.fixture(scope="module")
@@ -121,23 +118,7 @@ def test_a_worker_ends_when_its_exporter_is_killed(tmp_path):
         f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, "
         "text=True); w.stdout.readline(); print(w.pid, flush=True); input()"
     )
-    parent = subprocess.Popen([sys.executable, "-c", exporter], stdout=subprocess.PIPE,
-                              stdin=subprocess.PIPE, text=True)  # fmt: skip
-    pid = int(parent.stdout.readline())
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not _gone(pid):
-        time.sleep(0.05)
-    assert _gone(pid)
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie, if nobody reaped it yet, has exited too)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    assert not child_survives_its_parent(exporter)
 
 
 def test_bad_arguments_are_named(planted_artefact, tmp_path):

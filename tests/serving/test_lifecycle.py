@@ -4,9 +4,6 @@ checked, and processes that outlive the service."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ from serving.registry import CorruptVersion, Registry
 from serving.retrain import check_store_exists, reconcile_pointer, retrain_home
 from serving.serve import ServeOptions
 from serving.store import Event, open_store
-from tests.conftest import planted_dataset
+from tests.conftest import child_survives_its_parent, planted_dataset
 from tests.serving.test_promotion import _version_of
 from towers.artefact import check_outside_registry
 from towers.files import load_arrays
@@ -142,23 +139,7 @@ def test_a_scheduled_retrain_ends_with_the_service(tmp_path):
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
         "preexec_fn=lambda: end_with_parent(parent)); print(child.pid, flush=True); input()"
     )
-    proc = subprocess.Popen([sys.executable, "-c", service], stdout=subprocess.PIPE,
-                            stdin=subprocess.PIPE, text=True)  # fmt: skip
-    pid = int(proc.stdout.readline())
-    proc.kill()
-    proc.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    assert not child_survives_its_parent(service)
 
 
 def test_serve_refuses_a_current_version_that_is_gone_before_moving_the_pointer(
