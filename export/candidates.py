@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from export.rows import FORMATS, SCHEMA, candidate_table, load_generators
 from serving.registry import write_atomic
 from towers.artefact import artefact_version
 from towers.catalogue import USERS_FILE, UserTable
+from towers.leftovers import end_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +92,11 @@ _INIT_ERROR: str | None = None  # why this worker could not load the artefact
 
 def _init_worker(artefact: str, user_table: str, batch_size: int) -> None:
     global _WRITER, _INIT_ERROR
-    _exit_with_parent(os.getppid())
+    end_with_parent(os.getppid())  # a worker holds a whole model in memory
     try:
         _WRITER = _ShardWriter(artefact, user_table, batch_size)
     except Exception as exc:  # raised at the first shard: a failed initializer breaks the pool
         _INIT_ERROR = f"{artefact}: {type(exc).__name__}: {exc}"
-
-
-def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
-    """End this worker when the exporter that started it is gone (killed, or stopped by a
-    signal that skipped its clean-up): a worker holds a whole model in memory."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _write_shard(

@@ -9,14 +9,12 @@ version untouched: the candidate is built in a staging directory, which the next
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -34,12 +32,12 @@ from serving.registry import Registry
 from serving.store import EventStore, open_store
 from towers.artefact import NEW_USER_DIR
 from towers.data import Dataset
+from towers.leftovers import end_with_parent
 from towers.pipeline import DataSource, retrain_artefact
 from towers.train import TrainOptions
 from towers.warmstart import WarmStart
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def store_dataset(store: EventStore, base: Dataset) -> Dataset:
@@ -322,20 +320,6 @@ def background_priority() -> None:
         except OSError:  # not permitted here (some containers): fall back to nice
             pass
     os.nice(19)
-
-
-def end_with_parent(parent: int) -> None:
-    """Have the calling process receive SIGTERM when ``parent`` (the thread that started it)
-    ends, where the OS can (Linux's ``PR_SET_PDEATHSIG``): a retrain must not outlive the
-    service that scheduled it, and promote a version when nothing serves. Used in a
-    ``preexec_fn``; exits at once if ``parent`` is already gone."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the retrain runs to its end
-        return
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def _run_in_background(command: list[str]) -> int:

@@ -3,15 +3,20 @@ process died (killed mid-write, so its ``finally`` never ran).
 
 A writer creates ``<prefix><pid>-<random>`` beside its target, fills it and renames it into
 place. A later writer of the same target removes the ones whose process is gone, and leaves
-those of processes still running (two writers may overlap).
+those of processes still running (two writers may overlap). A child process that must not
+outlive the one that started it asks to be ended with it (:func:`end_with_parent`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def work_dir(parent: Path, prefix: str) -> Path:
@@ -51,3 +56,18 @@ def remove_dead(parent: Path, prefix: str, mine_too: bool = False) -> list[str]:
         else:
             path.unlink(missing_ok=True)
     return [p.name for p in dead]
+
+
+def end_with_parent(parent: int) -> None:
+    """Have the calling process receive SIGTERM when ``parent`` (the thread that started it)
+    ends, where the OS can (Linux's ``PR_SET_PDEATHSIG``): a scheduled retrain must not
+    promote a version when nothing serves, nor an export worker hold a model in memory after
+    its exporter is gone. Called in the child (a ``preexec_fn``, a pool's initializer); exits
+    at once if ``parent`` is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the child runs to its end
+        return
+    if os.getppid() != parent:
+        os._exit(1)

@@ -107,10 +107,10 @@ def test_a_worker_that_cannot_load_the_model_names_it(planted_artefact, tmp_path
 
 
 def test_a_worker_ends_when_its_exporter_is_killed(tmp_path):
-    # The exporter (a child of this test) starts a worker that watches it, then is killed.
+    # The exporter (a child of this test) starts a worker as its pool does, then is killed.
     worker = (
-        "import os, time; from export.candidates import _exit_with_parent; "
-        "_exit_with_parent(os.getppid(), every_s=0.05); print('watching', flush=True); "
+        "import os, time; from export.candidates import _init_worker; "
+        "_init_worker('no-artefact', 'no-table', 1); print('watching', flush=True); "
         "time.sleep(60)"
     )
     exporter = (

@@ -134,7 +134,7 @@ def test_an_empty_array_file_is_named(tmp_path):
 def test_a_scheduled_retrain_ends_with_the_service(tmp_path):
     # The "service" starts a "retrain" as the scheduler does, then is killed.
     service = (
-        "import os, subprocess, sys; from serving.retrain import end_with_parent; "
+        "import os, subprocess, sys; from towers.leftovers import end_with_parent; "
         "parent = os.getpid(); "
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
         "preexec_fn=lambda: end_with_parent(parent)); print(child.pid, flush=True); input()"
